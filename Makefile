@@ -1,0 +1,49 @@
+# The two commands of README.md are `make serve` and `make test`; both set up what is
+# missing first (scripts/setup.sh: idempotent, seconds when done).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+PORT ?= 8080
+# `make bench BENCH="wasm-load"` runs only the named benchmarks.
+BENCH ?=
+
+.PHONY: setup build build-dev serve test test-native test-wasm test-e2e bench dist clean
+
+setup:
+	@scripts/setup.sh
+
+# Release build of the engine for the browser (SIMD128, wasm-opt -O3) into www/pkg/.
+build: setup
+	@scripts/build-wasm.sh release
+
+build-dev: setup
+	@scripts/build-wasm.sh dev
+
+# Serves www/ (and models/ at /models/) on http://localhost:$(PORT).
+serve: build
+	@PORT=$(PORT) node scripts/serve.mjs
+
+# Native tests (seconds), the crate's tests in headless Chromium, then the page end to end.
+test: setup
+	@$(MAKE) --no-print-directory test-native test-wasm test-e2e
+
+test-native:
+	cargo test --workspace
+
+test-wasm:
+	@scripts/test-wasm.sh
+
+test-e2e:
+	@scripts/build-wasm.sh release
+	node --test --test-concurrency=1 tests/e2e/*.test.mjs
+
+# Writes bench/results.json and prints a table (see bench/README.md).
+bench: build
+	node bench/run.mjs $(BENCH)
+
+# A self-contained static folder for any static host.
+dist: build
+	@scripts/dist.sh
+
+clean:
+	rm -rf www/pkg dist tests/artifacts

@@ -1,0 +1,86 @@
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "quant-playground", version, about = "Inspect, run and quantize ONNX vision models")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Inputs, outputs, op histogram, parameters, size, quantizable and unsupported ops.
+    Inspect {
+        model: PathBuf,
+        #[command(flatten)]
+        shapes: ShapeArgs,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Runs the model and writes each output as OUT/<name>.npy (float32).
+    Run {
+        model: PathBuf,
+        #[command(flatten)]
+        shapes: ShapeArgs,
+        /// An input tensor: NAME=FILE.npy (repeatable).
+        #[arg(long = "input", value_name = "NAME=FILE.npy")]
+        inputs: Vec<String>,
+        /// An image for a single-image-input model (PNG or JPEG).
+        #[arg(long)]
+        image: Option<PathBuf>,
+        #[command(flatten)]
+        pre: PreArgs,
+        /// Folder for the outputs.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args)]
+pub struct ShapeArgs {
+    /// Fix an input's shape: NAME=1,3,224,224 (repeatable). Dynamic dims default to batch 1, spatial 224.
+    #[arg(long = "input-shape", value_name = "NAME=DIMS")]
+    pub input_shapes: Vec<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum LayoutArg {
+    Nchw,
+    Nhwc,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum FitArg {
+    Stretch,
+    Crop,
+    Letterbox,
+    PadRight,
+}
+
+#[derive(Args)]
+pub struct PreArgs {
+    /// Preprocessing preset: imagenet, lite, signed, yolo, ppocr, raw (default: imagenet).
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Input size WxH (default: from the model's input shape).
+    #[arg(long, value_name = "WxH")]
+    pub size: Option<String>,
+    /// Per-channel mean on the 0..255 scale: R,G,B.
+    #[arg(long, value_name = "R,G,B")]
+    pub mean: Option<String>,
+    /// Per-channel std on the 0..255 scale: R,G,B.
+    #[arg(long, value_name = "R,G,B")]
+    pub std: Option<String>,
+    /// Tensor layout (default: from the model's input shape).
+    #[arg(long, value_enum)]
+    pub layout: Option<LayoutArg>,
+    /// Feed channels in BGR order.
+    #[arg(long)]
+    pub bgr: bool,
+    /// How the image is fitted to the input size.
+    #[arg(long, value_enum)]
+    pub fit: Option<FitArg>,
+}

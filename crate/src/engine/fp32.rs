@@ -1,0 +1,375 @@
+//! The FP32 engine: a plan built once per graph (weights packed for the GEMM
+//! microkernels at load, never per call) and run on any number of inputs.
+//!
+//! Buffers are freed after their last reader, so peak memory is the live
+//! set of activations, not the sum of all of them. An observer can see every
+//! computed value (calibration and per-layer error use this).
+
+use crate::ir::{Graph, Node, Op, ValueId};
+use crate::kernels::conv::{Conv2dShape, ConvTranspose2dShape, PackedConv2d, PackedConvTranspose2d};
+use crate::kernels::elementwise::{binary, prelu, unary};
+use crate::kernels::gemm::{gemm, GemmBias, PackedA, PackedB};
+use crate::kernels::pool::{avg_pool2d, global_avg_pool, global_max_pool, max_pool2d, reduce, Pool2dShape};
+use crate::kernels::softmax::{log_softmax, softmax};
+use crate::kernels::{layout, resize, Activation};
+use crate::{Error, Result};
+
+/// What a step precomputed at plan time.
+enum Prepared {
+    Conv(PackedConv2d),
+    ConvTranspose(PackedConvTranspose2d),
+    /// Gemm or 2-D MatMul with a constant right operand: B packed, alpha
+    /// folded in, C folded into a per-column bias when it is one.
+    ConstB { b: PackedB, bias: Option<Vec<f32>>, activation: Activation },
+    None,
+}
+
+struct Step {
+    node: usize,
+    prepared: Prepared,
+}
+
+pub struct Fp32Engine {
+    graph: Graph,
+    steps: Vec<Step>,
+    /// For each value, the index of the last step that reads it (usize::MAX: a graph output).
+    last_use: Vec<usize>,
+}
+
+fn conv_shape(node: &Node, graph: &Graph, c: &crate::ir::Conv) -> Conv2dShape {
+    let x = &graph.values[node.inputs[0]].shape;
+    let y = &graph.values[node.outputs[0]].shape;
+    let w = &c.window;
+    Conv2dShape {
+        in_c: x[1],
+        in_h: x[2],
+        in_w: x[3],
+        out_c: y[1],
+        out_h: y[2],
+        out_w: y[3],
+        kernel_h: w.kernel[0],
+        kernel_w: w.kernel[1],
+        stride_h: w.strides[0],
+        stride_w: w.strides[1],
+        dilation_h: w.dilations[0],
+        dilation_w: w.dilations[1],
+        pad_top: w.pads[0],
+        pad_left: w.pads[1],
+        group: c.group,
+    }
+}
+
+fn pool_shape(x: &[usize], y: &[usize], w: &crate::ir::Window2d) -> Pool2dShape {
+    Pool2dShape {
+        channels: x[0] * x[1],
+        in_h: x[2],
+        in_w: x[3],
+        out_h: y[2],
+        out_w: y[3],
+        kernel_h: w.kernel[0],
+        kernel_w: w.kernel[1],
+        stride_h: w.strides[0],
+        stride_w: w.strides[1],
+        dilation_h: w.dilations[0],
+        dilation_w: w.dilations[1],
+        pad_top: w.pads[0],
+        pad_left: w.pads[1],
+        pad_bottom: w.pads[2],
+        pad_right: w.pads[3],
+    }
+}
+
+/// Bias of a Gemm's C when it is constant and broadcasts along rows.
+fn per_column_bias(graph: &Graph, node: &Node, n: usize, beta: f32) -> Option<Option<Vec<f32>>> {
+    let Some(&c) = node.inputs.get(2) else { return Some(None) };
+    let data = graph.const_data(c)?;
+    let shape = &graph.values[c].shape;
+    let per_col = shape.iter().rev().skip(1).all(|&d| d == 1) && (data.len() == n || data.len() == 1);
+    per_col.then(|| Some((0..n).map(|j| beta * data[if data.len() == 1 { 0 } else { j }]).collect()))
+}
+
+fn prepare(graph: &Graph, node: &Node) -> Prepared {
+    let konst = |i: usize| node.inputs.get(i).and_then(|&v| graph.const_data(v));
+    match &node.op {
+        Op::Conv(c) => match konst(1) {
+            Some(w) => Prepared::Conv(PackedConv2d::new(conv_shape(node, graph, c), w, konst(2), c.activation)),
+            None => Prepared::None,
+        },
+        Op::ConvTranspose(c) => {
+            let Some(w) = konst(1) else { return Prepared::None };
+            let x = &graph.values[node.inputs[0]].shape;
+            let y = &graph.values[node.outputs[0]].shape;
+            let win = &c.window;
+            let shape = ConvTranspose2dShape {
+                in_c: x[1],
+                in_h: x[2],
+                in_w: x[3],
+                out_c: y[1],
+                out_h: y[2],
+                out_w: y[3],
+                kernel_h: win.kernel[0],
+                kernel_w: win.kernel[1],
+                stride_h: win.strides[0],
+                stride_w: win.strides[1],
+                dilation_h: win.dilations[0],
+                dilation_w: win.dilations[1],
+                pad_top: win.pads[0],
+                pad_left: win.pads[1],
+                group: c.group,
+            };
+            Prepared::ConvTranspose(PackedConvTranspose2d::new(shape, w, konst(2), c.activation))
+        }
+        Op::Gemm { trans_b, alpha, beta, activation, .. } => {
+            let Some(b) = konst(1) else { return Prepared::None };
+            let bs = &graph.values[node.inputs[1]].shape;
+            let (k, n) = if *trans_b { (bs[1], bs[0]) } else { (bs[0], bs[1]) };
+            let Some(bias) = per_column_bias(graph, node, n, *beta) else { return Prepared::None };
+            let scaled: Vec<f32>;
+            let b = if *alpha != 1.0 {
+                scaled = b.iter().map(|v| v * alpha).collect();
+                &scaled[..]
+            } else {
+                b
+            };
+            let packed = if *trans_b { PackedB::pack_transposed(b, k, n, k) } else { PackedB::pack(b, k, n, n) };
+            Prepared::ConstB { b: packed, bias, activation: *activation }
+        }
+        Op::MatMul => match konst(1) {
+            Some(b) if graph.values[node.inputs[1]].shape.len() == 2 => {
+                let bs = &graph.values[node.inputs[1]].shape;
+                Prepared::ConstB { b: PackedB::pack(b, bs[0], bs[1], bs[1]), bias: None, activation: Activation::Identity }
+            }
+            _ => Prepared::None,
+        },
+        _ => Prepared::None,
+    }
+}
+
+impl Fp32Engine {
+    pub fn new(graph: Graph) -> Fp32Engine {
+        let steps: Vec<Step> = graph.nodes.iter().enumerate().map(|(i, node)| Step { node: i, prepared: prepare(&graph, node) }).collect();
+        let mut last_use = vec![0usize; graph.values.len()];
+        for (s, step) in steps.iter().enumerate() {
+            for &i in &graph.nodes[step.node].inputs {
+                last_use[i] = s;
+            }
+        }
+        for &o in &graph.outputs {
+            last_use[o] = usize::MAX;
+        }
+        Fp32Engine { graph, steps, last_use }
+    }
+
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// Runs the graph on one tensor per graph input; returns one per output.
+    pub fn run(&self, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>> {
+        self.run_observed(inputs, &mut |_, _| {})
+    }
+
+    /// Like [`run`](Self::run), calling `observe(value, data)` for every
+    /// value a node computes, in execution order.
+    pub fn run_observed(&self, inputs: &[&[f32]], observe: &mut dyn FnMut(ValueId, &[f32])) -> Result<Vec<Vec<f32>>> {
+        let g = &self.graph;
+        if inputs.len() != g.inputs.len() {
+            return Err(Error::Invalid(format!("the model takes {} inputs, {} were given", g.inputs.len(), inputs.len())));
+        }
+        let mut buffers: Vec<Option<Vec<f32>>> = vec![None; g.values.len()];
+        for (&id, data) in g.inputs.iter().zip(inputs) {
+            let v = &g.values[id];
+            if data.len() != v.len() {
+                return Err(Error::Input { name: v.name.clone(), msg: format!("has {} values, shape {:?} needs {}", data.len(), v.shape, v.len()) });
+            }
+            buffers[id] = Some(data.to_vec());
+        }
+        let mut scratch = Vec::new();
+        for (s, step) in self.steps.iter().enumerate() {
+            let node = &g.nodes[step.node];
+            let outputs = {
+                let args: Vec<&[f32]> = node
+                    .inputs
+                    .iter()
+                    .map(|&i| g.const_data(i).or(buffers[i].as_deref()).expect("validated graph: inputs computed before use"))
+                    .collect();
+                // A Reshape whose input dies here moves the buffer instead of copying it.
+                let movable = matches!(node.op, Op::Reshape { .. }) && self.last_use[node.inputs[0]] == s && buffers[node.inputs[0]].is_some();
+                if movable {
+                    drop(args);
+                    vec![buffers[node.inputs[0]].take().expect("checked")]
+                } else {
+                    execute(g, node, &step.prepared, &args, &mut scratch)?
+                }
+            };
+            for (&o, data) in node.outputs.iter().zip(outputs) {
+                observe(o, &data);
+                buffers[o] = Some(data);
+            }
+            for &i in &node.inputs {
+                if self.last_use[i] == s {
+                    buffers[i] = None;
+                }
+            }
+        }
+        Ok(g.outputs.iter().map(|&o| g.const_data(o).map(|d| d.to_vec()).or_else(|| buffers[o].take()).unwrap_or_default()).collect())
+    }
+}
+
+/// Evaluates one node on concrete inputs. Used by the plan and by constant folding.
+pub fn eval_node(graph: &Graph, node: &Node, args: &[&[f32]]) -> Result<Vec<Vec<f32>>> {
+    execute(graph, node, &prepare(graph, node), args, &mut Vec::new())
+}
+
+fn execute(g: &Graph, node: &Node, prepared: &Prepared, args: &[&[f32]], scratch: &mut Vec<f32>) -> Result<Vec<Vec<f32>>> {
+    let shape = |i: usize| g.values[node.inputs[i]].shape.as_slice();
+    let out_shape = |i: usize| g.values[node.outputs[i]].shape.as_slice();
+    let out_len = |i: usize| g.values[node.outputs[i]].len();
+    let mut y = vec![0f32; out_len(0)];
+    match (&node.op, prepared) {
+        (Op::Conv(_), Prepared::Conv(conv)) => {
+            let (xs, ys) = (shape(0), out_shape(0));
+            let (per_x, per_y) = (xs[1..].iter().product::<usize>(), ys[1..].iter().product::<usize>());
+            for n in 0..xs[0] {
+                conv.run(&args[0][n * per_x..(n + 1) * per_x], &mut y[n * per_y..(n + 1) * per_y], scratch);
+            }
+        }
+        (Op::ConvTranspose(_), Prepared::ConvTranspose(conv)) => {
+            let (xs, ys) = (shape(0), out_shape(0));
+            let (per_x, per_y) = (xs[1..].iter().product::<usize>(), ys[1..].iter().product::<usize>());
+            for n in 0..xs[0] {
+                conv.run(&args[0][n * per_x..(n + 1) * per_x], &mut y[n * per_y..(n + 1) * per_y], scratch);
+            }
+        }
+        (Op::Conv(_) | Op::ConvTranspose(_), _) => {
+            return Err(Error::node(&node.name, node.op.name(), "weights computed at run time are not supported; they must be constants"))
+        }
+        (Op::Gemm { trans_a, .. }, Prepared::ConstB { b, bias, activation }) => {
+            let a = shape(0);
+            let (m, k) = if *trans_a { (a[1], a[0]) } else { (a[0], a[1]) };
+            let pa = if *trans_a { PackedA::pack(&transpose2d(args[0], a[0], a[1]), m, k, k) } else { PackedA::pack(args[0], m, k, k) };
+            let bias = bias.as_deref().map_or(GemmBias::None, GemmBias::PerCol);
+            gemm(&pa, b, &mut y, b.n(), bias, *activation);
+        }
+        (Op::MatMul, Prepared::ConstB { b, .. }) => {
+            let a = shape(0);
+            let k = *a.last().expect("rank >= 1");
+            let m = args[0].len() / k;
+            gemm(&PackedA::pack(args[0], m, k, k), b, &mut y, b.n(), GemmBias::None, Activation::Identity);
+        }
+        (Op::Gemm { trans_a, trans_b, alpha, beta, activation }, _) => {
+            let (a, bs) = (shape(0), shape(1));
+            let (m, k) = if *trans_a { (a[1], a[0]) } else { (a[0], a[1]) };
+            let n = if *trans_b { bs[0] } else { bs[1] };
+            let at = if *trans_a { transpose2d(args[0], a[0], a[1]) } else { args[0].to_vec() };
+            let pb = if *trans_b { PackedB::pack_transposed(args[1], k, n, k) } else { PackedB::pack(args[1], k, n, n) };
+            gemm(&PackedA::pack(&at, m, k, k), &pb, &mut y, n, GemmBias::None, Activation::Identity);
+            if *alpha != 1.0 {
+                y.iter_mut().for_each(|v| *v *= alpha);
+            }
+            if node.inputs.len() > 2 && *beta != 0.0 {
+                let c: Vec<f32> = args[2].iter().map(|v| v * beta).collect();
+                let acc = y.clone();
+                binary(crate::kernels::elementwise::BinaryOp::Add, &acc, &[m, n], &c, shape(2), &mut y, &[m, n]);
+            }
+            activation.apply(&mut y);
+        }
+        (Op::MatMul, _) => matmul(args[0], shape(0), args[1], shape(1), &mut y, out_shape(0)),
+        (Op::Binary(op), _) => binary(*op, args[0], shape(0), args[1], shape(1), &mut y, out_shape(0)),
+        (Op::Unary(op), _) => {
+            y.copy_from_slice(args[0]);
+            unary(*op, &mut y);
+        }
+        (Op::Activation(act), _) => {
+            y.copy_from_slice(args[0]);
+            act.apply(&mut y);
+        }
+        (Op::PRelu, _) => {
+            y.copy_from_slice(args[0]);
+            prelu(&mut y, shape(0), args[1], shape(1));
+        }
+        (Op::Softmax { axis, log }, _) => {
+            y.copy_from_slice(args[0]);
+            let s = shape(0);
+            let (outer, inner) = (s[..*axis].iter().product(), s[axis + 1..].iter().product());
+            if *log {
+                log_softmax(&mut y, outer, s[*axis], inner)
+            } else {
+                softmax(&mut y, outer, s[*axis], inner)
+            }
+        }
+        (Op::MaxPool { window, .. }, _) => max_pool2d(&pool_shape(shape(0), out_shape(0), window), args[0], &mut y),
+        (Op::AveragePool { window, count_include_pad, .. }, _) => {
+            avg_pool2d(&pool_shape(shape(0), out_shape(0), window), *count_include_pad, args[0], &mut y)
+        }
+        (Op::GlobalAveragePool | Op::GlobalMaxPool, _) => {
+            let s = shape(0);
+            let (channels, spatial) = (s[0] * s[1], s[2..].iter().product());
+            if matches!(node.op, Op::GlobalAveragePool) {
+                global_avg_pool(channels, spatial, args[0], &mut y)
+            } else {
+                global_max_pool(channels, spatial, args[0], &mut y)
+            }
+        }
+        (Op::Reduce { op, axes, .. }, _) => reduce(*op, args[0], shape(0), axes, &mut y),
+        (Op::Reshape { .. }, _) => y.copy_from_slice(args[0]),
+        (Op::Transpose { perm }, _) => layout::transpose(args[0], shape(0), perm, &mut y),
+        (Op::Concat { axis }, _) => {
+            let parts: Vec<(&[f32], &[usize])> = args.iter().enumerate().map(|(i, a)| (*a, shape(i))).collect();
+            layout::concat(&parts, *axis, &mut y);
+        }
+        (Op::Split { axis, sizes }, _) => {
+            let mut outs: Vec<Vec<f32>> = (0..node.outputs.len()).map(|i| vec![0f32; out_len(i)]).collect();
+            let mut views: Vec<&mut [f32]> = outs.iter_mut().map(|v| v.as_mut_slice()).collect();
+            layout::split(args[0], shape(0), *axis, sizes, &mut views);
+            return Ok(outs);
+        }
+        (Op::Slice { starts, steps, .. }, _) => layout::slice(args[0], shape(0), starts, steps, &mut y, out_shape(0)),
+        (Op::Pad { begin, end, mode }, _) => layout::pad(args[0], shape(0), begin, end, *mode, &mut y),
+        (Op::Resize { mode, coord, nearest, .. }, _) => resize::resize(args[0], shape(0), &mut y, out_shape(0), *mode, *coord, *nearest),
+        (Op::Gather { axis, indices, .. }, _) => layout::gather(args[0], shape(0), *axis, indices, &mut y),
+    }
+    Ok(vec![y])
+}
+
+fn transpose2d(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; a.len()];
+    layout::transpose(a, &[rows, cols], &[1, 0], &mut t);
+    t
+}
+
+/// numpy matmul with batch broadcasting, for operands computed at run time.
+fn matmul(a: &[f32], sa: &[usize], b: &[f32], sb: &[usize], y: &mut [f32], sy: &[usize]) {
+    let a2: Vec<usize> = if sa.len() == 1 { vec![1, sa[0]] } else { sa.to_vec() };
+    let b2: Vec<usize> = if sb.len() == 1 { vec![sb[0], 1] } else { sb.to_vec() };
+    let (m, k, n) = (a2[a2.len() - 2], a2[a2.len() - 1], b2[b2.len() - 1]);
+    let batch_a = &a2[..a2.len() - 2];
+    let batch_b = &b2[..b2.len() - 2];
+    let batch: Vec<usize> = crate::kernels::elementwise::broadcast_shape(batch_a, batch_b).expect("checked by shape inference");
+    let count: usize = batch.iter().product();
+    debug_assert_eq!(count * m * n, sy.iter().product::<usize>());
+    // Flat offset of batch index `i` in an operand whose batch dims broadcast to `batch`.
+    let offset = |shape: &[usize], i: usize| -> usize {
+        let mut rem = i;
+        let mut off = 0;
+        let mut stride = 1;
+        for a in (0..batch.len()).rev() {
+            let idx = rem % batch[a];
+            rem /= batch[a];
+            let k = a as isize - (batch.len() - shape.len()) as isize;
+            if k >= 0 {
+                let d = shape[k as usize];
+                off += if d == 1 { 0 } else { idx * stride };
+                stride *= d;
+            }
+        }
+        off
+    };
+    for i in 0..count {
+        let ao = offset(batch_a, i) * m * k;
+        let bo = offset(batch_b, i) * k * n;
+        let pa = PackedA::pack(&a[ao..ao + m * k], m, k, k);
+        let pb = PackedB::pack(&b[bo..bo + k * n], k, n, n);
+        gemm(&pa, &pb, &mut y[i * m * n..(i + 1) * m * n], n, GemmBias::None, Activation::Identity);
+    }
+}

@@ -1,0 +1,226 @@
+//! Graph rewrites applied after import, each a general mechanism rather than
+//! a model-specific pattern:
+//! - `fold_constants`: nodes with only constant inputs are evaluated once;
+//! - `fuse_gated_activations`: `x * sigmoid(x)` -> SiLU, `x * hardsigmoid(x)` -> HardSwish;
+//! - `fold_affine_into_conv`: a per-output-channel Mul/Div/Add/Sub on a Conv or
+//!   Gemm output (BatchNormalization lowers to exactly that) merges into its
+//!   weights and bias;
+//! - `fuse_activations`: a pointwise activation merges into the Conv/Gemm before it.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::engine::fp32::eval_node;
+
+pub fn optimize(graph: &mut Graph) -> Result<()> {
+    fold_constants(graph)?;
+    fuse_gated_activations(graph);
+    while fold_affine_into_conv(graph) {}
+    fuse_activations(graph);
+    graph.prune();
+    Ok(())
+}
+
+/// Evaluates every node whose inputs are all constants.
+pub fn fold_constants(graph: &mut Graph) -> Result<()> {
+    let mut folded = vec![false; graph.nodes.len()];
+    for n in 0..graph.nodes.len() {
+        let node = &graph.nodes[n];
+        if node.inputs.is_empty() || !node.inputs.iter().all(|&i| graph.values[i].is_const()) || node.outputs.iter().any(|o| graph.outputs.contains(o)) {
+            continue;
+        }
+        let args: Vec<&[f32]> = node.inputs.iter().map(|&i| graph.const_data(i).expect("checked const")).collect();
+        let results = eval_node(graph, node, &args)?;
+        let outputs = node.outputs.clone();
+        for (o, data) in outputs.into_iter().zip(results) {
+            graph.values[o].data = Some(Arc::new(data));
+        }
+        folded[n] = true;
+    }
+    let mut i = 0;
+    graph.nodes.retain(|_| {
+        i += 1;
+        !folded[i - 1]
+    });
+    Ok(())
+}
+
+/// The single node reading `value`, if exactly one does and it is not a graph output.
+fn sole_consumer(graph: &Graph, consumers: &[Vec<usize>], value: ValueId) -> Option<usize> {
+    match consumers[value].as_slice() {
+        [only] if !graph.outputs.contains(&value) => Some(*only),
+        _ => None,
+    }
+}
+
+/// Replaces `x * act(x)` by the fused activation where `act` makes it one.
+fn fuse_gated_activations(graph: &mut Graph) {
+    let producers = graph.producers();
+    let consumers = graph.consumers();
+    let mut dead = vec![false; graph.nodes.len()];
+    for n in 0..graph.nodes.len() {
+        let Op::Binary(BinaryOp::Mul) = graph.nodes[n].op else { continue };
+        let (a, b) = (graph.nodes[n].inputs[0], graph.nodes[n].inputs[1]);
+        for (x, gate) in [(a, b), (b, a)] {
+            let Some(p) = producers[gate] else { continue };
+            let fused = match graph.nodes[p].op {
+                Op::Activation(Activation::Sigmoid) => Activation::Silu,
+                Op::Activation(Activation::HardSigmoid { alpha, beta })
+                    if (alpha - 1.0 / 6.0).abs() < 1e-6 && (beta - 0.5).abs() < 1e-6 =>
+                {
+                    Activation::HardSwish
+                }
+                _ => continue,
+            };
+            if graph.nodes[p].inputs[0] != x || graph.values[x].shape != graph.values[graph.nodes[n].outputs[0]].shape {
+                continue;
+            }
+            graph.nodes[n].op = Op::Activation(fused);
+            graph.nodes[n].inputs = vec![x];
+            if sole_consumer(graph, &consumers, gate) == Some(n) {
+                dead[p] = true;
+            }
+            break;
+        }
+    }
+    let mut i = 0;
+    graph.nodes.retain(|_| {
+        i += 1;
+        !dead[i - 1]
+    });
+}
+
+/// Per-output-channel values of a constant that broadcasts against an output
+/// of shape `out` (channel axis `axis`), or None if it varies along another axis.
+fn per_channel(graph: &Graph, id: ValueId, out: &[usize], axis: usize) -> Option<Vec<f32>> {
+    let v = &graph.values[id];
+    let data = v.data.as_ref()?;
+    if v.shape.len() > out.len() {
+        return None;
+    }
+    let offset = out.len() - v.shape.len();
+    let channels = out[axis];
+    for (a, &d) in v.shape.iter().enumerate() {
+        if d != 1 && a + offset != axis {
+            return None;
+        }
+    }
+    if data.len() == 1 {
+        Some(vec![data[0]; channels])
+    } else if data.len() == channels && axis >= offset && v.shape[axis - offset] == channels {
+        Some(data.to_vec())
+    } else {
+        None
+    }
+}
+
+/// Merges one per-channel affine op into the Conv/Gemm producing its input;
+/// returns whether anything changed.
+fn fold_affine_into_conv(graph: &mut Graph) -> bool {
+    let consumers = graph.consumers();
+    for p in 0..graph.nodes.len() {
+        let is_conv = match &graph.nodes[p].op {
+            Op::Conv(c) if c.activation == Activation::Identity => true,
+            Op::Gemm { activation: Activation::Identity, alpha, .. } if *alpha == 1.0 && graph.values[graph.nodes[p].inputs[1]].is_const() => false,
+            _ => continue,
+        };
+        // Output channels are axis 1 for both: Conv [N, M, H, W], Gemm [rows, M].
+        let channel_axis = 1;
+        let y = graph.nodes[p].outputs[0];
+        let Some(n) = sole_consumer(graph, &consumers, y) else { continue };
+        let Op::Binary(op) = graph.nodes[n].op else { continue };
+        let inputs = &graph.nodes[n].inputs;
+        let other = if inputs[0] == y { inputs[1] } else { inputs[0] };
+        if (op == BinaryOp::Sub || op == BinaryOp::Div) && inputs[0] != y {
+            continue; // c - y and c / y are not affine in the weights
+        }
+        let out_shape = graph.values[y].shape.clone();
+        if graph.values[graph.nodes[n].outputs[0]].shape != out_shape {
+            continue; // the constant broadcasts the output to a larger shape
+        }
+        let Some(k) = per_channel(graph, other, &out_shape, channel_axis) else { continue };
+        let (scale, shift): (Vec<f32>, Vec<f32>) = match op {
+            BinaryOp::Mul => (k, vec![]),
+            BinaryOp::Div => (k.iter().map(|v| 1.0 / v).collect(), vec![]),
+            BinaryOp::Add => (vec![], k),
+            BinaryOp::Sub => (vec![], k.iter().map(|v| -v).collect()),
+            _ => continue,
+        };
+        let channels = out_shape[channel_axis];
+        // New weight: scale each output channel. Conv weight [M, ...]; Gemm
+        // B is [K, N] (or [N, K] with transB) with N the output channels.
+        let w_id = graph.nodes[p].inputs[1];
+        let mut w: Vec<f32> = graph.values[w_id].data.as_ref().expect("const").to_vec();
+        if !scale.is_empty() {
+            let trans_b = matches!(graph.nodes[p].op, Op::Gemm { trans_b: true, .. });
+            if is_conv || trans_b {
+                let per = w.len() / channels;
+                w.chunks_mut(per).zip(&scale).for_each(|(row, s)| row.iter_mut().for_each(|v| *v *= s));
+            } else {
+                w.chunks_mut(channels).for_each(|row| row.iter_mut().zip(&scale).for_each(|(v, s)| *v *= s));
+            }
+        }
+        // New bias of shape [M]: old bias (Conv) or C (Gemm, only when per column).
+        let old_bias: Vec<f32> = match graph.nodes[p].inputs.get(2) {
+            None => vec![0.0; channels],
+            Some(&b) => {
+                let beta = if let Op::Gemm { beta, .. } = graph.nodes[p].op { beta } else { 1.0 };
+                match per_channel(graph, b, &out_shape, channel_axis) {
+                    Some(v) => v.iter().map(|x| x * beta).collect(),
+                    None => continue,
+                }
+            }
+        };
+        let bias: Vec<f32> = (0..channels)
+            .map(|c| {
+                let s = if scale.is_empty() { 1.0 } else { scale[c] };
+                let t = if shift.is_empty() { 0.0 } else { shift[c] };
+                old_bias[c] * s + t
+            })
+            .collect();
+        let w_shape = graph.values[w_id].shape.clone();
+        let name = graph.nodes[p].name.clone();
+        let new_w = graph.add_const(format!("{name}.weight"), w_shape, w);
+        let new_b = graph.add_const(format!("{name}.bias"), vec![channels], bias);
+        let out = graph.nodes[n].outputs[0];
+        let node = &mut graph.nodes[p];
+        node.inputs.truncate(1);
+        node.inputs.push(new_w);
+        node.inputs.push(new_b);
+        node.outputs[0] = out;
+        if let Op::Gemm { beta, .. } = &mut node.op {
+            *beta = 1.0;
+        }
+        graph.nodes.remove(n);
+        graph.prune();
+        return true;
+    }
+    false
+}
+
+/// Merges a pointwise activation into the Conv, ConvTranspose or Gemm before it.
+fn fuse_activations(graph: &mut Graph) {
+    let consumers = graph.consumers();
+    let mut dead = vec![false; graph.nodes.len()];
+    for p in 0..graph.nodes.len() {
+        if graph.nodes[p].op.fused_activation() != Some(Activation::Identity) {
+            continue;
+        }
+        let y = graph.nodes[p].outputs[0];
+        let Some(n) = sole_consumer(graph, &consumers, y) else { continue };
+        let Op::Activation(act) = graph.nodes[n].op else { continue };
+        match &mut graph.nodes[p].op {
+            Op::Conv(c) => c.activation = act,
+            Op::ConvTranspose(c) => c.activation = act,
+            Op::Gemm { activation, .. } => *activation = act,
+            _ => unreachable!("fused_activation is Some only for these"),
+        }
+        graph.nodes[p].outputs[0] = graph.nodes[n].outputs[0];
+        dead[n] = true;
+    }
+    let mut i = 0;
+    graph.nodes.retain(|_| {
+        i += 1;
+        !dead[i - 1]
+    });
+}

@@ -1,0 +1,151 @@
+//! A loaded model: import, the FP32 engine, and the summary the page and
+//! `inspect` show. The entry point for the wasm API and the CLI.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::engine::Fp32Engine;
+use crate::ir::Op;
+use crate::onnx::{self, ImportOptions, InputInfo, ModelMeta};
+use crate::preprocess::Preprocess;
+use crate::{Error, Result};
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TensorInfo {
+    pub name: String,
+    pub shape: Vec<usize>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LayerInfo {
+    pub name: String,
+    pub op: String,
+    pub weight_shape: Vec<usize>,
+    pub params: usize,
+}
+
+/// What a user sees of a model before doing anything with it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelSummary {
+    pub producer: String,
+    pub opset: i64,
+    pub file_bytes: usize,
+    pub inputs: Vec<InputInfo>,
+    pub outputs: Vec<TensorInfo>,
+    /// ONNX op type -> count, as in the file.
+    pub onnx_ops: BTreeMap<String, usize>,
+    /// IR op -> count after folding and fusion (what runs).
+    pub ops: Vec<(String, usize)>,
+    pub parameters: usize,
+    /// Layers with weights: what PTQ quantizes.
+    pub quantizable: Vec<LayerInfo>,
+    /// Ops that will run in float between quantized layers.
+    pub float_ops: Vec<String>,
+    pub ignored_domains: Vec<String>,
+    /// A preprocessing guess for the first input, if it looks like an image.
+    pub preprocess: Option<Preprocess>,
+}
+
+pub struct Model {
+    pub engine: Fp32Engine,
+    pub meta: ModelMeta,
+    pub onnx_ops: BTreeMap<String, usize>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Output {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// ONNX op histogram straight from the file (works even when import fails).
+pub fn onnx_op_histogram(bytes: &[u8], max_bytes: usize) -> Result<BTreeMap<String, usize>> {
+    let model = onnx::parse(bytes, max_bytes)?;
+    let mut hist = BTreeMap::new();
+    for node in &model.graph.expect("checked by parse").node {
+        let op = if node.domain.is_empty() || node.domain == "ai.onnx" { node.op_type.clone() } else { format!("{}::{}", node.domain, node.op_type) };
+        *hist.entry(op).or_default() += 1;
+    }
+    Ok(hist)
+}
+
+impl Model {
+    pub fn load(bytes: &[u8], options: &ImportOptions) -> Result<Model> {
+        let onnx_ops = onnx_op_histogram(bytes, options.max_bytes)?;
+        let imported = onnx::import(bytes, options)?;
+        Ok(Model { engine: Fp32Engine::new(imported.graph), meta: imported.meta, onnx_ops })
+    }
+
+    pub fn summary(&self) -> ModelSummary {
+        let g = self.engine.graph();
+        let quantizable = g
+            .nodes
+            .iter()
+            .filter(|n| n.op.has_weights() && n.inputs.get(1).is_some_and(|&w| g.values[w].is_const()))
+            .map(|n| {
+                let w = &g.values[n.inputs[1]];
+                LayerInfo { name: n.name.clone(), op: n.op.name().to_string(), weight_shape: w.shape.clone(), params: w.len() }
+            })
+            .collect();
+        let mut float_ops: Vec<String> = g
+            .nodes
+            .iter()
+            .filter(|n| !n.op.has_weights() && !matches!(n.op, Op::Reshape { .. }))
+            .map(|n| n.op.name().to_string())
+            .collect();
+        float_ops.sort();
+        float_ops.dedup();
+        ModelSummary {
+            producer: self.meta.producer.clone(),
+            opset: self.meta.opset,
+            file_bytes: self.meta.file_bytes,
+            inputs: self.meta.inputs.clone(),
+            outputs: g.outputs.iter().map(|&o| TensorInfo { name: g.values[o].name.clone(), shape: g.values[o].shape.clone() }).collect(),
+            onnx_ops: self.onnx_ops.clone(),
+            ops: g.op_histogram(),
+            parameters: g.parameter_count(),
+            quantizable,
+            float_ops,
+            ignored_domains: self.meta.ignored_domains.clone(),
+            preprocess: self.meta.inputs.first().and_then(|i| Preprocess::guess(&i.shape)),
+        }
+    }
+
+    pub fn input_names(&self) -> Vec<String> {
+        self.meta.inputs.iter().map(|i| i.name.clone()).collect()
+    }
+
+    /// Runs on named inputs (any order; every input must be given).
+    pub fn run_named(&self, inputs: &[(String, Vec<f32>)]) -> Result<Vec<Output>> {
+        let g = self.engine.graph();
+        let mut ordered: Vec<&[f32]> = Vec::with_capacity(g.inputs.len());
+        for &id in &g.inputs {
+            let name = &g.values[id].name;
+            let data = inputs
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, d)| d.as_slice())
+                .ok_or_else(|| Error::Input { name: name.clone(), msg: "was not given".into() })?;
+            ordered.push(data);
+        }
+        if let Some((extra, _)) = inputs.iter().find(|(n, _)| !g.inputs.iter().any(|&id| &g.values[id].name == n)) {
+            return Err(Error::Input { name: extra.clone(), msg: format!("the model has no such input (inputs: {})", self.input_names().join(", ")) });
+        }
+        self.run(&ordered)
+    }
+
+    pub fn run(&self, inputs: &[&[f32]]) -> Result<Vec<Output>> {
+        let g = self.engine.graph();
+        let results = self.engine.run(inputs)?;
+        Ok(g.outputs
+            .iter()
+            .zip(results)
+            .map(|(&o, data)| Output { name: g.values[o].name.clone(), shape: g.values[o].shape.clone(), data })
+            .collect())
+    }
+}

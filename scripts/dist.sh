@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Assembles dist/: a self-contained static site (page, engine, bundled models and images)
+# for any static host. Run after scripts/build-wasm.sh release (`make dist` does both).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+[ -f www/pkg/quant_playground_bg.wasm ] || { echo "[dist] www/pkg is not built: run make dist" >&2; exit 1; }
+rm -rf dist
+mkdir -p dist/pkg dist/models/images
+cp www/*.html www/*.js www/*.css dist/
+cp www/pkg/quant_playground.js www/pkg/quant_playground_bg.wasm dist/pkg/
+cp models/*.onnx models/imagenet_classes.txt models/LICENSES.md models/README.md dist/models/
+cp models/images/* dist/models/images/
+
+# The headers the page needs, in the _headers format that several static hosts read
+# (elsewhere configure the same headers by hand: see README.md, "Deploy").
+node --input-type=module -e '
+  import { SECURITY_HEADERS } from "./scripts/serve.mjs";
+  const lines = ["/*", ...Object.entries(SECURITY_HEADERS).map(([k, v]) => `  ${k}: ${v}`)];
+  process.stdout.write(lines.join("\n") + "\n");
+' >dist/_headers
+
+files=$(find dist -type f | wc -l)
+size=$(du -sh dist | cut -f1)
+echo "[dist] dist/: $files files, $size. Serve it with any static host that sends the headers in dist/_headers;"
+echo "[dist] to try it locally: node scripts/serve.mjs --root dist"

@@ -1,0 +1,89 @@
+// The page in headless Chromium: the engine loads in a Web Worker with SIMD128, the page
+// says so, nothing goes wrong on the console and nothing is fetched from elsewhere.
+// Writes tests/artifacts/page-ready.png.
+
+import assert from 'node:assert/strict';
+import { mkdirSync } from 'node:fs';
+import { after, before, test } from 'node:test';
+import { REPO_ROOT, startServer } from '../../scripts/serve.mjs';
+import { launchChromium, openWatchedPage } from '../support/chromium.mjs';
+
+const ARTIFACTS = `${REPO_ROOT}/tests/artifacts`;
+
+let server;
+let browser;
+before(async () => {
+  server = await startServer({ port: 0 });
+  browser = await launchChromium();
+});
+after(async () => {
+  await browser?.close();
+  await server?.close();
+});
+
+test('the engine loads in a Web Worker with SIMD128 and the page shows it', async () => {
+  const origin = server.url.replace(/\/$/, '');
+  const { context, page, problems } = await openWatchedPage(browser, origin);
+  try {
+    await page.goto(server.url);
+    await page.waitForSelector('body.ready, body.error', { timeout: 60_000 });
+    const errorText = await page.locator('#error-panel').textContent();
+    assert.ok(await page.evaluate(() => document.body.classList.contains('ready')), `page in error: ${errorText}`);
+
+    // What the engine reported, as the page recorded it.
+    const info = await page.evaluate(() => performance.getEntriesByName('qp:engine-ready')[0]?.detail);
+    assert.equal(info.simd128, true);
+    assert.match(info.version, /^\d+\.\d+\.\d+/);
+    assert.equal(info.crossOriginIsolated, true, 'COOP/COEP must make the worker cross-origin isolated');
+    assert.ok(info.initMs > 0);
+
+    // It ran in a worker, not on the main thread.
+    assert.equal(page.workers().length, 1);
+    assert.match(page.workers()[0].url(), /\/worker\.js$/);
+
+    // What the user sees.
+    assert.equal(await page.locator('[data-field="status"]').textContent(), 'Engine loaded (wasm SIMD128)');
+    assert.equal(await page.locator('[data-field="status-version"]').textContent(), `v${info.version}`);
+    assert.equal(await page.locator('[data-field="simd"]').textContent(), 'WebAssembly SIMD128');
+    assert.equal(await page.locator('#error-panel').isHidden(), true);
+
+    // Keyboard: the first Tab reaches the skip link, which moves focus to the main area.
+    await page.keyboard.press('Tab');
+    assert.equal(await page.evaluate(() => document.activeElement?.className), 'skip-link');
+    await page.keyboard.press('Enter');
+    assert.equal(await page.evaluate(() => document.activeElement?.id), 'main');
+
+    mkdirSync(ARTIFACTS, { recursive: true });
+    await page.screenshot({ path: `${ARTIFACTS}/page-ready.png` });
+
+    assert.ok(problems.requests.some((url) => url.endsWith('/pkg/quant_playground_bg.wasm')), 'the wasm was fetched');
+    assert.deepEqual(problems.foreignRequests, [], 'requests that left the local server');
+    assert.deepEqual([...problems.consoleErrors, ...problems.pageErrors], [], 'console errors');
+  } finally {
+    await context.close();
+  }
+});
+
+test('a missing engine build is reported in the page, not only on the console', async () => {
+  const origin = server.url.replace(/\/$/, '');
+  const { context, page } = await openWatchedPage(browser, origin);
+  try {
+    await page.route('**/pkg/quant_playground.js', (route) => route.fulfill({ status: 404, body: 'not found' }));
+    await page.goto(server.url);
+    await page.waitForSelector('body.error', { timeout: 30_000 });
+    assert.equal(await page.locator('#error-panel').isVisible(), true);
+    assert.match(await page.locator('[data-field="error-message"]').textContent(), /engine could not start: .+/);
+    assert.equal(await page.locator('[data-field="status"]').textContent(), 'Engine error');
+    mkdirSync(ARTIFACTS, { recursive: true });
+    await page.screenshot({ path: `${ARTIFACTS}/page-error.png` });
+
+    // Restart with the build back in place: the page recovers.
+    await page.unroute('**/pkg/quant_playground.js');
+    await page.locator('#retry-button').focus();
+    await page.keyboard.press('Enter');
+    await page.waitForSelector('body.ready', { timeout: 30_000 });
+    assert.equal(await page.locator('#error-panel').isHidden(), true);
+  } finally {
+    await context.close();
+  }
+});

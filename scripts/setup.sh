@@ -19,8 +19,10 @@ RUSTUP_TIMEOUT=${RUSTUP_TIMEOUT:-40}  # seconds; rustup hangs where it cannot do
 ENV_FILE="$ROOT/target/toolchain.env"
 DEBIAN_RUST_PKGS=(rustc-web cargo-web rust-web-src lld-22)
 
-say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
-die() { printf '\033[1;31m[setup] ERROR:\033[0m %s\n' "$*" >&2; exit 1; }
+if [ -t 1 ]; then bold=$'\033[1m' red=$'\033[1;31m' off=$'\033[0m'; else bold='' red='' off=''; fi
+say() { printf '%s[setup]%s %s\n' "$bold" "$off" "$*"; }
+die() { printf '%s[setup] ERROR:%s %s\n' "$red" "$off" "$*" >&2; exit 1; }
+join() { local IFS=','; local s="$*"; printf '%s' "${s//,/, }"; }
 
 start=$(date +%s)
 [ -d "$HOME/.cargo/bin" ] && case ":$PATH:" in *":$HOME/.cargo/bin:"*) ;; *) PATH="$HOME/.cargo/bin:$PATH" ;; esac
@@ -31,7 +33,7 @@ missing=()
 command -v cargo >/dev/null || missing+=("cargo (Rust, e.g. from rustup)")
 command -v node >/dev/null || missing+=("node (Node.js >= 20)")
 command -v npm >/dev/null || missing+=("npm")
-[ ${#missing[@]} -eq 0 ] || die "missing: ${missing[*]}. Install them, then run this again."
+[ ${#missing[@]} -eq 0 ] || die "missing: $(join "${missing[@]}"). Install them, then run this again."
 node_major=$(node -p 'process.versions.node.split(".")[0]')
 [ "$node_major" -ge 20 ] || die "Node.js >= 20 is needed, found $(node --version)"
 

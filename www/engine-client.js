@@ -62,7 +62,12 @@ export class EngineClient extends EventTarget {
    * @returns {Promise<any>}
    */
   request(type, payload = {}, { timeoutMs = this.#timeoutMs, transfer = [], onProgress } = {}) {
-    const worker = this.#ensureWorker();
+    let worker;
+    try {
+      worker = this.#ensureWorker();
+    } catch (err) {
+      return Promise.reject(new EngineError(`the engine worker could not be started: ${err.message}`, { kind: 'crash', fatal: true }));
+    }
     const id = this.#nextId++;
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -72,7 +77,14 @@ export class EngineClient extends EventTarget {
         this.#crash(worker, new EngineError('the engine stopped responding and was restarted', { kind: 'timeout', fatal: true }));
       }, timeoutMs);
       this.#pending.set(id, { resolve, reject, timer, onProgress });
-      worker.postMessage({ ...payload, type, id }, transfer);
+      try {
+        worker.postMessage({ ...payload, type, id }, transfer);
+      } catch (err) {
+        // e.g. a DataCloneError: nothing was sent, the worker is fine.
+        clearTimeout(timer);
+        this.#pending.delete(id);
+        reject(new EngineError(`the request '${type}' could not be sent: ${err.message}`));
+      }
     });
   }
 

@@ -66,6 +66,7 @@ test('requests, progress, errors, crashes and timeouts', async () => {
         client.request('echo', { value: 'a' }, { onProgress: (p) => progress.push(p.done) }),
         client.request('echo', { value: 'b' }),
       ]);
+      const unsendable = await settle(client.request('echo', { value: () => 1 }));
       const fail = await settle(client.request('fail'));
       const afterFail = await client.request('echo', { value: 'c' });
       const fatal = await settle(client.request('fatal'));
@@ -75,12 +76,15 @@ test('requests, progress, errors, crashes and timeouts', async () => {
       const hang = await settle(client.request('hang', {}, { timeoutMs: 300 }));
       const afterHang = await client.request('echo', { value: 'f' });
       client.terminate();
-      return { a, b, progress, fail, afterFail, fatal, afterFatal, crash, afterCrash, hang, afterHang, events, generation: client.generation };
+      return { a, b, progress, unsendable, fail, afterFail, fatal, afterFatal, crash, afterCrash, hang, afterHang, events, generation: client.generation };
     });
 
     assert.equal(outcome.a.echo, 'a');
     assert.equal(outcome.b.echo, 'b');
     assert.deepEqual(outcome.progress, [1]);
+    // A payload that cannot be cloned is refused without harming the worker.
+    assert.equal(outcome.unsendable.ok, false);
+    assert.match(outcome.unsendable.message, /could not be sent/);
     // A plain error keeps the worker.
     assert.deepEqual(
       { ok: outcome.fail.ok, isEngineError: outcome.fail.isEngineError, message: outcome.fail.message, fatal: outcome.fail.fatal },

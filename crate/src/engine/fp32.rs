@@ -326,7 +326,9 @@ fn execute(g: &Graph, node: &Node, prepared: &Prepared, args: &[&[f32]], scratch
         }
         (Op::Slice { starts, steps, .. }, _) => layout::slice(args[0], shape(0), starts, steps, &mut y, out_shape(0)),
         (Op::Pad { begin, end, mode }, _) => layout::pad(args[0], shape(0), begin, end, *mode, &mut y),
-        (Op::Resize { mode, coord, nearest, .. }, _) => resize::resize(args[0], shape(0), &mut y, out_shape(0), *mode, *coord, *nearest),
+        (Op::Resize { mode, coord, nearest, scales, .. }, _) => {
+            resize::resize(args[0], shape(0), &mut y, out_shape(0), scales.as_deref(), *mode, *coord, *nearest)
+        }
         (Op::Gather { axis, indices, .. }, _) => layout::gather(args[0], shape(0), *axis, indices, &mut y),
     }
     Ok(vec![y])

@@ -84,7 +84,9 @@ pub enum Op {
     /// Per axis: first index, step (may be negative) and element count.
     Slice { starts: Vec<usize>, steps: Vec<isize>, sizes: Vec<usize> },
     Pad { begin: Vec<usize>, end: Vec<usize>, mode: PadMode },
-    Resize { mode: ResizeMode, coord: CoordTransform, nearest: NearestMode, shape: Vec<usize> },
+    /// `scales` as the model gave them (None when it gave sizes): ONNX maps
+    /// coordinates with them, not with out / in.
+    Resize { mode: ResizeMode, coord: CoordTransform, nearest: NearestMode, shape: Vec<usize>, scales: Option<Vec<f32>> },
     /// Gather with constant indices.
     Gather { axis: usize, indices: Vec<i64>, indices_shape: Vec<usize> },
 }

@@ -163,6 +163,12 @@ fn fold_affine_into_conv(graph: &mut Graph) -> bool {
         // New bias of shape [M]: old bias (Conv) or C (Gemm, only when per column).
         let old_bias: Vec<f32> = match graph.nodes[p].inputs.get(2) {
             None => vec![0.0; channels],
+            // A Conv bias is [M] by definition (it does not broadcast numpy-style
+            // against [N, M, H, W], so `per_channel` would reject it).
+            Some(&b) if is_conv => match graph.const_data(b) {
+                Some(v) if v.len() == channels => v.to_vec(),
+                _ => continue,
+            },
             Some(&b) => {
                 let beta = if let Op::Gemm { beta, .. } = graph.nodes[p].op { beta } else { 1.0 };
                 match per_channel(graph, b, &out_shape, channel_axis) {

@@ -13,6 +13,7 @@
 pub mod activation;
 pub mod elementwise;
 pub mod gemm;
+pub mod int8;
 pub mod conv;
 pub mod pool;
 pub mod resize;

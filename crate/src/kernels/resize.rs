@@ -3,11 +3,12 @@
 //! are copied, so NCHW and NHWC need no special casing.
 //!
 //! Contract:
-//! - The scale of an axis is `out / in`. The source coordinate follows the
-//!   ONNX formula of `coordinate_transformation_mode`, evaluated as one f64
-//!   division of exact integers (e.g. half_pixel is `((2o + 1) in - out) /
-//!   (2 out)`), so exact ties such as 0.5 stay exact and `nearest_mode`
-//!   rounding is that of the real formula.
+//! - The scale of an axis is the model's `scales` value when it has one (an
+//!   f32, taken as the exact fraction it is), else `out / in`. The source
+//!   coordinate follows the ONNX formula of `coordinate_transformation_mode`,
+//!   evaluated as one f64 division of exact integers (e.g. half_pixel with
+//!   scale `n / d` is `((2o + 1) d - n) / (2 n)`), so exact ties such as 0.5
+//!   stay exact and `nearest_mode` rounding is that of the real formula.
 //! - Axes whose size does not change are copied, even where the formula
 //!   would shift them (tf_half_pixel_for_nn with ceil rounding).
 //! - Nearest: the source coordinate is rounded by `nearest_mode`, then
@@ -53,23 +54,23 @@ pub enum NearestMode {
 
 impl CoordTransform {
     /// The source coordinate of output index `o` as an exact fraction
-    /// (numerator, denominator > 0).
-    fn source_fraction(self, o: usize, in_len: usize, out_len: usize) -> (i64, i64) {
+    /// (numerator, denominator > 0), for an axis scaled by `scale` =
+    /// (numerator, denominator), both positive.
+    fn source_fraction(self, o: usize, in_len: usize, out_len: usize, scale: (i64, i64)) -> (i64, i64) {
         let (o, n_in, n_out) = (o as i64, in_len as i64, out_len as i64);
+        let (sn, sd) = scale;
         match self {
-            CoordTransform::HalfPixel => ((2 * o + 1) * n_in - n_out, 2 * n_out),
-            CoordTransform::PytorchHalfPixel if n_out > 1 => {
-                ((2 * o + 1) * n_in - n_out, 2 * n_out)
-            }
+            CoordTransform::HalfPixel => ((2 * o + 1) * sd - sn, 2 * sn),
+            CoordTransform::PytorchHalfPixel if n_out > 1 => ((2 * o + 1) * sd - sn, 2 * sn),
             CoordTransform::AlignCorners if n_out > 1 => (o * (n_in - 1), n_out - 1),
             CoordTransform::PytorchHalfPixel | CoordTransform::AlignCorners => (0, 1),
-            CoordTransform::Asymmetric => (o * n_in, n_out),
-            CoordTransform::TfHalfPixelForNn => ((2 * o + 1) * n_in, 2 * n_out),
+            CoordTransform::Asymmetric => (o * sd, sn),
+            CoordTransform::TfHalfPixelForNn => ((2 * o + 1) * sd, 2 * sn),
         }
     }
 
-    fn source(self, o: usize, in_len: usize, out_len: usize) -> f64 {
-        let (num, den) = self.source_fraction(o, in_len, out_len);
+    fn source(self, o: usize, in_len: usize, out_len: usize, scale: (i64, i64)) -> f64 {
+        let (num, den) = self.source_fraction(o, in_len, out_len, scale);
         num as f64 / den as f64
     }
 }
@@ -92,12 +93,44 @@ impl NearestMode {
     }
 }
 
-/// Resizes `x` of `in_shape` to `out_shape` (same rank).
+/// The exact fraction (numerator, denominator) an f32 scale stands for.
+fn exact_fraction(scale: f32) -> (i64, i64) {
+    assert!(scale.is_finite() && scale > 0.0, "resize scale {scale} must be positive");
+    let bits = scale.to_bits();
+    let exp = ((bits >> 23) & 0xff) as i32;
+    let (mut mantissa, mut exp2) =
+        if exp == 0 { ((bits & 0x7f_ffff) as i64, -149) } else { (((bits & 0x7f_ffff) | 0x80_0000) as i64, exp - 150) };
+    while mantissa % 2 == 0 && exp2 < 0 {
+        mantissa /= 2;
+        exp2 += 1;
+    }
+    if exp2 >= 0 {
+        (mantissa << exp2, 1)
+    } else {
+        (mantissa, 1i64 << (-exp2).min(62))
+    }
+}
+
+/// Per-axis scale fractions: the given scales, else `out / in`.
+fn axis_scales(in_shape: &[usize], out_shape: &[usize], scales: Option<&[f32]>) -> Vec<(i64, i64)> {
+    (0..in_shape.len())
+        .map(|a| match scales {
+            Some(s) => exact_fraction(s[a]),
+            None => (out_shape[a] as i64, in_shape[a].max(1) as i64),
+        })
+        .collect()
+}
+
+/// Resizes `x` of `in_shape` to `out_shape` (same rank). `scales`, when the
+/// model gave them, set the coordinate mapping (ONNX divides by the scale
+/// as given, which differs from `out / in` when `in * scale` is fractional).
+#[allow(clippy::too_many_arguments)]
 pub fn resize(
     x: &[f32],
     in_shape: &[usize],
     out: &mut [f32],
     out_shape: &[usize],
+    scales: Option<&[f32]>,
     mode: ResizeMode,
     coord: CoordTransform,
     nearest: NearestMode,
@@ -120,9 +153,13 @@ pub fn resize(
         !x.is_empty(),
         "cannot resize an empty tensor to a non-empty one"
     );
+    if let Some(s) = scales {
+        assert_eq!(s.len(), in_shape.len(), "one scale per axis");
+    }
+    let ratios = axis_scales(in_shape, out_shape, scales);
     match mode {
-        ResizeMode::Nearest => resize_nearest(x, in_shape, out, out_shape, coord, nearest),
-        ResizeMode::Linear => resize_linear(x, in_shape, out, out_shape, coord),
+        ResizeMode::Nearest => resize_nearest(x, in_shape, out, out_shape, &ratios, coord, nearest),
+        ResizeMode::Linear => resize_linear(x, in_shape, out, out_shape, &ratios, coord),
     }
 }
 
@@ -131,6 +168,7 @@ fn resize_nearest(
     in_shape: &[usize],
     out: &mut [f32],
     out_shape: &[usize],
+    ratios: &[(i64, i64)],
     coord: CoordTransform,
     nearest: NearestMode,
 ) {
@@ -150,7 +188,7 @@ fn resize_nearest(
             (0..n_out)
                 .map(|o| {
                     nearest
-                        .round(coord.source(o, n_in, n_out))
+                        .round(coord.source(o, n_in, n_out, ratios[a]))
                         .clamp(0.0, (n_in - 1) as f64) as usize
                 })
                 .collect()
@@ -238,6 +276,7 @@ fn resize_linear(
     in_shape: &[usize],
     out: &mut [f32],
     out_shape: &[usize],
+    ratios: &[(i64, i64)],
     coord: CoordTransform,
 ) {
     let mut axes: Vec<usize> = (0..in_shape.len())
@@ -257,7 +296,7 @@ fn resize_linear(
         let (n_in, n_out) = (in_shape[axis], out_shape[axis]);
         let taps: Vec<Tap> = (0..n_out)
             .map(|o| {
-                let src = coord.source(o, n_in, n_out).clamp(0.0, (n_in - 1) as f64);
+                let src = coord.source(o, n_in, n_out, ratios[axis]).clamp(0.0, (n_in - 1) as f64);
                 let i0 = src.floor() as usize;
                 let i1 = (i0 + 1).min(n_in - 1);
                 Tap {
@@ -351,7 +390,7 @@ mod tests {
         nearest: NearestMode,
     ) -> Vec<f32> {
         let mut out = vec![f32::NAN; out_shape.iter().product()];
-        resize(x, in_shape, &mut out, out_shape, mode, coord, nearest);
+        resize(x, in_shape, &mut out, out_shape, None, mode, coord, nearest);
         out
     }
 
@@ -549,7 +588,7 @@ mod tests {
         n_in: usize,
         n_out: usize,
     ) -> usize {
-        let (num, den) = coord.source_fraction(o, n_in, n_out);
+        let (num, den) = coord.source_fraction(o, n_in, n_out, (n_out as i64, n_in as i64));
         let floor = num.div_euclid(den);
         let twice_rem = 2 * num.rem_euclid(den);
         let up = match nearest {
@@ -591,7 +630,7 @@ mod tests {
                             let i = exact_nearest(coord, nearest, o, n_in, n_out);
                             (i, i, 0.0)
                         } else {
-                            let (num, den) = coord.source_fraction(o, n_in, n_out);
+                            let (num, den) = coord.source_fraction(o, n_in, n_out, (n_out as i64, n_in as i64));
                             let s = (num as f64 / den as f64).clamp(0.0, (n_in - 1) as f64);
                             let i0 = s.floor() as usize;
                             (i0, (i0 + 1).min(n_in - 1), s - i0 as f64)

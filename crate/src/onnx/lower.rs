@@ -261,7 +261,10 @@ impl Lowering {
                         None => [0, 0],
                     };
                     if let Some(os) = attrs.sizes("output_shape")? {
-                        // Explicit output shape: derive the pads (SAME_UPPER split) from it.
+                        // Explicit output shape: derive the pads from it, an odd total
+                        // padding going to the end as onnxruntime does for auto_pad NOTSET
+                        // (ComputeTransposePadAndOutputShape); the spec text puts it at the
+                        // begin, but onnxruntime is what users cross-check against.
                         let os = &os[os.len().saturating_sub(2)..];
                         for a in 0..2 {
                             let full = window.strides[a] * (x_shape[2 + a] - 1) + window.dilations[a] * (kernel[a] - 1) + 1;
@@ -554,10 +557,13 @@ impl Lowering {
                     let sizes = self.const_input(attrs, &inputs, 3, "sizes")?.map(as_sizes);
                     (scales, sizes)
                 };
-                let shape: Vec<usize> = match (sizes, scales) {
-                    (Some(Some(sizes)), _) if sizes.len() == rank => sizes,
+                let (shape, scales): (Vec<usize>, Option<Vec<f32>>) = match (sizes, scales) {
+                    (Some(Some(sizes)), _) if sizes.len() == rank => (sizes, None),
                     (_, Some(scales)) if scales.len() == rank => {
-                        x_shape.iter().zip(&scales).map(|(&d, &s)| (d as f32 * s).floor() as usize).collect()
+                        if let Some(bad) = scales.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+                            return Err(attrs.error(format!("scale {bad} must be positive")));
+                        }
+                        (x_shape.iter().zip(&scales).map(|(&d, &s)| (d as f32 * s).floor() as usize).collect(), Some(scales))
                     }
                     _ => return Err(attrs.error(format!("needs constant scales or sizes of rank {rank}"))),
                 };
@@ -587,7 +593,7 @@ impl Lowering {
                         m => return Err(attrs.error(format!("nearest_mode '{m}' is not supported"))),
                     }
                 };
-                unary(self, Op::Resize { mode, coord, nearest, shape })?;
+                unary(self, Op::Resize { mode, coord, nearest, shape, scales })?;
             }
             "Gather" => {
                 let axis = axis_attr("axis", 0, rank)?;

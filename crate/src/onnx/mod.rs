@@ -135,7 +135,9 @@ fn choose_shape(name: &str, declared: &[DeclaredDim], chosen: Option<&Vec<usize>
         let choices = declared
             .iter()
             .zip(shape)
-            .filter_map(|(d, s)| match d {
+            .enumerate()
+            .filter_map(|(a, (d, s))| match d {
+                DeclaredDim::Symbolic(p) if p == "?" => Some(format!("dim {a} = {s}")),
                 DeclaredDim::Symbolic(p) => Some(format!("{p} = {s}")),
                 DeclaredDim::Fixed(_) => None,
             })
@@ -162,7 +164,8 @@ fn choose_shape(name: &str, declared: &[DeclaredDim], chosen: Option<&Vec<usize>
                         msg: format!("dimension {a} ('{p}') is dynamic and has no sensible default; choose the input shape"),
                     });
                 };
-                choices.push(format!("{p} = {v} (default)"));
+                let label = if p == "?" { format!("dim {a}") } else { p.clone() };
+                choices.push(format!("{label} = {v} (default)"));
                 v
             }
         });

@@ -3,6 +3,8 @@
 //! FP32 oracle.
 #![allow(dead_code)]
 
+pub mod onnx_builder;
+
 use quant_playground::preprocess::{preprocess, Layout, Preprocess};
 use tract_onnx::pb;
 use tract_onnx::prelude::*;

@@ -1,0 +1,662 @@
+//! Int8 GEMM: `Y = clamp(zy + requant(bias + W·(X - zx)))` on prepacked operands; the engine of
+//! the int8 convolutions and of fully connected layers.
+//!
+//! # Contract
+//! - Rows of the product are output channels, columns are pixels (convolutions) or batch rows
+//!   (fully connected): `W` is `n x k` (ONNX weight layout, one row per output channel) and is
+//!   packed once by [`PackedWeightsQs8`]; `X` is `k x cols` and is packed per call. With that
+//!   orientation a convolution writes its NCHW output `[c][pixel]` directly, and each SIMD
+//!   accumulator holds one channel, so the per-channel requantization uses the vector shifts of
+//!   SIMD128 (which have one shift count per vector, not per lane).
+//! - `PackedWeightsQs8` holds `MR`-channel panels, `k` padded to even (`kc`) with zeros, values
+//!   widened to i16 so that a pair of k values is one i32 lane to splat:
+//!   `panel[(p / 2) * MR * 2 + r * 2 + p % 2] = W[i * MR + r][p]`. Its bias is per channel
+//!   `bias[c] - zx · Σ_p W[c][p]` (the zero-point correction), checked at pack time to keep every
+//!   accumulator inside i32.
+//! - Packed `X` holds `NR`-column panels of i8, pairs of k rows interleaved:
+//!   `panel[(p / 2) * NR * 2 + j * 2 + p % 2] = X[p][col + j]`, zero past `k` and `cols`.
+//! - Every output is `clamp(zy + rq[c].apply(acc), qmin, qmax)` with the exact i32 accumulator;
+//!   nothing outside the output region is written, also for edge tiles.
+//!
+//! # Kernels
+//! `qs8_gemm_minmax_4x8c2_scalar` (portable) and `qs8_gemm_minmax_4x8c2_simd128` (wasm32 with
+//! `simd128`) compute one 4-channel x 8-column tile and agree bit for bit. The simd128 tile is
+//! 8 i32x4 accumulators; each k pair loads 8 columns with `i16x8.load8x8_s` (two vectors), splats
+//! each channel's weight pair with a shuffle and issues 8 `i32x4.dot_i16x8_s` (2 MACs per lane).
+//! The epilogue requantizes each accumulator with its channel's `Requantizer` and stores 8 bytes
+//! per row.
+//!
+//! # Tests
+//! Against an exact i64 reference then the same requantizer, on k, channels and columns around
+//! the tile, strides, zero points at both ends of int8, clamps and the most negative weight;
+//! output scales come from the accumulator range so every output code occurs. The tests run
+//! natively and on wasm32 with simd128, where the whole GEMM is the simd128 microkernel.
+
+use super::requant::{OutputParams, Requantizer};
+
+/// Output channels per tile (rows of a weight panel).
+pub const MR: usize = 4;
+/// Columns per tile (columns of an `X` panel).
+pub const NR: usize = 8;
+/// k values per dot step.
+const KR: usize = 2;
+
+/// When all of the packed weights fit this many bytes, the driver walks `X` panels in the
+/// outer loop: each `X` panel stays in L1 while the weights stream from L2. Bigger weights
+/// (1x1 convolutions with many channels) keep one weight panel in L1 instead.
+const W_STREAM_BUDGET: usize = 128 * 1024;
+
+/// Weights `[n][k]` and bias packed for the microkernel (see the module contract).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PackedWeightsQs8 {
+    n: usize,
+    k: usize,
+    w: Vec<i16>,
+    /// `n` rounded up to `MR` values: the zero-point-corrected bias, 0 for padding channels.
+    bias: Vec<i32>,
+}
+
+impl PackedWeightsQs8 {
+    /// Packs row-major `weights` (`n x k`), `bias` (`n` values at scale `sx · sw[c]`, zeros if
+    /// `None`) and folds in the input zero point.
+    ///
+    /// Panics on mismatched sizes, a zero point outside int8, or if some accumulator could
+    /// overflow i32 (`|bias - zx·Σw| + 128·Σ|w| >= 2^31`, far beyond real layers).
+    pub fn new(
+        weights: &[i8],
+        n: usize,
+        k: usize,
+        bias: Option<&[i32]>,
+        input_zero_point: i32,
+    ) -> PackedWeightsQs8 {
+        assert_eq!(weights.len(), n * k, "qs8 weights are not {n}x{k}");
+        if let Some(b) = bias {
+            assert_eq!(b.len(), n, "qs8 bias size for {n} channels");
+        }
+        assert!(
+            (-128..=127).contains(&input_zero_point),
+            "input zero point {input_zero_point} outside int8"
+        );
+        let kc = k.next_multiple_of(KR);
+        let panels = n.div_ceil(MR);
+        let mut w = vec![0i16; panels * MR * kc];
+        let mut packed_bias = vec![0i32; panels * MR];
+        if k > 0 {
+            for (c, row) in weights.chunks_exact(k).enumerate() {
+                let panel = &mut w[c / MR * MR * kc..][..MR * kc];
+                let r = c % MR;
+                for (p, &v) in row.iter().enumerate() {
+                    panel[p / KR * MR * KR + r * KR + p % KR] = v as i16;
+                }
+            }
+        }
+        for c in 0..n {
+            let row = &weights[c * k..][..k];
+            let sum: i64 = row.iter().map(|&v| v as i64).sum();
+            let abs_sum: i64 = row.iter().map(|&v| (v as i64).abs()).sum();
+            let corrected = bias.map_or(0, |b| b[c] as i64) - input_zero_point as i64 * sum;
+            assert!(
+                corrected.abs() + 128 * abs_sum <= i32::MAX as i64,
+                "qs8 channel {c}: accumulators may overflow i32 (bias {corrected}, Σ|w| {abs_sum})"
+            );
+            packed_bias[c] = corrected as i32;
+        }
+        PackedWeightsQs8 {
+            n,
+            k,
+            w,
+            bias: packed_bias,
+        }
+    }
+
+    /// Output channels.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Channel `c`'s bias with the zero-point correction, `bias[c] - zx · Σ_p W[c][p]`.
+    pub(super) fn corrected_bias(&self, c: usize) -> i32 {
+        assert!(c < self.n);
+        self.bias[c]
+    }
+
+    /// `k` padded to the dot step.
+    fn kc(&self) -> usize {
+        self.k.next_multiple_of(KR)
+    }
+}
+
+/// A fully connected layer: `out[i][c] = clamp(zy + requant[c](bias[c] + Σ_p (input[i][p] -
+/// zx) · W[c][p]), qmin, qmax)` for `i < m`, `c < w.n()`. `input` is `m x k` with row stride
+/// `lda`, `out` is `m x n` with row stride `ldc`; only that region of `out` is written.
+/// `scratch` holds the packed input; it is grown as needed and reused, so warm calls do not
+/// allocate.
+///
+/// Rows of the input are the GEMM's columns, so `m` below `NR` (one image) wastes part of each
+/// tile; fully connected layers are a small share of a vision model's work.
+#[allow(clippy::too_many_arguments)]
+pub fn qs8_gemm(
+    input: &[i8],
+    m: usize,
+    lda: usize,
+    w: &PackedWeightsQs8,
+    requant: &[Requantizer],
+    output_zero_point: i32,
+    qmin: i8,
+    qmax: i8,
+    out: &mut [i8],
+    ldc: usize,
+    scratch: &mut Vec<i8>,
+) {
+    let (n, k) = (w.n, w.k);
+    check_matrix("qs8_gemm input", input.len(), m, k, lda);
+    check_matrix("qs8_gemm output", out.len(), m, n, ldc);
+    let dst = grow(scratch, packed_x_len(k, m));
+    pack_x_transposed(dst, input, k, m, lda);
+    let params = OutputParams::new(output_zero_point, qmin, qmax);
+    gemm_packed(w, dst, m, requant, &params, out, [1, ldc]);
+}
+
+/// `scratch[..len]`, growing `scratch` if it is shorter (never shrinking it).
+pub(super) fn grow(scratch: &mut Vec<i8>, len: usize) -> &mut [i8] {
+    if scratch.len() < len {
+        scratch.resize(len, 0);
+    }
+    &mut scratch[..len]
+}
+
+/// Bytes of a packed `k x cols` `X`.
+pub(super) fn packed_x_len(k: usize, cols: usize) -> usize {
+    cols.div_ceil(NR) * NR * k.next_multiple_of(KR)
+}
+
+/// Packs `X` given row by row (`k` rows of `cols` values, row stride `ld`: the NCHW input of a
+/// pointwise convolution) into `dst` (`packed_x_len(k, cols)` bytes, every byte written).
+pub(super) fn pack_x(dst: &mut [i8], x: &[i8], k: usize, cols: usize, ld: usize) {
+    check_matrix("X", x.len(), k, cols, ld);
+    assert_eq!(dst.len(), packed_x_len(k, cols), "pack_x: destination size");
+    let kc = k.next_multiple_of(KR);
+    if kc == 0 {
+        return;
+    }
+    for (j, panel) in dst.chunks_exact_mut(NR * kc).enumerate() {
+        let col = j * NR;
+        let width = NR.min(cols - col);
+        for (s, step) in panel.chunks_exact_mut(NR * KR).enumerate() {
+            let row0 = &x[2 * s * ld + col..][..width];
+            let row1 = (2 * s + 1 < k).then(|| &x[(2 * s + 1) * ld + col..][..width]);
+            if let (true, Some(row1)) = (width == NR, row1) {
+                interleave8(step, row0, row1);
+            } else {
+                step.fill(0);
+                for (c, &v) in row0.iter().enumerate() {
+                    step[c * KR] = v;
+                }
+                if let Some(row1) = row1 {
+                    for (c, &v) in row1.iter().enumerate() {
+                        step[c * KR + 1] = v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dst[2c] = a[c]`, `dst[2c + 1] = b[c]` for 8 values: one k pair of a full panel.
+#[inline(always)]
+fn interleave8(dst: &mut [i8], a: &[i8], b: &[i8]) {
+    let (dst, a, b) = (&mut dst[..2 * NR], &a[..NR], &b[..NR]);
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    {
+        use core::arch::wasm32::*;
+        // SAFETY: 8-byte loads from 8-byte slices and a 16-byte store into a 16-byte slice.
+        unsafe {
+            let va = v128_load64_zero(a.as_ptr() as *const u64);
+            let vb = v128_load64_zero(b.as_ptr() as *const u64);
+            let v = i8x16_shuffle::<0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23>(va, vb);
+            v128_store(dst.as_mut_ptr() as *mut v128, v);
+        }
+    }
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    for (pair, (&va, &vb)) in dst.chunks_exact_mut(KR).zip(a.iter().zip(b)) {
+        pair[0] = va;
+        pair[1] = vb;
+    }
+}
+
+/// Packs `X` given column by column (`cols` columns of `k` values, column stride `ld`: the
+/// `m x k` input of a fully connected layer) into `dst`, every byte written.
+fn pack_x_transposed(dst: &mut [i8], xt: &[i8], k: usize, cols: usize, ld: usize) {
+    assert_eq!(dst.len(), packed_x_len(k, cols), "pack_x: destination size");
+    let kc = k.next_multiple_of(KR);
+    if kc == 0 {
+        return;
+    }
+    dst.fill(0);
+    for (j, panel) in dst.chunks_exact_mut(NR * kc).enumerate() {
+        for c in 0..NR.min(cols - j * NR) {
+            for (p, &v) in xt[(j * NR + c) * ld..][..k].iter().enumerate() {
+                panel[p / KR * NR * KR + c * KR + p % KR] = v;
+            }
+        }
+    }
+}
+
+/// The GEMM on packed `X` (`x`, `cols` columns): output `(c, j)` goes to
+/// `out[c * strides[0] + j * strides[1]]`. `requant` has one requantizer per channel.
+pub(super) fn gemm_packed(
+    w: &PackedWeightsQs8,
+    x: &[i8],
+    cols: usize,
+    requant: &[Requantizer],
+    params: &OutputParams,
+    out: &mut [i8],
+    [row_stride, col_stride]: [usize; 2],
+) {
+    let (n, kc) = (w.n, w.kc());
+    assert_eq!(
+        requant.len(),
+        n,
+        "qs8 gemm: {} requantizers for {n} channels",
+        requant.len()
+    );
+    assert_eq!(x.len(), packed_x_len(w.k, cols), "qs8 gemm: packed X size");
+    if n == 0 || cols == 0 {
+        return;
+    }
+    assert!(
+        out.len() > (n - 1) * row_stride + (cols - 1) * col_stride,
+        "qs8 gemm: output too small for {n}x{cols} with strides {row_stride}, {col_stride}"
+    );
+    let mut tile = |i: usize, j: usize| {
+        let (row, col) = (i * MR, j * NR);
+        let (rows, width) = (MR.min(n - row), NR.min(cols - col));
+        let a = &w.w[i * MR * kc..][..MR * kc];
+        let b = &x[j * NR * kc..][..NR * kc];
+        let bias = &w.bias[row..][..MR];
+        let mut rq = [Requantizer::default(); MR];
+        rq[..rows].copy_from_slice(&requant[row..row + rows]);
+        let at = row * row_stride + col * col_stride;
+        if rows == MR && width == NR && col_stride == 1 {
+            qs8_gemm_minmax_4x8c2(a, b, bias, &rq, params, &mut out[at..], row_stride);
+        } else {
+            let mut edge = [0i8; MR * NR];
+            qs8_gemm_minmax_4x8c2(a, b, bias, &rq, params, &mut edge, NR);
+            for r in 0..rows {
+                for c in 0..width {
+                    out[at + r * row_stride + c * col_stride] = edge[r * NR + c];
+                }
+            }
+        }
+    };
+    let (row_panels, col_panels) = (n.div_ceil(MR), cols.div_ceil(NR));
+    if w.w.len() * 2 <= W_STREAM_BUDGET {
+        for j in 0..col_panels {
+            (0..row_panels).for_each(|i| tile(i, j));
+        }
+    } else {
+        for i in 0..row_panels {
+            (0..col_panels).for_each(|j| tile(i, j));
+        }
+    }
+}
+
+/// Panics unless a `rows x cols` row-major matrix with row stride `ld` fits in `len` bytes.
+pub(super) fn check_matrix(name: &str, len: usize, rows: usize, cols: usize, ld: usize) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    assert!(
+        rows == 1 || ld >= cols,
+        "{name}: row stride {ld} < width {cols}"
+    );
+    let needed = (rows - 1) * ld + cols;
+    assert!(
+        len >= needed,
+        "{name}: {rows}x{cols} with stride {ld} needs {needed} values, got {len}"
+    );
+}
+
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+use qs8_gemm_minmax_4x8c2_scalar as qs8_gemm_minmax_4x8c2;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+use qs8_gemm_minmax_4x8c2_simd128 as qs8_gemm_minmax_4x8c2;
+
+/// One `MR x NR` tile over the `kc / 2` steps of a weight panel `a` and an `X` panel `b`:
+/// `c[r * ldc + j] = requantize(bias[r] + Σ_p a(r, p) · b(p, j), rq[r])`.
+#[cfg(any(test, not(all(target_arch = "wasm32", target_feature = "simd128"))))]
+fn qs8_gemm_minmax_4x8c2_scalar(
+    a: &[i16],
+    b: &[i8],
+    bias: &[i32],
+    rq: &[Requantizer; MR],
+    params: &OutputParams,
+    c: &mut [i8],
+    ldc: usize,
+) {
+    use super::requant::requantize;
+    let steps = a.len() / (MR * KR);
+    assert!(
+        a.len() == steps * MR * KR
+            && b.len() == steps * NR * KR
+            && bias.len() == MR
+            && c.len() >= (MR - 1) * ldc + NR
+    );
+    let mut acc = [[0i32; NR]; MR];
+    for (acc_row, &b0) in acc.iter_mut().zip(bias) {
+        *acc_row = [b0; NR];
+    }
+    for (ap, bp) in a.chunks_exact(MR * KR).zip(b.chunks_exact(NR * KR)) {
+        for (acc_row, wp) in acc.iter_mut().zip(ap.chunks_exact(KR)) {
+            let (w0, w1) = (wp[0] as i32, wp[1] as i32);
+            for (v, xp) in acc_row.iter_mut().zip(bp.chunks_exact(KR)) {
+                *v += w0 * xp[0] as i32 + w1 * xp[1] as i32;
+            }
+        }
+    }
+    for (r, acc_row) in acc.iter().enumerate() {
+        for (o, &v) in c[r * ldc..][..NR].iter_mut().zip(acc_row) {
+            *o = requantize(v, &rq[r], params);
+        }
+    }
+}
+
+/// The simd128 version of `qs8_gemm_minmax_4x8c2_scalar`, bit for bit the same results.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+fn qs8_gemm_minmax_4x8c2_simd128(
+    a: &[i16],
+    b: &[i8],
+    bias: &[i32],
+    rq: &[Requantizer; MR],
+    params: &OutputParams,
+    c: &mut [i8],
+    ldc: usize,
+) {
+    use super::requant::simd::{narrow_clamp, requantize, Lanes, OutputLanes};
+    use core::arch::wasm32::*;
+    let steps = a.len() / (MR * KR);
+    assert!(
+        a.len() == steps * MR * KR
+            && b.len() == steps * NR * KR
+            && bias.len() == MR
+            && c.len() >= (MR - 1) * ldc + NR
+    );
+    // SAFETY: step s reads a[s * 8 .. s * 8 + 8] and b[s * 16 .. s * 16 + 16] for s < steps,
+    // and the stores write c[r * ldc .. r * ldc + 8] for r < MR, all in bounds per the assert.
+    // v128 loads and stores have no alignment requirement.
+    unsafe {
+        let mut acc = [[i32x4_splat(0); 2]; MR];
+        for (acc_row, &b0) in acc.iter_mut().zip(bias) {
+            *acc_row = [i32x4_splat(b0); 2];
+        }
+        let (mut ap, mut bp) = (a.as_ptr(), b.as_ptr());
+        for _ in 0..steps {
+            let b_lo = i16x8_load_extend_i8x8(bp);
+            let b_hi = i16x8_load_extend_i8x8(bp.add(NR));
+            // Lane r of `av` is channel r's weight pair (w[p], w[p + 1]) as two i16.
+            let av = v128_load(ap as *const v128);
+            let w = [
+                i32x4_shuffle::<0, 0, 0, 0>(av, av),
+                i32x4_shuffle::<1, 1, 1, 1>(av, av),
+                i32x4_shuffle::<2, 2, 2, 2>(av, av),
+                i32x4_shuffle::<3, 3, 3, 3>(av, av),
+            ];
+            for (acc_row, &wr) in acc.iter_mut().zip(&w) {
+                acc_row[0] = i32x4_add(acc_row[0], i32x4_dot_i16x8(wr, b_lo));
+                acc_row[1] = i32x4_add(acc_row[1], i32x4_dot_i16x8(wr, b_hi));
+            }
+            ap = ap.add(MR * KR);
+            bp = bp.add(NR * KR);
+        }
+        let mut v = [i32x4_splat(0); 2 * MR];
+        for (r, acc_row) in acc.iter().enumerate() {
+            let lanes = Lanes::new(&rq[r]);
+            v[2 * r] = requantize(acc_row[0], &lanes);
+            v[2 * r + 1] = requantize(acc_row[1], &lanes);
+        }
+        let o = OutputLanes::new(params);
+        let rows01 = narrow_clamp(v[0], v[1], v[2], v[3], &o);
+        let rows23 = narrow_clamp(v[4], v[5], v[6], v[7], &o);
+        let cp = c.as_mut_ptr();
+        v128_store64_lane::<0>(rows01, cp as *mut u64);
+        v128_store64_lane::<1>(rows01, cp.add(ldc) as *mut u64);
+        v128_store64_lane::<0>(rows23, cp.add(2 * ldc) as *mut u64);
+        v128_store64_lane::<1>(rows23, cp.add(3 * ldc) as *mut u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::super::test_util::{range_requantizers, reference_output, Rng};
+    use super::*;
+
+    const SENTINEL: i8 = 0x5a;
+
+    /// One fully connected case: `m x k` input with stride `lda`, `n x k` weights.
+    struct Case {
+        m: usize,
+        n: usize,
+        k: usize,
+        lda: usize,
+        ldc: usize,
+        x: Vec<i8>,
+        w: Vec<i8>,
+        bias: Option<Vec<i32>>,
+        zx: i32,
+        zy: i32,
+        qmin: i8,
+        qmax: i8,
+    }
+
+    impl Case {
+        fn new(rng: &mut Rng, m: usize, n: usize, k: usize, pad: usize) -> Case {
+            let (lda, ldc) = (k + pad, n + 2 * pad);
+            let zx = match rng.int(0, 3) {
+                0 => -128,
+                1 => 127,
+                _ => rng.int(-128, 127) as i32,
+            };
+            Case {
+                m,
+                n,
+                k,
+                lda,
+                ldc,
+                x: rng.i8s(m * lda, -128, 127),
+                w: rng.i8s(n * k, -127, 127),
+                bias: (rng.int(0, 3) > 0)
+                    .then(|| (0..n).map(|_| rng.int(-5000, 5000) as i32).collect()),
+                zx,
+                zy: rng.int(-128, 127) as i32,
+                qmin: -128,
+                qmax: 127,
+            }
+        }
+
+        /// Exact accumulators `bias + Σ (x - zx) · w`, `[m][n]`.
+        fn accumulators(&self) -> Vec<i64> {
+            let mut acc = Vec::with_capacity(self.m * self.n);
+            for i in 0..self.m {
+                for c in 0..self.n {
+                    let mut sum = self.bias.as_ref().map_or(0, |b| b[c] as i64);
+                    for p in 0..self.k {
+                        let x = self.x[i * self.lda + p] as i64 - self.zx as i64;
+                        sum += x * self.w[c * self.k + p] as i64;
+                    }
+                    acc.push(sum);
+                }
+            }
+            acc
+        }
+
+        fn check(&self, what: &str) {
+            let acc = self.accumulators();
+            let ranges: Vec<(i64, i64)> = (0..self.n)
+                .map(|c| {
+                    let col = (0..self.m).map(|i| acc[i * self.n + c]);
+                    (col.clone().min().unwrap_or(0), col.max().unwrap_or(0))
+                })
+                .collect();
+            let rq = range_requantizers(&ranges, self.zy);
+            let w = PackedWeightsQs8::new(&self.w, self.n, self.k, self.bias.as_deref(), self.zx);
+            let mut out = vec![SENTINEL; self.m * self.ldc + 3];
+            let mut scratch = Vec::new();
+            qs8_gemm(
+                &self.x,
+                self.m,
+                self.lda,
+                &w,
+                &rq,
+                self.zy,
+                self.qmin,
+                self.qmax,
+                &mut out,
+                self.ldc,
+                &mut scratch,
+            );
+            for (idx, &got) in out.iter().enumerate() {
+                let (i, c) = (idx / self.ldc, idx % self.ldc);
+                if i >= self.m || c >= self.n {
+                    assert_eq!(got, SENTINEL, "{what}: wrote out[{i}][{c}]");
+                    continue;
+                }
+                let want =
+                    reference_output(acc[i * self.n + c], &rq[c], self.zy, self.qmin, self.qmax);
+                assert_eq!(
+                    got,
+                    want,
+                    "{what}: out[{i}][{c}] (acc {})",
+                    acc[i * self.n + c]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn sizes_around_the_tile() {
+        let seed = 0x9e37_79b9_7f4a_7c15;
+        let mut rng = Rng(seed);
+        for m in [1, 2, 3, 5, 7, 8, 9, 16, 17] {
+            for n in [1, 3, 4, 5, 8, 11, 13] {
+                for k in [0, 1, 2, 3, 4, 7, 8, 9, 15, 16, 17, 33, 64] {
+                    let case = Case::new(&mut rng, m, n, k, 0);
+                    case.check(&format!("seed {seed:#x} m={m} n={n} k={k} zx={}", case.zx));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn strides_clamps_and_extreme_values() {
+        let seed = 0x1234_5678;
+        let mut rng = Rng(seed);
+        for (m, n, k) in [(1, 1, 1), (4, 8, 16), (7, 13, 31), (9, 29, 5), (13, 17, 97)] {
+            for pad in [1, 3, 7] {
+                for variant in 0..4 {
+                    let mut case = Case::new(&mut rng, m, n, k, pad);
+                    match variant {
+                        // ReLU6-like clamp inside the range.
+                        1 => (case.qmin, case.qmax) = (case.zy.min(100) as i8, 100),
+                        // Most negative weights and inputs, both zero points at the ends.
+                        2 => {
+                            case.w.iter_mut().for_each(|v| *v = -128);
+                            case.x.iter_mut().step_by(2).for_each(|v| *v = -128);
+                            (case.zx, case.zy) = (127, -128);
+                        }
+                        3 => (case.zx, case.zy) = (-128, 127),
+                        _ => {}
+                    }
+                    let what = format!(
+                        "seed {seed:#x} m={m} n={n} k={k} pad={pad} variant {variant} zx={} zy={}",
+                        case.zx, case.zy
+                    );
+                    case.check(&what);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn large_weights_take_the_weight_outer_loop_order() {
+        let seed = 77;
+        let mut rng = Rng(seed);
+        let case = Case::new(&mut rng, 19, 70, 1000, 1);
+        assert!(case.n * case.k * 2 > W_STREAM_BUDGET);
+        case.check(&format!("seed {seed} large weights"));
+    }
+
+    #[test]
+    fn packing_layouts() {
+        // k = 3, n = 5: channel 4 lands in the second panel; the odd k pads with a zero.
+        let w: Vec<i8> = (0..15).map(|v| v as i8).collect();
+        let p = PackedWeightsQs8::new(&w, 5, 3, Some(&[1, 2, 3, 4, 5]), 2);
+        assert_eq!(&p.w[..8], &[0, 1, 3, 4, 6, 7, 9, 10]);
+        assert_eq!(&p.w[8..16], &[2, 0, 5, 0, 8, 0, 11, 0]);
+        assert_eq!(&p.w[16..18], &[12, 13]);
+        assert_eq!(
+            p.bias,
+            vec![
+                1 - 2 * 3,
+                2 - 2 * 12,
+                3 - 2 * 21,
+                4 - 2 * 30,
+                5 - 2 * 39,
+                0,
+                0,
+                0
+            ]
+        );
+        // X of 3 rows x 9 columns (stride 10): the pack of rows equals the pack of columns.
+        let x: Vec<i8> = (0..30).map(|v| v as i8).collect();
+        let mut by_rows = vec![0x11; packed_x_len(3, 9)];
+        pack_x(&mut by_rows, &x, 3, 9, 10);
+        assert_eq!(&by_rows[..4], &[0, 10, 1, 11]);
+        assert_eq!(&by_rows[16..20], &[20, 0, 21, 0]);
+        let xt: Vec<i8> = (0..9)
+            .flat_map(|j| (0..3).map(move |p| (p * 10 + j) as i8))
+            .collect();
+        let mut by_cols = vec![0x22; packed_x_len(3, 9)];
+        pack_x_transposed(&mut by_cols, &xt, 3, 9, 3);
+        assert_eq!(by_rows, by_cols);
+    }
+
+    #[test]
+    #[should_panic(expected = "may overflow i32")]
+    fn overflowing_accumulators_are_refused() {
+        PackedWeightsQs8::new(&[127; 2], 1, 2, Some(&[i32::MAX - 100]), 0);
+    }
+
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    #[test]
+    fn simd128_microkernel_matches_scalar_bit_for_bit() {
+        let seed = 3;
+        let mut rng = Rng(seed);
+        for steps in [0, 1, 2, 5, 64, 301] {
+            let a: Vec<i16> = rng
+                .i8s(steps * MR * KR, -128, 127)
+                .iter()
+                .map(|&v| v as i16)
+                .collect();
+            let b = rng.i8s(steps * NR * KR, -128, 127);
+            let bias: Vec<i32> = (0..MR).map(|_| rng.int(-100_000, 100_000) as i32).collect();
+            let mut rq = [Requantizer::default(); MR];
+            for r in rq.iter_mut() {
+                *r = Requantizer::from_real(2f64.powf(-20.0 + 20.0 * rng.unit()));
+            }
+            let params = OutputParams::new(rng.int(-128, 127) as i32, -100, 120);
+            let ldc = NR + 3;
+            let mut want = vec![0i8; MR * ldc];
+            let mut got = want.clone();
+            qs8_gemm_minmax_4x8c2_scalar(&a, &b, &bias, &rq, &params, &mut want, ldc);
+            qs8_gemm_minmax_4x8c2_simd128(&a, &b, &bias, &rq, &params, &mut got, ldc);
+            assert_eq!(got, want, "seed {seed} steps={steps}");
+        }
+    }
+}

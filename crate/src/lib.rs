@@ -12,6 +12,7 @@ pub mod model;
 pub mod npy;
 pub mod onnx;
 pub mod preprocess;
+pub mod quant;
 
 #[cfg(target_arch = "wasm32")]
 pub mod api;

@@ -1501,6 +1501,47 @@ fn gated_activations_fuse_only_when_gated_by_themselves() {
 }
 
 #[test]
+fn decomposed_hard_activations_fuse() {
+    // PaddlePaddle and older PyTorch write HardSwish as x * relu6(x + 3) / 6
+    // and HardSigmoid as relu6(x + 3) / 6 (or * 1/6).
+    let relu6_of_x_plus_3 = |b: &mut OnnxBuilder| {
+        let three = b.init_f32("three", &[], &[3.0]);
+        let (lo, hi) = (b.init_f32("lo", &[], &[0.0]), b.init_f32("hi", &[], &[6.0]));
+        let a = b.node("Add", &["x", &three], vec![]);
+        b.node("Clip", &[&a, &lo, &hi], vec![])
+    };
+    let xs = Rng::new(530).vec(105, -5.0, 5.0);
+    for (scale_op, k) in [("Div", 6.0f32), ("Mul", 1.0 / 6.0)] {
+        let mut b = OnnxBuilder::new(13);
+        b.input("x", &[1, 3, 5, 7]);
+        let r = relu6_of_x_plus_3(&mut b);
+        let m = b.node("Mul", &["x", &r], vec![]);
+        let k = b.init_f32("k", &[], &[k]);
+        let y = b.node(scale_op, &[&m, &k], vec![]);
+        b.output(&y);
+        let model = check_inputs(&b, &[(&[1, 3, 5, 7], &xs)], "x * relu6(x + 3) / 6");
+        assert!(matches!(nodes(&model)[..], [Op::Activation(Activation::HardSwish)]), "{:?}", nodes(&model));
+    }
+    let mut b = OnnxBuilder::new(13);
+    b.input("x", &[1, 3, 5, 7]);
+    let r = relu6_of_x_plus_3(&mut b);
+    let k = b.init_f32("k", &[], &[6.0]);
+    let y = b.node("Div", &[&r, &k], vec![]);
+    b.output(&y);
+    let model = check_inputs(&b, &[(&[1, 3, 5, 7], &xs)], "relu6(x + 3) / 6");
+    assert!(matches!(nodes(&model)[..], [Op::Activation(Activation::HardSigmoid { .. })]), "{:?}", nodes(&model));
+    // relu6(x + 3) / 5 is not an activation we know: left as it is.
+    let mut b = OnnxBuilder::new(13);
+    b.input("x", &[1, 3, 5, 7]);
+    let r = relu6_of_x_plus_3(&mut b);
+    let k = b.init_f32("k", &[], &[5.0]);
+    let y = b.node("Div", &[&r, &k], vec![]);
+    b.output(&y);
+    let model = check_inputs(&b, &[(&[1, 3, 5, 7], &xs)], "relu6(x + 3) / 5");
+    assert_eq!(nodes(&model).len(), 3);
+}
+
+#[test]
 fn affine_ops_after_conv_fold_only_when_per_channel() {
     let mut rng = Rng::new(520);
     let cases: Vec<(&str, &[usize], bool, bool)> = vec![

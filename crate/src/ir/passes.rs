@@ -1,6 +1,8 @@
 //! Graph rewrites applied after import, each a general mechanism rather than
 //! a model-specific pattern:
 //! - `fold_constants`: nodes with only constant inputs are evaluated once;
+//! - `fuse_decomposed_hard_activations`: `clip(x + 3, 0, 6) / 6` -> HardSigmoid and
+//!   `x * clip(x + 3, 0, 6) / 6` -> HardSwish, as PaddlePaddle and older PyTorch export them;
 //! - `fuse_gated_activations`: `x * sigmoid(x)` -> SiLU, `x * hardsigmoid(x)` -> HardSwish;
 //! - `fold_affine_into_conv`: a per-output-channel Mul/Div/Add/Sub on a Conv or
 //!   Gemm output (BatchNormalization lowers to exactly that) merges into its
@@ -14,6 +16,8 @@ use crate::engine::fp32::eval_node;
 
 pub fn optimize(graph: &mut Graph) -> Result<()> {
     fold_constants(graph)?;
+    fuse_decomposed_hard_activations(graph);
+    graph.prune();
     fuse_gated_activations(graph);
     while fold_affine_into_conv(graph) {}
     fuse_activations(graph);
@@ -50,6 +54,75 @@ fn sole_consumer(graph: &Graph, consumers: &[Vec<usize>], value: ValueId) -> Opt
     match consumers[value].as_slice() {
         [only] if !graph.outputs.contains(&value) => Some(*only),
         _ => None,
+    }
+}
+
+/// The value of a constant holding a single number.
+fn scalar_const(graph: &Graph, id: ValueId) -> Option<f32> {
+    match graph.const_data(id) {
+        Some([v]) => Some(*v),
+        _ => None,
+    }
+}
+
+/// If `node` computes `v * k` or `v / (1/k)` with a constant scalar, returns (v, k).
+fn scaled_by(graph: &Graph, node: &Node) -> Option<(ValueId, f32)> {
+    let (a, b) = (*node.inputs.first()?, *node.inputs.get(1)?);
+    match node.op {
+        Op::Binary(BinaryOp::Mul) => scalar_const(graph, b).map(|k| (a, k)).or_else(|| scalar_const(graph, a).map(|k| (b, k))),
+        Op::Binary(BinaryOp::Div) => scalar_const(graph, b).map(|k| (a, 1.0 / k)),
+        _ => None,
+    }
+}
+
+/// If `v` is `clip(x + 3, 0, 6)` (a Relu6 of x shifted by 3), returns x.
+fn relu6_of_x_plus_3(graph: &Graph, producers: &[Option<usize>], v: ValueId) -> Option<ValueId> {
+    let clip = &graph.nodes[producers[v]?];
+    if clip.op != Op::Activation(Activation::Clip { min: 0.0, max: 6.0 }) {
+        return None;
+    }
+    let add = &graph.nodes[producers[clip.inputs[0]]?];
+    if add.op != Op::Binary(BinaryOp::Add) {
+        return None;
+    }
+    let (a, b) = (add.inputs[0], add.inputs[1]);
+    let x = if scalar_const(graph, b) == Some(3.0) { a } else if scalar_const(graph, a) == Some(3.0) { b } else { return None };
+    (graph.values[x].shape == graph.values[v].shape).then_some(x)
+}
+
+fn close(a: f32, b: f32) -> bool {
+    (a - b).abs() <= 1e-6 * b.abs().max(1.0)
+}
+
+/// Rewrites the decomposed forms of HardSigmoid and HardSwish into the ops;
+/// the nodes they leave unused are pruned afterwards.
+fn fuse_decomposed_hard_activations(graph: &mut Graph) {
+    let producers = graph.producers();
+    for n in 0..graph.nodes.len() {
+        let Some((v, k)) = scaled_by(graph, &graph.nodes[n]) else { continue };
+        if !close(k, 1.0 / 6.0) {
+            continue;
+        }
+        let (x, act) = if let Some(x) = relu6_of_x_plus_3(graph, &producers, v) {
+            (x, Activation::HardSigmoid { alpha: 1.0 / 6.0, beta: 0.5 })
+        } else {
+            let Some(p) = producers[v] else { continue };
+            let mul = &graph.nodes[p];
+            if mul.op != Op::Binary(BinaryOp::Mul) {
+                continue;
+            }
+            let (a, b) = (mul.inputs[0], mul.inputs[1]);
+            match (relu6_of_x_plus_3(graph, &producers, b), relu6_of_x_plus_3(graph, &producers, a)) {
+                (Some(x), _) if x == a => (x, Activation::HardSwish),
+                (_, Some(x)) if x == b => (x, Activation::HardSwish),
+                _ => continue,
+            }
+        };
+        if graph.values[x].shape != graph.values[graph.nodes[n].outputs[0]].shape {
+            continue;
+        }
+        graph.nodes[n].op = Op::Activation(act);
+        graph.nodes[n].inputs = vec![x];
     }
 }
 

@@ -64,7 +64,8 @@ pub fn check_bits(bits: u32) -> Result<()> {
     }
 }
 
-fn assert_bits(bits: u32) {
+/// Panics unless `bits` is in `2..=8` (the message the whole module uses).
+pub(crate) fn assert_bits(bits: u32) {
     assert!(
         (2..=8).contains(&bits),
         "quantization width {bits} bits is outside 2..=8"
@@ -489,7 +490,10 @@ mod tests {
         assert_eq!((p.scale, p.zero_point), (0.5, 0));
         assert_eq!(p.quantize(-100.0), -7);
         // Inverted bounds are read as the range they span.
-        assert_eq!(from_range(3.0, -1.0, 8, false), from_range(-1.0, 3.0, 8, false));
+        assert_eq!(
+            from_range(3.0, -1.0, 8, false),
+            from_range(-1.0, 3.0, 8, false)
+        );
     }
 
     #[test]
@@ -508,8 +512,14 @@ mod tests {
             // Nudging the zero point moves each end by less than half a step.
             let (want_lo, want_hi) = (a.min(b).min(0.0), a.max(b).max(0.0));
             if !symmetric {
-                assert!(lo <= want_lo + p.scale * 0.5001, "case {case}: {p:?} {a} {b}");
-                assert!(hi >= want_hi - p.scale * 0.5001, "case {case}: {p:?} {a} {b}");
+                assert!(
+                    lo <= want_lo + p.scale * 0.5001,
+                    "case {case}: {p:?} {a} {b}"
+                );
+                assert!(
+                    hi >= want_hi - p.scale * 0.5001,
+                    "case {case}: {p:?} {a} {b}"
+                );
             } else {
                 assert!(lo <= want_lo + want_lo.abs() * 1e-6, "case {case}: {p:?}");
                 assert!(hi >= want_hi - want_hi.abs() * 1e-6, "case {case}: {p:?}");
@@ -517,7 +527,10 @@ mod tests {
             for _ in 0..20 {
                 let x = lo + (hi - lo) * rng.unit() as f32;
                 let err = (p.fake_quantize(x) - x).abs();
-                assert!(err <= p.scale * 0.5001, "case {case}: {p:?} x={x} err={err}");
+                assert!(
+                    err <= p.scale * 0.5001,
+                    "case {case}: {p:?} x={x} err={err}"
+                );
             }
         }
     }
@@ -579,10 +592,22 @@ mod tests {
             QuantParams { bits: 9, ..ok },
             QuantParams { bits: 1, ..ok },
             QuantParams { scale: 0.0, ..ok },
-            QuantParams { scale: f32::NAN, ..ok },
-            QuantParams { scale: f32::INFINITY, ..ok },
-            QuantParams { zero_point: 128, ..ok },
-            QuantParams { symmetric: true, ..ok },
+            QuantParams {
+                scale: f32::NAN,
+                ..ok
+            },
+            QuantParams {
+                scale: f32::INFINITY,
+                ..ok
+            },
+            QuantParams {
+                zero_point: 128,
+                ..ok
+            },
+            QuantParams {
+                symmetric: true,
+                ..ok
+            },
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
@@ -670,17 +695,26 @@ mod tests {
             .collect();
         let error = |p: &ChannelParams, q: &[i8]| -> f64 {
             let back = p.dequantize(q, &shape);
-            w.iter().zip(&back).map(|(a, b)| ((a - b) as f64).powi(2)).sum()
+            w.iter()
+                .zip(&back)
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum()
         };
         for bits in [2, 3, 4, 8] {
             let (pm, qm) = quantize_weights(&w, &shape, Some(0), bits, WeightRange::MaxAbs);
             let (pe, qe) = quantize_weights(&w, &shape, Some(0), bits, WeightRange::Mse);
             let (em, ee) = (error(&pm, &qm), error(&pe, &qe));
             // The search includes ratio 1, so it is never worse.
-            assert!(ee <= em * (1.0 + 1e-9), "{bits} bits: mse {ee} > max-abs {em}");
+            assert!(
+                ee <= em * (1.0 + 1e-9),
+                "{bits} bits: mse {ee} > max-abs {em}"
+            );
             for c in 0..8 {
                 let ratio = pe.scales[c] / pm.scales[c];
-                assert!((0.499..=1.0001).contains(&ratio), "{bits} bits ch {c}: {ratio}");
+                assert!(
+                    (0.499..=1.0001).contains(&ratio),
+                    "{bits} bits ch {c}: {ratio}"
+                );
             }
             if bits <= 4 {
                 // At 4 bits and below clipping Gaussian tails pays clearly.

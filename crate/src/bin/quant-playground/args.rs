@@ -37,6 +37,27 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Times the FP32 engine (`Model::run`) on a deterministic pseudo-random input: median, min, p90.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub shapes: ShapeArgs,
+    /// Timed runs.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: u32,
+    /// Untimed runs first.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: u32,
+    /// Also time every node (median over the timed runs) and print where the time goes, by op kind and the slowest nodes.
+    #[arg(long)]
+    pub profile: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]

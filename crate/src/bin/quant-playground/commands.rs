@@ -7,12 +7,13 @@ use quant_playground::onnx::{ImportOptions, SUPPORTED_OPS};
 use quant_playground::preprocess::{preprocess, Fit, Layout, Preprocess};
 use quant_playground::{npy, Error, Result};
 
-use crate::args::{Cli, Command, FitArg, LayoutArg, PreArgs, ShapeArgs};
+use crate::args::{BenchArgs, Cli, Command, FitArg, LayoutArg, PreArgs, ShapeArgs};
 
 pub fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Inspect { model, shapes, json } => inspect(&model, &shapes, json),
         Command::Run { model, shapes, inputs, image, pre, out } => run(&model, &shapes, &inputs, image.as_deref(), &pre, &out),
+        Command::Bench(args) => bench(&args),
     }
 }
 
@@ -187,6 +188,206 @@ fn run(path: &Path, shapes: &ShapeArgs, inputs: &[String], image: Option<&Path>,
         fs::write(&file, npy::write(&o.shape, &o.data)).map_err(|source| Error::Io { path: file.display().to_string(), source })?;
         let (argmax, max) = o.data.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
         println!("{} {:?} -> {} (argmax {argmax}, max {max:.4})", o.name, o.shape, file.display());
+    }
+    Ok(())
+}
+
+// ---- bench: FP32 latency of Model::run (used by bench/benchmarks/fp32-native.mjs) ----
+
+/// Deterministic pseudo-random values in [-1, 1) (xorshift32), the same on every machine.
+fn bench_input(len: usize, seed: u32) -> Vec<f32> {
+    let mut x = seed.max(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn median(xs: &[f64]) -> f64 {
+    let mut s = xs.to_vec();
+    s.sort_by(f64::total_cmp);
+    let m = s.len() / 2;
+    if s.len() % 2 == 1 { s[m] } else { (s[m - 1] + s[m]) / 2.0 }
+}
+
+/// Nearest-rank percentile.
+fn percentile(xs: &[f64], p: f64) -> f64 {
+    let mut s = xs.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[((p / 100.0 * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1]
+}
+
+/// What a node is, for the profile: convolutions by kernel and grouping, the rest by op name.
+/// Also its multiply-accumulates when it is a convolution or a Gemm/MatMul.
+fn bench_kind(g: &quant_playground::ir::Graph, node: &quant_playground::ir::Node) -> (String, u64) {
+    use quant_playground::ir::Op;
+    let shape = |v: usize| g.values[v].shape.clone();
+    match &node.op {
+        Op::Conv(c) => {
+            let (x, y) = (shape(node.inputs[0]), shape(node.outputs[0]));
+            let k = &c.window.kernel;
+            let macs = (y.iter().product::<usize>() * (x[1] / c.group) * k[0] * k[1]) as u64;
+            let stride = if c.window.strides.iter().any(|&s| s != 1) { format!(" s{}", c.window.strides[0]) } else { String::new() };
+            let kind = if c.group == 1 {
+                format!("Conv {}x{}{stride}", k[0], k[1])
+            } else if c.group == x[1] && c.group == y[1] {
+                format!("Conv depthwise {}x{}{stride}", k[0], k[1])
+            } else {
+                format!("Conv grouped {}x{}{stride}", k[0], k[1])
+            };
+            (kind, macs)
+        }
+        Op::Gemm { .. } | Op::MatMul => {
+            let (a, y) = (shape(node.inputs[0]), shape(node.outputs[0]));
+            (node.op.name().to_string(), (y.iter().product::<usize>() * a.last().copied().unwrap_or(1)) as u64)
+        }
+        other => (other.name().to_string(), 0),
+    }
+}
+
+fn bench(args: &BenchArgs) -> Result<()> {
+    use std::time::Instant;
+    let bytes = read(&args.model)?;
+    let options = import_options(&args.shapes)?;
+    let t0 = Instant::now();
+    let model = Model::load(&bytes, &options)?;
+    let load_ms = ms(t0.elapsed());
+    let inputs: Vec<Vec<f32>> =
+        model.meta.inputs.iter().enumerate().map(|(i, info)| bench_input(info.shape.iter().product(), 0x9E37_79B9 ^ i as u32)).collect();
+    let refs: Vec<&[f32]> = inputs.iter().map(|v| v.as_slice()).collect();
+
+    for _ in 0..args.warmup {
+        std::hint::black_box(model.run(&refs)?);
+    }
+    let mut samples = Vec::with_capacity(args.runs as usize);
+    for _ in 0..args.runs {
+        let t = Instant::now();
+        std::hint::black_box(model.run(&refs)?);
+        samples.push(ms(t.elapsed()));
+    }
+    let (med, min, p90, max) = (median(&samples), percentile(&samples, 0.0), percentile(&samples, 90.0), samples.iter().copied().fold(0.0, f64::max));
+
+    // Per node: the time from the previous value computed (or the start) to this node's first output.
+    let profile = if args.profile {
+        let g = model.engine.graph();
+        let mut producer = vec![usize::MAX; g.values.len()];
+        for (n, node) in g.nodes.iter().enumerate() {
+            for &o in &node.outputs {
+                producer[o] = n;
+            }
+        }
+        let mut per_node: Vec<Vec<f64>> = vec![Vec::with_capacity(args.runs as usize); g.nodes.len()];
+        for _ in 0..args.runs {
+            let mut last = Instant::now();
+            let mut seen = vec![false; g.nodes.len()];
+            model.engine.run_observed(&refs, &mut |v, _| {
+                let now = Instant::now();
+                let n = producer[v];
+                if n != usize::MAX && !seen[n] {
+                    seen[n] = true;
+                    per_node[n].push(ms(now - last));
+                }
+                last = now;
+            })?;
+        }
+        let node_ms: Vec<f64> = per_node.iter().map(|s| if s.is_empty() { 0.0 } else { median(s) }).collect();
+        let total: f64 = node_ms.iter().sum();
+        let mut kinds: Vec<(String, usize, f64, u64)> = Vec::new();
+        for (n, node) in g.nodes.iter().enumerate() {
+            let (kind, macs) = bench_kind(g, node);
+            match kinds.iter_mut().find(|k| k.0 == kind) {
+                Some(k) => {
+                    k.1 += 1;
+                    k.2 += node_ms[n];
+                    k.3 += macs;
+                }
+                None => kinds.push((kind, 1, node_ms[n], macs)),
+            }
+        }
+        kinds.sort_by(|a, b| b.2.total_cmp(&a.2));
+        let mut order: Vec<usize> = (0..g.nodes.len()).collect();
+        order.sort_by(|&a, &b| node_ms[b].total_cmp(&node_ms[a]));
+        let gmacs = |macs: u64, ms: f64| if macs > 0 && ms > 0.0 { Some(macs as f64 / ms / 1e6) } else { None };
+        let by_kind: Vec<serde_json::Value> = kinds
+            .iter()
+            .map(|(kind, count, t, macs)| {
+                serde_json::json!({ "kind": kind, "nodes": count, "ms": t, "share": t / total, "macs": macs, "gmacPerS": gmacs(*macs, *t) })
+            })
+            .collect();
+        let slowest: Vec<serde_json::Value> = order
+            .iter()
+            .take(15)
+            .map(|&n| {
+                let node = &g.nodes[n];
+                let (kind, macs) = bench_kind(g, node);
+                serde_json::json!({
+                    "node": node.name, "kind": kind, "ms": node_ms[n], "share": node_ms[n] / total,
+                    "input": g.values[node.inputs[0]].shape, "output": g.values[node.outputs[0]].shape, "gmacPerS": gmacs(macs, node_ms[n]),
+                })
+            })
+            .collect();
+        Some(serde_json::json!({ "nodesMs": total, "byKind": by_kind, "slowest": slowest }))
+    } else {
+        None
+    };
+
+    if args.json {
+        let value = serde_json::json!({
+            "model": args.model.display().to_string(),
+            "inputs": model.meta.inputs.iter().map(|i| serde_json::json!({ "name": i.name, "shape": i.shape })).collect::<Vec<_>>(),
+            "input": "xorshift32 uniform [-1, 1)",
+            "loadMs": load_ms,
+            "warmup": args.warmup,
+            "runs": args.runs,
+            "samplesMs": samples,
+            "medianMs": med,
+            "minMs": min,
+            "p90Ms": p90,
+            "maxMs": max,
+            "profile": profile,
+        });
+        println!("{}", serde_json::to_string_pretty(&value).expect("serialises"));
+        return Ok(());
+    }
+    let shapes: Vec<String> = model.meta.inputs.iter().map(|i| format!("{} {:?}", i.name, i.shape)).collect();
+    println!("model      {}  ({})", args.model.display(), shapes.join(", "));
+    println!("load       {load_ms:.1} ms");
+    println!("run        median {med:.2} ms  min {min:.2} ms  p90 {p90:.2} ms  max {max:.2} ms  ({} runs after {} warm-up)", args.runs, args.warmup);
+    if let Some(p) = profile {
+        println!("\nper op kind (median per node, summed; {:.2} ms in nodes)", p["nodesMs"].as_f64().unwrap_or(0.0));
+        println!("{:<28} {:>5} {:>9} {:>6} {:>8}", "kind", "nodes", "ms", "share", "GMAC/s");
+        for k in p["byKind"].as_array().into_iter().flatten() {
+            let rate = k["gmacPerS"].as_f64().map_or(String::new(), |r| format!("{r:.2}"));
+            println!(
+                "{:<28} {:>5} {:>9.3} {:>5.1}% {:>8}",
+                k["kind"].as_str().unwrap_or(""),
+                k["nodes"],
+                k["ms"].as_f64().unwrap_or(0.0),
+                100.0 * k["share"].as_f64().unwrap_or(0.0),
+                rate
+            );
+        }
+        println!("\nslowest nodes");
+        for s in p["slowest"].as_array().into_iter().flatten() {
+            let rate = s["gmacPerS"].as_f64().map_or(String::new(), |r| format!("{r:.2} GMAC/s"));
+            println!(
+                "{:>8.3} ms {:>5.1}%  {:<24} {} -> {}  {}  {rate}",
+                s["ms"].as_f64().unwrap_or(0.0),
+                100.0 * s["share"].as_f64().unwrap_or(0.0),
+                s["kind"].as_str().unwrap_or(""),
+                s["input"],
+                s["output"],
+                s["node"].as_str().unwrap_or("")
+            );
+        }
     }
     Ok(())
 }

@@ -18,14 +18,17 @@ export const name = 'fp32';
 export const description = 'FP32 latency in headless Chromium (1 thread): ours vs onnxruntime-web on the shipped models, same page, same input';
 
 const WARMUP = 5;
-const ROUNDS = 4; // engine order alternates between rounds
-const RUNS_PER_ROUND = 6; // -> 24 timed runs per engine and model
+// Timed runs per engine and model: `rounds` x `runsPerRound`, the engine order alternating
+// between rounds so that a burst of load on the machine hits both. More runs for the small
+// models (a few ms each), whose medians are the noisiest.
 
 const MODELS = [
   {
     id: 'efficientnet_lite0',
     model: 'efficientnet_lite0.onnx',
     inputShape: [1, 3, 224, 224],
+    rounds: 6,
+    runsPerRound: 6,
     // (x - 127) / 128, the TF-Lite classifiers' normalisation.
     image: { image: 'chelsea.png', layout: 'nchw', mean: 127, std: 128, bgr: false },
   },
@@ -33,12 +36,16 @@ const MODELS = [
     id: 'blazeface_front_128',
     model: 'blazeface_front_128.onnx',
     inputShape: [1, 128, 128, 3],
+    rounds: 10,
+    runsPerRound: 10,
     image: { image: 'astronaut.png', layout: 'nhwc', mean: 127.5, std: 127.5, bgr: false },
   },
   {
     id: 'ppocr_cls_mobile_v2',
     model: 'ppocr_cls_mobile_v2.onnx',
     inputShape: [1, 3, 48, 192],
+    rounds: 10,
+    runsPerRound: 10,
     inputName: 'x', // dynamic dims, fixed here (onnxruntime-web takes the tensor's shape)
     image: { image: 'text.png', layout: 'nchw', mean: 127.5, std: 127.5, bgr: true },
   },
@@ -91,8 +98,8 @@ export async function run(ctx) {
         inputName: m.inputName,
         image: m.image,
         warmup: WARMUP,
-        rounds: ROUNDS,
-        runsPerRound: RUNS_PER_ROUND,
+        rounds: m.rounds,
+        runsPerRound: m.runsPerRound,
       });
       const ratio = r.medianMs.ours / r.medianMs.ort;
       const diff = Math.max(...r.outputs.map((o) => o.maxRelDiff));
@@ -100,7 +107,7 @@ export async function run(ctx) {
       ctx.log(
         `${m.id} ${JSON.stringify(m.inputShape)}: ours ${r.medianMs.ours.toFixed(2)} ms, onnxruntime-web ${r.medianMs.ort.toFixed(2)} ms, ratio ${ratio.toFixed(2)}, max rel diff ${diff.toExponential(2)} (${top}); load ${r.loadMs.ours.toFixed(0)} / ${r.loadMs.ort.toFixed(0)} ms`,
       );
-      const runs = `${WARMUP} warm-up, ${ROUNDS}x${RUNS_PER_ROUND} timed, engines alternating by round; input ${m.image.image} ${JSON.stringify(m.inputShape)}`;
+      const runs = `${WARMUP} warm-up, ${m.rounds}x${m.runsPerRound} timed, engines alternating by round; input ${m.image.image} ${JSON.stringify(m.inputShape)}`;
       out.push(
         { metric: `${m.id}: ours (wasm SIMD128, 1 thread)`, unit: 'ms', value: round(r.medianMs.ours), samples: r.samples.ours.map(round), note: `${runs}; Session.load ${round(r.loadMs.ours)} ms` },
         {

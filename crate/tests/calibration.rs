@@ -196,8 +196,8 @@ fn measure_methods_on_held_out_images() {
     println!("calibration: {:.2?} for {} frames ({} methods, model runs included)", start.elapsed(), calib.len(), METHODS.len());
     for ((name, _), per_method) in METHODS.iter().zip(&observers) {
         let start = std::time::Instant::now();
-        let used = per_method.iter().filter(|o| o.frames() > 0).map(|o| o.range(8, false)).count();
-        println!("{name}: ranges of {used} tensors in {:.2?}", start.elapsed());
+        let ranges: Vec<(f32, f32)> = per_method.iter().filter(|o| o.frames() > 0).map(|o| o.range(8, false)).collect();
+        println!("{name}: ranges of {} tensors in {:.2?}", ranges.len(), start.elapsed());
     }
     for (bits, symmetric) in [(8, false), (8, true), (6, false)] {
         let p = params(&observers, bits, symmetric);

@@ -35,8 +35,8 @@ impl Activation {
                 }
             }
             Activation::Sigmoid => sigmoid(x),
-            Activation::HardSigmoid { alpha, beta } => (alpha * x + beta).max(0.0).min(1.0),
-            Activation::HardSwish => x * (x * (1.0 / 6.0) + 0.5).max(0.0).min(1.0),
+            Activation::HardSigmoid { alpha, beta } => clamp(alpha * x + beta, 0.0, 1.0),
+            Activation::HardSwish => x * clamp(x * (1.0 / 6.0) + 0.5, 0.0, 1.0),
             Activation::Silu => x * sigmoid(x),
             Activation::Tanh => x.tanh(),
         }
@@ -51,6 +51,9 @@ impl Activation {
             // wasm has no single instruction for, and costs ~8x more there).
             Activation::Relu => xs.iter_mut().for_each(|x| *x = clamp(*x, 0.0, f32::INFINITY)),
             Activation::Clip { min, max } => xs.iter_mut().for_each(|x| *x = clamp(*x, min, max)),
+            // Branch-free forms hoisted out of the per-element match, so they vectorise too.
+            Activation::HardSigmoid { alpha, beta } => xs.iter_mut().for_each(|x| *x = clamp(alpha * *x + beta, 0.0, 1.0)),
+            Activation::HardSwish => xs.iter_mut().for_each(|x| *x *= clamp(*x * (1.0 / 6.0) + 0.5, 0.0, 1.0)),
             _ => xs.iter_mut().for_each(|x| *x = self.apply_scalar(*x)),
         }
     }

@@ -25,13 +25,25 @@ wasm=www/pkg/quant_playground_bg.wasm
 if [ "$mode" = release ]; then
   wasm_opt="$ROOT/node_modules/.bin/wasm-opt"
   [ -x "$wasm_opt" ] || { echo "[build-wasm] $wasm_opt is missing: run make setup (npm ci)" >&2; exit 1; }
-  echo "[build-wasm] wasm-opt -O3 (binaryen $("$wasm_opt" --version | awk '{print $3}'))"
   # The features rustc enables by default for wasm32-unknown-unknown, plus SIMD128.
-  "$wasm_opt" -O3 \
-    --enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \
-    --enable-mutable-globals --enable-multivalue --enable-reference-types \
-    "$wasm" -o "$wasm.opt"
-  mv "$wasm.opt" "$wasm"
+  opt_flags=(-O3 --enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext
+    --enable-mutable-globals --enable-multivalue --enable-reference-types)
+  binaryen=$("$wasm_opt" --version | awk '{print $3}')
+  # wasm-opt takes minutes on the full engine (binaryen.js is single-threaded): its output is
+  # kept per input, so a rebuild that changed nothing (make serve, test, bench) reuses it.
+  cache="$ROOT/target/wasm-opt-cache"
+  key=$( { sha256sum <"$wasm"; echo "$binaryen ${opt_flags[*]}"; } | sha256sum | cut -c1-32)
+  if [ -f "$cache/$key.wasm" ]; then
+    echo "[build-wasm] wasm-opt: input unchanged, optimised output reused (target/wasm-opt-cache)"
+    cp "$cache/$key.wasm" "$wasm"
+  else
+    echo "[build-wasm] wasm-opt ${opt_flags[0]} (binaryen $binaryen)"
+    "$wasm_opt" "${opt_flags[@]}" "$wasm" -o "$wasm.opt"
+    mv "$wasm.opt" "$wasm"
+    mkdir -p "$cache"
+    rm -f "$cache"/*.wasm
+    cp "$wasm" "$cache/$key.wasm"
+  fi
 fi
 raw=$(stat -c %s "$wasm")
 gz=$(gzip -9 -c "$wasm" | wc -c)

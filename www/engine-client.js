@@ -93,6 +93,15 @@ export class EngineClient extends EventTarget {
     return this.request(Req.INFO, {}, options);
   }
 
+  /**
+   * @param {ArrayBuffer} bytes  the ONNX file (transferred to the worker)
+   * @param {string} name
+   * @param {Record<string, number[]>} [inputShapes]
+   */
+  loadModel(bytes, name, inputShapes, options = {}) {
+    return this.request(Req.LOAD_MODEL, { bytes, name, inputShapes }, { timeoutMs: 120_000, ...options, transfer: [bytes] });
+  }
+
   /** Stops the worker now; pending requests are rejected, the next request starts a new one. */
   restart(reason = 'restarted') {
     this.#replace(new EngineError(reason, { kind: 'crash', fatal: true }));

@@ -63,6 +63,43 @@ function renderInfo(info) {
   field('isolated').textContent = info.crossOriginIsolated ? 'Yes' : 'No (the server sends no COOP/COEP headers)';
 }
 
+const DEFAULT_MODEL = 'models/efficientnet_lite0.onnx';
+
+const formatBytes = (n) => (n >= 2 ** 20 ? `${(n / 2 ** 20).toFixed(1)} MiB` : `${(n / 1024).toFixed(1)} KiB`);
+const formatShape = (shape) => `[${shape.join(', ')}]`;
+const formatCounts = (pairs) => pairs.map(([op, n]) => `${op} ×${n}`).join(', ');
+
+/** Renders the model card from the worker's summary (see Session.summary in api.rs). */
+function renderModel(summary) {
+  field('model-name').textContent = summary.name;
+  field('model-status').textContent = `Loaded in ${Math.round(summary.loadMs)} ms`;
+  field('model-size').textContent = `${formatBytes(summary.fileBytes)} · opset ${summary.opset}${summary.producer ? ` · ${summary.producer}` : ''}`;
+  field('model-params').textContent = summary.parameters.toLocaleString('en');
+  field('model-inputs').textContent = summary.inputs
+    .map((i) => `${i.name} ${formatShape(i.shape)}${i.choices.length ? ` (${i.choices.join(', ')})` : ''}`)
+    .join('; ');
+  field('model-outputs').textContent = summary.outputs.map((o) => `${o.name} ${formatShape(o.shape)}`).join('; ');
+  field('model-onnx-ops').textContent = formatCounts(Object.entries(summary.onnxOps));
+  field('model-ops').textContent = formatCounts(summary.ops);
+  const weights = summary.quantizable.reduce((n, l) => n + l.params, 0);
+  field('model-quantizable').textContent = `${summary.quantizable.length} layers with weights (${weights.toLocaleString('en')} parameters)`;
+  field('model-float').textContent = summary.floatOps.length ? summary.floatOps.join(', ') : 'nothing';
+  document.getElementById('model-panel').setAttribute('aria-busy', 'false');
+  document.body.classList.add('model-loaded');
+}
+
+async function loadDefaultModel() {
+  const name = DEFAULT_MODEL.split('/').pop();
+  try {
+    const response = await fetch(DEFAULT_MODEL);
+    if (!response.ok) throw new Error(`${DEFAULT_MODEL}: HTTP ${response.status}`);
+    renderModel(await client.loadModel(await response.arrayBuffer(), name));
+  } catch (err) {
+    field('model-status').textContent = `Could not load ${name}: ${err instanceof Error ? err.message : err}`;
+    showError(err, `The model ${name} could not be loaded`);
+  }
+}
+
 async function loadEngine() {
   hideError();
   setState('loading');
@@ -74,6 +111,7 @@ async function loadEngine() {
     renderInfo(info);
     performance.mark('qp:engine-ready', { detail: info });
     setState('ready');
+    await loadDefaultModel();
   } catch (err) {
     showError(err);
   }

@@ -12,6 +12,12 @@
 export const Req = Object.freeze({
   /** Engine version and build features. Payload: none. Result: {@link EngineInfo}. */
   INFO: 'info',
+  /**
+   * Import an ONNX model, replacing the loaded one. Payload: `{bytes: ArrayBuffer (transferred),
+   * name: string, inputShapes?: Record<string, number[]>}`. Result: the model summary
+   * (inputs, outputs, ops, parameters, what will be quantized, a preprocessing guess).
+   */
+  LOAD_MODEL: 'load-model',
 });
 
 /** Reply types (worker -> page). */

@@ -17,11 +17,22 @@ const engine = import('./pkg/quant_playground.js')
   });
 engine.catch(() => {}); // reported to each request that needs the engine
 
+/** The loaded model: a wasm `Session` and its file name. */
+let model = null;
+
 /** @type {Record<string, (msg: import('./protocol.js').Request, progress: (p: object) => void) => Promise<unknown>>} */
 const handlers = {
   async [Req.INFO]() {
     const { wasm, initMs } = await engine;
     return { ...wasm.engineInfo(), initMs, crossOriginIsolated: self.crossOriginIsolated };
+  },
+  async [Req.LOAD_MODEL]({ bytes, name, inputShapes }) {
+    const { wasm } = await engine;
+    const started = performance.now();
+    const session = wasm.Session.load(new Uint8Array(bytes), inputShapes);
+    model?.session.free();
+    model = { session, name };
+    return { name, loadMs: performance.now() - started, ...session.summary() };
   },
 };
 

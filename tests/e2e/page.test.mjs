@@ -47,6 +47,16 @@ test('the engine loads in a Web Worker with SIMD128 and the page shows it', asyn
     assert.equal(await page.locator('[data-field="simd"]').textContent(), 'WebAssembly SIMD128');
     assert.equal(await page.locator('#error-panel').isHidden(), true);
 
+    // The default model is imported in the worker and its card shown.
+    await page.waitForSelector('body.model-loaded, body.error', { timeout: 60_000 });
+    assert.equal(await page.locator('#error-panel').isHidden(), true, await page.locator('#error-panel').textContent());
+    assert.equal(await page.locator('[data-field="model-name"]').textContent(), 'efficientnet_lite0.onnx');
+    assert.equal(await page.locator('[data-field="model-params"]').textContent(), '4,631,000');
+    assert.match(await page.locator('[data-field="model-inputs"]').textContent(), /^input \[1, 3, 224, 224\] \(batch = 1 \(default\)\)$/);
+    assert.equal(await page.locator('[data-field="model-outputs"]').textContent(), 'logits [1, 1000]');
+    assert.match(await page.locator('[data-field="model-quantizable"]').textContent(), /^50 layers with weights/);
+    assert.ok(problems.requests.some((url) => url.endsWith('/models/efficientnet_lite0.onnx')), 'the model was fetched');
+
     // Keyboard: the first Tab reaches the skip link, which moves focus to the main area.
     await page.keyboard.press('Tab');
     assert.equal(await page.evaluate(() => document.activeElement?.className), 'skip-link');

@@ -36,10 +36,11 @@ pub struct Fp32Engine {
     last_use: Vec<usize>,
 }
 
-fn conv_shape(node: &Node, graph: &Graph, c: &crate::ir::Conv) -> Conv2dShape {
+/// The kernels' geometry of a Conv or ConvTranspose node (for the latter
+/// `in_*` is the small input and `out_*` the large output, as the kernel expects).
+fn conv_shape(node: &Node, graph: &Graph, w: &crate::ir::Window2d, group: usize) -> Conv2dShape {
     let x = &graph.values[node.inputs[0]].shape;
     let y = &graph.values[node.outputs[0]].shape;
-    let w = &c.window;
     Conv2dShape {
         in_c: x[1],
         in_h: x[2],
@@ -55,7 +56,7 @@ fn conv_shape(node: &Node, graph: &Graph, c: &crate::ir::Conv) -> Conv2dShape {
         dilation_w: w.dilations[1],
         pad_top: w.pads[0],
         pad_left: w.pads[1],
-        group: c.group,
+        group,
     }
 }
 
@@ -92,31 +93,12 @@ fn prepare(graph: &Graph, node: &Node) -> Prepared {
     let konst = |i: usize| node.inputs.get(i).and_then(|&v| graph.const_data(v));
     match &node.op {
         Op::Conv(c) => match konst(1) {
-            Some(w) => Prepared::Conv(PackedConv2d::new(conv_shape(node, graph, c), w, konst(2), c.activation)),
+            Some(w) => Prepared::Conv(PackedConv2d::new(conv_shape(node, graph, &c.window, c.group), w, konst(2), c.activation)),
             None => Prepared::None,
         },
         Op::ConvTranspose(c) => {
             let Some(w) = konst(1) else { return Prepared::None };
-            let x = &graph.values[node.inputs[0]].shape;
-            let y = &graph.values[node.outputs[0]].shape;
-            let win = &c.window;
-            let shape = ConvTranspose2dShape {
-                in_c: x[1],
-                in_h: x[2],
-                in_w: x[3],
-                out_c: y[1],
-                out_h: y[2],
-                out_w: y[3],
-                kernel_h: win.kernel[0],
-                kernel_w: win.kernel[1],
-                stride_h: win.strides[0],
-                stride_w: win.strides[1],
-                dilation_h: win.dilations[0],
-                dilation_w: win.dilations[1],
-                pad_top: win.pads[0],
-                pad_left: win.pads[1],
-                group: c.group,
-            };
+            let shape: ConvTranspose2dShape = conv_shape(node, graph, &c.window, c.group);
             Prepared::ConvTranspose(PackedConvTranspose2d::new(shape, w, konst(2), c.activation))
         }
         Op::Gemm { trans_b, alpha, beta, activation, .. } => {

@@ -59,24 +59,7 @@ pub struct Conv2dShape {
 /// The geometry of a transposed convolution: the fields of `Conv2dShape`, with `in_*` the
 /// (small) input and `out_*` the (large) output; the pads are the begin pads cropped from the
 /// output, and the end pads and output padding are implied by `out_h`/`out_w`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConvTranspose2dShape {
-    pub in_c: usize,
-    pub in_h: usize,
-    pub in_w: usize,
-    pub out_c: usize,
-    pub out_h: usize,
-    pub out_w: usize,
-    pub kernel_h: usize,
-    pub kernel_w: usize,
-    pub stride_h: usize,
-    pub stride_w: usize,
-    pub dilation_h: usize,
-    pub dilation_w: usize,
-    pub pad_top: usize,
-    pub pad_left: usize,
-    pub group: usize,
-}
+pub type ConvTranspose2dShape = Conv2dShape;
 
 /// The output length of a convolution along one axis; 0 when the padded input is shorter than
 /// the dilated kernel.

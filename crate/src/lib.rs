@@ -12,6 +12,8 @@ pub mod model;
 pub mod npy;
 pub mod onnx;
 pub mod preprocess;
+#[cfg(test)]
+mod test_rng;
 pub mod quant;
 
 #[cfg(target_arch = "wasm32")]

@@ -727,7 +727,7 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::super::params::from_range;
-    use super::super::test_util::Rng;
+    use crate::test_rng::Rng;
     use super::*;
 
     const ALL: [CalibrationMethod; 5] = [

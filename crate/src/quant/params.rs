@@ -429,7 +429,7 @@ mod tests {
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
-    use super::super::test_util::Rng;
+    use crate::test_rng::Rng;
     use super::*;
 
     fn params(bits: u32, signed: bool, symmetric: bool) -> QuantParams {

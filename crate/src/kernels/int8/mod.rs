@@ -59,33 +59,7 @@ pub use requant::{channel_requantizers, quantize_f32, Requantizer};
 mod test_util {
     use super::Requantizer;
 
-    /// xorshift64*: deterministic, dependency-free test data.
-    pub struct Rng(pub u64);
-
-    impl Rng {
-        pub fn next_u64(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-
-        /// Uniform in `lo..=hi`.
-        pub fn int(&mut self, lo: i64, hi: i64) -> i64 {
-            lo + (self.next_u64() % (hi - lo + 1) as u64) as i64
-        }
-
-        /// Uniform in [0, 1).
-        pub fn unit(&mut self) -> f64 {
-            (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-        }
-
-        pub fn i8s(&mut self, len: usize, lo: i8, hi: i8) -> Vec<i8> {
-            (0..len)
-                .map(|_| self.int(lo as i64, hi as i64) as i8)
-                .collect()
-        }
-    }
+    pub use crate::test_rng::Rng;
 
     /// Requantizers mapping each accumulator range `[lo, hi]` onto int8 around the output zero
     /// point `zy`, tight on the side with less room: tests derived this way exercise the whole

@@ -11,10 +11,15 @@ pub mod kernels;
 pub mod model;
 pub mod npy;
 pub mod onnx;
+pub mod augment;
 pub mod preprocess;
-#[cfg(test)]
-mod test_rng;
 pub mod quant;
+pub mod rng;
+/// The tests' name for [`rng`].
+#[cfg(test)]
+mod test_rng {
+    pub use crate::rng::Rng;
+}
 
 #[cfg(target_arch = "wasm32")]
 pub mod api;

@@ -4,6 +4,9 @@
 //! Buffers are freed after their last reader, so peak memory is the live
 //! set of activations, not the sum of all of them. An observer can see every
 //! computed value (calibration and per-layer error use this).
+//!
+//! On a quantized graph (values annotated by PTQ or QDQ import) the same engine is the
+//! fake-quantized simulation: see [`fake_quantize`].
 
 use crate::ir::{Graph, Node, Op, ValueId};
 use crate::kernels::conv::{Conv2dShape, ConvTranspose2dShape, PackedConv2d, PackedConvTranspose2d};
@@ -11,6 +14,7 @@ use crate::kernels::elementwise::{binary, prelu, unary};
 use crate::kernels::gemm::{gemm, GemmBias, PackedA, PackedB};
 use crate::kernels::pool::{avg_pool2d, global_avg_pool, global_max_pool, max_pool2d, reduce, Pool2dShape};
 use crate::kernels::softmax::{log_softmax, softmax};
+use crate::kernels::int8::quantize_f32;
 use crate::kernels::{layout, resize, Activation};
 use crate::{Error, Result};
 
@@ -164,7 +168,9 @@ impl Fp32Engine {
             if data.len() != v.len() {
                 return Err(Error::Input { name: v.name.clone(), msg: format!("has {} values, shape {:?} needs {}", data.len(), v.shape, v.len()) });
             }
-            buffers[id] = Some(data.to_vec());
+            let mut data = data.to_vec();
+            fake_quantize(g, id, &mut data);
+            buffers[id] = Some(data);
         }
         let mut scratch = Vec::new();
         for (s, step) in self.steps.iter().enumerate() {
@@ -184,7 +190,8 @@ impl Fp32Engine {
                     execute(g, node, &step.prepared, &args, &mut scratch)?
                 }
             };
-            for (&o, data) in node.outputs.iter().zip(outputs) {
+            for (&o, mut data) in node.outputs.iter().zip(outputs) {
+                fake_quantize(g, o, &mut data);
                 observe(o, &data);
                 buffers[o] = Some(data);
             }
@@ -195,6 +202,18 @@ impl Fp32Engine {
             }
         }
         Ok(g.outputs.iter().map(|&o| g.const_data(o).map(|d| d.to_vec()).or_else(|| buffers[o].take()).unwrap_or_default()).collect())
+    }
+}
+
+/// The simulation of a quantized graph: an activation annotated `Quant::Tensor` is replaced by
+/// `dequantize(quantize(x))` as soon as it is computed, exactly the values the int8 engine
+/// stores. Weights need nothing here: their data already is dequantized (see `quant`).
+fn fake_quantize(g: &Graph, id: ValueId, data: &mut [f32]) {
+    if let Some(p) = g.values[id].quant.as_ref().and_then(|q| q.tensor()) {
+        let (qmin, qmax) = (p.qmin(), p.qmax());
+        for x in data {
+            *x = p.scale * (quantize_f32(*x, p.scale, p.zero_point, qmin, qmax) - p.zero_point) as f32;
+        }
     }
 }
 

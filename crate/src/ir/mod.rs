@@ -16,6 +16,7 @@ use std::sync::Arc;
 pub use op::*;
 pub use shape::infer_shapes;
 
+pub use crate::quant::Quant;
 use crate::{Error, Result};
 
 /// Index of a value in [`Graph::values`].
@@ -27,6 +28,9 @@ pub struct Value {
     pub name: String,
     pub shape: Vec<usize>,
     pub data: Option<Arc<Vec<f32>>>,
+    /// How the value is quantized, if it is (see [`Quant`]). Set by PTQ and by QDQ import;
+    /// the FP32 engine then simulates it, the int8 engine runs it, export writes it.
+    pub quant: Option<Quant>,
 }
 
 impl Value {
@@ -60,13 +64,13 @@ pub struct Graph {
 
 impl Graph {
     pub fn add_value(&mut self, name: impl Into<String>, shape: Vec<usize>) -> ValueId {
-        self.values.push(Value { name: name.into(), shape, data: None });
+        self.values.push(Value { name: name.into(), shape, data: None, quant: None });
         self.values.len() - 1
     }
 
     pub fn add_const(&mut self, name: impl Into<String>, shape: Vec<usize>, data: Vec<f32>) -> ValueId {
         debug_assert_eq!(shape.iter().product::<usize>(), data.len());
-        self.values.push(Value { name: name.into(), shape, data: Some(Arc::new(data)) });
+        self.values.push(Value { name: name.into(), shape, data: Some(Arc::new(data)), quant: None });
         self.values.len() - 1
     }
 

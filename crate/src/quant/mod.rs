@@ -1,4 +1,4 @@
-//! Quantization: parameters, calibration observers and (next) the PTQ pipeline.
+//! Quantization: parameters, calibration observers and the PTQ pipeline.
 //!
 //! - [`params`]: [`QuantParams`](params::QuantParams) (scale, zero point, bits, storage,
 //!   symmetry of one tensor) built from a real range by
@@ -11,9 +11,50 @@
 //!   time, in fixed memory (a 2048-bin histogram whose range grows by merging bins), and picks
 //!   a clip range by a [`CalibrationMethod`](observer::CalibrationMethod): MinMax, moving
 //!   average MinMax, Percentile, Entropy (TensorRT's KL search) or MSE.
+//! - [`plan`]: which values of a graph are quantized and which follow another's parameters.
+//! - [`ptq`]: calibration over frames and the annotated (quantized) graph it produces.
+//! - [`metrics`]: fidelity between two variants of a model.
 //!
-//! Everything here is plain Rust with no dependency on the engine: it builds and tests natively
-//! and on wasm32 alike.
+//! # The annotation
+//! A quantized model is an ordinary [`Graph`](crate::ir::Graph) whose values carry a
+//! [`Quant`]. One annotated graph is what every consumer reads:
+//! - the FP32 engine simulates it (fake-quantizes every `Quant::Tensor` activation it computes;
+//!   constants already hold exactly representable data);
+//! - the int8 engine runs it with integer kernels;
+//! - QDQ export writes a QuantizeLinear/DequantizeLinear pair per `Quant::Tensor` activation
+//!   and a DequantizeLinear per quantized constant; QDQ import produces it.
+//!
+//! Invariant: the data of a quantized constant is exactly `dequantize(q)` for its integers `q`,
+//! so `q` is recovered by quantizing the data again (bit for bit), and the FP32 engine needs no
+//! special case for weights. A bias of a quantized Conv/Gemm (input and weight quantized) is
+//! int32 at scale `s_x · s_w[c]` and holds `s_x · s_w[c] · q` likewise, without annotation.
 
+
+pub mod metrics;
 pub mod observer;
 pub mod params;
+pub mod plan;
+pub mod ptq;
+
+use serde::{Deserialize, Serialize};
+
+use params::{ChannelParams, QuantParams};
+
+/// How one value of the graph is quantized.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum Quant {
+    /// An activation, or a constant operand of an elementwise op, per tensor.
+    Tensor(QuantParams),
+    /// A weight: symmetric, per output channel along `axis` or per tensor.
+    Weight(ChannelParams),
+}
+
+impl Quant {
+    pub fn tensor(&self) -> Option<&QuantParams> {
+        match self {
+            Quant::Tensor(p) => Some(p),
+            Quant::Weight(_) => None,
+        }
+    }
+}

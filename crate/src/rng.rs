@@ -1,9 +1,16 @@
-//! Deterministic test data shared by the crate's unit tests.
+//! A small deterministic PRNG: augmentation, QAT sampling and the tests' random data.
+//! The same sequence on every target, so a seed reproduces a run natively and in the browser.
 
 /// xorshift64*: dependency-free and the same on every target.
+#[derive(Clone, Debug)]
 pub struct Rng(pub u64);
 
 impl Rng {
+    /// A generator from any seed (0 included: xorshift must not start at 0).
+    pub fn seeded(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
     pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;

@@ -7,7 +7,7 @@ PORT ?= 8080
 # `make bench BENCH="wasm-load"` runs only the named benchmarks.
 BENCH ?=
 
-.PHONY: setup build build-dev serve test test-native test-wasm test-e2e bench dist clean
+.PHONY: setup build build-dev serve test test-native test-ort test-wasm test-e2e bench dist clean
 
 setup:
 	@scripts/setup.sh
@@ -23,12 +23,19 @@ build-dev: setup
 serve: build
 	@PORT=$(PORT) node scripts/serve.mjs
 
-# Native tests (seconds), the crate's tests in headless Chromium, then the page end to end.
+# Native tests (seconds), ONNX export/QDQ import against onnxruntime, the crate's tests in
+# headless Chromium, then the page end to end.
 test: setup
-	@$(MAKE) --no-print-directory test-native test-wasm test-e2e
+	@$(MAKE) --no-print-directory test-native test-ort test-wasm test-e2e
 
 test-native:
 	cargo test --workspace
+
+# Our exported ONNX files and onnxruntime's QDQ files (tests/fixtures/ort-qdq/) in
+# onnxruntime-web (wasm, in Node) against the native CLI, and onnx's checker on the exports.
+test-ort:
+	cargo build --bin quant-playground
+	node --test --test-concurrency=1 tests/ort/*.test.mjs
 
 test-wasm:
 	@scripts/test-wasm.sh

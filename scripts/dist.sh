@@ -12,6 +12,15 @@ cp www/*.html www/*.js www/*.css dist/
 cp www/pkg/quant_playground.js www/pkg/quant_playground_bg.wasm dist/pkg/
 cp models/*.onnx models/imagenet_classes.txt models/LICENSES.md models/README.md dist/models/
 cp models/images/* dist/models/images/
+# The page's npm modules (scripts/serve.mjs VENDOR: /vendor/NAME/ <- a package folder).
+node --input-type=module -e '
+  import { VENDOR } from "./scripts/serve.mjs";
+  for (const [name, dir] of Object.entries(VENDOR)) console.log(name, dir);
+' | while read -r name dir; do
+  [ -d "$dir" ] || { echo "[dist] $dir is missing: run make setup (npm ci)" >&2; exit 1; }
+  mkdir -p "dist/vendor/$name"
+  cp -r "$dir"/. "dist/vendor/$name/"
+done
 
 # The headers the page needs, in the _headers format that several static hosts read
 # (elsewhere configure the same headers by hand: see README.md, "Deploy").

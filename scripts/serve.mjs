@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // A small static file server for the playground (no framework, no dependencies).
 //
-//   node scripts/serve.mjs              serves www/ at / and models/ at /models/
+//   node scripts/serve.mjs              serves www/ at /, models/ at /models/ and the page's
+//                                       npm modules (VENDOR) at /vendor/
 //   node scripts/serve.mjs --root dist  serves a folder made by `make dist`
 //
 // PORT (default 8080) and HOST (default 127.0.0.1) come from the environment.
@@ -64,10 +65,20 @@ export const SECURITY_HEADERS = {
   'Referrer-Policy': 'no-referrer',
 };
 
-/** The default mounts: URL prefix -> folder. Longest prefix wins. */
+/**
+ * Third-party browser modules the page imports, served from node_modules (npm ci installs
+ * them from package-lock.json) and copied into dist/ by scripts/dist.sh: URL folder under
+ * /vendor/ -> package folder. Nothing is loaded from another host.
+ */
+export const VENDOR = {
+  uplot: 'node_modules/uplot/dist',
+};
+
+/** The default mounts: URL prefix -> folder. The first matching prefix wins. */
 export function defaultMounts(root = REPO_ROOT) {
   return [
     ['/models/', path.join(root, 'models')],
+    ...Object.entries(VENDOR).map(([name, dir]) => [`/vendor/${name}/`, path.join(root, dir)]),
     ['/', path.join(root, 'www')],
   ];
 }

@@ -6,7 +6,8 @@
 #   - wasm-pack, and wasm-bindgen-cli at exactly the version crate/Cargo.toml pins,
 #   - Chromium + chromedriver (browser tests), ffmpeg (fake webcam),
 #   - the Node packages of package-lock.json (npm ci): playwright-core, and binaryen whose
-#     wasm-opt the release build uses (Debian's binaryen 108 miscompiles wasm-bindgen output).
+#     wasm-opt the release build uses (Debian's binaryen 108 miscompiles wasm-bindgen output),
+#   - Python's onnx package at a pinned version (onnx's checker in tests/ort/).
 # Idempotent: when everything is in place it takes a few seconds and installs nothing.
 # The chosen wasm toolchain is recorded in target/toolchain.env for scripts/wasm-env.sh.
 set -euo pipefail
@@ -167,6 +168,15 @@ if [ "$(cat node_modules/.setup-stamp 2>/dev/null || true)" != "$lock_sum" ]; th
   say "npm ci (package-lock.json changed or node_modules missing)"
   npm ci --no-audit --no-fund --loglevel=error || die "npm ci failed"
   printf '%s\n' "$lock_sum" >node_modules/.setup-stamp
+fi
+
+# --- 5. Python's onnx (the checker that tests/ort/ runs on our exports) ------------------------
+ONNX_VERSION=1.23.2
+command -v python3 >/dev/null || die "missing: python3 (with pip), for onnx's checker in tests/ort/"
+if [ "$(python3 -c 'import onnx; print(onnx.__version__)' 2>/dev/null || true)" != "$ONNX_VERSION" ]; then
+  say "pip install onnx==$ONNX_VERSION (onnx's checker for tests/ort/)"
+  python3 -m pip install --quiet --disable-pip-version-check "onnx==$ONNX_VERSION" \
+    || die "pip install onnx==$ONNX_VERSION failed (needed by tests/ort/check_onnx.py)"
 fi
 
 say "ready in $(( $(date +%s) - start ))s"

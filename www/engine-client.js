@@ -7,7 +7,7 @@
 //   event is dispatched just before that request is sent, so the page can re-send its state
 //   (model, settings) first: messages reach the worker in the order they are posted.
 
-import { Reply, Req } from './protocol.js';
+import { NOT_AVAILABLE, Reply, Req } from './protocol.js';
 
 /** An error from the engine or from talking to it. */
 export class EngineError extends Error {
@@ -23,9 +23,17 @@ export class EngineError extends Error {
     /** 'engine': the engine reported it; 'timeout': no reply in time; 'crash': the worker died. */
     this.kind = kind;
   }
+
+  /** The engine build lacks what the request needs (see protocol.js FEATURES). */
+  get notAvailable() {
+    return this.name === NOT_AVAILABLE;
+  }
 }
 
 const DEFAULT_TIMEOUT_MS = 60_000;
+
+/** The transferables of a frame payload. */
+const frameTransfer = (frame) => (frame?.bitmap ? [frame.bitmap] : frame?.rgba ? [frame.rgba] : []);
 
 export class EngineClient extends EventTarget {
   /** @type {Worker | null} */
@@ -61,15 +69,21 @@ export class EngineClient extends EventTarget {
    * @param {{timeoutMs?: number, transfer?: Transferable[], onProgress?: (p: import('./protocol.js').ProgressReply) => void}} [options]
    * @returns {Promise<any>}
    */
-  request(type, payload = {}, { timeoutMs = this.#timeoutMs, transfer = [], onProgress } = {}) {
+  request(type, payload = {}, options = {}) {
+    return this.#send(type, payload, options).promise;
+  }
+
+  /** request(), also giving the request's id (for CANCEL). */
+  #send(type, payload = {}, { timeoutMs = this.#timeoutMs, transfer = [], onProgress } = {}) {
     let worker;
     try {
       worker = this.#ensureWorker();
     } catch (err) {
-      return Promise.reject(new EngineError(`the engine worker could not be started: ${err.message}`, { kind: 'crash', fatal: true }));
+      const error = new EngineError(`the engine worker could not be started: ${err.message}`, { kind: 'crash', fatal: true });
+      return { id: 0, promise: Promise.reject(error) };
     }
     const id = this.#nextId++;
-    return new Promise((resolve, reject) => {
+    const promise = new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.#pending.delete(id);
         const seconds = Math.round(timeoutMs / 100) / 10;
@@ -86,6 +100,7 @@ export class EngineClient extends EventTarget {
         reject(new EngineError(`the request '${type}' could not be sent: ${err.message}`));
       }
     });
+    return { id, promise };
   }
 
   /** @returns {Promise<import('./protocol.js').EngineInfo>} */
@@ -100,6 +115,64 @@ export class EngineClient extends EventTarget {
    */
   loadModel(bytes, name, inputShapes, options = {}) {
     return this.request(Req.LOAD_MODEL, { bytes, name, inputShapes }, { timeoutMs: 120_000, ...options, transfer: [bytes] });
+  }
+
+  /**
+   * Runs variants of the model on one frame (its bitmap is transferred).
+   * @param {import('./protocol.js').FrameData} frame
+   * @param {import('./protocol.js').Preprocess | undefined} preprocess
+   * @param {import('./protocol.js').Variant[]} variants
+   * @returns {Promise<{width: number, height: number, results: import('./protocol.js').VariantResult[]}>}
+   */
+  run(frame, preprocess, variants, options = {}) {
+    return this.request(Req.RUN, { frame, preprocess, variants }, { ...options, transfer: frameTransfer(frame) });
+  }
+
+  /** @param {import('./protocol.js').PtqConfig} config */
+  calibrationBegin(config, options) {
+    return this.request(Req.CALIBRATION_BEGIN, { config }, options);
+  }
+
+  /**
+   * @param {import('./protocol.js').FrameData} frame  (its bitmap is transferred)
+   * @param {import('./protocol.js').Preprocess | undefined} preprocess
+   * @returns {Promise<{frames: number | null}>}
+   */
+  calibrate(frame, preprocess, options = {}) {
+    return this.request(Req.CALIBRATE, { frame, preprocess }, { ...options, transfer: frameTransfer(frame) });
+  }
+
+  /** @returns {Promise<import('./protocol.js').PtqReport & {ms: number}>} */
+  quantize(options = {}) {
+    return this.request(Req.QUANTIZE, {}, { timeoutMs: 300_000, ...options });
+  }
+
+  /** @param {'ptq' | 'qat'} variant @returns {Promise<import('./protocol.js').LayerError[]>} */
+  layerErrors(variant, options = {}) {
+    return this.request(Req.LAYER_ERRORS, { variant }, { timeoutMs: 300_000, ...options });
+  }
+
+  /** @param {string} value @returns {Promise<import('./protocol.js').Histogram>} */
+  histogram(value, options) {
+    return this.request(Req.HISTOGRAM, { value }, options);
+  }
+
+  /** @param {'ptq' | 'qat'} variant @returns {Promise<{bytes: ArrayBuffer}>} */
+  exportOnnx(variant, options = {}) {
+    return this.request(Req.EXPORT_ONNX, { variant }, { timeoutMs: 120_000, ...options });
+  }
+
+  /**
+   * Starts quantization-aware training. Returns the request's promise and a `cancel()` that
+   * asks the worker to stop after the current chunk of steps (the promise then resolves with
+   * `cancelled: true`). The timeout applies to the whole run.
+   * @param {import('./protocol.js').QatConfig} config
+   * @param {{timeoutMs?: number, onProgress?: (p: import('./protocol.js').ProgressReply) => void}} [options]
+   */
+  qat(config, { timeoutMs = 3_600_000, onProgress } = {}) {
+    const { id, promise } = this.#send(Req.QAT, { config }, { timeoutMs, onProgress });
+    const cancel = () => this.request(Req.CANCEL, { target: id }).catch(() => ({ found: false }));
+    return { promise, cancel };
   }
 
   /** Stops the worker now; pending requests are rejected, the next request starts a new one. */

@@ -1,20 +1,25 @@
-// The page: starts the engine worker and renders what it reports. The main thread only
-// renders; all computation happens in the worker behind engine-client.js.
+// The page: wires the controls to the engine worker (engine-client.js) and renders what it
+// reports. The main thread only renders; inference, calibration, quantization and training
+// run in the worker.
 //
-// UI state is a class on <body>: `loading`, `ready` or `error` (tests wait on these).
-// When the engine is ready a performance mark `qp:engine-ready` carries its info as detail.
+// State the user built (the model's bytes and chosen shapes, the preprocessing, the
+// calibration frames, the PTQ/QAT settings) lives here, so that when the worker dies a new
+// one is given all of it again (restore()).
+//
+// UI state for tests: `loading`, `ready` or `error` on <body>, plus `model-loaded`,
+// `restoring`; `data-state` on the PTQ, QAT and pane elements. Performance marks:
+// `qp:engine-ready` (detail: engine info) and `qp:model-loaded` (detail: model name).
 
+import { agreement, classNames, detectTask, interpret } from './decode.js';
 import { EngineClient } from './engine-client.js';
+import { Camera, FrameStore, MAX_FRAMES, decodeImage, loadSample } from './frames.js';
+import { BUNDLED, DEFAULT_MODEL, SAMPLE_IMAGES, bundledByFile, head, isImageKind, sniff } from './models.js';
+import { Pane, VARIANTS } from './panes.js';
+import * as pre from './preprocess.js';
+import { fidelityLine, readHistogram, readLayers, sqnrByNode, worstNodes } from './reports.js';
+import { $, download, errorMessage, field, formatBytes, formatDuration, formatMs, formatShape, h, notice } from './ui.js';
 
 const STATES = ['loading', 'ready', 'error'];
-
-/** @param {string} name */
-const field = (name) => document.querySelector(`[data-field="${name}"]`);
-
-function setState(state) {
-  document.body.classList.remove(...STATES);
-  document.body.classList.add(state);
-}
 
 // A tiny module using SIMD128 (i8x16.splat, i8x16.popcnt): validates only where the
 // browser implements the feature the engine is built with.
@@ -22,34 +27,85 @@ const SIMD_PROBE = new Uint8Array([
   0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 10, 1, 8, 0, 65, 0, 253, 15, 253, 98, 11,
 ]);
 
-function checkBrowser() {
-  if (typeof WebAssembly !== 'object') {
-    throw new Error('This browser cannot run WebAssembly, which the engine needs.');
-  }
-  if (!WebAssembly.validate(SIMD_PROBE)) {
-    throw new Error(
-      'This browser does not support WebAssembly SIMD128, which the engine needs ' +
-        '(Chrome or Edge 91+, Firefox 89+, Safari 16.4+).',
-    );
-  }
-}
+const FEATURE_NAMES = { ptq: 'PTQ', qat: 'QAT', runVariant: 'int8 inference', layerErrors: 'layer errors', histogram: 'histograms', exportOnnx: 'ONNX export' };
+const NOT_IN_BUILD = 'not available in this build';
 
 const client = new EngineClient();
+const camera = new Camera($('#camera-video'));
+const store = new FrameStore();
+const panes = Object.fromEntries(VARIANTS.map((v) => [v, new Pane($(`.pane[data-variant="${v}"]`))]));
 
-function showError(err, context = 'The engine could not start') {
-  const message = err instanceof Error ? err.message : String(err);
-  field('error-message').textContent = `${context}: ${message}`;
-  document.getElementById('error-panel').hidden = false;
-  field('status').textContent = 'Engine error';
-  field('status-version').textContent = '';
-  field('state').textContent = 'Failed';
-  setState('error');
+const state = {
+  /** @type {import('./protocol.js').EngineInfo | null} */
+  info: null,
+  /** What this engine build can do (protocol.js FEATURES). */
+  features: {},
+  /**
+   * The loaded model.
+   * @type {null | {name: string, bytes: ArrayBuffer, inputShapes?: Record<string, number[]>, summary: import('./protocol.js').ModelSummary,
+   *   bundled: import('./models.js').BundledModel | null, task: ReturnType<typeof detectTask>, names: string[], image: boolean}}
+   */
+  model: null,
+  modelLoading: false,
+  /** @type {import('./protocol.js').Preprocess | null} */
+  preprocess: null,
+  /** 'guess' (the engine's, from the input shape) | 'bundled' | 'edited' */
+  preprocessOrigin: 'guess',
+  /** layers: reports.js Layer[] (per quantized tensor, SQNR against FP32) */
+  ptq: { state: 'idle', config: null, report: null, layers: null, frameIds: [], stale: false },
+  qat: { state: 'idle', config: null, result: null, layers: null, losses: [] },
+  /** 'webcam' | 'sample:FILE' | 'frame:ID' */
+  source: `sample:${DEFAULT_MODEL.image}`,
+  /** @type {Promise<string[]> | null} */
+  imagenet: null,
+};
+
+// --- errors and notices ------------------------------------------------------------------------
+
+function setState(s) {
+  document.body.classList.remove(...STATES);
+  document.body.classList.add(s);
+}
+
+/** The page-wide error panel. `engineDown`: the engine is unusable until restarted. */
+function showError(err, context, { engineDown = false } = {}) {
+  field('error-message').textContent = `${context}: ${errorMessage(err)}`;
+  $('#error-panel').hidden = false;
+  if (engineDown) {
+    field('status').textContent = 'Engine error';
+    field('status-version').textContent = '';
+    field('state').textContent = 'Failed';
+    setState('error');
+  }
 }
 
 function hideError() {
-  document.getElementById('error-panel').hidden = true;
+  $('#error-panel').hidden = true;
   field('error-message').textContent = '';
 }
+
+function engineNotice(text) {
+  const node = $('#engine-notice');
+  node.textContent = text ?? '';
+  node.hidden = !text;
+}
+
+function checkBrowser() {
+  if (typeof WebAssembly !== 'object') throw new Error('This browser cannot run WebAssembly, which the engine needs.');
+  if (!WebAssembly.validate(SIMD_PROBE)) {
+    throw new Error('This browser does not support WebAssembly SIMD128, which the engine needs (Chrome or Edge 91+, Firefox 89+, Safari 16.4+).');
+  }
+}
+
+window.addEventListener('error', (event) => {
+  // Chromium reports a benign ResizeObserver notice as an error event: not the user's concern.
+  if (/ResizeObserver loop/.test(event.message ?? '')) return;
+  showError(event.error ?? event.message, 'Unexpected error');
+});
+window.addEventListener('unhandledrejection', (event) => showError(event.reason, 'Unexpected error'));
+$('#dismiss-error').addEventListener('click', hideError);
+
+// --- the engine: start, crash, restore ---------------------------------------------------------
 
 /** @param {import('./protocol.js').EngineInfo} info */
 function renderInfo(info) {
@@ -61,46 +117,23 @@ function renderInfo(info) {
   field('runs-in').textContent = 'Web Worker';
   field('init').textContent = `${Math.round(info.initMs)} ms`;
   field('isolated').textContent = info.crossOriginIsolated ? 'Yes' : 'No (the server sends no COOP/COEP headers)';
+  const f = info.features ?? {};
+  const have = Object.keys(FEATURE_NAMES).filter((k) => f[k]);
+  const missing = Object.keys(FEATURE_NAMES).filter((k) => !f[k]);
+  field('features').textContent =
+    `FP32${have.length ? `, ${have.map((k) => FEATURE_NAMES[k]).join(', ')}` : ''}` +
+    (missing.length ? `; ${NOT_IN_BUILD}: ${missing.map((k) => FEATURE_NAMES[k]).join(', ')}` : '');
 }
 
-const DEFAULT_MODEL = 'models/efficientnet_lite0.onnx';
+let restorePromise = null;
+let recentCrashes = [];
 
-const formatBytes = (n) => (n >= 2 ** 20 ? `${(n / 2 ** 20).toFixed(1)} MiB` : `${(n / 1024).toFixed(1)} KiB`);
-const formatShape = (shape) => `[${shape.join(', ')}]`;
-const formatCounts = (pairs) => pairs.map(([op, n]) => `${op} ×${n}`).join(', ');
-
-/** Renders the model card from the worker's summary (see Session.summary in api.rs). */
-function renderModel(summary) {
-  field('model-name').textContent = summary.name;
-  field('model-status').textContent = `Loaded in ${Math.round(summary.loadMs)} ms`;
-  field('model-size').textContent = `${formatBytes(summary.fileBytes)} · opset ${summary.opset}${summary.producer ? ` · ${summary.producer}` : ''}`;
-  field('model-params').textContent = summary.parameters.toLocaleString('en');
-  field('model-inputs').textContent = summary.inputs
-    .map((i) => `${i.name} ${formatShape(i.shape)}${i.choices.length ? ` (${i.choices.join(', ')})` : ''}`)
-    .join('; ');
-  field('model-outputs').textContent = summary.outputs.map((o) => `${o.name} ${formatShape(o.shape)}`).join('; ');
-  field('model-onnx-ops').textContent = formatCounts(Object.entries(summary.onnxOps));
-  field('model-ops').textContent = formatCounts(summary.ops);
-  const weights = summary.quantizable.reduce((n, l) => n + l.params, 0);
-  field('model-quantizable').textContent = `${summary.quantizable.length} layers with weights (${weights.toLocaleString('en')} parameters)`;
-  field('model-float').textContent = summary.floatOps.length ? summary.floatOps.join(', ') : 'nothing';
-  document.getElementById('model-panel').setAttribute('aria-busy', 'false');
-  document.body.classList.add('model-loaded');
+/** Resolves once a restore in progress (if any) is over: every engine call waits on this. */
+async function ready() {
+  while (restorePromise) await restorePromise.catch(() => {});
 }
 
-async function loadDefaultModel() {
-  const name = DEFAULT_MODEL.split('/').pop();
-  try {
-    const response = await fetch(DEFAULT_MODEL);
-    if (!response.ok) throw new Error(`${DEFAULT_MODEL}: HTTP ${response.status}`);
-    renderModel(await client.loadModel(await response.arrayBuffer(), name));
-  } catch (err) {
-    field('model-status').textContent = `Could not load ${name}: ${err instanceof Error ? err.message : err}`;
-    showError(err, `The model ${name} could not be loaded`);
-  }
-}
-
-async function loadEngine() {
+async function startEngine() {
   hideError();
   setState('loading');
   field('status').textContent = 'Loading engine…';
@@ -108,24 +141,1514 @@ async function loadEngine() {
   try {
     checkBrowser();
     const info = await client.info({ timeoutMs: 30_000 });
+    state.info = info;
+    state.features = info.features ?? {};
     renderInfo(info);
     performance.mark('qp:engine-ready', { detail: info });
     setState('ready');
-    await loadDefaultModel();
   } catch (err) {
-    showError(err);
+    showError(err, 'The engine could not start', { engineDown: true });
+    return false;
   }
+  applyFeatures();
+  return true;
+}
+
+/** Gives a new worker everything the old one had: the model, then the PTQ variant. */
+function restore(reason) {
+  if (restorePromise) return restorePromise;
+  document.body.classList.add('restoring');
+  restorePromise = (async () => {
+    const done = [];
+    try {
+      if (!(await startEngine())) return;
+      if (!state.model) {
+        await loadBundled(DEFAULT_MODEL, { viaRestore: true });
+        return;
+      }
+      const m = state.model;
+      setModelStatus(`Loading ${m.name} again in the new engine…`);
+      await client.loadModel(m.bytes.slice(0), m.name, m.inputShapes);
+      setModelStatus(`Loaded ${m.name} again after the engine restart`);
+      done.push('the model');
+      const hadQat = state.qat.state === 'done' || state.qat.state === 'running';
+      if (state.ptq.state === 'done' || state.ptq.state === 'running') {
+        const frames = state.ptq.frameIds.map((id) => store.get(id)).filter(Boolean);
+        if (frames.length && state.ptq.config) {
+          setPtqState('running');
+          const built = await buildPtq(frames, state.ptq.config, { job: { cancelled: false } });
+          finishPtq(built, state.ptq.config, frames);
+          done.push(`PTQ (rebuilt from ${frames.length} calibration frames)`);
+        } else {
+          resetPtq('The engine restarted: quantize again.');
+        }
+      }
+      if (hadQat) {
+        resetQat('The engine restarted, and the QAT model was lost with it: train again.');
+        done.push('not QAT (train again)');
+      }
+      engineNotice(`The engine stopped (${reason}) and was restarted. Re-sent: ${done.join(', ') || 'nothing'}; your settings and ${store.size} calibration frames are kept.`);
+    } catch (err) {
+      showError(err, 'The engine could not be restarted with your model', { engineDown: true });
+    } finally {
+      restorePromise = null;
+      document.body.classList.remove('restoring');
+      kick();
+    }
+  })();
+  return restorePromise;
 }
 
 client.addEventListener('crash', (event) => {
-  if (document.body.classList.contains('ready')) showError(event.detail.error, 'The engine stopped');
+  const error = event.detail.error;
+  if (!document.body.classList.contains('ready') && !document.body.classList.contains('restoring')) return;
+  const now = Date.now();
+  recentCrashes = recentCrashes.filter((t) => now - t < 30_000);
+  recentCrashes.push(now);
+  if (recentCrashes.length > 3) {
+    showError(error, 'The engine keeps stopping; it was not restarted again', { engineDown: true });
+    return;
+  }
+  engineNotice(`The engine stopped (${error.message}); restarting it with your model, settings and frames…`);
+  // Restart after the failed requests have settled, so they see the crash and not the restore.
+  setTimeout(() => restore(error.message), 0);
 });
-window.addEventListener('error', (event) => showError(event.error ?? event.message, 'Unexpected error'));
-window.addEventListener('unhandledrejection', (event) => showError(event.reason, 'Unexpected error'));
 
-document.getElementById('retry-button').addEventListener('click', () => {
+$('#retry-button').addEventListener('click', () => {
   client.restart('restarted by the user');
-  loadEngine();
+  recentCrashes = [];
+  hideError();
+  restore('restarted by the user');
 });
 
-loadEngine();
+// --- model: loading and the card ---------------------------------------------------------------
+
+function setModelStatus(text, kind = 'info') {
+  notice(field('model-status'), text, kind);
+}
+
+function renderBundledButtons() {
+  const box = $('#bundled-models');
+  box.replaceChildren(
+    ...BUNDLED.map((m) =>
+      h(
+        'button',
+        { type: 'button', 'aria-pressed': 'false', dataset: { model: m.id }, onclick: () => loadBundled(m) },
+        h('span', {}, m.title),
+        h('span', { class: 'sub' }, m.task),
+      ),
+    ),
+  );
+}
+
+function markBundled(bundled) {
+  for (const b of $('#bundled-models').children) b.setAttribute('aria-pressed', String(b.dataset.model === bundled?.id));
+}
+
+function setModelBusy(busy) {
+  state.modelLoading = busy;
+  $('#model-panel').setAttribute('aria-busy', String(busy));
+  for (const b of $('#bundled-models').children) b.disabled = busy;
+  $('#model-file').disabled = busy;
+}
+
+async function loadBundled(bundled, { viaRestore = false } = {}) {
+  const url = `models/${bundled.file}`;
+  setModelStatus(`Downloading ${bundled.file}…`);
+  let bytes;
+  try {
+    const response = await fetch(url);
+    if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
+    bytes = await response.arrayBuffer();
+  } catch (err) {
+    setModelStatus(`Could not fetch ${bundled.file}: ${errorMessage(err)}`, 'error');
+    return;
+  }
+  await loadModel(bytes, bundled.file, { inputShapes: bundled.inputShapes, bundled, viaRestore });
+}
+
+/**
+ * Loads ONNX bytes into the engine. On failure the previous model stays loaded and usable.
+ * @param {ArrayBuffer} bytes  (transferred to the worker; a copy is kept for restarts)
+ */
+async function loadModel(bytes, name, { inputShapes, bundled = bundledByFile(name), viaRestore = false } = {}) {
+  if (!viaRestore) await ready();
+  hideLoadError();
+  const kind = sniff(new Uint8Array(bytes, 0, Math.min(16, bytes.byteLength)));
+  if (isImageKind(kind)) {
+    showLoadError(name, new Error(`this is a ${kind.toUpperCase()} image, not an ONNX model. To calibrate with images, add them under Calibration data.`));
+    return;
+  }
+  const keep = bytes.slice(0);
+  setModelBusy(true);
+  setModelStatus(`Loading ${name}…`);
+  try {
+    const summary = await client.loadModel(bytes, name, inputShapes);
+    await modelLoaded({ name, bytes: keep, inputShapes, summary, bundled });
+  } catch (err) {
+    pendingPreprocess = null;
+    showLoadError(name, err, { bytes: keep });
+  } finally {
+    setModelBusy(false);
+  }
+}
+
+async function modelLoaded({ name, bytes, inputShapes, summary, bundled }) {
+  const task = detectTask(summary);
+  let names = [];
+  if (task.kind === 'classification' || task.kind === 'yolo') {
+    const imagenet = await imagenetLabels().catch(() => null);
+    names = classNames(task.classes, { imagenet, labels: bundled?.labels });
+  }
+  const input = summary.inputs[0];
+  const image = summary.inputs.length === 1 && !!pre.imageLayout(input?.shape);
+  state.model = { name, bytes, inputShapes, summary, bundled, task, names, image };
+  // The input: the webcam when it runs, else the bundled model's own sample, else as it was.
+  if (camera.on) state.source = 'webcam';
+  else if (bundled) state.source = `sample:${bundled.image}`;
+  else if (state.source === 'webcam') state.source = `sample:${DEFAULT_MODEL.image}`;
+  resetPtq('');
+  resetQat('');
+  resetPreprocess();
+  // Edits made before a reload for a new input size stay, when they fit the new shape.
+  if (pendingPreprocess && state.preprocess && !pre.mismatch(pendingPreprocess, summary.inputs[0].shape)) {
+    state.preprocess = pendingPreprocess;
+    state.preprocessOrigin = 'edited';
+    renderPreprocess();
+  }
+  pendingPreprocess = null;
+  renderModel(summary, task);
+  renderLayerList();
+  markBundled(bundled);
+  for (const p of Object.values(panes)) p.resetMetrics();
+  panes.fp32.setSize(summary.parameters * 4);
+  renderSourceOptions();
+  setModelStatus(`Loaded in ${Math.round(summary.loadMs)} ms`, 'ok');
+  document.body.classList.add('model-loaded');
+  performance.mark('qp:model-loaded', { detail: name });
+  updatePanes();
+  updateDownloads();
+  kick();
+}
+
+function imagenetLabels() {
+  state.imagenet ??= fetch('models/imagenet_classes.txt')
+    .then((r) => {
+      if (!r.ok) throw new Error(`imagenet_classes.txt: HTTP ${r.status}`);
+      return r.text();
+    })
+    .then((text) => text.split('\n').map((l) => l.trim()).filter(Boolean));
+  return state.imagenet;
+}
+
+const TASK_LABELS = {
+  classification: (t, m) => `Classification: ${t.classes} classes${m.names[0] && !m.names[0].startsWith('class ') ? ` (${t.classes >= 1000 ? 'ImageNet names' : m.names.join(', ')})` : ''}, top-5 shown`,
+  blazeface: () => 'Face detection (BlazeFace: 896 SSD anchors, weighted NMS), boxes and 6 keypoints',
+  yolo: (t) => `Object detection (YOLO-style, ${t.classes} classes, ${t.layout}), boxes after NMS`,
+  generic: () => 'Not recognised: outputs shown as heatmaps (spatial maps) and bars (vectors)',
+};
+
+/** @param {import('./protocol.js').ModelSummary} summary */
+function renderModel(summary, task) {
+  field('model-name').textContent = summary.name;
+  field('model-size').textContent = `${formatBytes(summary.fileBytes)} · opset ${summary.opset}${summary.producer ? ` · ${summary.producer}` : ''}`;
+  field('model-params').textContent = summary.parameters.toLocaleString('en');
+  field('model-inputs').textContent = summary.inputs
+    .map((i) => `${i.name} ${formatShape(i.shape)}${i.choices.length ? ` (${i.choices.join(', ')})` : ''}`)
+    .join('; ');
+  field('model-outputs').textContent = summary.outputs.map((o) => `${o.name} ${formatShape(o.shape)}`).join('; ');
+  field('model-task').textContent = TASK_LABELS[task.kind](task, state.model);
+  field('model-task-badge').textContent = { classification: 'classification', blazeface: 'face detection', yolo: 'object detection', generic: 'generic outputs' }[task.kind];
+  const ops = Object.entries(summary.onnxOps).sort((a, b) => b[1] - a[1]);
+  const most = ops[0]?.[1] ?? 1;
+  field('model-onnx-ops').replaceChildren(
+    ...ops.map(([op, n]) => {
+      const bar = h('span');
+      bar.style.setProperty('--p', String(n / most));
+      return h('li', { title: `${op}: ${n}` }, h('span', { class: 'op' }, op), h('span', { class: 'meter', 'aria-hidden': 'true' }, bar), h('span', { class: 'n' }, String(n)));
+    }),
+  );
+  field('model-ops').textContent = summary.ops.map(([op, n]) => `${op} ×${n}`).join(', ');
+  const weights = summary.quantizable.reduce((n, l) => n + l.params, 0);
+  field('model-quantizable').textContent =
+    `${summary.quantizable.length} layers with weights (${weights.toLocaleString('en')} parameters: ` +
+    `${formatBytes(weights * 4)} in FP32, about ${formatBytes(weights)} in int8)`;
+  field('model-float').textContent = summary.floatOps.length ? summary.floatOps.join(', ') : 'nothing';
+  renderDimsForm(summary);
+}
+
+/** Inputs with dynamic dims: one field per dim, the current value filled in. */
+function renderDimsForm(summary) {
+  const dynamic = summary.inputs.filter((i) => i.declared.some((d) => typeof d === 'string'));
+  const form = $('#dims-form');
+  form.hidden = !dynamic.length;
+  field('dims').replaceChildren(
+    ...dynamic.flatMap((input) =>
+      input.declared.map((d, axis) =>
+        h(
+          'label',
+          {},
+          typeof d === 'string' ? `${input.name} ${d === '?' ? `dim ${axis}` : d}` : `${input.name} dim ${axis}`,
+          h('input', {
+            type: 'number',
+            min: 1,
+            step: 1,
+            value: input.shape[axis],
+            disabled: typeof d !== 'string',
+            dataset: { input: input.name, axis: String(axis) },
+          }),
+        ),
+      ),
+    ),
+  );
+}
+
+$('#dims-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  if (!state.model) return;
+  const shapes = {};
+  for (const input of state.model.summary.inputs) shapes[input.name] = [...input.shape];
+  for (const el of field('dims').querySelectorAll('input')) {
+    const v = Number(el.value);
+    if (!Number.isInteger(v) || v < 1) {
+      setModelStatus(`Dimension ${el.dataset.axis} of ${el.dataset.input} must be a whole number above 0`, 'error');
+      el.focus();
+      return;
+    }
+    shapes[el.dataset.input][Number(el.dataset.axis)] = v;
+  }
+  reloadWithShapes(shapes);
+});
+
+/** Loads the current model again with other input shapes (dynamic dims). */
+function reloadWithShapes(shapes) {
+  const m = state.model;
+  const dynamic = Object.fromEntries(
+    Object.entries(shapes).filter(([name]) => m.summary.inputs.find((i) => i.name === name)?.declared.some((d) => typeof d === 'string')),
+  );
+  loadModel(m.bytes.slice(0), m.name, { inputShapes: dynamic, bundled: m.bundled });
+}
+
+let pendingShapeModel = null;
+/** Preprocessing edits to re-apply once the model re-loaded for a new input size. */
+let pendingPreprocess = null;
+
+/** A model that did not load: the engine's message, unsupported operators listed one per line. */
+function showLoadError(name, err, { bytes } = {}) {
+  const message = errorMessage(err);
+  const previous = state.model ? ` Still using ${state.model.name}.` : '';
+  setModelStatus(`${name} could not be loaded.${previous}`, 'error');
+  field('load-error-title').textContent = `${name}: ${message}`;
+  const unsupported = /^unsupported operators?: (.+)$/s.exec(message);
+  field('unsupported').replaceChildren(
+    ...(unsupported ? unsupported[1].split('; ').map((op) => h('li', {}, op)) : []),
+  );
+  if (unsupported) {
+    field('load-error-title').textContent = `${name} uses ${unsupported[1].split('; ').length === 1 ? 'an operator' : 'operators'} the engine does not support yet (${message.split(':')[0]}):`;
+  }
+  // An input whose shape the engine cannot guess: ask for it.
+  const shapeNeeded = /^input '(.+?)': .*choose the input shape/.exec(message);
+  const form = $('#shape-request');
+  form.hidden = !(shapeNeeded && bytes);
+  if (shapeNeeded && bytes) {
+    pendingShapeModel = { name, bytes, input: shapeNeeded[1] };
+    field('shape-request-input').textContent = shapeNeeded[1];
+  }
+  $('#load-error').hidden = false;
+}
+
+function hideLoadError() {
+  $('#load-error').hidden = true;
+  $('#shape-request').hidden = true;
+}
+
+$('#shape-request').addEventListener('submit', (event) => {
+  event.preventDefault();
+  const text = event.target.elements.shape.value;
+  const dims = text.split(/[\s,x×]+/).filter(Boolean).map(Number);
+  if (!dims.length || !dims.every((d) => Number.isInteger(d) && d > 0)) {
+    setModelStatus(`"${text}" is not a shape: give whole numbers separated by commas, e.g. 1, 3, 224, 224`, 'error');
+    return;
+  }
+  const { name, bytes, input } = pendingShapeModel;
+  loadModel(bytes.slice(0), name, { inputShapes: { [input]: dims } });
+});
+
+$('#model-file').addEventListener('change', async (event) => {
+  const [file] = event.target.files;
+  event.target.value = '';
+  if (file) await loadModel(await file.arrayBuffer(), file.name);
+});
+
+// --- preprocessing -------------------------------------------------------------------------------
+
+const ppForm = $('#preprocess-form');
+
+/** The preprocessing the model starts with: the bundled model's preset, else the engine's guess. */
+function defaultPreprocess() {
+  const m = state.model;
+  const layout = pre.imageLayout(m.summary.inputs[0]?.shape);
+  if (!m.image || !layout) return { preprocess: null, origin: 'none' };
+  if (m.bundled) return { preprocess: pre.preset(m.bundled.preset, layout.width, layout.height, layout.layout), origin: 'bundled' };
+  const guess = m.summary.preprocess ?? pre.preset('imagenet', layout.width, layout.height, layout.layout);
+  return { preprocess: guess, origin: 'guess' };
+}
+
+function resetPreprocess() {
+  const { preprocess, origin } = defaultPreprocess();
+  state.preprocess = preprocess;
+  state.preprocessOrigin = origin;
+  renderPreprocess();
+}
+
+const ORIGINS = {
+  guess: 'guessed from the input shape',
+  bundled: "the bundled model's preset",
+  edited: 'edited',
+  none: 'not an image model',
+};
+
+function renderPreprocess() {
+  const p = state.preprocess;
+  const els = ppForm.elements;
+  const disabled = !p;
+  for (const el of els) el.disabled = disabled;
+  field('preprocess-origin').textContent = ORIGINS[state.preprocessOrigin];
+  if (!p) {
+    const m = state.model;
+    notice(
+      field('preprocess-notice'),
+      m ? `The page runs models with one image input; ${m.name} takes ${m.summary.inputs.map((i) => `${i.name} ${formatShape(i.shape)}`).join(', ')}.` : '',
+      'warn',
+    );
+    return;
+  }
+  els.preset.value = pre.presetName(p) ?? 'custom';
+  els.width.value = p.width;
+  els.height.value = p.height;
+  // The size follows the input shape: editable where the model leaves it dynamic.
+  const input = state.model.summary.inputs[0];
+  const spatial = p.layout === 'nchw' ? [2, 3] : [1, 2];
+  const dynamic = spatial.map((a) => typeof input.declared[a] === 'string');
+  els.width.disabled = !dynamic[1];
+  els.height.disabled = !dynamic[0];
+  els.width.title = els.height.title = dynamic.some(Boolean) ? 'Changing the size loads the model again with that input shape' : 'Fixed by the model';
+  els.layout.value = p.layout;
+  els.bgr.value = String(p.bgr);
+  p.mean.forEach((v, i) => (els[`mean${i}`].value = round(v)));
+  p.std.forEach((v, i) => (els[`std${i}`].value = round(v)));
+  els.fit.value = p.fit.kind;
+  const param = p.fit.kind === 'centerCrop' ? p.fit.crop : p.fit.kind === 'stretch' ? '' : p.fit.pad;
+  els.fitParam.value = param;
+  els.fitParam.disabled = p.fit.kind === 'stretch';
+  field('fit-param-label').firstChild.textContent = { stretch: 'Crop / pad ', centerCrop: 'Crop fraction ', letterbox: 'Pad value ', padRight: 'Pad value ' }[p.fit.kind];
+  checkPreprocess();
+}
+
+const round = (v) => String(Math.round(v * 1e4) / 1e4);
+
+/** Shows why the preprocessing cannot feed the model, if it cannot; returns that reason. */
+function checkPreprocess() {
+  const p = state.preprocess;
+  if (!p || !state.model) return 'no preprocessing';
+  const problem = pre.invalid(p) ?? pre.mismatch(p, state.model.summary.inputs[0].shape);
+  const staleNote = state.ptq.state === 'done' && state.ptq.stale ? ' It changed since calibration: quantize again for PTQ to match.' : '';
+  if (problem) notice(field('preprocess-notice'), `Cannot run: ${problem}.`, 'error');
+  else notice(field('preprocess-notice'), `Input tensor ${formatShape(pre.shapeOf(p))}.${staleNote}`, staleNote ? 'warn' : 'info');
+  return problem;
+}
+
+function readPreprocessForm() {
+  const els = ppForm.elements;
+  const num = (name) => Number(els[name].value);
+  const kind = els.fit.value;
+  const param = num('fitParam');
+  const fit =
+    kind === 'centerCrop' ? { kind, crop: els.fitParam.value === '' ? 0.875 : param }
+      : kind === 'letterbox' || kind === 'padRight' ? { kind, pad: els.fitParam.value === '' ? 0 : param }
+        : { kind: 'stretch' };
+  return {
+    width: num('width'),
+    height: num('height'),
+    layout: els.layout.value,
+    bgr: els.bgr.value === 'true',
+    mean: [num('mean0'), num('mean1'), num('mean2')],
+    std: [num('std0'), num('std1'), num('std2')],
+    fit,
+  };
+}
+
+function preprocessChanged(next) {
+  state.preprocess = next;
+  state.preprocessOrigin = 'edited';
+  if (state.ptq.state === 'done') state.ptq.stale = true;
+  renderPreprocess();
+  kick();
+}
+
+ppForm.addEventListener('change', (event) => {
+  if (!state.preprocess) return;
+  const name = event.target.name;
+  if (name === 'preset') {
+    if (event.target.value === 'custom') return;
+    const p = state.preprocess;
+    preprocessChanged(pre.preset(event.target.value, p.width, p.height, p.layout));
+    return;
+  }
+  const next = readPreprocessForm();
+  if (name === 'width' || name === 'height') {
+    if (pre.invalid(next)) {
+      notice(field('preprocess-notice'), pre.invalid(next), 'error');
+      return;
+    }
+    // A new input size means a new input shape: load the model again with it.
+    const input = state.model.summary.inputs[0];
+    const shape = [...input.shape];
+    if (next.layout === 'nchw') [shape[2], shape[3]] = [next.height, next.width];
+    else [shape[1], shape[2]] = [next.height, next.width];
+    pendingPreprocess = { ...next };
+    reloadWithShapes({ [input.name]: shape });
+    return;
+  }
+  if (name === 'fit') {
+    next.fit = { stretch: { kind: 'stretch' }, centerCrop: { kind: 'centerCrop', crop: 0.875 }, letterbox: { kind: 'letterbox', pad: 114 }, padRight: { kind: 'padRight', pad: 127.5 } }[next.fit.kind];
+  }
+  preprocessChanged(next);
+});
+
+
+$('#preprocess-reset').addEventListener('click', () => {
+  resetPreprocess();
+  if (state.ptq.state === 'done') state.ptq.stale = true;
+  kick();
+});
+
+// --- frames: webcam, images, samples; the calibration strip --------------------------------------
+
+const stripItems = new Map();
+
+function renderStrip() {
+  const strip = $('#strip');
+  const ids = new Set(store.frames.map((f) => f.id));
+  for (const [id, li] of stripItems) {
+    if (!ids.has(id)) {
+      li.remove();
+      stripItems.delete(id);
+    }
+  }
+  for (const frame of store.frames) {
+    if (stripItems.has(frame.id)) continue;
+    const canvas = h('canvas', { width: 96, height: 72 });
+    const ctx = canvas.getContext('2d');
+    const s = Math.max(96 / frame.bitmap.width, 72 / frame.bitmap.height);
+    ctx.drawImage(frame.bitmap, (96 - frame.bitmap.width * s) / 2, (72 - frame.bitmap.height * s) / 2, frame.bitmap.width * s, frame.bitmap.height * s);
+    const button = h(
+      'button',
+      {
+        type: 'button',
+        'aria-label': `${frame.label}: show in the panes (Delete removes it)`,
+        title: frame.label,
+        onclick: () => chooseSource(`frame:${frame.id}`),
+        onkeydown: (event) => {
+          if (event.key !== 'Delete' && event.key !== 'Backspace') return;
+          event.preventDefault();
+          const li = stripItems.get(frame.id);
+          const next = li?.nextElementSibling ?? li?.previousElementSibling;
+          store.remove(frame.id);
+          next?.querySelector('button')?.focus();
+        },
+      },
+      canvas,
+      h('span', { class: 'tag' }, frame.source),
+    );
+    const li = h('li', { dataset: { frame: String(frame.id) } }, button);
+    stripItems.set(frame.id, li);
+    strip.append(li);
+  }
+  for (const [id, li] of stripItems) li.querySelector('button').setAttribute('aria-current', String(state.source === `frame:${id}`));
+  const n = store.size;
+  field('frame-count').textContent = `${n} frame${n === 1 ? '' : 's'}`;
+  field('strip-empty').hidden = n > 0;
+  $('#frames-clear').disabled = n === 0 || !!framesJob;
+  updatePtqButton();
+}
+
+store.addEventListener('change', () => {
+  renderStrip();
+  if (state.source.startsWith('frame:') && !store.get(Number(state.source.slice(6)))) chooseSource(`sample:${state.model?.bundled?.image ?? DEFAULT_MODEL.image}`);
+  scrollStripToEnd();
+});
+
+function scrollStripToEnd() {
+  const strip = $('#strip');
+  strip.scrollLeft = strip.scrollWidth;
+}
+
+/** The one frame-adding job at a time (capture, files, samples): progress and cancel. */
+let framesJob = null;
+
+async function framesTask(label, total, work) {
+  if (framesJob) {
+    notice(field('frames-notice'), 'Wait for the current job to finish, or cancel it.', 'warn');
+    return;
+  }
+  const job = { cancelled: false };
+  framesJob = job;
+  const bar = $('#frames-progress');
+  bar.max = Math.max(1, total);
+  bar.value = 0;
+  bar.classList.add('active');
+  $('#frames-cancel').disabled = false;
+  $('#frames-clear').disabled = true;
+  notice(field('frames-notice'), `${label}…`);
+  let added = 0;
+  const problems = [];
+  try {
+    await work({
+      job,
+      step: (n = 1) => {
+        bar.value += n;
+      },
+      added: () => added++,
+      problem: (text) => problems.push(text),
+    });
+    const stopped = job.cancelled ? ' (cancelled)' : '';
+    const more = store.size >= MAX_FRAMES ? ` The set is full (${MAX_FRAMES} frames; the oldest are dropped).` : '';
+    const skipped = problems.length ? ` Skipped ${problems.length}: ${problems.slice(0, 3).join('; ')}${problems.length > 3 ? '; …' : ''}.` : '';
+    notice(field('frames-notice'), `${label}: added ${added} frame${added === 1 ? '' : 's'}${stopped}.${more}${skipped}`, problems.length ? 'warn' : 'ok');
+  } catch (err) {
+    notice(field('frames-notice'), `${label} failed: ${errorMessage(err)}`, 'error');
+  } finally {
+    framesJob = null;
+    bar.classList.remove('active');
+    $('#frames-cancel').disabled = true;
+    renderStrip();
+  }
+}
+
+$('#frames-cancel').addEventListener('click', () => {
+  if (framesJob) framesJob.cancelled = true;
+});
+$('#frames-clear').addEventListener('click', () => {
+  store.clear();
+  notice(field('frames-notice'), 'All calibration frames removed.');
+});
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+$('#capture-button').addEventListener('click', () => {
+  const n = Math.max(1, Math.min(MAX_FRAMES, Math.round(Number($('#capture-count').value) || 16)));
+  framesTask(`Capturing ${n} webcam frames`, n, async ({ job, step, added }) => {
+    for (let i = 0; i < n && !job.cancelled; i++) {
+      const bitmap = await camera.grab();
+      if (!bitmap) throw new Error(`the webcam stopped (${camera.reason || 'off'})`);
+      store.add(bitmap, `webcam frame ${i + 1}`, 'webcam');
+      added();
+      step();
+      if (i + 1 < n) await sleep(120); // frames apart, so that movement shows
+    }
+  });
+});
+
+let sampling = null;
+
+function stopSampling() {
+  if (!sampling) return;
+  clearInterval(sampling.timer);
+  notice(field('frames-notice'), `Stopped sampling: ${sampling.count} webcam frames added.`, 'ok');
+  sampling = null;
+  $('#sample-button').setAttribute('aria-pressed', 'false');
+  $('#sample-button').textContent = 'Keep sampling';
+}
+
+$('#sample-button').addEventListener('click', () => {
+  if (sampling) return stopSampling();
+  sampling = { count: 0, timer: 0 };
+  $('#sample-button').setAttribute('aria-pressed', 'true');
+  $('#sample-button').textContent = 'Stop sampling';
+  const s = sampling;
+  s.timer = setInterval(async () => {
+    if (sampling !== s) return;
+    if (store.size >= MAX_FRAMES) return stopSampling();
+    const bitmap = await camera.grab();
+    if (!bitmap || sampling !== s) return bitmap?.close();
+    s.count += 1;
+    store.add(bitmap, `webcam sample ${s.count}`, 'webcam');
+    notice(field('frames-notice'), `Sampling the webcam: ${s.count} frames added. Move around, then stop.`);
+  }, 500);
+});
+
+/** Adds image files (others are skipped, named). */
+function addImageFiles(files, label) {
+  const list = [...files];
+  if (!list.length) return;
+  return framesTask(label, list.length, async ({ job, step, added, problem }) => {
+    for (const file of list) {
+      if (job.cancelled) break;
+      const kind = sniff(await head(file));
+      if (!isImageKind(kind)) {
+        problem(`${file.name} is not an image`);
+      } else {
+        try {
+          store.add(await decodeImage(file, file.name), file.name, 'image');
+          added();
+        } catch (err) {
+          problem(errorMessage(err));
+        }
+      }
+      step();
+    }
+  });
+}
+
+$('#image-files').addEventListener('change', (event) => {
+  const files = [...event.target.files];
+  event.target.value = '';
+  addImageFiles(files, `Adding ${files.length} image${files.length === 1 ? '' : 's'}`);
+});
+$('#image-folder').addEventListener('change', (event) => {
+  const files = [...event.target.files].filter((f) => !f.name.startsWith('.'));
+  event.target.value = '';
+  addImageFiles(files, `Adding the folder's ${files.length} files`);
+});
+
+$('#samples-button').addEventListener('click', () =>
+  framesTask(`Adding ${SAMPLE_IMAGES.length} sample images`, SAMPLE_IMAGES.length, async ({ job, step, added, problem }) => {
+    for (const [file, what] of SAMPLE_IMAGES) {
+      if (job.cancelled) break;
+      try {
+        store.add(await sampleBitmap(file), `${what} (${file})`, 'sample');
+        added();
+      } catch (err) {
+        problem(errorMessage(err));
+      }
+      step();
+    }
+  }),
+);
+
+/** Sample images decoded once; the store gets its own copy (it closes what it drops). */
+const sampleCache = new Map();
+async function sampleBitmap(file, { shared = false } = {}) {
+  if (!sampleCache.has(file)) sampleCache.set(file, loadSample(file));
+  const promise = sampleCache.get(file);
+  promise.catch(() => sampleCache.delete(file));
+  const bitmap = await promise;
+  return shared ? bitmap : createImageBitmap(bitmap);
+}
+
+// --- the webcam --------------------------------------------------------------------------------
+
+function renderCamera() {
+  const on = camera.on;
+  const button = $('#camera-button');
+  button.setAttribute('aria-pressed', String(on));
+  button.textContent = on ? 'Stop the webcam' : camera.state === 'starting' ? 'Starting the webcam…' : 'Use my webcam';
+  button.disabled = camera.state === 'starting';
+  $('#capture-button').disabled = !on;
+  $('#sample-button').disabled = !on;
+  field('camera-preview').classList.toggle('on', on);
+  if (!on) stopSampling();
+  if (camera.state === 'unavailable') field('webcam-hint').textContent = `Unavailable: ${camera.reason}.`;
+  else field('webcam-hint').textContent = on ? 'Capture a burst while you move, or keep sampling.' : 'Start the webcam (above) to capture frames while you move.';
+  renderCameraNotice();
+  renderSourceOptions();
+}
+
+function renderCameraNotice() {
+  if (camera.state === 'unavailable') {
+    notice(field('camera-notice'), `No webcam: ${camera.reason}. Everything works on images: choose one as the input, and calibrate with your images or the samples.`, 'warn');
+  } else if (camera.on) {
+    notice(field('camera-notice'), state.source === 'webcam' ? 'Live: the webcam runs through the models.' : 'The webcam is on: choose "Webcam (live)" as the input to see it here.');
+  } else {
+    notice(field('camera-notice'), '');
+  }
+}
+
+camera.addEventListener('change', () => {
+  if (camera.on) state.source = 'webcam';
+  else if (state.source === 'webcam') state.source = `sample:${state.model?.bundled?.image ?? DEFAULT_MODEL.image}`;
+  renderCamera();
+  kick();
+});
+
+$('#camera-button').addEventListener('click', () => (camera.on ? camera.stop() : camera.start()));
+
+// Start the camera without asking when the user already allowed it for this page.
+navigator.permissions
+  ?.query({ name: 'camera' })
+  .then((status) => {
+    if (status.state === 'granted') camera.start();
+  })
+  .catch(() => {});
+
+// --- the comparison: source, loop, rendering -----------------------------------------------------
+
+function renderSourceOptions() {
+  const select = $('#compare-source');
+  const options = [h('option', { value: 'webcam' }, camera.on ? 'Webcam (live)' : camera.state === 'unavailable' ? 'Webcam (unavailable)' : 'Webcam (start it)')];
+  const samples = h('optgroup', { label: 'Sample images' }, SAMPLE_IMAGES.map(([file, what]) => h('option', { value: `sample:${file}` }, what)));
+  options.push(samples);
+  if (state.source.startsWith('frame:')) {
+    const frame = store.get(Number(state.source.slice(6)));
+    if (frame) options.push(h('optgroup', { label: 'Calibration frame' }, h('option', { value: state.source }, frame.label)));
+  }
+  select.replaceChildren(...options);
+  select.value = state.source;
+  for (const [id, li] of stripItems) li.querySelector('button').setAttribute('aria-current', String(state.source === `frame:${id}`));
+}
+
+function chooseSource(source) {
+  if (source === 'webcam') {
+    if (!camera.on) camera.start();
+    state.source = camera.on ? 'webcam' : state.source;
+  } else {
+    state.source = source;
+  }
+  renderSourceOptions();
+  renderCameraNotice();
+  for (const p of Object.values(panes)) p.resetMetrics();
+  panes.fp32.setSize(state.model ? state.model.summary.parameters * 4 : NaN);
+  updatePanes();
+  kick();
+}
+
+$('#compare-source').addEventListener('change', (event) => chooseSource(event.target.value));
+
+const loop = { busy: false, dirty: true, paused: false, raf: 0, lastStart: 0 };
+
+function kick() {
+  loop.dirty = true;
+  schedule();
+}
+
+function schedule() {
+  if (loop.raf || loop.paused) return;
+  loop.raf = requestAnimationFrame(() => {
+    loop.raf = 0;
+    tick();
+  });
+}
+
+$('#pause-button').addEventListener('click', (event) => {
+  loop.paused = !loop.paused;
+  event.currentTarget.setAttribute('aria-pressed', String(loop.paused));
+  event.currentTarget.textContent = loop.paused ? 'Resume' : 'Pause';
+  if (!loop.paused) kick();
+});
+
+/** What the panes run on now: {live, bitmap} or null. */
+async function currentFrame() {
+  if (state.source === 'webcam') return camera.on ? { live: true, bitmap: await camera.grab() } : null;
+  if (state.source.startsWith('frame:')) {
+    const frame = store.get(Number(state.source.slice(6)));
+    return frame ? { live: false, bitmap: frame.bitmap } : null;
+  }
+  return { live: false, bitmap: await sampleBitmap(state.source.slice(7), { shared: true }) };
+}
+
+/** The variants that have something to run. */
+function variantsToRun() {
+  const v = ['fp32'];
+  if (state.features.runVariant && state.ptq.state === 'done') v.push('ptq');
+  if (state.features.runVariant && state.qat.state === 'done') v.push('qat');
+  return v;
+}
+
+async function tick() {
+  if (loop.busy || loop.paused || !state.model || state.modelLoading || restorePromise) return;
+  const live = state.source === 'webcam' && camera.on;
+  if (!live && !loop.dirty) return;
+  if (!state.model.image) {
+    panes.fp32.setState('empty', 'This model does not take one image: nothing to show here.');
+    loop.dirty = false;
+    return;
+  }
+  const problem = checkPreprocess();
+  if (problem) {
+    panes.fp32.setState('error', `Fix the preprocessing: ${problem}`);
+    loop.dirty = false;
+    return;
+  }
+  // While the engine calibrates or trains, the live view slows to leave it the time.
+  const heavy = state.ptq.state === 'running' || state.qat.state === 'running';
+  if (live && heavy && performance.now() - loop.lastStart < 1000) {
+    setTimeout(schedule, 250);
+    return;
+  }
+  loop.busy = true;
+  loop.dirty = false;
+  loop.lastStart = performance.now();
+  let frame = null;
+  try {
+    const source = state.source;
+    frame = await currentFrame();
+    if (state.source !== source) {
+      loop.dirty = true;
+      return;
+    }
+    if (!frame?.bitmap) return;
+    const { model, preprocess, source } = state;
+    const sent = await createImageBitmap(frame.bitmap);
+    const result = await client.run({ bitmap: sent }, preprocess, variantsToRun());
+    if (state.model !== model || state.preprocess !== preprocess || state.source !== source) {
+      loop.dirty = true; // superseded while running: run again with the new settings
+      return;
+    }
+    renderResults(result, frame.bitmap, preprocess);
+    notice(field('compare-notice'), '');
+  } catch (err) {
+    if (err.kind === 'crash' || err.kind === 'timeout') {
+      notice(field('compare-notice'), 'The engine stopped; it is being restarted…', 'warn');
+    } else {
+      panes.fp32.setState('error', errorMessage(err));
+      notice(field('compare-notice'), `Could not run the model: ${errorMessage(err)}`, 'error');
+    }
+  } finally {
+    if (frame?.live) frame.bitmap?.close();
+    loop.busy = false;
+    if (live || loop.dirty) schedule();
+  }
+}
+
+function renderResults(result, bitmap, preprocess) {
+  const m = state.model;
+  const context = { names: m.names, inputWidth: preprocess.width, inputHeight: preprocess.height };
+  const detectionLabel = m.task.kind === 'blazeface' ? 'face' : 'detection';
+  const byVariant = Object.fromEntries(result.results.map((r) => [r.variant, r]));
+  const fp = byVariant.fp32;
+  let reference = null;
+  if (fp?.outputs) {
+    reference = interpret(m.task, fp.outputs, context);
+    panes.fp32.render(bitmap, reference, { ms: fp.ms, preprocess, detectionLabel });
+  } else if (fp?.error) {
+    panes.fp32.setState('error', fp.error.message);
+  }
+  for (const variant of ['ptq', 'qat']) {
+    const r = byVariant[variant];
+    if (!r) continue;
+    if (r.error) {
+      panes[variant].setState(r.error.name === 'NotAvailableError' ? 'unavailable' : 'error', r.error.message);
+      continue;
+    }
+    const read = interpret(m.task, r.outputs, context);
+    const agree = reference ? agreement(reference, read, fp.outputs, r.outputs) : undefined;
+    panes[variant].render(bitmap, read, { ms: r.ms, preprocess, agreement: agree, detectionLabel });
+  }
+}
+
+/** The PTQ and QAT panes' messages, from what exists. */
+function updatePanes() {
+  const f = state.features;
+  const ptq = panes.ptq;
+  const qat = panes.qat;
+  if (!state.model) return;
+  if (!f.ptq || !f.runVariant) {
+    ptq.setState('unavailable', `PTQ: ${NOT_IN_BUILD} of the engine.`);
+  } else if (state.ptq.state === 'running') {
+    ptq.setState('empty', 'Calibrating…');
+  } else if (state.ptq.state !== 'done') {
+    ptq.setState('empty', 'Add calibration frames (4), then calibrate and quantize (5) to see the int8 model here.');
+  } else {
+    ptq.setSize(state.ptq.report.weightBytes, sizeRatio(state.ptq.report.weightBytes));
+  }
+  if (!f.qat || !f.runVariant) {
+    qat.setState('unavailable', `QAT: ${NOT_IN_BUILD} of the engine.`);
+  } else if (state.qat.state === 'running') {
+    qat.setState('empty', 'Training…');
+  } else if (state.qat.state !== 'done') {
+    qat.setState('empty', state.ptq.state === 'done' ? 'Train (6) to see the fine-tuned int8 model here.' : 'QAT starts from PTQ: quantize first (5), then train (6).');
+  } else {
+    const bytes = state.qat.result?.report?.weightBytes ?? state.ptq.report?.weightBytes;
+    qat.setSize(bytes, sizeRatio(bytes));
+  }
+}
+
+function sizeRatio(bytes) {
+  const fp32 = state.model ? state.model.summary.parameters * 4 : NaN;
+  return Number.isFinite(bytes) && bytes > 0 && Number.isFinite(fp32) ? ` (÷${(fp32 / bytes).toFixed(1)})` : '';
+}
+
+// --- PTQ ------------------------------------------------------------------------------------------
+
+const ptqForm = $('#ptq-form');
+let ptqJob = null;
+
+function readPtqConfig() {
+  const els = ptqForm.elements;
+  const method = els.method.value;
+  const calibration = { method };
+  if (method === 'percentile') calibration.percentile = Number(els.percentile.value) || 99.99;
+  return {
+    weightBits: Number(els.weightBits.value),
+    perChannel: els.granularity.value === 'channel',
+    calibration,
+    keepFloat: [...$('#layer-list').querySelectorAll('input:checked')].map((el) => el.value),
+    biasCorrection: els.biasCorrection.checked,
+  };
+}
+
+ptqForm.elements.method.addEventListener('change', (event) => {
+  ptqForm.elements.percentile.disabled = event.target.value !== 'percentile' || !state.features.ptq;
+});
+
+function setPtqState(s) {
+  state.ptq.state = s;
+  $('#ptq-panel').dataset.state = s;
+  const running = s === 'running';
+  $('#ptq-cancel').disabled = !running;
+  $('#ptq-progress').classList.toggle('active', running);
+  field('ptq-badge').textContent = { idle: 'not run', running: 'running', done: 'done', error: 'failed', unavailable: NOT_IN_BUILD, cancelled: 'cancelled' }[s] ?? s;
+  updatePtqButton();
+  updateQatButton();
+  updatePanes();
+  updateDownloads();
+}
+
+function updatePtqButton() {
+  const button = $('#ptq-run');
+  button.disabled = !state.features.ptq || !state.model?.image || state.ptq.state === 'running' || state.qat.state === 'running' || store.size === 0;
+  button.title = !state.features.ptq ? NOT_IN_BUILD : store.size === 0 ? 'Add calibration frames first' : '';
+}
+
+function resetPtq(message) {
+  ptqJob && (ptqJob.cancelled = true);
+  state.ptq = { state: 'idle', config: null, report: null, layers: null, frameIds: [], stale: false };
+  $('#ptq-report').hidden = true;
+  setPtqState(state.features.ptq ? 'idle' : 'unavailable');
+  if (state.features.ptq) notice(field('ptq-notice'), message);
+  renderInsight();
+}
+
+/** Calibrates on `frames` and builds the PTQ variant. Returns null when cancelled. */
+async function buildPtq(frames, config, { job, onProgress = () => {} }) {
+  await client.calibrationBegin(config);
+  for (let i = 0; i < frames.length; i++) {
+    if (job.cancelled) return null;
+    const bitmap = await createImageBitmap(frames[i].bitmap);
+    await client.calibrate({ bitmap }, state.preprocess);
+    onProgress(i + 1, frames.length);
+  }
+  if (job.cancelled) return null;
+  onProgress(frames.length, frames.length, 'Quantizing…');
+  const report = await client.quantize();
+  // The report has the per-tensor errors; older API sketches left them to layerErrors().
+  let layerErrors = null;
+  if (!Array.isArray(report.layers) && state.features.layerErrors) layerErrors = await client.layerErrors('ptq');
+  return { report, layerErrors };
+}
+
+function finishPtq(built, config, frames) {
+  const r = built.report;
+  const layers = readLayers(built.layerErrors ?? r.layers);
+  state.ptq = { state: 'done', config, report: r, layers, frameIds: frames.map((f) => f.id), stale: false };
+  const fp32Bytes = r.floatWeightBytes ?? state.model.summary.parameters * 4;
+  field('ptq-weights').textContent = `${formatBytes(r.weightBytes)}${sizeRatio(r.weightBytes)} · FP32 ${formatBytes(fp32Bytes)}`;
+  const what = Number.isFinite(r.quantizedWeights)
+    ? `${r.quantizedWeights} weight tensors and ${r.quantizedTensors} activations quantized`
+    : `${layers.length} tensors quantized`;
+  const method = config.calibration.method + (config.calibration.percentile ? ` ${config.calibration.percentile}` : '');
+  field('ptq-layers').textContent = `${what}; ${config.weightBits}-bit weights ${config.perChannel ? 'per channel' : 'per tensor'}, ${method}${config.biasCorrection ? ', bias corrected' : ''}`;
+  field('ptq-float').textContent = (r.floatNodes ?? []).length ? r.floatNodes.map((n) => `${n.name} (${n.op}: ${n.why})`).join('; ') : 'nothing';
+  field('ptq-fidelity').textContent = fidelityLine(r.fidelity) || '–';
+  $('#ptq-report').hidden = false;
+  for (const v of ['ptq', 'qat']) panes[v].resetMetrics();
+  setPtqState('done');
+  resetQat('');
+  renderLayerList();
+  renderInsight();
+  checkPreprocess();
+}
+
+ptqForm.addEventListener('submit', async (event) => {
+  event.preventDefault();
+  if (!state.features.ptq || state.ptq.state === 'running') return;
+  if (!store.size) {
+    notice(field('ptq-notice'), 'Add calibration frames first (4).', 'warn');
+    return;
+  }
+  await ready();
+  const config = readPtqConfig();
+  const frames = [...store.frames];
+  const job = { cancelled: false };
+  ptqJob = job;
+  state.ptq.config = config;
+  state.ptq.frameIds = frames.map((f) => f.id);
+  resetQat('');
+  setPtqState('running');
+  const bar = $('#ptq-progress');
+  bar.max = frames.length + 1;
+  bar.value = 0;
+  const t0 = performance.now();
+  try {
+    const built = await buildPtq(frames, config, {
+      job,
+      onProgress: (done, total, what) => {
+        bar.value = done;
+        notice(field('ptq-notice'), what ?? `Calibrating: frame ${done} of ${total}`);
+        panes.ptq.setState('empty', what ?? `Calibrating: frame ${done} of ${total}…`);
+      },
+    });
+    if (ptqJob !== job) return; // superseded (new model, restart)
+    if (!built) {
+      state.ptq.frameIds = [];
+      setPtqState('cancelled');
+      notice(field('ptq-notice'), 'Cancelled: nothing was quantized.', 'warn');
+      return;
+    }
+    finishPtq(built, config, frames);
+    notice(field('ptq-notice'), `Quantized from ${frames.length} frames in ${formatDuration(performance.now() - t0)}.`, 'ok');
+  } catch (err) {
+    if (ptqJob !== job) return;
+    if (err.notAvailable) {
+      state.features.ptq = false;
+      setPtqState('unavailable');
+      notice(field('ptq-notice'), `PTQ is ${NOT_IN_BUILD} of the engine: ${err.message}`, 'warn');
+    } else if (err.kind === 'crash' || err.kind === 'timeout') {
+      setPtqState('error');
+      notice(field('ptq-notice'), `The engine stopped while quantizing (${err.message}); it was restarted with your frames: try again.`, 'error');
+    } else {
+      setPtqState('error');
+      notice(field('ptq-notice'), `Quantization failed: ${err.message}`, 'error');
+    }
+  } finally {
+    if (ptqJob === job) ptqJob = null;
+    kick();
+  }
+});
+
+$('#ptq-cancel').addEventListener('click', () => {
+  if (ptqJob) ptqJob.cancelled = true;
+  notice(field('ptq-notice'), 'Cancelling after the current frame…');
+});
+
+/** The keep-in-float list: every layer with weights, with its SQNR once known. */
+function renderLayerList() {
+  const list = $('#layer-list');
+  const m = state.model;
+  if (!m) return list.replaceChildren();
+  const kept = new Set(state.ptq.config?.keepFloat ?? [...list.querySelectorAll('input:checked')].map((el) => el.value));
+  const sqnr = sqnrByNode(state.ptq.layers ?? []);
+  list.replaceChildren(
+    ...m.summary.quantizable.map((layer) => {
+      const s = sqnr.get(layer.name);
+      return h(
+        'li',
+        { dataset: { layer: layer.name } },
+        h(
+          'label',
+          { title: `${layer.name}: ${layer.op}, weights ${formatShape(layer.weightShape)}` },
+          h('input', { type: 'checkbox', value: layer.name, checked: kept.has(layer.name), disabled: !state.features.ptq }),
+          h('span', { class: 'layer-name' }, layer.name),
+          h('span', { class: `sqnr${Number.isFinite(s) && s < 20 ? ' bad' : ''}` }, Number.isFinite(s) ? `${s.toFixed(1)} dB` : s === Infinity ? 'lossless' : layer.op),
+        ),
+      );
+    }),
+  );
+  updateKeepCount();
+  $('#keep-worst').disabled = !sqnr.size || !state.features.ptq;
+  filterLayers();
+}
+
+function updateKeepCount() {
+  const n = $('#layer-list').querySelectorAll('input:checked').length;
+  field('keep-count').textContent = n ? `(${n} kept)` : '(none)';
+}
+
+function filterLayers() {
+  const q = $('#layer-filter').value.trim().toLowerCase();
+  for (const li of $('#layer-list').children) li.hidden = !!q && !li.dataset.layer.toLowerCase().includes(q);
+}
+
+$('#layer-list').addEventListener('change', updateKeepCount);
+$('#layer-filter').addEventListener('input', filterLayers);
+$('#keep-none').addEventListener('click', () => {
+  for (const el of $('#layer-list').querySelectorAll('input')) el.checked = false;
+  updateKeepCount();
+});
+$('#keep-worst').addEventListener('click', () => {
+  const listed = new Set(state.model.summary.quantizable.map((l) => l.name));
+  const worst = new Set(worstNodes((state.ptq.layers ?? []).filter((l) => listed.has(l.node)), 3).map((w) => w.node));
+  for (const el of $('#layer-list').querySelectorAll('input')) if (worst.has(el.value)) el.checked = true;
+  updateKeepCount();
+  notice(field('ptq-notice'), `Keeping ${[...worst].join(', ')} in float: quantize again to see the difference.`);
+});
+
+// --- QAT ------------------------------------------------------------------------------------------
+
+const qatForm = $('#qat-form');
+let qatRun = null;
+let lossChart = null;
+
+function setQatState(s) {
+  state.qat.state = s;
+  $('#qat-panel').dataset.state = s;
+  const running = s === 'running';
+  $('#qat-cancel').disabled = !running;
+  $('#qat-progress').classList.toggle('active', running);
+  field('qat-badge').textContent = { idle: 'not run', running: 'training', done: 'done', error: 'failed', unavailable: NOT_IN_BUILD, lost: 'lost' }[s] ?? s;
+  updateQatButton();
+  updatePtqButton();
+  updatePanes();
+  updateDownloads();
+}
+
+function updateQatButton() {
+  const button = $('#qat-run');
+  button.disabled = !state.features.qat || state.ptq.state !== 'done' || state.qat.state === 'running';
+  button.title = !state.features.qat ? NOT_IN_BUILD : state.ptq.state !== 'done' ? 'Quantize first (5): QAT starts from PTQ' : '';
+}
+
+function resetQat(message) {
+  if (qatRun) qatRun.cancel();
+  qatRun = null;
+  state.qat = { state: 'idle', config: state.qat.config, result: null, layers: null, losses: [] };
+  setQatState(state.features.qat ? 'idle' : 'unavailable');
+  if (state.features.qat) notice(field('qat-notice'), message);
+  panes.qat.resetMetrics();
+  renderInsight();
+}
+
+function readQatConfig() {
+  const els = qatForm.elements;
+  return { steps: Math.max(1, Math.round(Number(els.steps.value) || 1)), lr: Number(els.lr.value), mode: els.mode.value };
+}
+
+qatForm.addEventListener('submit', async (event) => {
+  event.preventDefault();
+  if (!state.features.qat || state.qat.state === 'running' || state.ptq.state !== 'done') return;
+  const config = readQatConfig();
+  if (!(config.lr > 0)) {
+    notice(field('qat-notice'), 'The learning rate must be above 0.', 'error');
+    return;
+  }
+  await ready();
+  state.qat.config = config;
+  state.qat.losses = [];
+  setQatState('running');
+  const bar = $('#qat-progress');
+  bar.max = config.steps;
+  bar.value = 0;
+  const chart = await charts().catch(() => null);
+  if (chart) {
+    lossChart ??= new chart.LossChart($('#loss-chart'));
+    lossChart.reset();
+  }
+  notice(field('qat-notice'), `Training: step 0 of ${config.steps}…`);
+  const run = client.qat(config, {
+    onProgress: (p) => {
+      bar.value = p.done;
+      state.qat.losses.push([p.done, p.loss]);
+      lossChart?.push(p.done, p.loss);
+      const eta = p.done > 0 ? (p.elapsedMs / p.done) * (config.steps - p.done) : NaN;
+      notice(field('qat-notice'), `Training: step ${p.done} of ${config.steps}, loss ${Number(p.loss).toPrecision(4)}, about ${formatDuration(eta)} left`);
+      panes.qat.setState('empty', `Training: step ${p.done} of ${config.steps}…`);
+    },
+  });
+  qatRun = run;
+  try {
+    const result = await run.promise;
+    if (qatRun !== run) return;
+    let layerErrors = null;
+    if (state.features.layerErrors) layerErrors = await client.layerErrors('qat');
+    state.qat.result = result;
+    state.qat.layers = layerErrors ? readLayers(layerErrors) : result.report?.layers ? readLayers(result.report.layers) : null;
+    setQatState('done');
+    panes.qat.resetMetrics();
+    updatePanes();
+    const how = result.cancelled ? `Stopped after ${result.steps} of ${config.steps} steps (the model keeps what it learned)` : `Trained ${result.steps} steps`;
+    notice(field('qat-notice'), `${how} in ${formatDuration(result.ms)}; final loss ${Number(result.loss).toPrecision(4)}.`, result.cancelled ? 'warn' : 'ok');
+    renderInsight();
+  } catch (err) {
+    if (qatRun !== run) return;
+    if (err.notAvailable) {
+      state.features.qat = false;
+      setQatState('unavailable');
+      notice(field('qat-notice'), `QAT is ${NOT_IN_BUILD} of the engine: ${err.message}`, 'warn');
+    } else {
+      setQatState('error');
+      notice(field('qat-notice'), `Training failed: ${err.message}`, 'error');
+    }
+  } finally {
+    if (qatRun === run) qatRun = null;
+    kick();
+  }
+});
+
+$('#qat-cancel').addEventListener('click', () => {
+  qatRun?.cancel();
+  notice(field('qat-notice'), 'Stopping after the current steps…');
+});
+
+// --- insight: per-layer SQNR and activation histograms -------------------------------------------
+
+let chartsModule = null;
+let sqnrChart = null;
+let histogramChart = null;
+
+function charts() {
+  chartsModule ??= import('./charts.js').catch((err) => {
+    chartsModule = null;
+    throw new Error(`the chart library could not be loaded (${err.message}); run npm ci`);
+  });
+  return chartsModule;
+}
+
+async function renderInsight() {
+  const ptqLayers = state.ptq.layers;
+  const select = $('#histogram-layer');
+  if (!ptqLayers) {
+    sqnrChart?.clear();
+    histogramChart?.clear();
+    field('sqnr-empty').textContent = state.features.ptq ? 'Quantize to see which layers lose the most.' : `Per-layer errors: ${NOT_IN_BUILD}.`;
+    field('sqnr-empty').hidden = false;
+    field('histogram-empty').hidden = false;
+    select.replaceChildren(h('option', { value: '' }, state.features.ptq ? '(quantize first)' : `(${NOT_IN_BUILD})`));
+    select.disabled = true;
+    field('histogram-facts').textContent = '';
+    notice(field('insight-notice'), '');
+    return;
+  }
+  let mod;
+  try {
+    mod = await charts();
+  } catch (err) {
+    notice(field('insight-notice'), errorMessage(err), 'error');
+    return;
+  }
+  if (state.ptq.layers !== ptqLayers) return; // changed while the charts loaded
+  const qat = new Map((state.qat.layers ?? []).map((l) => [l.value, l.sqnr]));
+  const layers = ptqLayers.map((l) => ({ name: l.label, value: l.value, op: l.op, ptq: l.sqnr, qat: qat.get(l.value) ?? null }));
+  sqnrChart ??= new mod.SqnrChart($('#sqnr-chart'), { onSelect: (i) => selectHistogramLayer(sqnrChart.layers[i]?.value) });
+  sqnrChart.update(layers);
+  field('sqnr-empty').hidden = true;
+  const worst = worstNodes(ptqLayers, 3);
+  notice(field('insight-notice'), worst.length ? `Lowest SQNR after PTQ: ${worst.map((w) => `${w.node} (${w.sqnr.toFixed(1)} dB)`).join(', ')}.` : '');
+
+  const previous = select.value;
+  if (!state.features.histogram) {
+    select.replaceChildren(h('option', { value: '' }, `(${NOT_IN_BUILD})`));
+    select.disabled = true;
+    field('histogram-facts').textContent = `Activation histograms: ${NOT_IN_BUILD}.`;
+    return;
+  }
+  const values = ptqLayers.map((l) => l.value).filter(Boolean);
+  select.replaceChildren(...ptqLayers.filter((l) => l.value).map((l) => h('option', { value: l.value }, l.label)));
+  select.disabled = !values.length;
+  select.value = values.includes(previous) ? previous : worstValue(ptqLayers) ?? values[0] ?? '';
+  if (select.value) showHistogram(select.value);
+}
+
+/** The tensor with the lowest SQNR: the first histogram worth a look. */
+function worstValue(layers) {
+  return [...layers].filter((l) => Number.isFinite(l.sqnr)).sort((a, b) => a.sqnr - b.sqnr)[0]?.value;
+}
+
+function selectHistogramLayer(value) {
+  const select = $('#histogram-layer');
+  if (!value || select.disabled || ![...select.options].some((o) => o.value === value)) return;
+  select.value = value;
+  showHistogram(value);
+}
+
+$('#histogram-layer').addEventListener('change', (event) => showHistogram(event.target.value));
+
+async function showHistogram(value) {
+  if (!value) return;
+  try {
+    await ready();
+    const [mod, raw] = await Promise.all([charts(), client.histogram(value)]);
+    if ($('#histogram-layer').value !== value) return;
+    const hist = readHistogram(raw);
+    histogramChart ??= new mod.HistogramChart($('#histogram-chart'));
+    histogramChart.update(hist);
+    field('histogram-empty').hidden = true;
+    const range = `values from ${hist.min.toPrecision(4)} to ${hist.max.toPrecision(4)}`;
+    field('histogram-facts').textContent = hist.clip
+      ? `${value}: ${range}; the clip range [${hist.clip[0].toPrecision(4)}, ${hist.clip[1].toPrecision(4)}] keeps ${(hist.inside * 100).toFixed(2)}% of them.`
+      : `${value}: ${range}; no clip range (not quantized as an activation).`;
+  } catch (err) {
+    field('histogram-facts').textContent = err.notAvailable ? `Activation histograms: ${NOT_IN_BUILD}.` : `Could not get the histogram of ${value}: ${errorMessage(err)}`;
+  }
+}
+
+// --- downloads ------------------------------------------------------------------------------------
+
+function updateDownloads() {
+  const f = state.features;
+  $('#download-ptq').disabled = !(f.exportOnnx && state.ptq.state === 'done');
+  $('#download-qat').disabled = !(f.exportOnnx && state.qat.state === 'done');
+  $('#download-report').disabled = !state.model;
+  $('#download-ptq').title = f.exportOnnx ? (state.ptq.state === 'done' ? '' : 'Quantize first') : `ONNX export: ${NOT_IN_BUILD}`;
+  $('#download-qat').title = f.exportOnnx ? (state.qat.state === 'done' ? '' : 'Train first') : `ONNX export: ${NOT_IN_BUILD}`;
+  if (state.model && !f.exportOnnx) notice(field('downloads-notice'), `Quantized models: ONNX export is ${NOT_IN_BUILD} of the engine. The report works.`, 'warn');
+}
+
+const baseName = () => (state.model?.name ?? 'model').replace(/\.onnx$/i, '');
+
+async function exportModel(variant) {
+  const button = $(`#download-${variant}`);
+  button.disabled = true;
+  notice(field('downloads-notice'), `Exporting the ${variant.toUpperCase()} model…`);
+  try {
+    await ready();
+    const { bytes } = await client.exportOnnx(variant);
+    const name = `${baseName()}.${variant}.int${state.ptq.config?.weightBits ?? 8}.qdq.onnx`;
+    download(new Blob([bytes], { type: 'application/octet-stream' }), name);
+    notice(field('downloads-notice'), `Saved ${name} (${formatBytes(bytes.byteLength)}).`, 'ok');
+  } catch (err) {
+    notice(field('downloads-notice'), `Export failed: ${errorMessage(err)}`, 'error');
+  } finally {
+    updateDownloads();
+  }
+}
+
+$('#download-ptq').addEventListener('click', () => exportModel('ptq'));
+$('#download-qat').addEventListener('click', () => exportModel('qat'));
+
+function report() {
+  const m = state.model;
+  const sources = {};
+  for (const id of state.ptq.frameIds) {
+    const f = store.get(id);
+    if (f) sources[f.source] = (sources[f.source] ?? 0) + 1;
+  }
+  return {
+    generator: 'Quant Playground',
+    createdAt: new Date().toISOString(),
+    engine: state.info && { version: state.info.version, simd128: state.info.simd128, features: state.features },
+    model: {
+      name: m.name,
+      fileBytes: m.summary.fileBytes,
+      producer: m.summary.producer,
+      opset: m.summary.opset,
+      parameters: m.summary.parameters,
+      inputs: m.summary.inputs,
+      outputs: m.summary.outputs,
+      task: m.task.kind,
+      quantizableLayers: m.summary.quantizable.length,
+    },
+    preprocess: state.preprocess,
+    preprocessOrigin: state.preprocessOrigin,
+    calibration: { frames: state.ptq.frameIds.length, sources },
+    ptq: state.ptq.report ? { ...state.ptq.report, config: state.ptq.config, layers: state.ptq.layers, preprocessChangedSince: state.ptq.stale } : null,
+    qat: state.qat.result ? { config: state.qat.config, ...state.qat.result, losses: state.qat.losses, layers: state.qat.layers } : null,
+    comparison: {
+      input: state.source,
+      ...Object.fromEntries(VARIANTS.map((v) => [v, panes[v].frames ? panes[v].metrics() : null])),
+    },
+  };
+}
+
+$('#download-report').addEventListener('click', () => {
+  if (!state.model) return;
+  const name = `${baseName()}.quant-report.json`;
+  download(new Blob([JSON.stringify(report(), null, 2)], { type: 'application/json' }), name);
+  notice(field('downloads-notice'), `Saved ${name}.`, 'ok');
+});
+
+// --- drag and drop anywhere ---------------------------------------------------------------------
+
+let dragDepth = 0;
+const hasFiles = (event) => [...(event.dataTransfer?.types ?? [])].includes('Files');
+
+document.addEventListener('dragenter', (event) => {
+  if (!hasFiles(event)) return;
+  event.preventDefault();
+  dragDepth += 1;
+  document.body.classList.add('dragging');
+});
+document.addEventListener('dragover', (event) => {
+  if (!hasFiles(event)) return;
+  event.preventDefault();
+  event.dataTransfer.dropEffect = 'copy';
+});
+document.addEventListener('dragleave', () => {
+  dragDepth = Math.max(0, dragDepth - 1);
+  if (!dragDepth) document.body.classList.remove('dragging');
+});
+document.addEventListener('drop', async (event) => {
+  if (!hasFiles(event)) return;
+  event.preventDefault();
+  dragDepth = 0;
+  document.body.classList.remove('dragging');
+  const files = await droppedFiles(event.dataTransfer);
+  await routeFiles(files);
+});
+
+/** The dropped files, folders walked (webkitGetAsEntry), hidden files skipped. */
+async function droppedFiles(dataTransfer) {
+  const entries = [...dataTransfer.items].map((item) => item.webkitGetAsEntry?.()).filter(Boolean);
+  if (!entries.length) return [...dataTransfer.files];
+  const files = [];
+  const walk = async (entry) => {
+    if (entry.name.startsWith('.')) return;
+    if (entry.isFile) {
+      files.push(await new Promise((resolve, reject) => entry.file(resolve, reject)));
+    } else if (entry.isDirectory) {
+      const reader = entry.createReader();
+      for (;;) {
+        const batch = await new Promise((resolve, reject) => reader.readEntries(resolve, reject));
+        if (!batch.length) break;
+        for (const e of batch) await walk(e);
+      }
+    }
+  };
+  for (const e of entries) await walk(e);
+  return files;
+}
+
+/** Images go to the calibration set; anything else is taken as a model (the first one). */
+async function routeFiles(files) {
+  const images = [];
+  const others = [];
+  for (const file of files) (isImageKind(sniff(await head(file))) ? images : others).push(file);
+  if (others.length) {
+    const model = others.find((f) => /\.onnx$/i.test(f.name)) ?? others[0];
+    if (others.length > 1) setModelStatus(`Dropped ${others.length} files that are not images: loading ${model.name}.`, 'warn');
+    loadModel(await model.arrayBuffer(), model.name);
+  }
+  if (images.length) await addImageFiles(images, `Adding ${images.length} dropped image${images.length === 1 ? '' : 's'}`);
+}
+
+// --- feature availability -----------------------------------------------------------------------
+
+/** Enables what this engine build can do; says 'not available in this build' for the rest. */
+function applyFeatures() {
+  const f = state.features;
+  for (const el of ptqForm.elements) if (el.id !== 'ptq-cancel') el.disabled = !f.ptq;
+  ptqForm.elements.percentile.disabled = !f.ptq || ptqForm.elements.method.value !== 'percentile';
+  for (const el of qatForm.elements) if (el.id !== 'qat-cancel') el.disabled = !f.qat;
+  if (!f.ptq) {
+    setPtqState('unavailable');
+    notice(field('ptq-notice'), `PTQ is ${NOT_IN_BUILD} of the engine: the FP32 model runs; calibration frames can be collected for when it is.`, 'warn');
+  } else if (state.ptq.state === 'unavailable') {
+    setPtqState('idle');
+    notice(field('ptq-notice'), '');
+  }
+  if (!f.qat) {
+    setQatState('unavailable');
+    notice(field('qat-notice'), `QAT is ${NOT_IN_BUILD} of the engine.`, 'warn');
+  } else if (state.qat.state === 'unavailable') {
+    setQatState('idle');
+    notice(field('qat-notice'), '');
+  }
+  renderLayerList();
+  updatePtqButton();
+  updateQatButton();
+  updatePanes();
+  updateDownloads();
+  renderInsight();
+}
+
+// --- start ---------------------------------------------------------------------------------------
+
+renderBundledButtons();
+renderSourceOptions();
+renderCamera();
+renderStrip();
+for (const p of Object.values(panes)) p.setState('empty', 'Waiting for the engine…');
+
+(async () => {
+  if (await startEngine()) await loadBundled(DEFAULT_MODEL);
+})();

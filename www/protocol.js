@@ -3,21 +3,78 @@
 // Every request is `{type, id, ...payload}` with a request type from `Req` and an id unique
 // per client. The worker answers each request with exactly one final reply, `result` or
 // `error`, carrying the same id, and may send any number of `progress` replies before it.
-// Large data (frames, model bytes) travels as transferables, one request in flight per kind.
+// Large data (frames, model bytes, outputs, exported models) travels as transferables; the
+// page keeps one frame in flight.
 //
 // An `error` reply with `fatal: true` means the wasm instance is no longer usable (a panic or
-// a trap): the client replaces the worker.
+// a trap): the client replaces the worker. An error named `NotAvailableError` means the
+// engine build lacks the Session method the request needs (see `FEATURES`): the page shows
+// "not available in this build" instead of an error.
 
 /** Request types (page -> worker). */
 export const Req = Object.freeze({
-  /** Engine version and build features. Payload: none. Result: {@link EngineInfo}. */
+  /**
+   * Engine version and build features. Payload: none. Result: {@link EngineInfo}.
+   */
   INFO: 'info',
   /**
-   * Import an ONNX model, replacing the loaded one. Payload: `{bytes: ArrayBuffer (transferred),
-   * name: string, inputShapes?: Record<string, number[]>}`. Result: the model summary
-   * (inputs, outputs, ops, parameters, what will be quantized, a preprocessing guess).
+   * Import an ONNX model, replacing the loaded one (and any calibration, PTQ and QAT state).
+   * A model that fails to load leaves the previous one in place.
+   * Payload: `{bytes: ArrayBuffer (transferred), name: string, inputShapes?: Record<string, number[]>}`.
+   * Result: {@link ModelSummary}.
    */
   LOAD_MODEL: 'load-model',
+  /**
+   * Run variants of the loaded model on one frame.
+   * Payload: `{frame: FrameData (bitmap transferred), preprocess?: Preprocess, variants: Variant[]}`.
+   * Result: `{width, height, results: VariantResult[]}` in the order asked; a variant that fails
+   * with a non-fatal error has `error` instead of `outputs`, so the others still show.
+   * Output data is transferred.
+   */
+  RUN: 'run',
+  /**
+   * Start a calibration (drops the previous one). Needs `ptq`.
+   * Payload: `{config: PtqConfig}`. Result: `{}`.
+   */
+  CALIBRATION_BEGIN: 'calibration-begin',
+  /**
+   * Observe one calibration frame. Needs `ptq`.
+   * Payload: `{frame: FrameData, preprocess?: Preprocess}`. Result: `{frames: number}` (so far).
+   */
+  CALIBRATE: 'calibrate',
+  /**
+   * Build the PTQ variant from the calibration. Needs `ptq`.
+   * Payload: none. Result: {@link PtqReport} plus `ms`.
+   */
+  QUANTIZE: 'quantize',
+  /**
+   * Per-tensor error of a variant against FP32 on the kept calibration frames. Needs `layerErrors`.
+   * Payload: `{variant: 'ptq' | 'qat'}`. Result: `LayerError[]`.
+   */
+  LAYER_ERRORS: 'layer-errors',
+  /**
+   * Calibration histogram of one quantized tensor (a LayerError's `value`) and its clip range.
+   * Needs `histogram`. Payload: `{value: string}`. Result: {@link Histogram}.
+   */
+  HISTOGRAM: 'histogram',
+  /**
+   * The quantized model as ONNX with QuantizeLinear/DequantizeLinear pairs. Needs `exportOnnx`.
+   * Payload: `{variant: 'ptq' | 'qat'}`. Result: `{bytes: ArrayBuffer (transferred)}`.
+   */
+  EXPORT_ONNX: 'export-onnx',
+  /**
+   * Quantization-aware training from the PTQ variant, on the calibration frames. Needs `qat`.
+   * The worker steps in small chunks and yields between them, so CANCEL gets through.
+   * Payload: `{config: QatConfig}`. Progress: `{done: step, total: steps, loss, elapsedMs}`
+   * per chunk. Result: `{steps: number, loss: number, cancelled: boolean, ms: number, report}`
+   * (`report`: what qatFinish returns, if anything); a cancelled run keeps what it learned so far.
+   */
+  QAT: 'qat',
+  /**
+   * Ask a running request (QAT) to stop. Payload: `{target: number}` (its id).
+   * Result: `{found: boolean}`.
+   */
+  CANCEL: 'cancel',
 });
 
 /** Reply types (worker -> page). */
@@ -26,6 +83,26 @@ export const Reply = Object.freeze({
   PROGRESS: 'progress',
   ERROR: 'error',
 });
+
+/**
+ * What each optional engine feature needs: the wasm `Session` methods that must exist.
+ * The worker reports which are present ({@link EngineInfo}.features), and refuses a request
+ * whose methods are missing with a `NotAvailableError`.
+ */
+export const FEATURES = Object.freeze({
+  /** FP32 / PTQ / QAT inference on a frame (FP32 alone works without it through runRgba). */
+  runVariant: ['runVariantRgba'],
+  /** Calibration and post-training quantization. */
+  ptq: ['calibrationBegin', 'calibrateRgba', 'quantize'],
+  layerErrors: ['layerErrors'],
+  histogram: ['histogram'],
+  exportOnnx: ['exportOnnx'],
+  /** Quantization-aware training. */
+  qat: ['qatBegin', 'qatStep', 'qatFinish'],
+});
+
+/** The name of the error a request gets when the engine build lacks what it needs. */
+export const NOT_AVAILABLE = 'NotAvailableError';
 
 /**
  * @typedef {{type: string, id: number} & Record<string, unknown>} Request
@@ -45,6 +122,8 @@ export const Reply = Object.freeze({
  * @property {number} [done]     units of work done so far
  * @property {number} [total]    units of work in all, when known
  * @property {string} [message]  what is being done, for the page
+ * @property {number} [loss]     QAT: the training loss of the last step
+ * @property {number} [elapsedMs] QAT: time since the request started
  */
 
 /**
@@ -56,7 +135,7 @@ export const Reply = Object.freeze({
 
 /**
  * @typedef {object} SerializedError
- * @property {string} name       e.g. 'Error', 'RuntimeError'
+ * @property {string} name       e.g. 'Error', 'RuntimeError', 'NotAvailableError'
  * @property {string} message    what went wrong, for the page
  * @property {boolean} fatal     the worker must be replaced
  */
@@ -67,6 +146,101 @@ export const Reply = Object.freeze({
  * @property {boolean} simd128         built with the WebAssembly SIMD128 feature
  * @property {number} initMs           worker start to engine ready: fetch + compile + instantiate
  * @property {boolean} crossOriginIsolated  whether the worker could use shared memory (threads)
+ * @property {Record<keyof typeof FEATURES, boolean>} features  what this engine build can do
+ */
+
+/**
+ * The model card (Session.summary in api.rs, model.rs `ModelSummary`), plus `name`, `loadMs`.
+ * @typedef {object} ModelSummary
+ * @property {string} name
+ * @property {number} loadMs
+ * @property {string} producer
+ * @property {number} opset
+ * @property {number} fileBytes
+ * @property {{name: string, declared: (number|string)[], shape: number[], choices: string[]}[]} inputs
+ * @property {{name: string, shape: number[]}[]} outputs
+ * @property {Record<string, number>} onnxOps   op type -> count, as in the file
+ * @property {[string, number][]} ops            what runs, after folding and fusion
+ * @property {number} parameters
+ * @property {{name: string, op: string, weightShape: number[], params: number}[]} quantizable
+ * @property {string[]} floatOps
+ * @property {string[]} ignoredDomains
+ * @property {Preprocess | null} preprocess      a guess for the first input
+ */
+
+/**
+ * preprocess.rs `Preprocess`: RGBA frame -> input tensor. Values are on the 0..255 scale:
+ * value = (pixel - mean) / std.
+ * @typedef {object} Preprocess
+ * @property {number} width
+ * @property {number} height
+ * @property {'nchw' | 'nhwc'} layout
+ * @property {boolean} bgr
+ * @property {[number, number, number]} mean
+ * @property {[number, number, number]} std
+ * @property {{kind: 'stretch'} | {kind: 'centerCrop', crop: number} | {kind: 'letterbox', pad: number} | {kind: 'padRight', pad: number}} fit
+ */
+
+/**
+ * A frame: an ImageBitmap (transferred), or raw RGBA bytes.
+ * @typedef {{bitmap: ImageBitmap} | {rgba: ArrayBuffer, width: number, height: number}} FrameData
+ */
+
+/** @typedef {'fp32' | 'ptq' | 'qat'} Variant */
+
+/**
+ * @typedef {object} VariantResult
+ * @property {Variant} variant
+ * @property {number} [ms]       time in the engine (preprocessing + inference)
+ * @property {{name: string, shape: number[], data: Float32Array}[]} [outputs]
+ * @property {SerializedError} [error]
+ */
+
+/**
+ * @typedef {object} PtqConfig
+ * @property {8 | 4} weightBits     (the engine takes 2..=8; the page offers 8 and 4)
+ * @property {boolean} perChannel
+ * @property {{method: 'mse' | 'minMax' | 'entropy' | 'percentile', percentile?: number}} calibration
+ *   serialised with a `method` tag; `percentile` in [50, 100]
+ * @property {string[]} keepFloat        node names kept in float
+ * @property {boolean} biasCorrection
+ */
+
+/**
+ * session.rs `QuantReport` (the page reads it through reports.js).
+ * @typedef {object} PtqReport
+ * @property {PtqConfig} config
+ * @property {number} calibrationFrames
+ * @property {{frames: number, outputs: {name: string, cosine: number, sqnrDb: number | null, classifier: {top1: number, top5: number} | null}[], presence: object | null}} fidelity
+ *   fidelity to FP32 on the kept calibration frames
+ * @property {LayerError[]} layers   every quantized tensor, in graph order
+ * @property {{name: string, op: string, why: string}[]} floatNodes
+ * @property {number} quantizedTensors
+ * @property {number} quantizedWeights
+ * @property {number} weightBytes       as stored: int8 weights, int32 biases, float for the rest
+ * @property {number} floatWeightBytes  the same weights in float
+ */
+
+/**
+ * quant/metrics.rs `LayerError`: the SQNR of one quantized tensor (null: infinite).
+ * @typedef {{value: string, node: string, op: string, sqnrDb: number | null}} LayerError
+ */
+
+/**
+ * @typedef {object} Histogram
+ * @property {number} start      left edge of the first bin
+ * @property {number} binWidth   0 when every value seen is 0
+ * @property {number[]} counts
+ * @property {number} min
+ * @property {number} max
+ * @property {[number, number] | null} clip  the range the quantizer keeps, if it has one
+ */
+
+/**
+ * @typedef {object} QatConfig
+ * @property {number} steps
+ * @property {number} lr
+ * @property {'scales' | 'full'} mode   train the quantization scales only, or weights too
  */
 
 /** @typedef {ResultReply | ProgressReply | ErrorReply} WorkerReply */

@@ -1,7 +1,11 @@
 // The engine worker: owns the wasm instance and answers the requests of protocol.js.
 // The page never calls wasm directly, so heavy work never blocks rendering.
+//
+// Optional engine features (PTQ, QAT, export, ...) are detected from the methods the wasm
+// `Session` has (protocol.js FEATURES); a request for a missing one fails with a
+// `NotAvailableError`, which the page shows as "not available in this build".
 
-import { Reply, Req, serializeError } from './protocol.js';
+import { FEATURES, NOT_AVAILABLE, Reply, Req, serializeError } from './protocol.js';
 
 const started = performance.now();
 
@@ -20,19 +24,227 @@ engine.catch(() => {}); // reported to each request that needs the engine
 /** The loaded model: a wasm `Session` and its file name. */
 let model = null;
 
+/** Ids of running requests that were asked to stop (CANCEL). */
+const cancelled = new Set();
+/** Ids of requests that can be cancelled, while they run. */
+const cancellable = new Set();
+
+class NotAvailableError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = NOT_AVAILABLE;
+  }
+}
+
+/** A result that moves some of its buffers instead of copying them. */
+class Transfer {
+  constructor(value, list) {
+    this.value = value;
+    this.list = list;
+  }
+}
+
+const FEATURE_LABELS = {
+  runVariant: 'running the quantized variants',
+  ptq: 'post-training quantization',
+  layerErrors: 'per-layer errors',
+  histogram: 'activation histograms',
+  exportOnnx: 'ONNX export',
+  qat: 'quantization-aware training',
+};
+
+/** @param {object} proto  Session.prototype or a session */
+function features(proto) {
+  return Object.fromEntries(
+    Object.entries(FEATURES).map(([feature, methods]) => [feature, methods.every((m) => typeof proto?.[m] === 'function')]),
+  );
+}
+
+/** Throws a NotAvailableError unless the session has every method of `feature`. */
+function need(session, feature) {
+  const missing = FEATURES[feature].filter((m) => typeof session[m] !== 'function');
+  if (missing.length) {
+    throw new NotAvailableError(
+      `${FEATURE_LABELS[feature]} is not available in this build of the engine (Session.${missing.join(', Session.')} missing)`,
+    );
+  }
+}
+
+function requireModel() {
+  if (!model) throw new Error('no model is loaded');
+  return model.session;
+}
+
+/** @param {import('./protocol.js').FrameData} frame */
+function frameToRgba(frame) {
+  if (frame?.bitmap) {
+    const { bitmap } = frame;
+    const { width, height } = bitmap;
+    if (!width || !height) throw new Error('the frame is empty (0 pixels)');
+    const canvas = new OffscreenCanvas(width, height);
+    const ctx = canvas.getContext('2d', { willReadFrequently: true });
+    ctx.drawImage(bitmap, 0, 0);
+    bitmap.close();
+    const { data } = ctx.getImageData(0, 0, width, height);
+    return { rgba: new Uint8Array(data.buffer, data.byteOffset, data.byteLength), width, height };
+  }
+  if (frame?.rgba) {
+    return { rgba: new Uint8Array(frame.rgba), width: frame.width, height: frame.height };
+  }
+  throw new Error('the request carries no frame');
+}
+
+/** Lets queued messages (CANCEL) run. */
+const yieldToEvents = () => new Promise((resolve) => setTimeout(resolve, 0));
+
+/** An ArrayBuffer holding exactly the bytes of `view`, movable without copying twice. */
+function ownBuffer(view) {
+  if (view.byteOffset === 0 && view.byteLength === view.buffer.byteLength) return view.buffer;
+  return view.buffer.slice(view.byteOffset, view.byteOffset + view.byteLength);
+}
+
+/** Outputs as plain objects with their own Float32Arrays (movable), and the buffers to move. */
+function ownOutputs(outputs, buffers) {
+  return Array.from(outputs, (o) => {
+    const data = o.data instanceof Float32Array ? o.data : Float32Array.from(o.data);
+    const own = new Float32Array(ownBuffer(data));
+    buffers.push(own.buffer);
+    return { name: o.name, shape: Array.from(o.shape), data: own };
+  });
+}
+
 /** @type {Record<string, (msg: import('./protocol.js').Request, progress: (p: object) => void) => Promise<unknown>>} */
 const handlers = {
   async [Req.INFO]() {
     const { wasm, initMs } = await engine;
-    return { ...wasm.engineInfo(), initMs, crossOriginIsolated: self.crossOriginIsolated };
+    return {
+      ...wasm.engineInfo(),
+      initMs,
+      crossOriginIsolated: self.crossOriginIsolated,
+      features: features(wasm.Session.prototype),
+    };
   },
+
   async [Req.LOAD_MODEL]({ bytes, name, inputShapes }) {
     const { wasm } = await engine;
-    const started = performance.now();
-    const session = wasm.Session.load(new Uint8Array(bytes), inputShapes);
+    const t0 = performance.now();
+    const session = wasm.Session.load(new Uint8Array(bytes), inputShapes ?? undefined);
     model?.session.free();
     model = { session, name };
-    return { name, loadMs: performance.now() - started, ...session.summary() };
+    return { name, loadMs: performance.now() - t0, ...session.summary() };
+  },
+
+  async [Req.RUN]({ frame, preprocess, variants = ['fp32'] }) {
+    await engine;
+    const session = requireModel();
+    const { rgba, width, height } = frameToRgba(frame);
+    const buffers = [];
+    const results = [];
+    for (const variant of variants) {
+      const t0 = performance.now();
+      try {
+        let outputs;
+        if (typeof session.runVariantRgba === 'function') {
+          outputs = session.runVariantRgba(variant, rgba, width, height, preprocess ?? undefined);
+        } else if (variant === 'fp32') {
+          outputs = session.runRgba(rgba, width, height, preprocess ?? undefined);
+        } else {
+          need(session, 'runVariant');
+        }
+        const ms = performance.now() - t0;
+        results.push({ variant, ms, outputs: ownOutputs(outputs, buffers) });
+      } catch (err) {
+        const error = serializeError(err);
+        if (error.fatal) throw err;
+        results.push({ variant, error });
+      }
+    }
+    return new Transfer({ width, height, results }, buffers);
+  },
+
+  async [Req.CALIBRATION_BEGIN]({ config }) {
+    await engine;
+    const session = requireModel();
+    need(session, 'ptq');
+    session.calibrationBegin(config);
+    return {};
+  },
+
+  async [Req.CALIBRATE]({ frame, preprocess }) {
+    await engine;
+    const session = requireModel();
+    need(session, 'ptq');
+    const { rgba, width, height } = frameToRgba(frame);
+    const result = session.calibrateRgba(rgba, width, height, preprocess ?? undefined);
+    return { frames: result?.frames ?? null };
+  },
+
+  async [Req.QUANTIZE]() {
+    await engine;
+    const session = requireModel();
+    need(session, 'ptq');
+    const t0 = performance.now();
+    const report = session.quantize();
+    return { ...report, ms: performance.now() - t0 };
+  },
+
+  async [Req.LAYER_ERRORS]({ variant }) {
+    await engine;
+    const session = requireModel();
+    need(session, 'layerErrors');
+    return Array.from(session.layerErrors(variant));
+  },
+
+  async [Req.HISTOGRAM]({ value }) {
+    await engine;
+    const session = requireModel();
+    need(session, 'histogram');
+    const h = session.histogram(value);
+    return { ...h, counts: Array.from(h.counts ?? [], Number), clip: h.clip ? Array.from(h.clip) : null };
+  },
+
+  async [Req.EXPORT_ONNX]({ variant }) {
+    await engine;
+    const session = requireModel();
+    need(session, 'exportOnnx');
+    const bytes = ownBuffer(session.exportOnnx(variant));
+    return new Transfer({ bytes }, [bytes]);
+  },
+
+  async [Req.QAT]({ id, config }, progress) {
+    await engine;
+    const session = requireModel();
+    need(session, 'qat');
+    const t0 = performance.now();
+    session.qatBegin(config);
+    cancellable.add(id);
+    let last = { step: 0, loss: NaN, done: false };
+    let report = null;
+    // Chunks of about TARGET_MS, so that cancel and the page's frames get through.
+    const TARGET_MS = 150;
+    let chunk = 1;
+    try {
+      while (!cancelled.has(id)) {
+        const c0 = performance.now();
+        last = session.qatStep(chunk);
+        const spent = performance.now() - c0;
+        progress({ done: last.step, total: config.steps, loss: last.loss, elapsedMs: performance.now() - t0 });
+        if (last.done) break;
+        chunk = Math.max(1, Math.min(64, Math.round((chunk * TARGET_MS) / Math.max(spent, 1))));
+        await yieldToEvents();
+      }
+      report = session.qatFinish() ?? null;
+    } finally {
+      cancellable.delete(id);
+      cancelled.delete(id);
+    }
+    return { steps: last.step, loss: last.loss, cancelled: !last.done, ms: performance.now() - t0, report };
+  },
+
+  async [Req.CANCEL]({ target }) {
+    const found = cancellable.has(target);
+    if (found) cancelled.add(target);
+    return { found };
   },
 };
 
@@ -44,7 +256,11 @@ self.onmessage = async (event) => {
     if (!handler) throw new Error(`unknown request type: ${String(type)}`);
     const progress = (p) => self.postMessage({ ...p, type: Reply.PROGRESS, id });
     const result = await handler(msg, progress);
-    self.postMessage({ type: Reply.RESULT, id, result });
+    if (result instanceof Transfer) {
+      self.postMessage({ type: Reply.RESULT, id, result: result.value }, result.list);
+    } else {
+      self.postMessage({ type: Reply.RESULT, id, result });
+    }
   } catch (err) {
     self.postMessage({ type: Reply.ERROR, id, error: serializeError(err) });
   }

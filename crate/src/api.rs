@@ -14,6 +14,8 @@ use web_sys::ImageData;
 use crate::model::{Model, Output};
 use crate::onnx::ImportOptions;
 use crate::preprocess::{preprocess, Preprocess};
+use crate::quant::ptq::QuantConfig;
+use crate::session::{self, Variant};
 
 #[wasm_bindgen(start)]
 pub fn start() {
@@ -55,10 +57,30 @@ fn outputs_to_js(outputs: Vec<Output>) -> JsValue {
     list.into()
 }
 
-/// A loaded model, ready to run.
+/// A loaded model, ready to run, calibrate and quantize.
 #[wasm_bindgen]
 pub struct Session {
-    model: Model,
+    session: session::Session,
+}
+
+fn to_js<T: serde::Serialize>(value: &T) -> Result<JsValue, JsError> {
+    Ok(value.serialize(&serde_wasm_bindgen::Serializer::json_compatible())?)
+}
+
+fn optional<T: serde::de::DeserializeOwned + Default>(value: JsValue) -> Result<T, JsError> {
+    if value.is_undefined() || value.is_null() {
+        Ok(T::default())
+    } else {
+        Ok(serde_wasm_bindgen::from_value(value)?)
+    }
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HistogramReply {
+    #[serde(flatten)]
+    histogram: crate::quant::observer::Histogram,
+    clip: Option<(f32, f32)>,
 }
 
 #[wasm_bindgen]
@@ -70,20 +92,19 @@ impl Session {
         let input_shapes: HashMap<String, Vec<usize>> =
             if input_shapes.is_undefined() || input_shapes.is_null() { HashMap::new() } else { serde_wasm_bindgen::from_value(input_shapes)? };
         let options = ImportOptions { input_shapes, ..ImportOptions::default() };
-        Ok(Session { model: Model::load(bytes, &options).map_err(err)? })
+        Ok(Session { session: session::Session::new(Model::load(bytes, &options).map_err(err)?) })
     }
 
     /// Inputs, outputs, ops, parameters, what will be quantized, a preprocessing guess.
     pub fn summary(&self) -> Result<JsValue, JsError> {
-        let serializer = serde_wasm_bindgen::Serializer::json_compatible();
-        Ok(serde::Serialize::serialize(&self.model.summary(), &serializer)?)
+        to_js(&self.session.model.summary())
     }
 
     /// Runs on tensors given in input order; returns `[{name, shape, data}]`.
     pub fn run(&self, inputs: Vec<Float32Array>) -> Result<JsValue, JsError> {
         let data: Vec<Vec<f32>> = inputs.iter().map(|a| a.to_vec()).collect();
         let refs: Vec<&[f32]> = data.iter().map(|v| v.as_slice()).collect();
-        Ok(outputs_to_js(self.model.run(&refs).map_err(err)?))
+        Ok(outputs_to_js(self.session.model.run(&refs).map_err(err)?))
     }
 
     /// Runs a single-image-input model on an RGBA frame (a canvas's
@@ -98,7 +119,90 @@ impl Session {
     /// Like `runImage`, on raw RGBA bytes (what a worker gets from an ImageBitmap).
     #[wasm_bindgen(js_name = runRgba)]
     pub fn run_rgba(&self, rgba: &[u8], width: usize, height: usize, preprocess_options: JsValue) -> Result<JsValue, JsError> {
-        let inputs = &self.model.meta.inputs;
+        self.run_variant_rgba("fp32", rgba, width, height, preprocess_options)
+    }
+
+    /// Runs variant `fp32`, `ptq` or `qat` on an RGBA frame.
+    #[wasm_bindgen(js_name = runVariantRgba)]
+    pub fn run_variant_rgba(&self, variant: &str, rgba: &[u8], width: usize, height: usize, preprocess_options: JsValue) -> Result<JsValue, JsError> {
+        let variant: Variant = variant.parse().map_err(err)?;
+        let x = self.frame(rgba, width, height, preprocess_options)?;
+        Ok(outputs_to_js(self.session.run(variant, &[&x]).map_err(err)?))
+    }
+
+    /// Runs variant `fp32`, `ptq` or `qat` on tensors given in input order.
+    #[wasm_bindgen(js_name = runVariant)]
+    pub fn run_variant(&self, variant: &str, inputs: Vec<Float32Array>) -> Result<JsValue, JsError> {
+        let variant: Variant = variant.parse().map_err(err)?;
+        let data: Vec<Vec<f32>> = inputs.iter().map(|a| a.to_vec()).collect();
+        let refs: Vec<&[f32]> = data.iter().map(|v| v.as_slice()).collect();
+        Ok(outputs_to_js(self.session.run(variant, &refs).map_err(err)?))
+    }
+
+    /// The `ptq` or `qat` variant as ONNX QDQ bytes (`fp32`: the float model as imported).
+    #[wasm_bindgen(js_name = exportOnnx)]
+    pub fn export_onnx(&self, variant: &str) -> Result<Vec<u8>, JsError> {
+        let variant: Variant = variant.parse().map_err(err)?;
+        let graph = match self.session.variant(variant).map_err(err)? {
+            Some(q) => &q.graph,
+            None => self.session.model.engine.graph(),
+        };
+        crate::onnx::export::export(graph, &crate::onnx::export::ExportOptions::default()).map_err(err)
+    }
+
+    /// Starts calibration with a quantization config (`{}` or `undefined`: the defaults;
+    /// fields as in `QuantConfig`: weightBits, perChannel, calibration {method, ...},
+    /// activationSigned, activationSymmetric, keepFloat, overrides, biasCorrection).
+    #[wasm_bindgen(js_name = calibrationBegin)]
+    pub fn calibration_begin(&mut self, config: JsValue) -> Result<(), JsError> {
+        let config: QuantConfig = optional(config)?;
+        self.session.begin_calibration(config).map_err(err)
+    }
+
+    /// Feeds one RGBA frame to calibration; returns `{frames}`.
+    #[wasm_bindgen(js_name = calibrateRgba)]
+    pub fn calibrate_rgba(&mut self, rgba: &[u8], width: usize, height: usize, preprocess_options: JsValue) -> Result<JsValue, JsError> {
+        let x = self.frame(rgba, width, height, preprocess_options)?;
+        let frames = self.session.calibrate(&[&x]).map_err(err)?;
+        to_js(&serde_json::json!({ "frames": frames }))
+    }
+
+    /// Feeds one frame given as tensors (one per input, already preprocessed); returns `{frames}`.
+    pub fn calibrate(&mut self, inputs: Vec<Float32Array>) -> Result<JsValue, JsError> {
+        let data: Vec<Vec<f32>> = inputs.iter().map(|a| a.to_vec()).collect();
+        let refs: Vec<&[f32]> = data.iter().map(|v| v.as_slice()).collect();
+        let frames = self.session.calibrate(&refs).map_err(err)?;
+        to_js(&serde_json::json!({ "frames": frames }))
+    }
+
+    /// Builds the PTQ variant; returns its report (config, fidelity on the kept calibration
+    /// frames, per-layer SQNR, float nodes, sizes).
+    pub fn quantize(&mut self) -> Result<JsValue, JsError> {
+        let report = self.session.quantize_ptq().map_err(err)?;
+        to_js(report)
+    }
+
+    /// Per-layer SQNR of a quantized variant on the kept calibration frames.
+    #[wasm_bindgen(js_name = layerErrors)]
+    pub fn layer_errors(&self, variant: &str) -> Result<JsValue, JsError> {
+        let variant: Variant = variant.parse().map_err(err)?;
+        let q = self.session.variant(variant).map_err(err)?.ok_or_else(|| JsError::new("the FP32 model has no quantization error"))?;
+        to_js(&q.report.layers)
+    }
+
+    /// The calibration histogram of a tensor and the clip range chosen for it:
+    /// `{start, binWidth, counts, min, max, clip: [lo, hi] | null}`.
+    pub fn histogram(&self, tensor: &str) -> Result<JsValue, JsError> {
+        let (histogram, clip) = self.session.histogram(tensor).map_err(err)?;
+        to_js(&HistogramReply { histogram, clip })
+    }
+}
+
+impl Session {
+    /// Preprocesses an RGBA frame for a single-image-input model (`preprocess` undefined: the
+    /// guess from the input shape).
+    fn frame(&self, rgba: &[u8], width: usize, height: usize, preprocess_options: JsValue) -> Result<Vec<f32>, JsError> {
+        let inputs = &self.session.model.meta.inputs;
         if inputs.len() != 1 {
             return Err(JsError::new(&format!("running on an image needs a model with one input; this one has {}", inputs.len())));
         }
@@ -117,7 +221,6 @@ impl Session {
                 inputs[0].shape
             )));
         }
-        let x = preprocess(rgba, width, height, &p).map_err(err)?;
-        Ok(outputs_to_js(self.model.run(&[&x]).map_err(err)?))
+        preprocess(rgba, width, height, &p).map_err(err)
     }
 }

@@ -15,6 +15,7 @@ pub mod augment;
 pub mod preprocess;
 pub mod quant;
 pub mod rng;
+pub mod session;
 /// The tests' name for [`rng`].
 #[cfg(test)]
 mod test_rng {

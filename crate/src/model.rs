@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::engine::Fp32Engine;
-use crate::ir::Op;
 use crate::onnx::{self, ImportOptions, InputInfo, ModelMeta};
 use crate::preprocess::Preprocess;
 use crate::{Error, Result};
@@ -16,6 +15,10 @@ use crate::{Error, Result};
 pub struct TensorInfo {
     pub name: String,
     pub shape: Vec<usize>,
+    /// The output's quantization, when the model is quantized and the output is too (its
+    /// scale is the output's quantization step).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quant: Option<crate::quant::Quant>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -43,8 +46,11 @@ pub struct ModelSummary {
     pub parameters: usize,
     /// Layers with weights: what PTQ quantizes.
     pub quantizable: Vec<LayerInfo>,
-    /// Ops that will run in float between quantized layers.
+    /// Ops that have no quantized form and run in float between quantized layers (their
+    /// inputs dequantized); see `quant::plan`.
     pub float_ops: Vec<String>,
+    /// True when values carry quantization (a QDQ file, or a PTQ result).
+    pub quantized: bool,
     pub ignored_domains: Vec<String>,
     /// A preprocessing guess for the first input, if it looks like an image.
     pub preprocess: Option<Preprocess>,
@@ -95,7 +101,7 @@ impl Model {
         let mut float_ops: Vec<String> = g
             .nodes
             .iter()
-            .filter(|n| !n.op.has_weights() && !matches!(n.op, Op::Reshape { .. }))
+            .filter(|n| crate::quant::plan::role(&n.op) == crate::quant::plan::Role::Float)
             .map(|n| n.op.name().to_string())
             .collect();
         float_ops.sort();
@@ -105,15 +111,26 @@ impl Model {
             opset: self.meta.opset,
             file_bytes: self.meta.file_bytes,
             inputs: self.meta.inputs.clone(),
-            outputs: g.outputs.iter().map(|&o| TensorInfo { name: g.values[o].name.clone(), shape: g.values[o].shape.clone() }).collect(),
+            outputs: g
+                .outputs
+                .iter()
+                .map(|&o| TensorInfo { name: g.values[o].name.clone(), shape: g.values[o].shape.clone(), quant: g.values[o].quant.clone() })
+                .collect(),
             onnx_ops: self.onnx_ops.clone(),
             ops: g.op_histogram(),
             parameters: g.parameter_count(),
             quantizable,
             float_ops,
+            quantized: self.is_quantized(),
             ignored_domains: self.meta.ignored_domains.clone(),
             preprocess: self.meta.inputs.first().and_then(|i| Preprocess::guess(&i.shape)),
         }
+    }
+
+    /// True when the model's graph carries quantization (loaded from a QDQ file, or made by
+    /// PTQ): the FP32 engine then simulates it.
+    pub fn is_quantized(&self) -> bool {
+        self.engine.graph().values.iter().any(|v| v.quant.is_some())
     }
 
     pub fn input_names(&self) -> Vec<String> {

@@ -222,6 +222,21 @@ pub fn eval_node(graph: &Graph, node: &Node, args: &[&[f32]]) -> Result<Vec<Vec<
     execute(graph, node, &prepare(graph, node), args, &mut Vec::new())
 }
 
+/// One node prepared once (weights packed) for repeated evaluation outside an `Fp32Engine`:
+/// the int8 engine runs its float layers with it, so they pack nothing per call either.
+pub struct PreparedNode(Prepared);
+
+impl PreparedNode {
+    pub fn new(graph: &Graph, node: &Node) -> PreparedNode {
+        PreparedNode(prepare(graph, node))
+    }
+
+    /// [`eval_node`] with the packing done; `scratch` is reused across calls.
+    pub fn run(&self, graph: &Graph, node: &Node, args: &[&[f32]], scratch: &mut Vec<f32>) -> Result<Vec<Vec<f32>>> {
+        execute(graph, node, &self.0, args, scratch)
+    }
+}
+
 fn execute(g: &Graph, node: &Node, prepared: &Prepared, args: &[&[f32]], scratch: &mut Vec<f32>) -> Result<Vec<Vec<f32>>> {
     let shape = |i: usize| g.values[node.inputs[i]].shape.as_slice();
     let out_shape = |i: usize| g.values[node.outputs[i]].shape.as_slice();

@@ -8,6 +8,11 @@
 //!   Gemm output (BatchNormalization lowers to exactly that) merges into its
 //!   weights and bias;
 //! - `fuse_activations`: a pointwise activation merges into the Conv/Gemm before it.
+//!
+//! On a quantized graph (values annotated by PTQ or QDQ import, see [`crate::quant`]) no pass
+//! merges across a quantized value or changes quantized data: a pattern whose intermediate
+//! value carries a [`Quant`], or that would rewrite an annotated weight or constant, is left
+//! as it is, so the annotation (and what it means to the int8 engine and to export) survives.
 
 use std::sync::Arc;
 
@@ -33,6 +38,9 @@ pub fn fold_constants(graph: &mut Graph) -> Result<()> {
         if node.inputs.is_empty() || !node.inputs.iter().all(|&i| graph.values[i].is_const()) || node.outputs.iter().any(|o| graph.outputs.contains(o)) {
             continue;
         }
+        if node.inputs.iter().chain(&node.outputs).any(|&v| is_quantized(graph, v)) {
+            continue; // quantized data stays as annotated
+        }
         let args: Vec<&[f32]> = node.inputs.iter().map(|&i| graph.const_data(i).expect("checked const")).collect();
         let results = eval_node(graph, node, &args)?;
         let outputs = node.outputs.clone();
@@ -47,6 +55,10 @@ pub fn fold_constants(graph: &mut Graph) -> Result<()> {
         !folded[i - 1]
     });
     Ok(())
+}
+
+fn is_quantized(graph: &Graph, v: ValueId) -> bool {
+    graph.values[v].quant.is_some()
 }
 
 /// The single node reading `value`, if exactly one does and it is not a graph output.
@@ -87,6 +99,10 @@ fn relu6_of_x_plus_3(graph: &Graph, producers: &[Option<usize>], v: ValueId) -> 
     }
     let (a, b) = (add.inputs[0], add.inputs[1]);
     let x = if scalar_const(graph, b) == Some(3.0) { a } else if scalar_const(graph, a) == Some(3.0) { b } else { return None };
+    // The sum, the clip and the constants are merged away: none may be quantized.
+    if [v, clip.inputs[0], a, b].iter().any(|&i| is_quantized(graph, i) && i != x) {
+        return None;
+    }
     (graph.values[x].shape == graph.values[v].shape).then_some(x)
 }
 
@@ -100,7 +116,7 @@ fn fuse_decomposed_hard_activations(graph: &mut Graph) {
     let producers = graph.producers();
     for n in 0..graph.nodes.len() {
         let Some((v, k)) = scaled_by(graph, &graph.nodes[n]) else { continue };
-        if !close(k, 1.0 / 6.0) {
+        if !close(k, 1.0 / 6.0) || graph.nodes[n].inputs.iter().any(|&i| i != v && is_quantized(graph, i)) || is_quantized(graph, v) {
             continue;
         }
         let (x, act) = if let Some(x) = relu6_of_x_plus_3(graph, &producers, v) {
@@ -147,6 +163,9 @@ fn fuse_gated_activations(graph: &mut Graph) {
             };
             if graph.nodes[p].inputs[0] != x || graph.values[x].shape != graph.values[graph.nodes[n].outputs[0]].shape {
                 continue;
+            }
+            if is_quantized(graph, gate) {
+                continue; // the gate's own quantization would be lost
             }
             graph.nodes[n].op = Op::Activation(fused);
             graph.nodes[n].inputs = vec![x];
@@ -202,6 +221,11 @@ fn fold_affine_into_conv(graph: &mut Graph) -> bool {
         let y = graph.nodes[p].outputs[0];
         let Some(n) = sole_consumer(graph, &consumers, y) else { continue };
         let Op::Binary(op) = graph.nodes[n].op else { continue };
+        // Quantized weights, bias grid, output or affine constant: nothing to merge into.
+        // (A bias on the int32 grid goes with quantized weights.)
+        if graph.nodes[p].inputs[1..].iter().chain(&graph.nodes[n].inputs).any(|&v| is_quantized(graph, v)) {
+            continue;
+        }
         let inputs = &graph.nodes[n].inputs;
         let other = if inputs[0] == y { inputs[1] } else { inputs[0] };
         if (op == BinaryOp::Sub || op == BinaryOp::Div) && inputs[0] != y {
@@ -288,6 +312,9 @@ fn fuse_activations(graph: &mut Graph) {
         let y = graph.nodes[p].outputs[0];
         let Some(n) = sole_consumer(graph, &consumers, y) else { continue };
         let Op::Activation(act) = graph.nodes[n].op else { continue };
+        if is_quantized(graph, y) {
+            continue; // the op's quantized output is read by the activation
+        }
         match &mut graph.nodes[p].op {
             Op::Conv(c) => c.activation = act,
             Op::ConvTranspose(c) => c.activation = act,

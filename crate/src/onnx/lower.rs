@@ -8,6 +8,7 @@ use tract_onnx::pb::NodeProto;
 
 use super::attrs::{normalize_axis, Attrs};
 use super::fold::{as_sizes, fold, reshape_target, slice_params, squeeze_shape};
+use super::qdq::QdqImport;
 use super::tensor::ConstTensor;
 use crate::ir::*;
 use crate::{Error, Result};
@@ -23,14 +24,16 @@ pub struct Lowering {
     pub graph: Graph,
     pub env: HashMap<String, Lowered>,
     pub opset: i64,
+    /// QuantizeLinear/DequantizeLinear bookkeeping (see `qdq`).
+    pub qdq: QdqImport,
 }
 
 /// The ONNX ops this importer lowers (besides those folded when constant).
 pub const SUPPORTED_OPS: &[&str] = &[
     "Abs", "Add", "AveragePool", "BatchNormalization", "Cast", "Ceil", "Clip", "Concat", "Constant", "ConstantOfShape", "Conv",
-    "ConvTranspose", "Div", "Dropout", "Equal", "Erf", "Exp", "Expand", "Flatten", "Floor", "Gather", "Gemm", "GlobalAveragePool",
+    "ConvTranspose", "DequantizeLinear", "Div", "Dropout", "Equal", "Erf", "Exp", "Expand", "Flatten", "Floor", "Gather", "Gemm", "GlobalAveragePool",
     "GlobalMaxPool", "Greater", "GreaterOrEqual", "HardSigmoid", "HardSwish", "Identity", "LeakyRelu", "Less", "LessOrEqual", "Log",
-    "LogSoftmax", "MatMul", "Max", "MaxPool", "Min", "Mod", "Mul", "Neg", "Not", "Pad", "Pow", "PRelu", "Range", "Reciprocal",
+    "LogSoftmax", "MatMul", "Max", "MaxPool", "Min", "Mod", "Mul", "Neg", "Not", "Pad", "Pow", "PRelu", "QuantizeLinear", "Range", "Reciprocal",
     "ReduceL2", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare", "Relu", "Reshape", "Resize",
     "Round", "Shape", "Sigmoid", "Size", "Slice", "Softmax", "Split", "Sqrt", "Squeeze", "Sub", "Sum", "Tanh", "Transpose",
     "Unsqueeze", "Upsample", "Where",
@@ -95,7 +98,7 @@ fn window(attrs: &Attrs, x: &[usize], kernel: [usize; 2], transposed: bool) -> R
 
 impl Lowering {
     pub fn new(opset: i64) -> Lowering {
-        Lowering { graph: Graph::default(), env: HashMap::new(), opset }
+        Lowering { graph: Graph::default(), env: HashMap::new(), opset, qdq: QdqImport::default() }
     }
 
     fn shape_of(&self, l: &Lowered) -> Vec<usize> {
@@ -112,6 +115,7 @@ impl Lowering {
             Lowered::Const(t) => {
                 let id = self.graph.add_const(name, t.shape.clone(), t.to_f32());
                 self.env.insert(name.to_string(), Lowered::Value(id));
+                self.qdq.materialized(name, id);
                 id
             }
         }
@@ -149,6 +153,17 @@ impl Lowering {
             })
             .collect::<Result<_>>()?;
 
+        // Integer tensors do not flow through the IR: a QuantizeLinear output is read by its
+        // DequantizeLinear only.
+        if op != "DequantizeLinear" {
+            if let Some(name) = node.input.iter().find(|n| self.qdq.is_pending(n)) {
+                return Err(attrs.error(format!("reads '{name}', the integer output of a QuantizeLinear; only DequantizeLinear can")));
+            }
+        }
+        if op == "QuantizeLinear" || op == "DequantizeLinear" {
+            return self.lower_qdq(node, &label, &attrs, inputs);
+        }
+
         // Shape is constant once input shapes are fixed.
         if op == "Shape" {
             let shape = self.shape_of(inputs[0].as_ref().ok_or_else(|| attrs.error("missing input"))?);
@@ -169,6 +184,9 @@ impl Lowering {
                 fold(op, &attrs, &consts, self.opset)?
             };
             if let Some(outputs) = folded {
+                if op == "Identity" {
+                    self.qdq.alias(&node.input[0], &node.output[0]);
+                }
                 for (name, t) in node.output.iter().zip(outputs) {
                     self.env.insert(name.clone(), Lowered::Const(t));
                 }

@@ -9,8 +9,10 @@
 //! own typed execution stays the FP32 oracle in tests.
 
 mod attrs;
+pub mod export;
 mod fold;
 mod lower;
+mod qdq;
 pub mod tensor;
 
 use std::collections::HashMap;
@@ -19,6 +21,7 @@ use prost::Message;
 use serde::Serialize;
 use tract_onnx::pb::{tensor_shape_proto::dimension::Value as DimValue, type_proto, ModelProto, ValueInfoProto};
 
+pub use export::{export, ExportOptions, DEFAULT_EXPORT_OPSET};
 pub use lower::SUPPORTED_OPS;
 use lower::{node_label, Lowered, Lowering};
 
@@ -205,6 +208,7 @@ pub fn import(bytes: &[u8], options: &ImportOptions) -> Result<Imported> {
         .collect();
 
     let mut lowering = Lowering::new(opset);
+    lowering.qdq = qdq::QdqImport::new(&model);
     for init in &graph.initializer {
         let t = tensor::decode(init, &init.name)?;
         lowering.env.insert(init.name.clone(), Lowered::Const(t));
@@ -239,6 +243,9 @@ pub fn import(bytes: &[u8], options: &ImportOptions) -> Result<Imported> {
         lowering.lower(node)?;
     }
     for vi in &graph.output {
+        if lowering.qdq.is_pending(&vi.name) {
+            return Err(Error::Invalid(format!("graph output '{}' is the integer output of a QuantizeLinear; only float outputs are supported", vi.name)));
+        }
         match lowering.env.get(&vi.name).cloned() {
             Some(Lowered::Value(id)) => {
                 let id = if lowering.graph.outputs.contains(&id) || lowering.graph.inputs.contains(&id) {
@@ -266,6 +273,7 @@ pub fn import(bytes: &[u8], options: &ImportOptions) -> Result<Imported> {
         }
     }
     let mut ir = lowering.graph;
+    lowering.qdq.finish(&mut ir)?;
     passes::optimize(&mut ir)?;
     ir.validate()?;
     let meta = ModelMeta {

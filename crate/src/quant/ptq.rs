@@ -171,6 +171,11 @@ impl Calibrator {
         self.engine.graph()
     }
 
+    /// The FP32 engine of [`graph`](Self::graph): the reference of the quantized variants.
+    pub fn engine(&self) -> &Fp32Engine {
+        &self.engine
+    }
+
     pub fn plan(&self) -> &QuantPlan {
         &self.plan
     }

@@ -47,15 +47,8 @@ pub fn tract_run(bytes: &[u8], shape: &[usize], input: &[f32]) -> Vec<Vec<f32>> 
             });
         }
     }
-    let model = onnx
-        .model_for_proto_model(&proto)
-        .unwrap()
-        .with_input_fact(0, f32::fact(shape).into())
-        .unwrap()
-        .into_optimized()
-        .unwrap()
-        .into_runnable()
-        .unwrap();
+    let model =
+        onnx.model_for_proto_model(&proto).unwrap().with_input_fact(0, f32::fact(shape).into()).unwrap().into_optimized().unwrap().into_runnable().unwrap();
     let x = Tensor::from_shape(shape, input).unwrap();
     let outs = model.run(tvec!(x.into())).unwrap();
     outs.iter().map(|t| t.to_plain_array_view::<f32>().unwrap().iter().copied().collect()).collect()

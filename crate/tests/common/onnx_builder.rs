@@ -5,9 +5,8 @@
 
 use prost::Message;
 use tract_onnx::pb::{
-    attribute_proto::AttributeType, tensor_shape_proto::dimension::Value as DimValue, tensor_shape_proto::Dimension,
-    type_proto, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto,
-    TypeProto, ValueInfoProto,
+    attribute_proto::AttributeType, tensor_shape_proto::dimension::Value as DimValue, tensor_shape_proto::Dimension, type_proto, AttributeProto, GraphProto,
+    ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
 use tract_onnx::prelude::*;
 
@@ -24,15 +23,11 @@ pub struct OnnxBuilder {
 }
 
 fn value_info(name: &str, shape: Option<&[usize]>) -> ValueInfoProto {
-    let shape = shape.map(|s| TensorShapeProto {
-        dim: s.iter().map(|&d| Dimension { value: Some(DimValue::DimValue(d as i64)), ..Default::default() }).collect(),
-    });
+    let shape =
+        shape.map(|s| TensorShapeProto { dim: s.iter().map(|&d| Dimension { value: Some(DimValue::DimValue(d as i64)), ..Default::default() }).collect() });
     ValueInfoProto {
         name: name.into(),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor { elem_type: FLOAT, shape })),
-            ..Default::default()
-        }),
+        r#type: Some(TypeProto { value: Some(type_proto::Value::TensorType(type_proto::Tensor { elem_type: FLOAT, shape })), ..Default::default() }),
         ..Default::default()
     }
 }

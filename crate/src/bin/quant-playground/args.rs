@@ -36,7 +36,17 @@ pub enum Command {
         /// Folder for the outputs.
         #[arg(long)]
         out: PathBuf,
+        /// Also write each input tensor as OUT/<name>.input.npy (what the model was fed).
+        #[arg(long)]
+        save_inputs: bool,
+        /// Run a quantized model (a QDQ file) on the int8 engine instead of its FP32 simulation.
+        #[arg(long)]
+        int8: bool,
     },
+    /// Writes the model as ONNX (QDQ where it is quantized), as the engine holds it after import.
+    Export(ExportArgs),
+    /// Calibrates on a folder, quantizes (PTQ), reports fidelity and writes ONNX QDQ.
+    Quantize(Box<crate::quantize::QuantizeArgs>),
     /// Times the FP32 engine (`Model::run`) on a deterministic pseudo-random input: median, min, p90.
     Bench(BenchArgs),
 }
@@ -58,6 +68,19 @@ pub struct BenchArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub shapes: ShapeArgs,
+    /// The ONNX file to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Default-domain opset to write (13..=21).
+    #[arg(long, default_value_t = quant_playground::onnx::DEFAULT_EXPORT_OPSET)]
+    pub opset: i64,
 }
 
 #[derive(Args)]

@@ -7,17 +7,21 @@ use quant_playground::onnx::{ImportOptions, SUPPORTED_OPS};
 use quant_playground::preprocess::{preprocess, Fit, Layout, Preprocess};
 use quant_playground::{npy, Error, Result};
 
-use crate::args::{BenchArgs, Cli, Command, FitArg, LayoutArg, PreArgs, ShapeArgs};
+use crate::args::{BenchArgs, Cli, Command, ExportArgs, FitArg, LayoutArg, PreArgs, ShapeArgs};
 
 pub fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Inspect { model, shapes, json } => inspect(&model, &shapes, json),
-        Command::Run { model, shapes, inputs, image, pre, out } => run(&model, &shapes, &inputs, image.as_deref(), &pre, &out),
+        Command::Run { model, shapes, inputs, image, pre, out, save_inputs, int8 } => {
+            run(&model, &shapes, &inputs, image.as_deref(), &pre, &out, save_inputs, int8)
+        }
+        Command::Export(args) => export(&args),
         Command::Bench(args) => bench(&args),
+        Command::Quantize(args) => crate::quantize::quantize(&args),
     }
 }
 
-fn read(path: &Path) -> Result<Vec<u8>> {
+pub fn read(path: &Path) -> Result<Vec<u8>> {
     fs::read(path).map_err(|source| Error::Io { path: path.display().to_string(), source })
 }
 
@@ -29,7 +33,7 @@ fn split_assignment<'a>(text: &'a str, what: &str) -> Result<(&'a str, &'a str)>
     text.rsplit_once('=').ok_or_else(|| Error::Invalid(format!("{what} '{text}' must be NAME=VALUE")))
 }
 
-fn import_options(shapes: &ShapeArgs) -> Result<ImportOptions> {
+pub fn import_options(shapes: &ShapeArgs) -> Result<ImportOptions> {
     let mut input_shapes = HashMap::new();
     for s in &shapes.input_shapes {
         let (name, dims) = split_assignment(s, "--input-shape")?;
@@ -63,6 +67,9 @@ fn print_summary(s: &ModelSummary) {
     let q: usize = s.quantizable.iter().map(|l| l.params).sum();
     println!("quantizable {} layers with weights ({} parameters)", s.quantizable.len(), q);
     println!("in float   {}", if s.float_ops.is_empty() { "-".to_string() } else { s.float_ops.join(", ") });
+    if s.quantized {
+        println!("quantized  yes (a QDQ file or a PTQ result)");
+    }
     if !s.ignored_domains.is_empty() {
         println!("ignored    unused opset domains: {}", s.ignored_domains.join(", "));
     }
@@ -101,7 +108,7 @@ fn inspect(path: &Path, shapes: &ShapeArgs, json: bool) -> Result<()> {
     }
 }
 
-fn preprocessing(model: &Model, pre: &PreArgs) -> Result<Preprocess> {
+pub fn preprocessing(model: &Model, pre: &PreArgs) -> Result<Preprocess> {
     let input = &model.meta.inputs[0];
     let guess = Preprocess::guess(&input.shape);
     let layout = match pre.layout {
@@ -153,7 +160,8 @@ fn file_name_for(output: &str) -> String {
     output.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
 }
 
-fn run(path: &Path, shapes: &ShapeArgs, inputs: &[String], image: Option<&Path>, pre: &PreArgs, out: &Path) -> Result<()> {
+#[allow(clippy::too_many_arguments)]
+fn run(path: &Path, shapes: &ShapeArgs, inputs: &[String], image: Option<&Path>, pre: &PreArgs, out: &Path, save_inputs: bool, int8: bool) -> Result<()> {
     let bytes = read(path)?;
     let options = import_options(shapes)?;
     let model = Model::load(&bytes, &options)?;
@@ -181,8 +189,15 @@ fn run(path: &Path, shapes: &ShapeArgs, inputs: &[String], image: Option<&Path>,
         let (rgba, w, h) = load_rgba(image)?;
         named.push((input.name.clone(), preprocess(&rgba, w, h, &p)?));
     }
-    let outputs = model.run_named(&named)?;
+    let outputs = if int8 { run_int8(&model, &named)? } else { model.run_named(&named)? };
     fs::create_dir_all(out).map_err(|source| Error::Io { path: out.display().to_string(), source })?;
+    if save_inputs {
+        for (name, data) in &named {
+            let shape = model.meta.inputs.iter().find(|i| &i.name == name).map_or_else(|| vec![data.len()], |i| i.shape.clone());
+            let file = out.join(format!("{}.input.npy", file_name_for(name)));
+            fs::write(&file, npy::write(&shape, data)).map_err(|source| Error::Io { path: file.display().to_string(), source })?;
+        }
+    }
     for o in &outputs {
         let file = out.join(format!("{}.npy", file_name_for(&o.name)));
         fs::write(&file, npy::write(&o.shape, &o.data)).map_err(|source| Error::Io { path: file.display().to_string(), source })?;
@@ -393,5 +408,41 @@ fn bench(args: &BenchArgs) -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// A quantized model's outputs from the int8 engine.
+fn run_int8(model: &Model, named: &[(String, Vec<f32>)]) -> Result<Vec<quant_playground::model::Output>> {
+    if !model.is_quantized() {
+        return Err(Error::Invalid("--int8 needs a quantized model (a QDQ file)".into()));
+    }
+    let engine = quant_playground::engine::Int8Engine::new(model.engine.graph().clone())?;
+    let g = engine.graph();
+    let ordered = g
+        .inputs
+        .iter()
+        .map(|&id| {
+            let name = &g.values[id].name;
+            named.iter().find(|(n, _)| n == name).map(|(_, d)| d.as_slice()).ok_or_else(|| Error::Input { name: name.clone(), msg: "was not given".into() })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let results = engine.run(&ordered)?;
+    Ok(g.outputs
+        .iter()
+        .zip(results)
+        .map(|(&o, data)| quant_playground::model::Output { name: g.values[o].name.clone(), shape: g.values[o].shape.clone(), data })
+        .collect())
+}
+
+// ---- export: the model as ONNX (QDQ where quantized) ----
+
+fn export(args: &ExportArgs) -> Result<()> {
+    let bytes = read(&args.model)?;
+    let model = Model::load(&bytes, &import_options(&args.shapes)?)?;
+    let options = quant_playground::onnx::ExportOptions { opset: args.opset, ..Default::default() };
+    let onnx = quant_playground::onnx::export(model.engine.graph(), &options)?;
+    fs::write(&args.out, &onnx).map_err(|source| Error::Io { path: args.out.display().to_string(), source })?;
+    let kind = if model.is_quantized() { "QDQ" } else { "float" };
+    println!("{} -> {} ({kind}, opset {}, {} bytes)", args.model.display(), args.out.display(), args.opset, onnx.len());
     Ok(())
 }

@@ -1,0 +1,101 @@
+// End-to-end int8 latency in headless Chromium, one thread (bench/pages/int8.html): our int8
+// engine against our FP32 engine on the same page and input, and onnxruntime-web running the
+// FP32 model, onnxruntime's own int8 QDQ model (quantize_static, tests/fixtures/ort-qdq/,
+// uint8 activations, per-channel int8 weights) and our exported QDQ model. Targets (issue #4):
+// ours int8 >= 2x ours FP32 and >= 2x onnxruntime-web int8 on EfficientNet-Lite0.
+
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+
+import { startServer } from '../../scripts/serve.mjs';
+
+export const name = 'int8';
+export const description = 'int8 vs FP32 latency in headless Chromium (1 thread): our engines and onnxruntime-web (FP32, its QDQ int8, our QDQ export)';
+
+const WARMUP = 3;
+const CALIBRATION = ['astronaut.png', 'coffee.png', 'chelsea.png', 'rocket.jpg', 'flower.jpg', 'horse.png', 'china.jpg', 'camera.png'];
+
+const MODELS = [
+  {
+    id: 'efficientnet_lite0',
+    model: 'efficientnet_lite0.onnx',
+    ortInt8: 'efficientnet_lite0.u8.onnx',
+    inputShape: [1, 3, 224, 224],
+    rounds: 4,
+    runsPerRound: 5,
+    image: { image: 'chelsea.png', layout: 'nchw', mean: 127, std: 128, bgr: false },
+  },
+  {
+    id: 'blazeface_front_128',
+    model: 'blazeface_front_128.onnx',
+    ortInt8: 'blazeface_front_128.u8.onnx',
+    inputShape: [1, 128, 128, 3],
+    rounds: 6,
+    runsPerRound: 10,
+    image: { image: 'astronaut.png', layout: 'nhwc', mean: 127.5, std: 127.5, bgr: false },
+  },
+];
+
+const round = (x) => Math.round(x * 100) / 100;
+
+export async function run(ctx) {
+  const ortDist = path.join(ctx.root, 'node_modules', 'onnxruntime-web', 'dist');
+  const ortVersion = JSON.parse(readFileSync(path.join(ortDist, '..', 'package.json'), 'utf8')).version;
+  const server = await startServer({
+    port: 0,
+    mounts: [
+      ['/bench/', path.join(ctx.root, 'bench', 'pages')],
+      ['/ort/', ortDist],
+      ['/pkg/', path.join(ctx.root, 'www', 'pkg')],
+      ['/models/', path.join(ctx.root, 'models')],
+      ['/fixtures/', path.join(ctx.root, 'tests', 'fixtures', 'ort-qdq')],
+    ],
+  });
+  const browser = await ctx.browser();
+  const context = await browser.newContext();
+  const origin = server.url.replace(/\/$/, '');
+  const foreign = [];
+  const pageErrors = [];
+  context.on('request', (req) => {
+    if (!req.url().startsWith(origin) && !req.url().startsWith('data:') && !req.url().startsWith('blob:')) foreign.push(req.url());
+  });
+  try {
+    const page = await context.newPage();
+    page.on('pageerror', (err) => pageErrors.push(err.message));
+    page.on('response', (res) => {
+      if (res.status() >= 400) pageErrors.push(`HTTP ${res.status()} ${res.url()}`);
+    });
+    await page.goto(`${server.url}bench/int8.html`);
+    await page.waitForSelector('body.ready, body.error', { timeout: 60_000 });
+    const info = await page.evaluate(() => window.qpBench.info ?? { error: window.qpBench.error });
+    if (info.error) throw new Error(`bench page failed: ${info.error}`);
+    if (!info.ours.simd128) throw new Error('www/pkg is not a SIMD128 build');
+    const out = [];
+    for (const m of MODELS) {
+      const r = await page.evaluate((args) => window.qpBench.benchModel(args), { ...m, calibration: CALIBRATION, warmup: WARMUP });
+      const t = r.medianMs;
+      ctx.log(
+        `${m.id}: ours fp32 ${t.oursFp32.toFixed(2)} ms, ours int8 ${t.oursInt8.toFixed(2)} ms (x${(t.oursFp32 / t.oursInt8).toFixed(2)}); ` +
+          `onnxruntime-web fp32 ${t.ortFp32.toFixed(2)}, its int8 ${t.ortInt8.toFixed(2)}, our QDQ ${t.ortOurQdq.toFixed(2)} ms; argmax ${JSON.stringify(r.argmaxes)}`,
+      );
+      if (r.floatNodes.length) ctx.log(`  in float: ${r.floatNodes.join('; ')}`);
+      const runs = `${WARMUP} warm-up, ${m.rounds}x${m.runsPerRound} timed, variants rotating by round; input ${m.image.image}`;
+      const row = (key, label) => ({ metric: `${m.id}: ${label}`, unit: 'ms', value: round(t[key]), samples: r.samples[key].map(round), note: runs });
+      out.push(
+        row('oursFp32', 'ours FP32'),
+        row('oursInt8', 'ours int8 (PTQ W8A8)'),
+        { metric: `${m.id}: speed-up ours int8 vs ours FP32`, unit: 'x', value: round(t.oursFp32 / t.oursInt8), note: `target >= 2 on EfficientNet-Lite0; PTQ on ${r.calibrationFrames} images took ${round(r.quantizeMs)} ms` },
+        row('ortFp32', `onnxruntime-web ${ortVersion} FP32`),
+        row('ortInt8', `onnxruntime-web ${ortVersion} int8 (its quantize_static QDQ, u8 activations)`),
+        row('ortOurQdq', `onnxruntime-web ${ortVersion} on our QDQ export`),
+        { metric: `${m.id}: speed-up ours int8 vs onnxruntime-web int8`, unit: 'x', value: round(t.ortInt8 / t.oursInt8), note: 'target >= 2 on EfficientNet-Lite0' },
+      );
+    }
+    if (foreign.length) throw new Error(`the bench page requested other origins: ${foreign.join(', ')}`);
+    if (pageErrors.length) throw new Error(`the bench page logged errors: ${pageErrors.join('; ')}`);
+    return out;
+  } finally {
+    await context.close();
+    await server.close();
+  }
+}

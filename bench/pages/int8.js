@@ -1,0 +1,115 @@
+// The int8 benchmark page. Per model, on one input tensor and one thread:
+// - ours FP32 and ours int8: the model loaded once, calibrated on bundled images
+//   (calibrationBegin / calibrate / quantize: the default PTQ recipe), then the `fp32` and
+//   `ptq` variants timed with runVariant (the int8 engine runs `ptq`);
+// - onnxruntime-web FP32 on the same file, int8 on onnxruntime's own QDQ model (quantize_static,
+//   tests/fixtures/ort-qdq/, uint8 activations) and on our exported QDQ model (exportOnnx).
+// Variants are timed in rounds whose order rotates, so a burst of load hits all of them.
+// Driven by bench/benchmarks/int8.mjs through window.qpBench; body.ready / body.error as in fp32.js.
+
+import init, { Session, engineInfo } from '/pkg/quant_playground.js';
+import * as ort from '/ort/ort.wasm.min.mjs';
+
+ort.env.wasm.numThreads = 1;
+ort.env.wasm.simd = true;
+ort.env.wasm.proxy = false;
+ort.env.wasm.wasmPaths = new URL('/ort/', location.href).href;
+ort.env.logLevel = 'error';
+
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
+
+/** A bundled image, stretched to w x h and normalised: (v - mean) / std. */
+async function imageTensor({ image, width, height, layout, mean, std, bgr }) {
+  const blob = await (await fetch(`/models/images/${image}`)).blob();
+  const bitmap = await createImageBitmap(blob);
+  const canvas = new OffscreenCanvas(width, height);
+  const g = canvas.getContext('2d');
+  g.imageSmoothingQuality = 'high';
+  g.drawImage(bitmap, 0, 0, width, height);
+  const rgba = g.getImageData(0, 0, width, height).data;
+  const out = new Float32Array(3 * width * height);
+  const plane = width * height;
+  for (let p = 0; p < plane; p++) {
+    for (let c = 0; c < 3; c++) {
+      out[layout === 'nchw' ? c * plane + p : 3 * p + c] = (rgba[4 * p + (bgr ? 2 - c : c)] - mean) / std;
+    }
+  }
+  return out;
+}
+
+const argmax = (xs) => xs.reduce((best, v, i) => (v > xs[best] ? i : best), 0);
+
+async function ortSession(bytes) {
+  return ort.InferenceSession.create(bytes, { executionProviders: ['wasm'], graphOptimizationLevel: 'all', logSeverityLevel: 3 });
+}
+
+async function benchModel({ model, ortInt8, inputShape, inputName, image, calibration, warmup, rounds, runsPerRound }) {
+  const bytes = new Uint8Array(await (await fetch(`/models/${model}`)).arrayBuffer());
+  const [width, height] = image.layout === 'nchw' ? [inputShape[3], inputShape[2]] : [inputShape[2], inputShape[1]];
+  const ours = Session.load(bytes, inputName ? { [inputName]: inputShape } : undefined);
+  let t0 = performance.now();
+  ours.calibrationBegin({});
+  for (const name of calibration) ours.calibrate([await imageTensor({ ...image, image: name, width, height })]);
+  const report = ours.quantize();
+  const quantizeMs = performance.now() - t0;
+  const exported = ours.exportOnnx('ptq');
+  const input = ours.summary().inputs[0];
+  const x = await imageTensor({ ...image, width, height });
+  const feeds = { [input.name]: new ort.Tensor('float32', x, inputShape) };
+  const sessions = {
+    ortFp32: await ortSession(bytes),
+    ortInt8: await ortSession(new Uint8Array(await (await fetch(`/fixtures/${ortInt8}`)).arrayBuffer())),
+    ortOurQdq: await ortSession(exported),
+  };
+  const runners = {
+    oursFp32: () => ours.runVariant('fp32', [x]),
+    oursInt8: () => ours.runVariant('ptq', [x]),
+    ortFp32: () => sessions.ortFp32.run(feeds),
+    ortInt8: () => sessions.ortInt8.run(feeds),
+    ortOurQdq: () => sessions.ortOurQdq.run(feeds),
+  };
+  const names = Object.keys(runners);
+  const last = {};
+  for (let i = 0; i < warmup; i++) for (const n of names) last[n] = await runners[n]();
+  const samples = Object.fromEntries(names.map((n) => [n, []]));
+  for (let r = 0; r < rounds; r++) {
+    const order = names.map((_, i) => names[(i + r) % names.length]);
+    for (const n of order) {
+      for (let i = 0; i < runsPerRound; i++) {
+        const t = performance.now();
+        last[n] = await runners[n]();
+        samples[n].push(performance.now() - t);
+      }
+    }
+  }
+  // First output's argmax per variant (ours: arrays of {name, data}; onnxruntime: a map by name).
+  const first = (out) => (Array.isArray(out) ? out[0].data : out[sessions.ortFp32.outputNames[0]].data);
+  const argmaxes = Object.fromEntries(names.map((n) => [n, argmax(first(last[n]))]));
+  ours.free();
+  for (const s of Object.values(sessions)) await s.release();
+  return {
+    samples,
+    medianMs: Object.fromEntries(names.map((n) => [n, median(samples[n])])),
+    quantizeMs,
+    calibrationFrames: calibration.length,
+    floatNodes: report.floatNodes.map((f) => `${f.op} ${f.name}: ${f.why}`),
+    argmaxes,
+  };
+}
+
+window.qpBench = { benchModel };
+
+(async () => {
+  try {
+    await init();
+    window.qpBench.info = { ours: engineInfo(), ort: { version: ort.env.versions?.web ?? ort.env.versions?.common }, crossOriginIsolated };
+    document.body.classList.add('ready');
+  } catch (err) {
+    window.qpBench.error = String(err?.stack ?? err);
+    document.body.classList.add('error');
+  }
+})();

@@ -1,0 +1,328 @@
+//! `quant-playground quantize`: calibrate on a folder, quantize, measure, export.
+
+use std::fs;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::{Args, ValueEnum};
+use quant_playground::augment::{Augment, View};
+use quant_playground::model::Model;
+use quant_playground::onnx::export::{export, ExportOptions};
+use quant_playground::preprocess::{preprocess, Preprocess};
+use quant_playground::quant::metrics::Fidelity;
+use quant_playground::quant::observer::CalibrationMethod;
+use quant_playground::quant::ptq::QuantConfig;
+use quant_playground::rng::Rng;
+use quant_playground::session::{evaluate, QuantReport, Session, Variant};
+use quant_playground::{npy, Error, Result};
+use serde::Serialize;
+
+use crate::args::{PreArgs, ShapeArgs};
+use crate::commands::{import_options, load_rgba, preprocessing, read};
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum CalibrationArg {
+    Minmax,
+    MovingAverage,
+    Percentile,
+    Entropy,
+    Mse,
+}
+
+#[derive(Args)]
+pub struct QuantizeArgs {
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub shapes: ShapeArgs,
+    /// Calibration data: a folder of images (PNG/JPEG, preprocessed as the flags say) or of
+    /// .npy tensors (one input per file, already preprocessed).
+    #[arg(long, value_name = "DIR")]
+    pub calib: PathBuf,
+    /// Calibrate on this many random views (crops, flips, brightness) of the images instead of
+    /// each image once.
+    #[arg(long, default_value_t = 0)]
+    pub calib_views: usize,
+    #[command(flatten)]
+    pub pre: PreArgs,
+    /// Weight width, 2..=8.
+    #[arg(long, default_value_t = 8)]
+    pub weight_bits: u32,
+    /// One weight scale per output channel (the default).
+    #[arg(long, conflicts_with = "per_tensor")]
+    pub per_channel: bool,
+    /// One weight scale per tensor.
+    #[arg(long)]
+    pub per_tensor: bool,
+    /// How activation ranges are chosen.
+    #[arg(long, value_enum, default_value = "mse")]
+    pub calibration: CalibrationArg,
+    /// The percentile of `--calibration percentile`.
+    #[arg(long, default_value_t = 99.99)]
+    pub percentile: f32,
+    /// Store activations as uint8 instead of int8 (the same reals).
+    #[arg(long)]
+    pub uint8: bool,
+    /// Symmetric activation ranges.
+    #[arg(long)]
+    pub symmetric_activations: bool,
+    /// Leave these nodes in float: NODE,NODE,...
+    #[arg(long, value_delimiter = ',', value_name = "NODE,...")]
+    pub keep_float: Vec<String>,
+    /// Skip bias correction.
+    #[arg(long)]
+    pub no_bias_correction: bool,
+    /// Held-out evaluation data (images or .npy) for the report's fidelity.
+    #[arg(long, value_name = "DIR")]
+    pub eval: Option<PathBuf>,
+    /// Evaluate on this many random views of the evaluation images.
+    #[arg(long, default_value_t = 0)]
+    pub eval_views: usize,
+    /// Seed of the random views.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// The quantized model, ONNX QDQ.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// The report: config, per-layer SQNR, fidelity on the calibration (and evaluation) frames.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+}
+
+/// Where the frames of a folder come from.
+enum Source {
+    Images(Vec<(Vec<u8>, usize, usize)>),
+    Tensors(Vec<Vec<f32>>),
+}
+
+fn load_folder(dir: &Path, model: &Model) -> Result<Source> {
+    let mut paths: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(|source| Error::Io { path: dir.display().to_string(), source })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    paths.sort();
+    let ext = |p: &Path| p.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).unwrap_or_default();
+    let npys: Vec<&PathBuf> = paths.iter().filter(|p| ext(p) == "npy").collect();
+    if !npys.is_empty() {
+        if model.meta.inputs.len() != 1 {
+            return Err(Error::Invalid(format!("{}: .npy calibration needs a single-input model; this one has {}", dir.display(), model.meta.inputs.len())));
+        }
+        let want: usize = model.meta.inputs[0].shape.iter().product();
+        let mut tensors = Vec::new();
+        for p in npys {
+            let array = npy::read(&read(p)?, &p.display().to_string())?;
+            if array.data.len() != want {
+                return Err(Error::Input {
+                    name: model.meta.inputs[0].name.clone(),
+                    msg: format!("{} holds shape {:?}, the model takes {:?}", p.display(), array.shape, model.meta.inputs[0].shape),
+                });
+            }
+            tensors.push(array.data);
+        }
+        return Ok(Source::Tensors(tensors));
+    }
+    let images: Vec<&PathBuf> = paths.iter().filter(|p| matches!(ext(p).as_str(), "png" | "jpg" | "jpeg")).collect();
+    if images.is_empty() {
+        return Err(Error::Invalid(format!("{} holds no images (.png, .jpg) and no .npy tensors", dir.display())));
+    }
+    Ok(Source::Images(images.into_iter().map(|p| load_rgba(p)).collect::<Result<_>>()?))
+}
+
+/// The frames of a source: each image or tensor once, or `views` random views of the images.
+fn frames(source: &Source, views: usize, seed: u64, p: &Preprocess) -> Result<Vec<Vec<f32>>> {
+    match source {
+        Source::Tensors(t) if views > 0 => Err(Error::Invalid(format!("random views need images; the folder holds {} tensors", t.len()))),
+        Source::Tensors(t) => Ok(t.clone()),
+        Source::Images(images) if views == 0 => images.iter().map(|(px, w, h)| preprocess(px, *w, *h, p)).collect(),
+        Source::Images(images) => {
+            let mut rng = Rng::seeded(seed);
+            (0..views)
+                .map(|i| {
+                    let (px, w, h) = &images[i % images.len()];
+                    let (v, vw, vh) = View::random(&mut rng, &Augment::default()).apply(px, *w, *h);
+                    preprocess(&v, vw, vh, p)
+                })
+                .collect()
+        }
+    }
+}
+
+/// A progress bar on stderr (redrawn in place on a terminal, a line per 10% otherwise).
+struct Progress {
+    what: &'static str,
+    total: usize,
+    start: Instant,
+    tty: bool,
+    last_decile: usize,
+}
+
+impl Progress {
+    fn new(what: &'static str, total: usize) -> Progress {
+        Progress { what, total, start: Instant::now(), tty: std::io::stderr().is_terminal(), last_decile: 0 }
+    }
+
+    fn update(&mut self, done: usize) {
+        let frac = done as f64 / self.total.max(1) as f64;
+        let width = 30;
+        let filled = (frac * width as f64) as usize;
+        let elapsed = self.start.elapsed().as_secs_f64();
+        let eta = if done > 0 { elapsed / done as f64 * (self.total - done) as f64 } else { 0.0 };
+        let line = format!("{:<11} [{}{}] {done}/{} {:.1}s, ETA {:.1}s", self.what, "#".repeat(filled), " ".repeat(width - filled), self.total, elapsed, eta);
+        let mut err = std::io::stderr();
+        if self.tty {
+            let _ = write!(err, "\r{line}");
+            if done == self.total {
+                let _ = writeln!(err);
+            }
+        } else if done == self.total || (frac * 10.0) as usize > self.last_decile {
+            self.last_decile = (frac * 10.0) as usize;
+            let _ = writeln!(err, "{line}");
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Report<'a> {
+    model: String,
+    preprocess: &'a Preprocess,
+    ptq: &'a QuantReport,
+    evaluation: Option<Evaluation>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Evaluation {
+    frames: usize,
+    fidelity: Fidelity,
+}
+
+pub fn quantize(a: &QuantizeArgs) -> Result<()> {
+    let model = Model::load(&read(&a.model)?, &import_options(&a.shapes)?)?;
+    let p = preprocessing(&model, &a.pre)?;
+    let calibration = match a.calibration {
+        CalibrationArg::Minmax => CalibrationMethod::MinMax,
+        CalibrationArg::MovingAverage => CalibrationMethod::MovingAverageMinMax { momentum: 0.01 },
+        CalibrationArg::Percentile => CalibrationMethod::Percentile { percentile: a.percentile },
+        CalibrationArg::Entropy => CalibrationMethod::Entropy,
+        CalibrationArg::Mse => CalibrationMethod::Mse,
+    };
+    let config = QuantConfig {
+        weight_bits: a.weight_bits,
+        per_channel: !a.per_tensor,
+        activation_signed: !a.uint8,
+        activation_symmetric: a.symmetric_activations,
+        calibration,
+        keep_float: a.keep_float.clone(),
+        bias_correction: !a.no_bias_correction,
+        ..QuantConfig::default()
+    };
+    let calib = frames(&load_folder(&a.calib, &model)?, a.calib_views, a.seed, &p)?;
+    let mut session = Session::new(model);
+    session.begin_calibration(config)?;
+    let mut bar = Progress::new("calibrating", calib.len());
+    for (i, x) in calib.iter().enumerate() {
+        session.calibrate(&[x])?;
+        bar.update(i + 1);
+    }
+    eprintln!("quantizing and measuring on {} kept calibration frames", session.kept_frames().len());
+    let report = session.quantize_ptq()?.clone();
+    let evaluation = match &a.eval {
+        None => None,
+        Some(dir) => {
+            // Other views than calibration's unless the seeds collide: offset the seed.
+            let eval = frames(&load_folder(dir, &session.model)?, a.eval_views, a.seed.wrapping_add(0x9e37), &p)?;
+            let q = session.variant(Variant::Ptq)?.expect("just built");
+            let cal = session.calibrator().expect("calibrated");
+            let mut bar = Progress::new("evaluating", eval.len());
+            let mut fidelity = None;
+            for (i, chunk) in eval.chunks(8).enumerate() {
+                let f: Vec<Vec<Vec<f32>>> = chunk.iter().map(|x| vec![x.clone()]).collect();
+                let run = |x: &[&[f32]], o: &mut dyn FnMut(usize, &[f32])| q.run_observed(x, o);
+                let (part, _) = evaluate(cal.engine(), &run, &q.graph, &f)?;
+                fidelity = Some(merge(fidelity, part));
+                bar.update((i * 8 + chunk.len()).min(eval.len()));
+            }
+            fidelity.map(|fidelity| Evaluation { frames: eval.len(), fidelity })
+        }
+    };
+    print_report(&report, evaluation.as_ref());
+    if let Some(out) = &a.out {
+        let q = session.variant(Variant::Ptq)?.expect("just built");
+        let bytes = export(&q.graph, &ExportOptions::default())?;
+        fs::write(out, &bytes).map_err(|source| Error::Io { path: out.display().to_string(), source })?;
+        eprintln!("wrote {} ({} bytes)", out.display(), bytes.len());
+    }
+    if let Some(path) = &a.report {
+        let r = Report { model: a.model.display().to_string(), preprocess: &p, ptq: &report, evaluation };
+        let json = serde_json::to_string_pretty(&r).expect("reports serialize");
+        fs::write(path, json).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Fidelity over two sets of frames from the fidelity of each (frame-weighted means; SQNR
+/// and max difference combined conservatively).
+fn merge(a: Option<Fidelity>, b: Fidelity) -> Fidelity {
+    let Some(mut a) = a else { return b };
+    let (na, nb) = (a.frames as f64, b.frames as f64);
+    let w = |x: f64, y: f64| (x * na + y * nb) / (na + nb);
+    for (oa, ob) in a.outputs.iter_mut().zip(&b.outputs) {
+        oa.cosine = w(oa.cosine, ob.cosine);
+        oa.sqnr_db = oa.sqnr_db.min(ob.sqnr_db);
+        oa.max_abs_diff = oa.max_abs_diff.max(ob.max_abs_diff);
+        if let (Some(ca), Some(cb)) = (&mut oa.classifier, &ob.classifier) {
+            let confident = ca.confident_frames + cb.confident_frames;
+            ca.confident_top1 = if confident == 0 { 1.0 } else { (ca.confident_top1 * ca.confident_frames as f64 + cb.confident_top1 * cb.confident_frames as f64) / confident as f64 };
+            ca.confident_frames = confident;
+            ca.top1 = w(ca.top1, cb.top1);
+            ca.top5 = w(ca.top5, cb.top5);
+            ca.mean_kl = w(ca.mean_kl, cb.mean_kl);
+        }
+    }
+    if let (Some(pa), Some(pb)) = (&mut a.presence, &b.presence) {
+        let present = pa.reference_present + pb.reference_present;
+        pa.recall = if present == 0 { 1.0 } else { (pa.recall * pa.reference_present as f64 + pb.recall * pb.reference_present as f64) / present as f64 };
+        pa.reference_present = present;
+        pa.agreement = w(pa.agreement, pb.agreement);
+    }
+    a.frames += b.frames;
+    a
+}
+
+fn print_fidelity(label: &str, f: &Fidelity) {
+    for o in &f.outputs {
+        print!("{label:<12} {:<24} cosine {:.4}  SQNR {:>6.2} dB", o.name, o.cosine, o.sqnr_db);
+        if let Some(c) = &o.classifier {
+            print!("  top-1 {:.1}%  top-5 {:.1}%  KL {:.4}  confident top-1 {:.1}% ({} frames)", c.top1 * 100.0, c.top5 * 100.0, c.mean_kl, c.confident_top1 * 100.0, c.confident_frames);
+        }
+        println!();
+    }
+    if let Some(p) = &f.presence {
+        println!("{label:<12} detection present (score >= {}): agreement {:.1}%, recall {:.1}% ({} of {} frames present)", p.threshold, p.agreement * 100.0, p.recall * 100.0, p.reference_present, f.frames);
+    }
+}
+
+fn print_report(r: &QuantReport, evaluation: Option<&Evaluation>) {
+    println!(
+        "quantized    {} activations, {} weights; weights {:.2} MB -> {:.2} MB; {} nodes in float",
+        r.quantized_tensors,
+        r.quantized_weights,
+        r.float_weight_bytes as f64 / 1e6,
+        r.weight_bytes as f64 / 1e6,
+        r.float_nodes.len()
+    );
+    print_fidelity("calibration", &r.fidelity);
+    if let Some(e) = evaluation {
+        print_fidelity("evaluation", &e.fidelity);
+    }
+    let mut worst: Vec<_> = r.layers.iter().collect();
+    worst.sort_by(|a, b| a.sqnr_db.partial_cmp(&b.sqnr_db).unwrap_or(std::cmp::Ordering::Equal));
+    println!("least faithful tensors (SQNR vs FP32):");
+    for l in worst.iter().take(5) {
+        println!("  {:>7.2} dB  {} ({})", l.sqnr_db, if l.node.is_empty() { &l.value } else { &l.node }, l.op);
+    }
+}
+

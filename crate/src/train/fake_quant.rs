@@ -1,0 +1,257 @@
+//! Fake quantization for training: the forward rounds exactly as the int8 engine and the
+//! simulation do, the backward is the straight-through estimator plus the LSQ gradient of the
+//! step size.
+//!
+//! # Forward (normative: `QuantParams::quantize`, `quantize_f32`)
+//! `x̂ = s · (clamp(round_half_even(x / s) + z, qmin, qmax) - z)` for activations, and
+//! `ŵ = s_c · clamp(round_half_even(w / s_c), -Q, Q)` for the channels `c` of a weight. Both go
+//! through [`quantize_f32`], so `x̂` is bit for bit what `engine::fp32` computes and `ŵ` what
+//! `ChannelParams::dequantize` gives for the integers PTQ chose.
+//!
+//! # Backward
+//! With `t = x / s` and `r = round_half_even(t)`, an element is *in range* when
+//! `qmin <= r + z <= qmax` (the rounded value before the clamp, as PyTorch's fake quantizers
+//! decide). Then (Esser et al. 2020, eq. 3, with a zero point):
+//! - `∂x̂/∂x = 1` in range, 0 outside (straight-through: rounding is treated as the identity,
+//!   a bare `round` would kill every gradient);
+//! - `∂x̂/∂s = r - t` in range, `qmin - z` or `qmax - z` when clipped below or above.
+//!
+//! LSQ multiplies the step-size gradient by `g = 1 / sqrt(N · Qp)` (`N` elements share the
+//! step, `Qp` the largest integer distance from the zero point), so that the step size learns
+//! at a rate comparable to the weights; see [`grad_scale`]. Zero points stay fixed: a real 0
+//! (padding, ReLU outputs) stays exact.
+//!
+//! Tests: the forward against `QuantParams::fake_quantize` and the PTQ weight quantizer bit for
+//! bit, the estimator on hand-computed elements (clipped, in range, ties), and the step-size
+//! gradient of a whole tensor against its definition.
+
+use crate::kernels::int8::quantize_f32;
+use crate::quant::params::{ChannelParams, QuantParams};
+
+/// The fake quantization of one activation (a value annotated `Quant::Tensor`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FakeQuant {
+    pub scale: f32,
+    pub zero_point: i32,
+    pub qmin: i32,
+    pub qmax: i32,
+}
+
+impl FakeQuant {
+    pub fn new(p: &QuantParams) -> FakeQuant {
+        FakeQuant { scale: p.scale, zero_point: p.zero_point, qmin: p.qmin(), qmax: p.qmax() }
+    }
+
+    /// `x̂` of one value, the expression of `engine::fp32::fake_quantize`.
+    #[inline(always)]
+    pub fn apply(&self, x: f32) -> f32 {
+        self.scale * (quantize_f32(x, self.scale, self.zero_point, self.qmin, self.qmax) - self.zero_point) as f32
+    }
+
+    /// `y = x̂` for every element.
+    pub fn forward(&self, x: &[f32], y: &mut [f32]) {
+        debug_assert_eq!(x.len(), y.len());
+        for (o, &v) in y.iter_mut().zip(x) {
+            *o = self.apply(v);
+        }
+    }
+
+    /// Straight-through backward in place: `grad` (`∂L/∂x̂`) becomes `∂L/∂x`, zero where `x`
+    /// was clipped. Returns `Σ ∂L/∂x̂ · ∂x̂/∂s` (without the LSQ factor), summed in f64.
+    pub fn backward(&self, x: &[f32], grad: &mut [f32]) -> f64 {
+        debug_assert_eq!(x.len(), grad.len());
+        let (s, z) = (self.scale, self.zero_point as f32);
+        let (lo, hi) = (self.qmin as f32, self.qmax as f32);
+        let mut ds = 0f64;
+        for (g, &v) in grad.iter_mut().zip(x) {
+            let t = v / s;
+            let r = t.round_ties_even();
+            let q = r + z;
+            // Exact in f32 for every integer that can be in range; larger ones are out of
+            // range either way. NaN quantizes to the zero point and gets no gradient.
+            if q < lo {
+                ds += (*g * (lo - z)) as f64;
+                *g = 0.0;
+            } else if q > hi {
+                ds += (*g * (hi - z)) as f64;
+                *g = 0.0;
+            } else if q.is_nan() {
+                *g = 0.0;
+            } else {
+                ds += (*g * (r - t)) as f64;
+            }
+        }
+        ds
+    }
+
+    /// The largest integer distance from the zero point: LSQ's `Qp`.
+    pub fn positive_levels(&self) -> i32 {
+        (self.qmax - self.zero_point).max(self.zero_point - self.qmin).max(1)
+    }
+}
+
+/// LSQ's gradient scale `1 / sqrt(N · Qp)` for a step size shared by `n` elements.
+pub fn grad_scale(n: usize, qp: i32) -> f64 {
+    1.0 / ((n.max(1) as f64) * qp.max(1) as f64).sqrt()
+}
+
+/// Where channel `c` of a weight sits: `outer · channels · inner` elements, channel `c` at
+/// `(o · channels + c) · inner + i` (per tensor: one channel).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChannelLayout {
+    pub outer: usize,
+    pub channels: usize,
+    pub inner: usize,
+}
+
+impl ChannelLayout {
+    /// The layout of `params` on a weight of `shape`.
+    pub fn of(params: &ChannelParams, shape: &[usize]) -> ChannelLayout {
+        let len: usize = shape.iter().product();
+        if params.is_per_tensor() || params.axis >= shape.len() {
+            return ChannelLayout { outer: 1, channels: 1, inner: len };
+        }
+        ChannelLayout {
+            outer: shape[..params.axis].iter().product(),
+            channels: shape[params.axis],
+            inner: shape[params.axis + 1..].iter().product(),
+        }
+    }
+
+    /// Elements per channel.
+    pub fn per_channel(&self) -> usize {
+        self.outer * self.inner
+    }
+
+    /// Calls `f(c, range)` for each contiguous run of channel `c`.
+    fn for_each_run(&self, mut f: impl FnMut(usize, std::ops::Range<usize>)) {
+        for o in 0..self.outer {
+            for c in 0..self.channels {
+                let start = (o * self.channels + c) * self.inner;
+                f(c, start..start + self.inner);
+            }
+        }
+    }
+}
+
+/// Symmetric weight fake quantization: `ŵ = s_c · clamp(round(w / s_c), -qmax, qmax)`.
+pub fn quantize_weights(w: &[f32], layout: ChannelLayout, scales: &[f32], qmax: i32, out: &mut [f32]) {
+    debug_assert_eq!(scales.len(), layout.channels);
+    layout.for_each_run(|c, run| {
+        let s = scales[c];
+        for (o, &v) in out[run.clone()].iter_mut().zip(&w[run]) {
+            *o = s * quantize_f32(v, s, 0, -qmax, qmax) as f32;
+        }
+    });
+}
+
+/// The backward of [`quantize_weights`]: `dw` (when given) gets the straight-through gradient
+/// of `dŵ`, and `dscale[c]` adds `Σ dŵ · ∂ŵ/∂s_c` (without the LSQ factor).
+pub fn weights_backward(w: &[f32], layout: ChannelLayout, scales: &[f32], qmax: i32, dwhat: &[f32], mut dw: Option<&mut [f32]>, dscale: &mut [f64]) {
+    let q = qmax as f32;
+    layout.for_each_run(|c, run| {
+        let s = scales[c];
+        let mut ds = 0f64;
+        for i in run {
+            let t = w[i] / s;
+            let r = t.round_ties_even();
+            let g = dwhat[i];
+            let (pass, d) = if r < -q {
+                (false, -q)
+            } else if r > q {
+                (false, q)
+            } else if r.is_nan() {
+                (false, 0.0)
+            } else {
+                (true, r - t)
+            };
+            ds += (g * d) as f64;
+            if let Some(dw) = dw.as_deref_mut() {
+                dw[i] = if pass { g } else { 0.0 };
+            }
+        }
+        dscale[c] += ds;
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::params::{from_range, quantize_weights as ptq_weights, WeightRange};
+    use crate::rng::Rng;
+
+    #[test]
+    fn forward_is_the_simulation_bit_for_bit() {
+        let mut rng = Rng::seeded(3);
+        for (bits, symmetric, signed) in [(8, false, true), (8, true, true), (4, false, false), (6, true, false)] {
+            let p = from_range(-1.3, 2.9, bits, symmetric).with_storage(signed);
+            let fq = FakeQuant::new(&p);
+            let x: Vec<f32> = (0..999).map(|_| rng.uniform(-4.0, 5.0) as f32).collect();
+            let mut y = vec![0.0; x.len()];
+            fq.forward(&x, &mut y);
+            for (a, b) in x.iter().zip(&y) {
+                assert_eq!(b.to_bits(), p.fake_quantize(*a).to_bits(), "{p:?} at {a}");
+            }
+        }
+    }
+
+    #[test]
+    fn weights_match_the_ptq_quantizer_bit_for_bit() {
+        let mut rng = Rng::seeded(5);
+        let shape = [5, 3, 3, 3];
+        let w: Vec<f32> = (0..135).map(|_| rng.gaussian() as f32 * 0.2).collect();
+        for bits in [8, 4, 3] {
+            let (params, q) = ptq_weights(&w, &shape, Some(0), bits, WeightRange::Mse);
+            let layout = ChannelLayout::of(&params, &shape);
+            let mut out = vec![0.0; w.len()];
+            quantize_weights(&w, layout, &params.scales, params.qmax(), &mut out);
+            assert_eq!(out, params.dequantize(&q, &shape));
+        }
+        // Per channel on a middle axis (a Gemm weight without transB) and per tensor.
+        let shape = [4, 6];
+        let w: Vec<f32> = (0..24).map(|_| rng.gaussian() as f32).collect();
+        for axis in [Some(1), None] {
+            let (params, q) = ptq_weights(&w, &shape, axis, 5, WeightRange::MaxAbs);
+            let mut out = vec![0.0; w.len()];
+            quantize_weights(&w, ChannelLayout::of(&params, &shape), &params.scales, params.qmax(), &mut out);
+            assert_eq!(out, params.dequantize(&q, &shape));
+        }
+    }
+
+    #[test]
+    fn straight_through_and_step_size_gradients_by_hand() {
+        // s = 0.5, z = -2, integers [-8, 7] (4 bits signed, asymmetric).
+        let fq = FakeQuant { scale: 0.5, zero_point: -2, qmin: -8, qmax: 7 };
+        // x/s:    0.6 -> r 1 (in, r - t = 0.4); 4.5 -> 4 (tie to even; in, -0.5);
+        //         9.4 -> 9, q 7: in range (edge); 9.6 -> 10, q 8 > 7: clipped, dŝ = qmax - z = 9;
+        //        -6.6 -> -7, q -9 < -8: clipped, dŝ = qmin - z = -6.
+        let x = [0.3, 2.25, 4.7, 4.8, -3.3];
+        let mut g = [1.0, 2.0, 1.0, 1.0, 3.0];
+        let ds = fq.backward(&x, &mut g);
+        assert_eq!(g, [1.0, 2.0, 1.0, 0.0, 0.0]);
+        let expected = 1.0 * 0.4 + 2.0 * -0.5 + 1.0 * (9.0 - 9.4) + 9.0 + 3.0 * -6.0;
+        assert!((ds - expected).abs() < 1e-5, "{ds} vs {expected}");
+        // The step-size gradient is the derivative of x̂ where x̂ is smooth in s: on a grid point
+        // (r fixed), x̂ = s · r, so ∂x̂/∂s = r and the estimator gives r - t; summed with
+        // ∂x̂/∂x · x/s = t it is r, the real derivative.
+        assert_eq!(fq.positive_levels(), 9);
+        assert!((grad_scale(100, 9) - 1.0 / 30.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn weight_backward_clips_and_sums_per_channel() {
+        // Two channels on axis 0, 3 bits: integers [-3, 3].
+        let layout = ChannelLayout { outer: 1, channels: 2, inner: 3 };
+        let scales = [0.1, 1.0];
+        let w = [0.14, 0.5, -0.26, 0.4, -3.6, 2.5];
+        let dwhat = [1.0, 1.0, 2.0, 1.0, 1.0, 1.0];
+        let mut dw = [9.0; 6];
+        let mut ds = [0.0; 2];
+        weights_backward(&w, layout, &scales, 3, &dwhat, Some(&mut dw), &mut ds);
+        assert_eq!(dw, [1.0, 0.0, 1.0 * 2.0, 1.0, 0.0, 1.0]);
+        // ch0: 1.4 -> 1 (-0.4); 5 -> clipped +3; -2.6 -> -3 (2 · -0.4).
+        // ch1: 0.4 -> 0 (-0.4); -3.6 -> -4 clipped -3; 2.5 -> 2 (tie to even, -0.5).
+        assert!((ds[0] - (-0.4 + 3.0 - 0.8)).abs() < 1e-5, "{ds:?}");
+        assert!((ds[1] - (-0.4 - 3.0 - 0.5)).abs() < 1e-5, "{ds:?}");
+    }
+}

@@ -1,0 +1,555 @@
+//! Conv and ConvTranspose: forward with the packed FP32 kernels, backward by im2col and the
+//! same GEMM, or direct loops for depthwise.
+//!
+//! With `z = conv(x, W) + b` and `y = act(z)`, per image and group `g`
+//! (`X_g` the group's input, `Col(X_g)` its im2col matrix `[icg·kh·kw][out_h·out_w]`):
+//! - `dz = dy · act'(z)` (read from `y` for the clamps, else from `z`, which then is kept);
+//! - `db[c] = Σ_pixels dz[c]`;
+//! - `dW_g = dz_g · Col(X_g)ᵀ` and `dX_g = col2im(W_gᵀ · dz_g)`.
+//!
+//! Paths, chosen as the forward kernel chooses: depthwise (`group == in_c`, any channel
+//! multiplier) runs direct loops over a zero-padded plane, tap by tap over whole output rows
+//! (`dW` a dot product, `dX` an axpy, both contiguous at stride 1); pointwise (1x1, stride 1, no
+//! padding) needs no im2col (`dX_g = W_gᵀ · dz_g` into the gradient, `dW_g = dz_g · X_gᵀ`);
+//! everything else goes through im2col in column blocks, so scratch stays bounded.
+//! `W_gᵀ` is packed once per step in [`prepare`](super::TrainOp::prepare).
+//!
+//! ConvTranspose is the adjoint of a Conv with the same weights: its `dX` is that Conv applied
+//! to `dz` (the packed FP32 conv), its `dW` the Conv's weight gradient with the roles of input
+//! and output swapped.
+
+use super::{activation_backward, buf, derivable_from_output, sum, zeroed, Bwd, Fwd, Scratch, TrainOp};
+use crate::ir::{Activation, Graph, Node, Op, Window2d};
+use crate::kernels::conv::{Conv2dShape, PackedConv2d, PackedConvTranspose2d};
+use crate::kernels::gemm::{gemm, GemmBias, PackedA};
+use crate::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Depthwise,
+    Pointwise,
+    Im2col,
+}
+
+/// The path of `PackedConv2d` for the same shape.
+fn kind(s: &Conv2dShape) -> Kind {
+    if s.group == s.in_c {
+        Kind::Depthwise
+    } else if (s.kernel_h, s.kernel_w, s.stride_h, s.stride_w, s.pad_top, s.pad_left) == (1, 1, 1, 1, 0, 0) && (s.out_h, s.out_w) == (s.in_h, s.in_w) {
+        Kind::Pointwise
+    } else {
+        Kind::Im2col
+    }
+}
+
+/// The kernels' geometry of a Conv or ConvTranspose node (for the latter `in_*` is the small
+/// input and `out_*` the large output), as `engine::fp32` builds it.
+fn conv_shape(g: &Graph, node: &Node, w: &Window2d, group: usize) -> Conv2dShape {
+    let x = &g.values[node.inputs[0]].shape;
+    let y = &g.values[node.outputs[0]].shape;
+    Conv2dShape {
+        in_c: x[1],
+        in_h: x[2],
+        in_w: x[3],
+        out_c: y[1],
+        out_h: y[2],
+        out_w: y[3],
+        kernel_h: w.kernel[0],
+        kernel_w: w.kernel[1],
+        stride_h: w.strides[0],
+        stride_w: w.strides[1],
+        dilation_h: w.dilations[0],
+        dilation_w: w.dilations[1],
+        pad_top: w.pads[0],
+        pad_left: w.pads[1],
+        group,
+    }
+}
+
+fn constant_weight(g: &Graph, node: &Node) -> Result<()> {
+    if g.values[node.inputs[1]].is_const() {
+        Ok(())
+    } else {
+        Err(Error::node(&node.name, node.op.name(), "training needs constant weights"))
+    }
+}
+
+/// Packs `W_gᵀ` (`[icg·kh·kw][ocg]`) of each group of a Conv weight `[out_c][icg][kh][kw]`.
+fn pack_transposed_groups(s: &Conv2dShape, w: &[f32], out: &mut Vec<PackedA>, t: &mut Vec<f32>) {
+    let (ocg, k) = (s.out_c / s.group, s.in_c / s.group * s.kernel_h * s.kernel_w);
+    out.resize_with(s.group, PackedA::default);
+    for (g, a) in out.iter_mut().enumerate() {
+        let wt = buf(t, k * ocg);
+        super::transpose2d(&w[g * ocg * k..], ocg, k, wt);
+        a.repack_from(wt, k, ocg, ocg);
+    }
+}
+
+/// `db[c] += Σ dz[c, :]` over the `channels` planes of one image.
+fn bias_backward(dz: &[f32], channels: usize, db: &mut [f32]) {
+    let plane = dz.len() / channels.max(1);
+    for (d, p) in db.iter_mut().zip(dz.chunks_exact(plane.max(1))) {
+        *d += sum(p);
+    }
+}
+
+/// Column blocks of the im2col paths: about a megabyte of scratch, at least 64 columns.
+fn block_columns(k: usize, n: usize) -> usize {
+    ((1 << 18) / k.max(1)).max(64).min(n.max(1))
+}
+
+/// `dX += col2im(W_gᵀ · dz_g)` for one image of a conv of shape `s` (any geometry), `wt` the
+/// packed `W_gᵀ` per group.
+fn im2col_dx(s: &Conv2dShape, wt: &[PackedA], dz: &[f32], dx: &mut [f32], sc: &mut Scratch) {
+    let (icg, ocg) = (s.in_c / s.group, s.out_c / s.group);
+    let (n, k) = (s.out_h * s.out_w, icg * s.kernel_h * s.kernel_w);
+    let in_len = icg * s.in_h * s.in_w;
+    let block = block_columns(k, n);
+    for (g, a) in wt.iter().enumerate() {
+        let dz_g = &dz[g * ocg * n..][..ocg * n];
+        let dx_g = &mut dx[g * in_len..][..in_len];
+        for n0 in (0..n).step_by(block) {
+            let nc = block.min(n - n0);
+            sc.b.repack_from(&dz_g[n0..], ocg, nc, n);
+            let cols = buf(&mut sc.t0, k * nc);
+            gemm(a, &sc.b, cols, nc, GemmBias::None, Activation::Identity);
+            col2im_add(s, cols, n0, nc, dx_g);
+        }
+    }
+}
+
+/// Adds columns `n0..n0 + nc` of an im2col-shaped matrix (`[icg·kh·kw][nc]`) back onto the
+/// input positions they were read from (see `kernels::conv::im2col_panels`).
+fn col2im_add(s: &Conv2dShape, cols: &[f32], n0: usize, nc: usize, dx: &mut [f32]) {
+    let icg = s.in_c / s.group;
+    let (ih, iw) = (s.in_h as isize, s.in_w as isize);
+    let plane = s.in_h * s.in_w;
+    let mut p = 0;
+    for ci in 0..icg {
+        let dxp = &mut dx[ci * plane..][..plane];
+        for ky in 0..s.kernel_h {
+            for kx in 0..s.kernel_w {
+                let row = &cols[p * nc..][..nc];
+                p += 1;
+                let (mut oy, mut ox) = (n0 / s.out_w, n0 % s.out_w);
+                for &v in row {
+                    let iy = (oy * s.stride_h + ky * s.dilation_h) as isize - s.pad_top as isize;
+                    let ix = (ox * s.stride_w + kx * s.dilation_w) as isize - s.pad_left as isize;
+                    if iy >= 0 && iy < ih && ix >= 0 && ix < iw {
+                        dxp[(iy * iw + ix) as usize] += v;
+                    }
+                    ox += 1;
+                    if ox == s.out_w {
+                        ox = 0;
+                        oy += 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dW_g += dz_g · Col(X_g)ᵀ` for one image of a conv of shape `s` (any geometry); `dw` in the
+/// Conv weight layout `[out_c][icg][kh][kw]`.
+fn im2col_dw(s: &Conv2dShape, x: &[f32], dz: &[f32], dw: &mut [f32], sc: &mut Scratch) {
+    let (icg, ocg) = (s.in_c / s.group, s.out_c / s.group);
+    let (n, k) = (s.out_h * s.out_w, icg * s.kernel_h * s.kernel_w);
+    let in_len = icg * s.in_h * s.in_w;
+    let block = block_columns(k, n);
+    for g in 0..s.group {
+        let dz_g = &dz[g * ocg * n..][..ocg * n];
+        let x_g = &x[g * in_len..][..in_len];
+        for n0 in (0..n).step_by(block) {
+            let nc = block.min(n - n0);
+            let cols_t = buf(&mut sc.t0, nc * k);
+            im2col_transposed(s, x_g, n0, nc, cols_t);
+            sc.a.repack_from(&dz_g[n0..], ocg, nc, n);
+            sc.b.repack_from(cols_t, nc, k, k);
+            let t = buf(&mut sc.t2, ocg * k);
+            gemm(&sc.a, &sc.b, t, k, GemmBias::None, Activation::Identity);
+            super::add_into(&mut dw[g * ocg * k..][..ocg * k], t);
+        }
+    }
+}
+
+/// Columns `n0..n0 + nc` of the im2col matrix of one group's input, transposed: row `j` holds
+/// the `icg·kh·kw` taps of output position `n0 + j` (zero outside the input).
+fn im2col_transposed(s: &Conv2dShape, x: &[f32], n0: usize, nc: usize, out: &mut [f32]) {
+    let icg = s.in_c / s.group;
+    let k = icg * s.kernel_h * s.kernel_w;
+    let (ih, iw) = (s.in_h as isize, s.in_w as isize);
+    let plane = s.in_h * s.in_w;
+    let (mut oy, mut ox) = (n0 / s.out_w, n0 % s.out_w);
+    for row in out[..nc * k].chunks_exact_mut(k) {
+        let (y0, x0) = ((oy * s.stride_h) as isize - s.pad_top as isize, (ox * s.stride_w) as isize - s.pad_left as isize);
+        let mut p = 0;
+        for ci in 0..icg {
+            let xp = &x[ci * plane..][..plane];
+            for ky in 0..s.kernel_h {
+                let iy = y0 + (ky * s.dilation_h) as isize;
+                for kx in 0..s.kernel_w {
+                    let ix = x0 + (kx * s.dilation_w) as isize;
+                    row[p] = if iy >= 0 && iy < ih && ix >= 0 && ix < iw { xp[(iy * iw + ix) as usize] } else { 0.0 };
+                    p += 1;
+                }
+            }
+        }
+        ox += 1;
+        if ox == s.out_w {
+            ox = 0;
+            oy += 1;
+        }
+    }
+}
+
+/// Depthwise backward for one image: `dW[co][tap] += Σ dz[co] · x_shifted` and
+/// `dX[ci] += Σ_taps w · dz_shifted`, over a plane padded as the forward kernel pads it.
+fn depthwise_backward(s: &Conv2dShape, x: &[f32], w: &[f32], dz: &[f32], mut dx: Option<&mut [f32]>, mut dw: Option<&mut [f32]>, sc: &mut Scratch) {
+    let (kh, kw) = (s.kernel_h, s.kernel_w);
+    let (sh, sw, dh, dwl) = (s.stride_h, s.stride_w, s.dilation_h, s.dilation_w);
+    let ph = (s.pad_top + s.in_h).max((s.out_h - 1) * sh + (kh - 1) * dh + 1);
+    let pw = (s.pad_left + s.in_w).max((s.out_w - 1) * sw + (kw - 1) * dwl + 1);
+    let (in_plane, out_plane) = (s.in_h * s.in_w, s.out_h * s.out_w);
+    let multiplier = s.out_c / s.in_c;
+    let xp = buf(&mut sc.t0, ph * pw);
+    let dxp = buf(&mut sc.t1, ph * pw);
+    let ow = s.out_w;
+    for ci in 0..s.in_c {
+        if dw.is_some() {
+            xp.fill(0.0);
+            for iy in 0..s.in_h {
+                xp[(iy + s.pad_top) * pw + s.pad_left..][..s.in_w].copy_from_slice(&x[ci * in_plane + iy * s.in_w..][..s.in_w]);
+            }
+        }
+        if dx.is_some() {
+            dxp.fill(0.0);
+        }
+        for co in ci * multiplier..(ci + 1) * multiplier {
+            let dzp = &dz[co * out_plane..][..out_plane];
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let tap = co * kh * kw + ky * kw + kx;
+                    let wv = w[tap];
+                    let mut acc = 0f32;
+                    for (oy, dzrow) in dzp.chunks_exact(ow).enumerate() {
+                        let base = (oy * sh + ky * dh) * pw + kx * dwl;
+                        if sw == 1 {
+                            if dw.is_some() {
+                                acc += super::dot(dzrow, &xp[base..base + ow]);
+                            }
+                            if dx.is_some() {
+                                dxp[base..base + ow].iter_mut().zip(dzrow).for_each(|(d, &g)| *d += wv * g);
+                            }
+                        } else {
+                            if dw.is_some() {
+                                acc += dzrow.iter().zip(xp[base..].iter().step_by(sw)).fold(0f32, |a, (&g, &v)| a + g * v);
+                            }
+                            if dx.is_some() {
+                                dxp[base..].iter_mut().step_by(sw).zip(dzrow).for_each(|(d, &g)| *d += wv * g);
+                            }
+                        }
+                    }
+                    if let Some(dw) = dw.as_deref_mut() {
+                        dw[tap] += acc;
+                    }
+                }
+            }
+        }
+        if let Some(dx) = dx.as_deref_mut() {
+            for iy in 0..s.in_h {
+                let src = &dxp[(iy + s.pad_top) * pw + s.pad_left..][..s.in_w];
+                super::add_into(&mut dx[ci * in_plane + iy * s.in_w..][..s.in_w], src);
+            }
+        }
+    }
+}
+
+pub struct ConvOp {
+    s: Conv2dShape,
+    batch: usize,
+    act: Activation,
+    /// The activation needs its input in the backward: the forward keeps `z` in `aux`.
+    keep_z: bool,
+    kind: Kind,
+    need_dx: bool,
+    packed: Option<PackedConv2d>,
+    /// Per group `W_gᵀ`, for `dX` on the GEMM paths.
+    wt: Vec<PackedA>,
+    t: Vec<f32>,
+}
+
+impl ConvOp {
+    pub fn new(g: &Graph, node: &Node, needs: &[bool]) -> Result<ConvOp> {
+        let Op::Conv(c) = &node.op else { unreachable!("built for Conv nodes") };
+        constant_weight(g, node)?;
+        let s = conv_shape(g, node, &c.window, c.group);
+        Ok(ConvOp {
+            s,
+            batch: g.values[node.inputs[0]].shape[0],
+            act: c.activation,
+            keep_z: !derivable_from_output(c.activation),
+            kind: kind(&s),
+            need_dx: needs.first().copied().unwrap_or(false),
+            packed: None,
+            wt: Vec::new(),
+            t: Vec::new(),
+        })
+    }
+}
+
+impl TrainOp for ConvOp {
+    fn prepare(&mut self, consts: &[Option<&[f32]>]) {
+        let w = consts[1].expect("checked: constant weights");
+        let b = consts.get(2).copied().flatten();
+        let act = if self.keep_z { Activation::Identity } else { self.act };
+        self.packed = Some(PackedConv2d::new(self.s, w, b, act));
+        if self.need_dx && self.kind != Kind::Depthwise {
+            pack_transposed_groups(&self.s, w, &mut self.wt, &mut self.t);
+        }
+    }
+
+    fn forward(&self, f: &mut Fwd) {
+        let packed = self.packed.as_ref().expect("prepared before the forward");
+        let s = &self.s;
+        let (px, py) = (s.in_c * s.in_h * s.in_w, s.out_c * s.out_h * s.out_w);
+        let out: &mut [f32] = if self.keep_z { buf(f.aux, py * self.batch) } else { &mut f.y[0] };
+        for n in 0..self.batch {
+            packed.run(&f.x[0][n * px..][..px], &mut out[n * py..][..py], &mut f.scratch.conv);
+        }
+        if self.keep_z {
+            f.y[0].copy_from_slice(&f.aux[..py * self.batch]);
+            self.act.apply(&mut f.y[0]);
+        }
+    }
+
+    fn backward(&self, b: &mut Bwd) {
+        let s = &self.s;
+        let (px, py) = (s.in_c * s.in_h * s.in_w, s.out_c * s.out_h * s.out_w);
+        let mut dzbuf = std::mem::take(&mut b.scratch.t3);
+        let dz: &[f32] = if self.act == Activation::Identity {
+            b.dy[0]
+        } else {
+            let d = buf(&mut dzbuf, b.dy[0].len());
+            activation_backward(self.act, self.keep_z.then_some(b.aux), b.y[0], b.dy[0], d);
+            d
+        };
+        let (x, w) = (b.x[0], b.x[1]);
+        let mut dx = b.dx[0].take();
+        let mut dw = b.dx[1].take();
+        if let Some(db) = b.dx(2) {
+            for n in 0..self.batch {
+                bias_backward(&dz[n * py..][..py], s.out_c, db);
+            }
+        }
+        let sc = &mut *b.scratch;
+        for n in 0..self.batch {
+            let (xn, dzn) = (&x[n * px..][..px], &dz[n * py..][..py]);
+            let dxn = dx.as_deref_mut().map(|d| &mut d[n * px..][..px]);
+            match self.kind {
+                Kind::Depthwise => depthwise_backward(s, xn, w, dzn, dxn, dw.as_deref_mut(), sc),
+                Kind::Pointwise => {
+                    let (icg, ocg, hw) = (s.in_c / s.group, s.out_c / s.group, s.in_h * s.in_w);
+                    if let Some(dxn) = dxn {
+                        for (g, a) in self.wt.iter().enumerate() {
+                            sc.b.repack_from(&dzn[g * ocg * hw..][..ocg * hw], ocg, hw, hw);
+                            // The buffer is this node's alone and each group's rows are written
+                            // once per image: the GEMM writes them directly.
+                            gemm(a, &sc.b, &mut dxn[g * icg * hw..][..icg * hw], hw, GemmBias::None, Activation::Identity);
+                        }
+                    }
+                    if let Some(dw) = dw.as_deref_mut() {
+                        for g in 0..s.group {
+                            let (dz_g, x_g) = (&dzn[g * ocg * hw..][..ocg * hw], &xn[g * icg * hw..][..icg * hw]);
+                            super::matmul(dz_g, false, x_g, true, ocg, hw, icg, &mut dw[g * ocg * icg..][..ocg * icg], true, sc);
+                        }
+                    }
+                }
+                Kind::Im2col => {
+                    if let Some(dxn) = dxn {
+                        im2col_dx(s, &self.wt, dzn, dxn, sc);
+                    }
+                    if let Some(dw) = dw.as_deref_mut() {
+                        im2col_dw(s, xn, dzn, dw, sc);
+                    }
+                }
+            }
+        }
+        b.dx[0] = dx;
+        b.dx[1] = dw;
+        b.scratch.t3 = dzbuf;
+    }
+}
+
+pub struct ConvTransposeOp {
+    s: Conv2dShape,
+    /// The Conv whose adjoint this is: input `dz` (`out_c` channels of the large plane), output
+    /// `dX` (`in_c` channels of the small plane), the same weights, pads and groups.
+    adj: Conv2dShape,
+    batch: usize,
+    act: Activation,
+    keep_z: bool,
+    need_dx: bool,
+    packed: Option<PackedConvTranspose2d>,
+    adjoint: Option<PackedConv2d>,
+}
+
+impl ConvTransposeOp {
+    pub fn new(g: &Graph, node: &Node, needs: &[bool]) -> Result<ConvTransposeOp> {
+        let Op::ConvTranspose(c) = &node.op else { unreachable!("built for ConvTranspose nodes") };
+        constant_weight(g, node)?;
+        let s = conv_shape(g, node, &c.window, c.group);
+        let adj = Conv2dShape { in_c: s.out_c, in_h: s.out_h, in_w: s.out_w, out_c: s.in_c, out_h: s.in_h, out_w: s.in_w, ..s };
+        Ok(ConvTransposeOp {
+            s,
+            adj,
+            batch: g.values[node.inputs[0]].shape[0],
+            act: c.activation,
+            keep_z: !derivable_from_output(c.activation),
+            need_dx: needs.first().copied().unwrap_or(false),
+            packed: None,
+            adjoint: None,
+        })
+    }
+}
+
+impl TrainOp for ConvTransposeOp {
+    fn prepare(&mut self, consts: &[Option<&[f32]>]) {
+        let w = consts[1].expect("checked: constant weights");
+        let b = consts.get(2).copied().flatten();
+        let act = if self.keep_z { Activation::Identity } else { self.act };
+        self.packed = Some(PackedConvTranspose2d::new(self.s, w, b, act));
+        if self.need_dx {
+            self.adjoint = Some(PackedConv2d::new(self.adj, w, None, Activation::Identity));
+        }
+    }
+
+    fn forward(&self, f: &mut Fwd) {
+        let packed = self.packed.as_ref().expect("prepared before the forward");
+        let s = &self.s;
+        let (px, py) = (s.in_c * s.in_h * s.in_w, s.out_c * s.out_h * s.out_w);
+        let out: &mut [f32] = if self.keep_z { buf(f.aux, py * self.batch) } else { &mut f.y[0] };
+        for n in 0..self.batch {
+            packed.run(&f.x[0][n * px..][..px], &mut out[n * py..][..py], &mut f.scratch.conv);
+        }
+        if self.keep_z {
+            f.y[0].copy_from_slice(&f.aux[..py * self.batch]);
+            self.act.apply(&mut f.y[0]);
+        }
+    }
+
+    fn backward(&self, b: &mut Bwd) {
+        let s = &self.s;
+        let (px, py) = (s.in_c * s.in_h * s.in_w, s.out_c * s.out_h * s.out_w);
+        let mut dzbuf = std::mem::take(&mut b.scratch.t3);
+        let dz: &[f32] = if self.act == Activation::Identity {
+            b.dy[0]
+        } else {
+            let d = buf(&mut dzbuf, b.dy[0].len());
+            activation_backward(self.act, self.keep_z.then_some(b.aux), b.y[0], b.dy[0], d);
+            d
+        };
+        let x = b.x[0];
+        let mut dx = b.dx[0].take();
+        let mut dw = b.dx[1].take();
+        if let Some(db) = b.dx(2) {
+            for n in 0..self.batch {
+                bias_backward(&dz[n * py..][..py], s.out_c, db);
+            }
+        }
+        let sc = &mut *b.scratch;
+        for n in 0..self.batch {
+            let (xn, dzn) = (&x[n * px..][..px], &dz[n * py..][..py]);
+            if let Some(d) = dx.as_deref_mut() {
+                let t = zeroed(&mut sc.t2, px);
+                self.adjoint.as_ref().expect("prepared").run(dzn, t, &mut sc.conv);
+                super::add_into(&mut d[n * px..][..px], t);
+            }
+            if let Some(dw) = dw.as_deref_mut() {
+                // dW[ci][co][ky][kx] = Σ x[ci][p] · dz[co][p·s + k·d - pad]: the adjoint conv's
+                // weight gradient with its input (dz) and output gradient (x).
+                im2col_dw(&self.adj, dzn, xn, dw, sc);
+            }
+        }
+        b.dx[0] = dx;
+        b.dx[1] = dw;
+        b.scratch.t3 = dzbuf;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::super::gradcheck::{check_graph, Builder};
+    use crate::ir::{Activation, ConvTranspose, Op, Window2d};
+
+    #[allow(clippy::too_many_arguments)]
+    fn conv_case(seed: u64, x: [usize; 4], out_c: usize, kernel: [usize; 2], stride: usize, pads: [usize; 4], dilation: usize, group: usize, bias: bool, act: Activation) {
+        let mut b = Builder::new(seed);
+        let xi = b.input("x", &x);
+        let w = b.konst("w", &[out_c, x[1] / group, kernel[0], kernel[1]]);
+        let bi = bias.then(|| b.konst("b", &[out_c]));
+        let y = b.conv("conv", xi, w, bi, kernel, stride, pads, dilation, group, act);
+        let (g, inputs) = b.finish(&[y]);
+        check_graph(&g, &inputs, 1e-2, 3e-3, 0);
+    }
+
+    #[test]
+    fn im2col_conv_with_strides_dilations_and_uneven_pads() {
+        conv_case(1, [1, 3, 7, 6], 5, [3, 2], 2, [1, 0, 2, 1], 1, 1, true, Activation::Identity);
+        conv_case(2, [2, 3, 6, 7], 4, [3, 3], 1, [2, 1, 0, 2], 2, 1, false, Activation::Identity);
+        // The stem of EfficientNet: 3x3, stride 2, pad 1, with a bias.
+        conv_case(3, [1, 3, 9, 9], 4, [3, 3], 2, [1, 1, 1, 1], 1, 1, true, Activation::Identity);
+    }
+
+    #[test]
+    fn grouped_and_pointwise_convs() {
+        conv_case(4, [1, 4, 5, 6], 6, [3, 3], 1, [1, 1, 1, 1], 1, 2, true, Activation::Identity);
+        conv_case(5, [1, 5, 4, 3], 7, [1, 1], 1, [0; 4], 1, 1, true, Activation::Identity);
+        conv_case(6, [2, 6, 3, 5], 4, [1, 1], 1, [0; 4], 1, 2, false, Activation::Identity);
+        // 1x1 with a stride goes through im2col.
+        conv_case(7, [1, 3, 7, 5], 2, [1, 1], 2, [0; 4], 1, 1, true, Activation::Identity);
+    }
+
+    #[test]
+    fn depthwise_convs_with_multipliers_strides_and_dilations() {
+        conv_case(8, [1, 3, 9, 8], 3, [5, 5], 1, [2, 2, 2, 2], 1, 3, true, Activation::Identity);
+        conv_case(9, [1, 3, 9, 8], 6, [3, 3], 2, [1, 1, 1, 1], 1, 3, true, Activation::Identity);
+        conv_case(10, [2, 2, 7, 9], 2, [3, 2], 1, [0, 1, 2, 0], 2, 2, false, Activation::Identity);
+        conv_case(11, [1, 4, 11, 10], 4, [5, 5], 2, [1, 2, 2, 1], 1, 4, true, Activation::Identity);
+    }
+
+    #[test]
+    fn fused_activations_kept_or_read_from_the_output() {
+        // Smooth activations keep their input z; HardSwish's kinks at ±3 are far from these
+        // values.
+        conv_case(12, [1, 3, 6, 5], 4, [3, 3], 1, [1, 1, 1, 1], 1, 1, true, Activation::Sigmoid);
+        conv_case(13, [1, 4, 6, 5], 4, [3, 3], 1, [1, 1, 1, 1], 1, 4, true, Activation::HardSwish);
+        conv_case(14, [1, 3, 5, 5], 4, [1, 1], 1, [0; 4], 1, 1, true, Activation::Silu);
+        // A fused Relu6 reads its derivative from the output; a difference may cross a kink.
+        let mut b = Builder::new(15);
+        let x = b.input("x", &[1, 4, 6, 5]);
+        let w = b.konst("w", &[4, 1, 3, 3]);
+        let bias = b.konst("b", &[4]);
+        let y = b.conv("conv", x, w, Some(bias), [3, 3], 1, [1, 1, 1, 1], 1, 4, Activation::Clip { min: 0.0, max: 0.6 });
+        let (g, inputs) = b.finish(&[y]);
+        check_graph(&g, &inputs, 1e-3, 5e-3, 3);
+    }
+
+    fn conv_transpose_case(seed: u64, x: [usize; 4], out_c: usize, kernel: [usize; 2], stride: usize, pads: [usize; 4], dilation: usize, output_padding: usize, group: usize) {
+        let mut b = Builder::new(seed);
+        let xi = b.input("x", &x);
+        let w = b.konst("w", &[x[1], out_c / group, kernel[0], kernel[1]]);
+        let bias = b.konst("b", &[out_c]);
+        let window = Window2d { kernel, strides: [stride, stride], dilations: [dilation, dilation], pads };
+        let op = Op::ConvTranspose(ConvTranspose { window, output_padding: [output_padding; 2], group, activation: Activation::Tanh });
+        let y = b.one("deconv", op, &[xi, w, bias]);
+        let (g, inputs) = b.finish(&[y]);
+        check_graph(&g, &inputs, 1e-2, 3e-3, 0);
+    }
+
+    #[test]
+    fn conv_transpose_is_the_adjoint_conv() {
+        conv_transpose_case(20, [1, 3, 4, 5], 4, [3, 3], 2, [1, 1, 0, 1], 1, 1, 1);
+        conv_transpose_case(21, [2, 4, 3, 3], 6, [2, 3], 1, [0, 0, 0, 0], 2, 0, 2);
+        conv_transpose_case(22, [1, 2, 5, 4], 2, [4, 4], 2, [1, 1, 1, 1], 1, 0, 2);
+    }
+}

@@ -1,0 +1,728 @@
+//! The QAT trainer: parameters taken from a PTQ annotated graph, trained by distillation from
+//! the float model, exported back to an annotated graph.
+//!
+//! # Parameters (initialised so that step 0 *is* the PTQ model)
+//! - Weights annotated `Quant::Weight`: a latent float weight (the float model's, from which
+//!   PTQ quantized) and one step size per channel (PTQ's). The forward uses
+//!   `ŵ = s_c · clamp(round(w / s_c), ±Q)`, which for PTQ's scales is PTQ's data bit for bit.
+//!   Weights of layers kept in float are trained as they are ("full" mode).
+//! - Activations annotated `Quant::Tensor`: one step size per calibrated value, shared by the
+//!   values that follow it (a MaxPool or Reshape output takes its input's parameters, as the
+//!   plan says); the zero point stays. Graph inputs keep theirs unless asked (preprocessing
+//!   fixes their range).
+//! - Biases of Conv/ConvTranspose/Gemm: float, and where the int8 engine holds them as int32
+//!   (input and weight quantized) the forward uses them snapped to that grid
+//!   (`ptq::snap_bias` with the current step sizes), as export writes them.
+//!
+//! Step sizes are updated in log space (Adam on `ln s`, whose gradient is `s · ∂L/∂s` times
+//! LSQ's scale): a learning rate is then a relative change, whatever the tensor's range, and a
+//! step size stays positive.
+//!
+//! # Modes
+//! [`QatMode::Scales`] trains step sizes and biases (weights' integers change only as their
+//! step sizes move); [`QatMode::Full`] trains the latent weights too. The default follows the
+//! weight width, after the PyTorch simulation: 8-bit weights overfit when trained in
+//! full (scales and biases alone lifted agreement), lower widths need every weight.
+//!
+//! # The best weights
+//! With held-out frames ([`Trainer::set_holdout`]) the trainer measures the loss on them every
+//! `eval_every` steps and keeps the parameters of the best measure (the PTQ start included);
+//! without, it keeps those with the best running (exponential) mean of the training loss. So a
+//! cancelled run still exports its best point.
+//!
+//! # Export
+//! [`Trainer::best_graph`] is the PTQ graph with the trained data: weights `ŵ` (dequantized
+//! integers) with their step sizes, activations with theirs, biases snapped; same value ids,
+//! so `Session::make_variant` measures it and the int8 engine runs it.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use super::fake_quant::{self, grad_scale, ChannelLayout, FakeQuant};
+use super::loss::Distillation;
+use super::optim::{AdamW, Moments, Schedule};
+use super::tape::{Tape, TapeSpec};
+use crate::engine::Fp32Engine;
+use crate::ir::{Graph, Op, ValueId};
+use crate::quant::params::{ChannelParams, QuantParams, MAX_SCALE, MIN_SCALE};
+use crate::quant::plan::{role, Role};
+use crate::quant::ptq::snap_bias;
+use crate::quant::Quant;
+use crate::{Error, Result};
+
+/// What QAT trains besides step sizes and biases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum QatMode {
+    /// Step sizes and biases only.
+    Scales,
+    /// Every weight too.
+    Full,
+}
+
+/// The training recipe. Every field has a default, so `{}` is the default recipe.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct QatConfig {
+    /// Length of the learning-rate schedule (training may stop earlier or go on at the floor).
+    /// `None`: 100 steps for [`QatMode::Scales`], 300 for [`QatMode::Full`].
+    pub steps: Option<usize>,
+    /// Frames per step, for drivers that sample batches ([`Trainer::step`] takes any batch).
+    pub batch_size: usize,
+    /// `None`: by weight width (8 bits: scales, fewer: full).
+    pub mode: Option<QatMode>,
+    /// Keep every step size as PTQ chose it.
+    pub freeze_scales: bool,
+    /// Learn the step size of the graph inputs too.
+    pub learn_input_scales: bool,
+    /// Adam rate of the weights (full mode).
+    pub lr: f32,
+    /// Adam rate of `ln(step size)`: a relative change per step.
+    pub scale_lr: f32,
+    /// Adam rate of the biases.
+    pub bias_lr: f32,
+    /// AdamW's decoupled decay, weights only.
+    pub weight_decay: f32,
+    /// Warm-up as a fraction of `steps`.
+    pub warmup: f32,
+    /// The cosine decay's floor, as a fraction of each rate.
+    pub min_lr_ratio: f32,
+    /// Held-out loss every this many steps (with held-out frames).
+    pub eval_every: usize,
+    /// Frames whose teacher outputs are remembered (a pool of views seen again costs no
+    /// teacher forward).
+    pub teacher_cache: usize,
+}
+
+impl Default for QatConfig {
+    fn default() -> Self {
+        QatConfig {
+            steps: None,
+            batch_size: 8,
+            mode: None,
+            freeze_scales: false,
+            learn_input_scales: false,
+            lr: 1e-4,
+            scale_lr: 1e-2,
+            bias_lr: 1e-3,
+            weight_decay: 0.0,
+            warmup: 0.05,
+            min_lr_ratio: 0.05,
+            eval_every: 10,
+            teacher_cache: 256,
+        }
+    }
+}
+
+/// What a step reports.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepStats {
+    /// Steps done, this one included.
+    pub step: usize,
+    /// Mean distillation loss of the batch (before this step's update).
+    pub loss: f64,
+    /// The weights' learning rate of this step.
+    pub lr: f32,
+    /// Loss on the held-out frames, when measured at this step (after its update).
+    pub holdout_loss: Option<f64>,
+    /// The best loss so far (held-out, else running mean of training losses).
+    pub best_loss: Option<f64>,
+}
+
+struct WeightParam {
+    value: ValueId,
+    /// `None`: a float weight (kept-float layer), trained as is in full mode.
+    quant: Option<(ChannelLayout, u32, usize)>,
+    train_weights: bool,
+    learn_scales: bool,
+    mw: Moments,
+    ms: Moments,
+}
+
+struct BiasParam {
+    value: ValueId,
+    /// Snapped to the int32 grid: (the layer's input, index of its weight in `weights`).
+    snap: Option<(ValueId, usize)>,
+    m: Moments,
+}
+
+struct ActParam {
+    base: QuantParams,
+    members: Vec<ValueId>,
+    learn: bool,
+    /// Elements sharing the step size (the calibrated value's).
+    numel: usize,
+    m: Moments,
+}
+
+/// Everything the trainer learns: what a snapshot of the best step keeps.
+#[derive(Clone, Debug)]
+struct State {
+    /// Per weight: latent data and step sizes (empty for float weights).
+    weights: Vec<(Vec<f32>, Vec<f32>)>,
+    biases: Vec<Vec<f32>>,
+    act_scales: Vec<f32>,
+}
+
+/// Teacher outputs of recent frames, keyed by a hash of the frame.
+struct TeacherCache {
+    map: HashMap<u64, Vec<Vec<f32>>>,
+    order: VecDeque<u64>,
+    capacity: usize,
+}
+
+impl TeacherCache {
+    fn key(inputs: &[&[f32]]) -> u64 {
+        // FNV-1a over the bits: frames differ in many places, collisions are not a concern.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for x in inputs {
+            h = (h ^ x.len() as u64).wrapping_mul(0x100_0000_01b3);
+            for v in x.iter() {
+                h = (h ^ v.to_bits() as u64).wrapping_mul(0x100_0000_01b3);
+            }
+        }
+        h
+    }
+
+    fn get(&mut self, teacher: &Fp32Engine, inputs: &[&[f32]]) -> Result<&Vec<Vec<f32>>> {
+        let key = Self::key(inputs);
+        if !self.map.contains_key(&key) {
+            let out = teacher.run(inputs)?;
+            if self.capacity == 0 {
+                self.map.clear();
+                self.order.clear();
+            } else if self.order.len() >= self.capacity {
+                if let Some(old) = self.order.pop_front() {
+                    self.map.remove(&old);
+                }
+            }
+            self.map.insert(key, out);
+            self.order.push_back(key);
+        }
+        Ok(&self.map[&key])
+    }
+}
+
+pub struct Trainer {
+    config: QatConfig,
+    mode: QatMode,
+    steps: usize,
+    /// The PTQ graph: the form of every export.
+    template: Graph,
+    teacher: Fp32Engine,
+    tape: Tape,
+    weights: Vec<WeightParam>,
+    biases: Vec<BiasParam>,
+    acts: Vec<ActParam>,
+    /// Per value: its activation parameter.
+    act_of: Vec<Option<usize>>,
+    state: State,
+    opt: AdamW,
+    schedule: Schedule,
+    loss: Distillation,
+    cache: TeacherCache,
+    step: usize,
+    ema: Option<f64>,
+    best: Option<(f64, State)>,
+    holdout: Vec<(Vec<Vec<f32>>, Vec<Vec<f32>>)>,
+    history: Vec<StepStats>,
+    /// Scratch for the weight backward.
+    dw: Vec<f32>,
+    dscale: Vec<f64>,
+}
+
+impl Trainer {
+    /// A trainer for `ptq`, an annotated graph with the value ids of `float` (the calibrator's
+    /// graph; values PTQ added, such as corrected biases, come after). `float` is the teacher.
+    pub fn new(float: &Graph, ptq: &Graph, config: QatConfig) -> Result<Trainer> {
+        check_compatible(float, ptq)?;
+        let weight_bits = ptq.values.iter().filter_map(|v| match &v.quant {
+            Some(Quant::Weight(c)) => Some(c.bits),
+            _ => None,
+        });
+        let mode = config.mode.unwrap_or(if weight_bits.min().unwrap_or(8) < 8 { QatMode::Full } else { QatMode::Scales });
+        let steps = config.steps.unwrap_or(match mode {
+            QatMode::Scales => 100,
+            QatMode::Full => 300,
+        });
+        if config.batch_size == 0 {
+            return Err(Error::Invalid("QAT batch size must be at least 1".into()));
+        }
+        let learn_scales = !config.freeze_scales;
+        let nv = ptq.values.len();
+
+        // Weights and biases of the weighted layers.
+        let mut weights = Vec::new();
+        let mut biases: Vec<BiasParam> = Vec::new();
+        let mut weight_of = vec![None; nv];
+        let mut state = State { weights: Vec::new(), biases: Vec::new(), act_scales: Vec::new() };
+        for node in &ptq.nodes {
+            if !node.op.has_weights() {
+                continue;
+            }
+            let Some(&w) = node.inputs.get(1) else { continue };
+            let value = &ptq.values[w];
+            if !value.is_const() || weight_of[w].is_some() {
+                continue;
+            }
+            // The float model's weight, which PTQ rounded (same id), else the PTQ data.
+            let float_data = float.values.get(w).and_then(|v| v.data.as_deref()).filter(|d| d.len() == value.len());
+            let data = float_data.or(value.data.as_deref()).expect("constant").to_vec();
+            let param = match &value.quant {
+                Some(Quant::Weight(c)) => {
+                    let layout = ChannelLayout::of(c, &value.shape);
+                    state.weights.push((data, c.scales.clone()));
+                    WeightParam {
+                        value: w,
+                        quant: Some((layout, c.bits, c.axis)),
+                        train_weights: mode == QatMode::Full,
+                        learn_scales,
+                        mw: Moments::new(if mode == QatMode::Full { value.len() } else { 0 }),
+                        ms: Moments::new(c.scales.len()),
+                    }
+                }
+                None if mode == QatMode::Full => {
+                    state.weights.push((data, Vec::new()));
+                    WeightParam { value: w, quant: None, train_weights: true, learn_scales: false, mw: Moments::new(value.len()), ms: Moments::new(0) }
+                }
+                // Float weights in scales mode, and weights quantized per tensor as constants,
+                // stay as they are.
+                _ => continue,
+            };
+            weight_of[w] = Some(weights.len());
+            weights.push(param);
+        }
+        for node in &ptq.nodes {
+            if !matches!(node.op, Op::Conv(_) | Op::ConvTranspose(_) | Op::Gemm { .. }) {
+                continue;
+            }
+            let Some(&b) = node.inputs.get(2) else { continue };
+            if !ptq.values[b].is_const() || biases.iter().any(|p| p.value == b) {
+                continue;
+            }
+            let (x, w) = (node.inputs[0], node.inputs[1]);
+            // As `ptq::snap_bias_to_int32_grid` decides.
+            let snap = match (&ptq.values[x].quant, &ptq.values[w].quant, weight_of[w]) {
+                (Some(Quant::Tensor(_)), Some(Quant::Weight(c)), Some(wi)) if c.is_per_tensor() || c.scales.len() == ptq.values[b].len() => Some((x, wi)),
+                _ => None,
+            };
+            state.biases.push(ptq.const_data(b).expect("constant").to_vec());
+            biases.push(BiasParam { value: b, snap, m: Moments::new(ptq.values[b].len()) });
+        }
+
+        // Activation step sizes: one per calibrated value, shared along Follow ops.
+        let mut act_of: Vec<Option<usize>> = vec![None; nv];
+        let mut acts: Vec<ActParam> = Vec::new();
+        let tensor = |v: ValueId| if ptq.values[v].is_const() { None } else { ptq.values[v].quant.as_ref().and_then(|q| q.tensor()).copied() };
+        let new_act = |acts: &mut Vec<ActParam>, act_of: &mut Vec<Option<usize>>, v: ValueId, p: QuantParams| {
+            let learn = learn_scales && (config.learn_input_scales || !ptq.inputs.contains(&v));
+            act_of[v] = Some(acts.len());
+            acts.push(ActParam { base: p, members: vec![v], learn, numel: ptq.values[v].len(), m: Moments::new(1) });
+        };
+        for &i in &ptq.inputs {
+            if let Some(p) = tensor(i) {
+                new_act(&mut acts, &mut act_of, i, p);
+            }
+        }
+        for node in &ptq.nodes {
+            for &o in &node.outputs {
+                let Some(p) = tensor(o) else { continue };
+                let x = node.inputs.first().copied();
+                let follows = role(&node.op) == Role::Follow && x.is_some_and(|x| tensor(x) == Some(p) && act_of[x].is_some());
+                match (follows, x.and_then(|x| act_of[x])) {
+                    (true, Some(root)) => {
+                        act_of[o] = Some(root);
+                        acts[root].members.push(o);
+                    }
+                    _ => new_act(&mut acts, &mut act_of, o, p),
+                }
+            }
+        }
+        state.act_scales = acts.iter().map(|a| a.base.scale).collect();
+
+        let mut spec = TapeSpec { trainable: vec![false; nv], quant: vec![None; nv], scale_grad: vec![false; nv], input_grads: false };
+        for wp in &weights {
+            spec.trainable[wp.value] = wp.train_weights || wp.learn_scales;
+        }
+        for bp in &biases {
+            spec.trainable[bp.value] = true;
+        }
+        for a in &acts {
+            for &m in &a.members {
+                spec.quant[m] = Some(FakeQuant::new(&a.base));
+                spec.scale_grad[m] = a.learn;
+            }
+        }
+        let tape = Tape::new(ptq.clone(), spec)?;
+        let schedule = Schedule { steps, warmup: ((steps as f32 * config.warmup).ceil() as usize).min(steps), min_ratio: config.min_lr_ratio };
+        let cache = TeacherCache { map: HashMap::new(), order: VecDeque::new(), capacity: config.teacher_cache };
+        let mut t = Trainer {
+            mode,
+            steps,
+            template: ptq.clone(),
+            teacher: Fp32Engine::new(float.clone()),
+            tape,
+            weights,
+            biases,
+            acts,
+            act_of,
+            state,
+            opt: AdamW::default(),
+            schedule,
+            loss: Distillation::new(ptq),
+            cache,
+            step: 0,
+            ema: None,
+            best: None,
+            holdout: Vec::new(),
+            history: Vec::new(),
+            dw: Vec::new(),
+            dscale: Vec::new(),
+            config,
+        };
+        t.load_state();
+        Ok(t)
+    }
+
+    pub fn config(&self) -> &QatConfig {
+        &self.config
+    }
+
+    /// The mode in use (the configured one, or the one the weight width chose).
+    pub fn mode(&self) -> QatMode {
+        self.mode
+    }
+
+    /// The length of the schedule.
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+
+    /// Steps done.
+    pub fn steps_done(&self) -> usize {
+        self.step
+    }
+
+    /// The stats of every step so far (the loss curve).
+    pub fn history(&self) -> &[StepStats] {
+        &self.history
+    }
+
+    /// What each output is distilled with (`kl`, `anchor-kl`, `mse`).
+    pub fn losses(&self) -> Vec<&'static str> {
+        self.loss.describe()
+    }
+
+    /// Numbers of trained values: (weights, step sizes, biases).
+    pub fn parameter_counts(&self) -> (usize, usize, usize) {
+        let w = self.weights.iter().zip(&self.state.weights).filter(|(p, _)| p.train_weights).map(|(_, s)| s.0.len()).sum();
+        let s = self.weights.iter().zip(&self.state.weights).filter(|(p, _)| p.learn_scales).map(|(_, s)| s.1.len()).sum::<usize>()
+            + self.acts.iter().filter(|a| a.learn).count();
+        let b = self.state.biases.iter().map(|b| b.len()).sum();
+        (w, s, b)
+    }
+
+    /// Frames to measure the loss on (not trained on): the best weights are then chosen by
+    /// their loss. Their teacher outputs are computed here, once.
+    pub fn set_holdout(&mut self, frames: &[Vec<Vec<f32>>]) -> Result<()> {
+        self.holdout = frames
+            .iter()
+            .map(|f| {
+                let inputs: Vec<&[f32]> = f.iter().map(|v| v.as_slice()).collect();
+                Ok((f.clone(), self.teacher.run(&inputs)?))
+            })
+            .collect::<Result<_>>()?;
+        self.best = None;
+        Ok(())
+    }
+
+    /// Writes the current parameters into the tape: `ŵ`, snapped biases, step sizes.
+    fn load_state(&mut self) {
+        let Trainer { weights, biases, acts, state, tape, .. } = self;
+        for (wp, (latent, scales)) in weights.iter().zip(&state.weights) {
+            let dst = tape.const_data_mut(wp.value);
+            match wp.quant {
+                Some((layout, bits, _)) => fake_quant::quantize_weights(latent, layout, scales, qmax(bits), dst),
+                None => dst.copy_from_slice(latent),
+            }
+        }
+        for (bp, b) in biases.iter().zip(&state.biases) {
+            let data = snapped_bias(bp, b, weights, state, acts, &self.act_of);
+            tape.const_data_mut(bp.value).copy_from_slice(&data);
+        }
+        for (a, &s) in acts.iter().zip(&state.act_scales) {
+            for &m in &a.members {
+                tape.set_quant(m, FakeQuant { scale: s, ..FakeQuant::new(&a.base) });
+            }
+        }
+        tape.prepare();
+    }
+
+    fn check_frame(&self, frame: &[Vec<f32>]) -> Result<()> {
+        let g = self.tape.graph();
+        if frame.len() != g.inputs.len() {
+            return Err(Error::Invalid(format!("the model takes {} inputs, {} were given", g.inputs.len(), frame.len())));
+        }
+        for (&id, x) in g.inputs.iter().zip(frame) {
+            let v = &g.values[id];
+            if x.len() != v.len() {
+                return Err(Error::Input { name: v.name.clone(), msg: format!("has {} values, shape {:?} needs {}", x.len(), v.shape, v.len()) });
+            }
+        }
+        Ok(())
+    }
+
+    /// One optimizer step on `batch` (frames of one tensor per model input): distillation
+    /// loss and gradients frame by frame, then one AdamW update.
+    pub fn step(&mut self, batch: &[Vec<Vec<f32>>]) -> Result<StepStats> {
+        if batch.is_empty() {
+            return Err(Error::Invalid("a QAT step needs at least one frame".into()));
+        }
+        for f in batch {
+            self.check_frame(f)?;
+        }
+        if self.best.is_none() && !self.holdout.is_empty() {
+            let l = self.holdout_loss()?;
+            self.best = Some((l, self.state.clone()));
+        }
+        self.tape.zero_grads();
+        let weight = 1.0 / batch.len() as f32;
+        let mut total = 0f64;
+        for frame in batch {
+            let inputs: Vec<&[f32]> = frame.iter().map(|v| v.as_slice()).collect();
+            let targets = self.cache.get(&self.teacher, &inputs)?;
+            self.tape.forward(&inputs)?;
+            let tape = &self.tape;
+            total += self.loss.frame(|v| tape.value(v), targets, weight, true);
+            let seeds = self.loss.seeds();
+            self.tape.backward(&seeds);
+        }
+        let loss = total / batch.len() as f64;
+        if !loss.is_finite() {
+            return Err(Error::Invalid(format!("the QAT loss diverged ({loss}) at step {}; lower the learning rates", self.step + 1)));
+        }
+        // Without held-out frames: the running mean of the training loss, measured with the
+        // parameters before this update, which are the ones kept when it improves.
+        if self.holdout.is_empty() {
+            let ema = self.ema.map_or(loss, |e| 0.8 * e + 0.2 * loss);
+            self.ema = Some(ema);
+            if self.best.as_ref().is_none_or(|(b, _)| ema < *b) {
+                self.best = Some((ema, self.state.clone()));
+            }
+        }
+        let factor = self.schedule.factor(self.step);
+        self.update(factor);
+        self.step += 1;
+        self.load_state();
+        let mut holdout_loss = None;
+        if !self.holdout.is_empty() && (self.step % self.config.eval_every.max(1) == 0 || self.step == self.steps) {
+            let l = self.holdout_loss()?;
+            holdout_loss = Some(l);
+            if self.best.as_ref().is_none_or(|(b, _)| l < *b) {
+                self.best = Some((l, self.state.clone()));
+            }
+        }
+        let stats = StepStats { step: self.step, loss, lr: self.config.lr * factor, holdout_loss, best_loss: self.best.as_ref().map(|b| b.0) };
+        self.history.push(stats.clone());
+        Ok(stats)
+    }
+
+    /// Runs `batches` steps with frames from `source(step)`, calling `progress` after each;
+    /// stops early when `progress` returns false.
+    pub fn train(&mut self, steps: usize, source: &mut dyn FnMut(usize) -> Result<Vec<Vec<Vec<f32>>>>, progress: &mut dyn FnMut(&StepStats) -> bool) -> Result<()> {
+        for _ in 0..steps {
+            let batch = source(self.step)?;
+            let stats = self.step(&batch)?;
+            if !progress(&stats) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The AdamW update of every parameter from the tape's gradients.
+    fn update(&mut self, factor: f32) {
+        let t = self.step as u32 + 1;
+        let (lr_w, lr_s, lr_b) = (self.config.lr * factor, self.config.scale_lr * factor, self.config.bias_lr * factor);
+        let Trainer { weights, biases, acts, state, tape, opt, dw, dscale, config, .. } = self;
+        for (wp, (latent, scales)) in weights.iter_mut().zip(state.weights.iter_mut()) {
+            let Some(dwhat) = tape.grad(wp.value) else { continue };
+            match wp.quant {
+                None => opt.update(latent, dwhat, &mut wp.mw, t, lr_w, config.weight_decay),
+                Some((layout, bits, _)) => {
+                    let q = qmax(bits);
+                    dscale.clear();
+                    dscale.resize(scales.len(), 0.0);
+                    dw.resize(latent.len(), 0.0);
+                    fake_quant::weights_backward(latent, layout, scales, q, dwhat, wp.train_weights.then_some(&mut dw[..]), dscale);
+                    if wp.train_weights {
+                        opt.update(latent, dw, &mut wp.mw, t, lr_w, config.weight_decay);
+                    }
+                    if wp.learn_scales {
+                        let g = grad_scale(layout.per_channel(), q);
+                        update_log_scales(opt, scales, dscale, g, &mut wp.ms, t, lr_s);
+                    }
+                }
+            }
+        }
+        for (bp, b) in biases.iter_mut().zip(state.biases.iter_mut()) {
+            if let Some(g) = tape.grad(bp.value) {
+                opt.update(b, g, &mut bp.m, t, lr_b, 0.0);
+            }
+        }
+        for (a, s) in acts.iter_mut().zip(state.act_scales.iter_mut()) {
+            if !a.learn {
+                continue;
+            }
+            let ds: f64 = a.members.iter().map(|&m| tape.scale_grad(m)).sum();
+            let g = grad_scale(a.numel, FakeQuant::new(&a.base).positive_levels());
+            let mut one = [*s];
+            update_log_scales(opt, &mut one, &[ds], g, &mut a.m, t, lr_s);
+            *s = one[0];
+        }
+    }
+
+    /// The distillation loss of the current parameters on the held-out frames.
+    fn holdout_loss(&mut self) -> Result<f64> {
+        let mut total = 0f64;
+        for (frame, targets) in &self.holdout {
+            let inputs: Vec<&[f32]> = frame.iter().map(|v| v.as_slice()).collect();
+            self.tape.forward(&inputs)?;
+            let tape = &self.tape;
+            total += self.loss.frame(|v| tape.value(v), targets, 1.0, false);
+        }
+        Ok(total / self.holdout.len().max(1) as f64)
+    }
+
+    /// The mean distillation loss of the current parameters on `frames` (no training).
+    pub fn evaluate(&mut self, frames: &[Vec<Vec<f32>>]) -> Result<f64> {
+        let mut total = 0f64;
+        for frame in frames {
+            self.check_frame(frame)?;
+            let inputs: Vec<&[f32]> = frame.iter().map(|v| v.as_slice()).collect();
+            let targets = self.cache.get(&self.teacher, &inputs)?;
+            self.tape.forward(&inputs)?;
+            let tape = &self.tape;
+            total += self.loss.frame(|v| tape.value(v), targets, 1.0, false);
+        }
+        Ok(total / frames.len().max(1) as f64)
+    }
+
+    /// The training forward (the fake-quantized model with the current parameters) on one
+    /// frame: the graph's outputs.
+    pub fn forward(&mut self, frame: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
+        self.check_frame(frame)?;
+        let inputs: Vec<&[f32]> = frame.iter().map(|v| v.as_slice()).collect();
+        self.tape.forward(&inputs)?;
+        Ok(self.tape.outputs().iter().map(|o| o.to_vec()).collect())
+    }
+
+    /// The float model's outputs on one frame.
+    pub fn teacher(&self, frame: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
+        let inputs: Vec<&[f32]> = frame.iter().map(|v| v.as_slice()).collect();
+        self.teacher.run(&inputs)
+    }
+
+    /// The annotated graph of the current parameters.
+    pub fn graph(&self) -> Result<Graph> {
+        self.export(&self.state)
+    }
+
+    /// The annotated graph of the best parameters so far (the current ones before any step).
+    pub fn best_graph(&self) -> Result<Graph> {
+        self.export(self.best.as_ref().map_or(&self.state, |b| &b.1))
+    }
+
+    /// The best loss so far and the step count it was measured at is not kept; the loss is.
+    pub fn best_loss(&self) -> Option<f64> {
+        self.best.as_ref().map(|b| b.0)
+    }
+
+    /// Ends training: the best graph.
+    pub fn finish(self) -> Result<Graph> {
+        self.best_graph()
+    }
+
+    fn export(&self, state: &State) -> Result<Graph> {
+        let mut g = self.template.clone();
+        for (wp, (latent, scales)) in self.weights.iter().zip(&state.weights) {
+            let v = &mut g.values[wp.value];
+            match wp.quant {
+                Some((layout, bits, axis)) => {
+                    let mut data = vec![0.0; latent.len()];
+                    fake_quant::quantize_weights(latent, layout, scales, qmax(bits), &mut data);
+                    v.data = Some(std::sync::Arc::new(data));
+                    v.quant = Some(Quant::Weight(ChannelParams { scales: scales.clone(), bits, axis }));
+                }
+                None => v.data = Some(std::sync::Arc::new(latent.clone())),
+            }
+        }
+        for (a, &s) in self.acts.iter().zip(&state.act_scales) {
+            for &m in &a.members {
+                g.values[m].quant = Some(Quant::Tensor(QuantParams { scale: s, ..a.base }));
+            }
+        }
+        for (bp, b) in self.biases.iter().zip(&state.biases) {
+            let data = snapped_bias(bp, b, &self.weights, state, &self.acts, &self.act_of);
+            g.values[bp.value].data = Some(std::sync::Arc::new(data));
+        }
+        g.validate()?;
+        Ok(g)
+    }
+}
+
+fn qmax(bits: u32) -> i32 {
+    (1 << (bits - 1)) - 1
+}
+
+/// A bias as the forward and export use it: snapped to the int32 grid of its layer's current
+/// step sizes where the int8 engine holds it in int32, else as trained.
+fn snapped_bias(bp: &BiasParam, b: &[f32], weights: &[WeightParam], state: &State, acts: &[ActParam], act_of: &[Option<usize>]) -> Vec<f32> {
+    let Some((x, wi)) = bp.snap else { return b.to_vec() };
+    let (Some(ai), Some((_, bits, axis))) = (act_of[x], weights[wi].quant) else { return b.to_vec() };
+    let _ = acts;
+    let params = ChannelParams { scales: state.weights[wi].1.clone(), bits, axis };
+    snap_bias(b, state.act_scales[ai], &params)
+}
+
+/// Adam on `ln s` with gradient `s · g_lsq · ∂L/∂s`; the result clamped to the valid scales.
+fn update_log_scales(opt: &AdamW, scales: &mut [f32], ds: &[f64], g_lsq: f64, m: &mut Moments, t: u32, lr: f32) {
+    let mut theta: Vec<f32> = scales.iter().map(|&s| (s as f64).ln() as f32).collect();
+    let grad: Vec<f32> = scales.iter().zip(ds).map(|(&s, &d)| (s as f64 * d * g_lsq) as f32).collect();
+    opt.update(&mut theta, &grad, m, t, lr, 0.0);
+    for ((s, &th), &d) in scales.iter_mut().zip(&theta).zip(ds) {
+        // Untouched channels keep their exact step size (ln/exp would round it).
+        if d != 0.0 || m_nonzero(th, *s) {
+            *s = ((th as f64).exp() as f32).clamp(MIN_SCALE, MAX_SCALE);
+        }
+    }
+}
+
+/// True when `theta` no longer is `ln s` (Adam moved it through its momentum).
+fn m_nonzero(theta: f32, s: f32) -> bool {
+    theta != (s as f64).ln() as f32
+}
+
+/// The PTQ graph must be the float graph annotated: the same nodes on the same value ids.
+fn check_compatible(float: &Graph, ptq: &Graph) -> Result<()> {
+    let bad = |msg: &str| Err(Error::Invalid(format!("QAT: the quantized graph is not the float graph's PTQ result ({msg})")));
+    if !ptq.values.iter().any(|v| v.quant.is_some()) {
+        return bad("it has no quantization annotation");
+    }
+    if ptq.values.len() < float.values.len() || ptq.nodes.len() != float.nodes.len() || ptq.inputs != float.inputs || ptq.outputs != float.outputs {
+        return bad("different values, nodes, inputs or outputs");
+    }
+    for (a, b) in float.nodes.iter().zip(&ptq.nodes) {
+        if a.op != b.op || a.outputs != b.outputs || a.inputs[..a.inputs.len().min(2)] != b.inputs[..a.inputs.len().min(2)] {
+            return bad(&format!("node '{}' differs", a.name));
+        }
+    }
+    for (a, b) in float.values.iter().zip(&ptq.values) {
+        if a.shape != b.shape {
+            return bad(&format!("value '{}' has another shape", a.name));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,412 @@
+//! The training forward and backward over one graph.
+//!
+//! # Forward
+//! Node by node in graph order, each op's training form ([`ops`](super::ops)) runs the FP32
+//! kernels; every value with a [`FakeQuant`] is then replaced by its fake quantization, exactly
+//! as `engine::fp32` does, so the training forward *is* the simulation of the annotated graph.
+//! Two buffers per quantized value survive the frame: the value as its consumers read it
+//! (`vals`) and the value before rounding (`pre`), which the straight-through estimator and the
+//! step-size gradient need. All buffers are allocated once, at the first frame.
+//!
+//! # Backward
+//! Seeds (the loss gradients of some values) are added, then nodes run in reverse: the
+//! gradients of a node's outputs first go through their fake quantization's backward (which
+//! also accumulates `∂L/∂s` per value), then the op adds into zeroed buffers for the inputs
+//! that need a gradient, and the tape sums those into each input's gradient. Gradient buffers of
+//! activations come from a pool and go back to it once their producer has run, so memory is the
+//! activations of one frame plus a few gradients.
+//!
+//! A value needs a gradient when something trainable is upstream of it: a trainable constant,
+//! a quantized value whose step size is learned, or a graph input asked for (tests). Gradients
+//! of trainable constants and of graph inputs accumulate across frames until
+//! [`zero_grads`](Tape::zero_grads).
+//!
+//! Tests: every op through this tape against finite differences (in `ops`), and small graphs
+//! with shared values, several consumers and fake quantization here.
+
+use super::fake_quant::FakeQuant;
+use super::ops::{self, add_into, Bwd, Fwd, Scratch, TrainOp};
+use crate::ir::{Graph, ValueId};
+use crate::{Error, Result};
+
+/// What a tape trains and how it quantizes.
+#[derive(Clone, Debug, Default)]
+pub struct TapeSpec {
+    /// Per value: a constant whose gradient is wanted (its data can be changed, see
+    /// [`Tape::const_data_mut`]).
+    pub trainable: Vec<bool>,
+    /// Per value: the fake quantization of an activation (graph inputs included).
+    pub quant: Vec<Option<FakeQuant>>,
+    /// Per value: accumulate the step-size gradient of its fake quantization.
+    pub scale_grad: Vec<bool>,
+    /// Keep the gradients of the graph inputs (finite-difference tests).
+    pub input_grads: bool,
+}
+
+pub struct Tape {
+    g: Graph,
+    ops: Vec<Box<dyn TrainOp>>,
+    quant: Vec<Option<FakeQuant>>,
+    scale_grad: Vec<bool>,
+    needs: Vec<bool>,
+    /// Gradients kept across backward passes (trainable constants, graph inputs in tests).
+    keep: Vec<bool>,
+    /// Current data of trainable constants.
+    consts: Vec<Option<Vec<f32>>>,
+    vals: Vec<Vec<f32>>,
+    pre: Vec<Vec<f32>>,
+    aux: Vec<Vec<f32>>,
+    grads: Vec<Option<Vec<f32>>>,
+    scale_grads: Vec<f64>,
+    pool: Vec<Vec<f32>>,
+    scratch: Scratch,
+    zeros: Vec<f32>,
+    prepared: bool,
+}
+
+impl Tape {
+    pub fn new(g: Graph, spec: TapeSpec) -> Result<Tape> {
+        g.validate()?;
+        let nv = g.values.len();
+        let get = |v: &[bool], i: usize| v.get(i).copied().unwrap_or(false);
+        let mut quant = spec.quant.clone();
+        quant.resize(nv, None);
+        let mut needs = vec![false; nv];
+        let mut keep = vec![false; nv];
+        let mut consts = vec![None; nv];
+        for v in 0..nv {
+            let value = &g.values[v];
+            if value.is_const() {
+                quant[v] = None; // constants already hold their quantized data
+                if get(&spec.trainable, v) {
+                    needs[v] = true;
+                    keep[v] = true;
+                    consts[v] = value.data.as_ref().map(|d| d.to_vec());
+                }
+            } else if quant[v].is_some() && get(&spec.scale_grad, v) {
+                needs[v] = true;
+            }
+        }
+        if spec.input_grads {
+            for &i in &g.inputs {
+                needs[i] = true;
+                keep[i] = true;
+            }
+        }
+        for node in &g.nodes {
+            if node.inputs.iter().any(|&i| needs[i]) {
+                node.outputs.iter().for_each(|&o| needs[o] = true);
+            }
+        }
+        let ops = g
+            .nodes
+            .iter()
+            .map(|node| {
+                let wants: Vec<bool> = node.inputs.iter().map(|&i| needs[i]).collect();
+                ops::build(&g, node, &wants)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let scale_grad = (0..nv).map(|v| get(&spec.scale_grad, v) && quant[v].is_some()).collect();
+        let max_out = g.nodes.iter().flat_map(|n| n.outputs.iter().map(|&o| g.values[o].len())).max().unwrap_or(0);
+        Ok(Tape {
+            ops,
+            quant,
+            scale_grad,
+            needs,
+            keep,
+            consts,
+            vals: vec![Vec::new(); nv],
+            pre: vec![Vec::new(); nv],
+            aux: vec![Vec::new(); g.nodes.len()],
+            grads: vec![None; nv],
+            scale_grads: vec![0.0; nv],
+            pool: Vec::new(),
+            scratch: Scratch::default(),
+            zeros: vec![0.0; max_out],
+            prepared: false,
+            g,
+        })
+    }
+
+    pub fn graph(&self) -> &Graph {
+        &self.g
+    }
+
+    /// The current data of a trainable constant, to change before the next
+    /// [`prepare`](Self::prepare) (the next forward prepares if needed).
+    pub fn const_data_mut(&mut self, v: ValueId) -> &mut [f32] {
+        self.prepared = false;
+        self.consts[v].as_deref_mut().expect("only trainable constants change")
+    }
+
+    /// The data of a constant as the forward reads it.
+    pub fn const_data(&self, v: ValueId) -> Option<&[f32]> {
+        self.consts[v].as_deref().or_else(|| self.g.const_data(v))
+    }
+
+    /// Changes the fake quantization of an activation (a learned step size).
+    pub fn set_quant(&mut self, v: ValueId, q: FakeQuant) {
+        assert!(self.quant[v].is_some(), "only quantized values change their quantization");
+        self.quant[v] = Some(q);
+    }
+
+    pub fn quant(&self, v: ValueId) -> Option<FakeQuant> {
+        self.quant[v]
+    }
+
+    /// True when value `v` gets a gradient.
+    pub fn needs_grad(&self, v: ValueId) -> bool {
+        self.needs[v]
+    }
+
+    /// Packs every op's constants (weights): once per optimizer step.
+    pub fn prepare(&mut self) {
+        let Tape { g, ops, consts, .. } = self;
+        for (node, op) in g.nodes.iter().zip(ops.iter_mut()) {
+            let data: Vec<Option<&[f32]>> = node.inputs.iter().map(|&i| consts[i].as_deref().or_else(|| g.const_data(i))).collect();
+            op.prepare(&data);
+        }
+        self.prepared = true;
+    }
+
+    /// Runs one frame (one tensor per graph input), keeping what the backward needs.
+    pub fn forward(&mut self, inputs: &[&[f32]]) -> Result<()> {
+        if !self.prepared {
+            self.prepare();
+        }
+        let Tape { g, ops, quant, consts, vals, pre, aux, scratch, .. } = self;
+        if inputs.len() != g.inputs.len() {
+            return Err(Error::Invalid(format!("the model takes {} inputs, {} were given", g.inputs.len(), inputs.len())));
+        }
+        for (&id, x) in g.inputs.iter().zip(inputs) {
+            let v = &g.values[id];
+            if x.len() != v.len() {
+                return Err(Error::Input { name: v.name.clone(), msg: format!("has {} values, shape {:?} needs {}", x.len(), v.shape, v.len()) });
+            }
+            vals[id].resize(x.len(), 0.0);
+            match quant[id] {
+                Some(q) => {
+                    pre[id].clear();
+                    pre[id].extend_from_slice(x);
+                    q.forward(x, &mut vals[id]);
+                }
+                None => vals[id].copy_from_slice(x),
+            }
+        }
+        for (n, node) in g.nodes.iter().enumerate() {
+            let mut outs: Vec<Vec<f32>> = node
+                .outputs
+                .iter()
+                .map(|&o| {
+                    let mut b = std::mem::take(if quant[o].is_some() { &mut pre[o] } else { &mut vals[o] });
+                    b.resize(g.values[o].len(), 0.0);
+                    b
+                })
+                .collect();
+            {
+                let args: Vec<&[f32]> = node.inputs.iter().map(|&i| consts[i].as_deref().or_else(|| g.const_data(i)).unwrap_or(&vals[i])).collect();
+                ops[n].forward(&mut Fwd { x: &args, y: &mut outs, aux: &mut aux[n], scratch });
+            }
+            for (&o, b) in node.outputs.iter().zip(outs) {
+                match quant[o] {
+                    Some(q) => {
+                        vals[o].resize(b.len(), 0.0);
+                        q.forward(&b, &mut vals[o]);
+                        pre[o] = b;
+                    }
+                    None => vals[o] = b,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A value of the last forward as its consumers read it (fake-quantized where annotated).
+    pub fn value(&self, v: ValueId) -> &[f32] {
+        self.const_data(v).unwrap_or(&self.vals[v])
+    }
+
+    /// A value of the last forward before fake quantization.
+    pub fn pre_quant(&self, v: ValueId) -> &[f32] {
+        if self.quant[v].is_some() {
+            &self.pre[v]
+        } else {
+            self.value(v)
+        }
+    }
+
+    /// The graph outputs of the last forward.
+    pub fn outputs(&self) -> Vec<&[f32]> {
+        self.g.outputs.iter().map(|&o| self.value(o)).collect()
+    }
+
+    /// Zeroes the kept gradients and the step-size gradients.
+    pub fn zero_grads(&mut self) {
+        for (g, &k) in self.grads.iter_mut().zip(&self.keep) {
+            if k {
+                if let Some(g) = g {
+                    g.fill(0.0);
+                }
+            }
+        }
+        self.scale_grads.fill(0.0);
+    }
+
+    /// The accumulated gradient of a trainable constant or (tests) a graph input.
+    pub fn grad(&self, v: ValueId) -> Option<&[f32]> {
+        self.grads[v].as_deref()
+    }
+
+    /// The accumulated `Σ ∂L/∂x̂ · ∂x̂/∂s` of a quantized value (without the LSQ factor).
+    pub fn scale_grad(&self, v: ValueId) -> f64 {
+        self.scale_grads[v]
+    }
+
+    fn acquire(pool: &mut Vec<Vec<f32>>, len: usize) -> Vec<f32> {
+        let i = pool.iter().position(|b| b.capacity() >= len).or(if pool.is_empty() { None } else { Some(pool.len() - 1) });
+        let mut b = i.map(|i| pool.swap_remove(i)).unwrap_or_default();
+        b.clear();
+        b.resize(len, 0.0);
+        b
+    }
+
+    fn accumulate(grads: &mut [Option<Vec<f32>>], pool: &mut Vec<Vec<f32>>, v: ValueId, d: Vec<f32>) {
+        match &mut grads[v] {
+            Some(g) => {
+                add_into(g, &d);
+                pool.push(d);
+            }
+            slot @ None => *slot = Some(d),
+        }
+    }
+
+    /// Backward of the last forward from `seeds` (`∂L/∂v` of some values, as consumers read
+    /// them). Gradients of trainable constants and step sizes accumulate.
+    pub fn backward(&mut self, seeds: &[(ValueId, &[f32])]) {
+        let Tape { g, ops, quant, scale_grad, needs, keep, consts, vals, pre, aux, grads, scale_grads, pool, scratch, zeros, .. } = self;
+        for &(v, s) in seeds {
+            if needs[v] {
+                let mut b = Self::acquire(pool, s.len());
+                b.copy_from_slice(s);
+                Self::accumulate(grads, pool, v, b);
+            }
+        }
+        for (n, node) in g.nodes.iter().enumerate().rev() {
+            if !node.outputs.iter().any(|&o| grads[o].is_some()) {
+                continue;
+            }
+            for &o in &node.outputs {
+                if let (Some(q), Some(gr)) = (quant[o], grads[o].as_deref_mut()) {
+                    let ds = q.backward(&pre[o], gr);
+                    if scale_grad[o] {
+                        scale_grads[o] += ds;
+                    }
+                }
+            }
+            if node.inputs.iter().any(|&i| needs[i]) {
+                let mut dx: Vec<Option<Vec<f32>>> = node.inputs.iter().map(|&i| needs[i].then(|| Self::acquire(pool, g.values[i].len()))).collect();
+                {
+                    let args: Vec<&[f32]> = node.inputs.iter().map(|&i| consts[i].as_deref().or_else(|| g.const_data(i)).unwrap_or(&vals[i])).collect();
+                    let ys: Vec<&[f32]> = node.outputs.iter().map(|&o| if quant[o].is_some() { &pre[o][..] } else { &vals[o][..] }).collect();
+                    let dys: Vec<&[f32]> = node.outputs.iter().map(|&o| grads[o].as_deref().unwrap_or(&zeros[..g.values[o].len()])).collect();
+                    ops[n].backward(&mut Bwd { x: &args, y: &ys, aux: &aux[n], dy: &dys, dx: &mut dx, scratch });
+                }
+                for (&i, d) in node.inputs.iter().zip(dx) {
+                    if let Some(d) = d {
+                        Self::accumulate(grads, pool, i, d);
+                    }
+                }
+            }
+            for &o in &node.outputs {
+                if let Some(b) = grads[o].take() {
+                    pool.push(b);
+                }
+            }
+        }
+        for &i in &g.inputs {
+            if let (Some(q), Some(gr)) = (quant[i], grads[i].as_deref_mut()) {
+                let ds = q.backward(&pre[i], gr);
+                if scale_grad[i] {
+                    scale_grads[i] += ds;
+                }
+            }
+            if !keep[i] {
+                if let Some(b) = grads[i].take() {
+                    pool.push(b);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::gradcheck::{check_graph, Builder};
+    use super::*;
+    use crate::ir::{Activation, BinaryOp, Op};
+    use crate::quant::params::from_range;
+
+    #[test]
+    fn shared_values_and_several_consumers_sum_their_gradients() {
+        // y = tanh(W x) · (W x) + (W x): the conv output is read three times, and a second
+        // conv shares the weight of the first.
+        let mut b = Builder::new(11);
+        let x = b.input("x", &[1, 3, 5, 4]);
+        let w = b.konst("w", &[3, 3, 1, 1]);
+        let c = b.conv("c", x, w, None, [1, 1], 1, [0; 4], 1, 1, Activation::Identity);
+        let t = b.one("t", Op::Activation(Activation::Tanh), &[c]);
+        let m = b.one("m", Op::Binary(BinaryOp::Mul), &[t, c]);
+        let a = b.one("a", Op::Binary(BinaryOp::Add), &[m, c]);
+        let c2 = b.conv("c2", a, w, None, [1, 1], 1, [0; 4], 1, 1, Activation::Identity);
+        let (g, inputs) = b.finish(&[c2, t]);
+        check_graph(&g, &inputs, 1e-2, 2e-3, 0);
+    }
+
+    #[test]
+    fn fake_quantized_values_pass_gradients_straight_through_inside_their_range() {
+        // x -> FQ -> Sigmoid -> FQ -> y, compared with the same graph without quantization
+        // seen through the estimator: inside the range the gradient is the float one at x̂.
+        let mut b = Builder::new(2);
+        let x = b.input("x", &[2, 7]);
+        let y = b.one("y", Op::Activation(Activation::Sigmoid), &[x]);
+        let (g, inputs) = b.finish(&[y]);
+        let qx = FakeQuant::new(&from_range(-1.0, 1.0, 8, false));
+        let qy = FakeQuant::new(&from_range(0.0, 0.6, 8, false));
+        let mut quant = vec![None; g.values.len()];
+        quant[x] = Some(qx);
+        quant[y] = Some(qy);
+        let spec = TapeSpec { quant, scale_grad: vec![true; g.values.len()], input_grads: true, ..Default::default() };
+        let mut tape = Tape::new(g.clone(), spec).unwrap();
+        let data = &inputs[0];
+        tape.forward(&[data]).unwrap();
+        let seed: Vec<f32> = (0..14).map(|i| (i as f32 - 6.0) * 0.1).collect();
+        tape.backward(&[(y, &seed)]);
+        let dx = tape.grad(x).unwrap();
+        let mut expected_ds_y = 0f64;
+        for i in 0..14 {
+            let xh = qx.apply(data[i]);
+            let s = 1.0 / (1.0 + (-xh).exp());
+            // ŷ's own estimator: clipped above 0.6 (the range of y).
+            let ty = s / qy.scale;
+            let ry = ty.round_ties_even();
+            let inside_y = ry + qy.zero_point as f32 <= qy.qmax as f32;
+            expected_ds_y += (seed[i] * if inside_y { ry - ty } else { (qy.qmax - qy.zero_point) as f32 }) as f64;
+            let rx = (data[i] / qx.scale).round_ties_even() + qx.zero_point as f32;
+            let inside_x = rx >= qx.qmin as f32 && rx <= qx.qmax as f32;
+            let expected = if inside_y && inside_x { seed[i] * s * (1.0 - s) } else { 0.0 };
+            assert!((dx[i] - expected).abs() < 1e-6, "{i}: {} vs {expected}", dx[i]);
+        }
+        assert!((tape.scale_grad(y) - expected_ds_y).abs() < 1e-5);
+        assert_eq!(tape.value(y), {
+            let mut sim = vec![0.0; 14];
+            let e = crate::engine::Fp32Engine::new({
+                let mut q = g.clone();
+                q.values[x].quant = Some(crate::quant::Quant::Tensor(from_range(-1.0, 1.0, 8, false)));
+                q.values[y].quant = Some(crate::quant::Quant::Tensor(from_range(0.0, 0.6, 8, false)));
+                q
+            });
+            sim.copy_from_slice(&e.run(&[data]).unwrap()[0]);
+            sim
+        });
+    }
+}

@@ -1,0 +1,223 @@
+// Our ONNX export and QDQ import against onnxruntime (onnxruntime-web's wasm backend, in Node),
+// on the shipped models and real images, through the native CLI (`make test-ort` builds it):
+// - float exports run in onnxruntime like in our engine;
+// - onnxruntime's own QDQ files (tests/fixtures/ort-qdq/, quantize_static output) run in our
+//   engine like in onnxruntime;
+// - our re-export of those QDQ files runs in onnxruntime exactly as the originals do;
+// - onnx's checker accepts every file we write (tests/ort/check_onnx.py, Python `onnx`).
+//
+// Quantized outputs are compared in quantization steps (the output's scale, from
+// `inspect --json`). onnxruntime runs a QDQ file two ways: graph optimisations off (each
+// DequantizeLinear -> float op -> QuantizeLinear, the arithmetic of our FP32 simulation) and
+// on (fused integer kernels). A float sum landing on a rounding tie flips one step, and the
+// flip spreads through later layers, so two correct runtimes agree exactly only where no tie
+// occurs; elsewhere we require our distance to onnxruntime to stay within the distance
+// between onnxruntime's own two executions (see `withinSpread`).
+
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import path from 'node:path';
+import { before, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import * as ort from 'onnxruntime-web';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const CLI = process.env.QP_CLI ?? path.join(ROOT, 'target/debug/quant-playground');
+const OUT = path.join(ROOT, 'target/ort-test');
+const FIXTURES = path.join(ROOT, 'tests/fixtures/ort-qdq');
+
+ort.env.wasm.numThreads = 1;
+
+const MODELS = [
+  { name: 'efficientnet_lite0', args: ['--preset', 'lite'], input: 'input', classifier: true },
+  { name: 'blazeface_front_128', args: ['--preset', 'signed'], input: 'input:0', classifier: false },
+  { name: 'ppocr_cls_mobile_v2', args: ['--preset', 'ppocr', '--input-shape', 'x=1,3,48,192'], input: 'x', classifier: true },
+];
+const IMAGES = ['coffee.png', 'astronaut.png', 'text.png'];
+const STORAGES = ['u8', 's8'];
+
+const fileNameFor = (name) => name.replace(/[^A-Za-z0-9]/g, '_');
+const shapeArgs = (m) => m.args.filter((a, i) => a === '--input-shape' || m.args[i - 1] === '--input-shape');
+
+function cli(...args) {
+  return execFileSync(CLI, args, { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+/** Reads a little-endian float32 .npy (what `quant-playground run` writes). */
+function readNpy(file) {
+  const buf = readFileSync(file);
+  assert.equal(buf.toString('latin1', 1, 6), 'NUMPY', `${file} is not .npy`);
+  const major = buf[6];
+  const headerLen = major === 1 ? buf.readUInt16LE(8) : buf.readUInt32LE(8);
+  const start = major === 1 ? 10 : 12;
+  const header = buf.toString('latin1', start, start + headerLen);
+  assert.match(header, /'descr': '<f4'/, `${file}: float32 expected`);
+  const shape = [...header.match(/'shape': \(([^)]*)\)/)[1].matchAll(/\d+/g)].map((d) => Number(d[0]));
+  const bytes = buf.subarray(start + headerLen);
+  const data = new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length));
+  return { shape, data };
+}
+
+const summaries = new Map();
+function summary(file, m) {
+  if (!summaries.has(file)) summaries.set(file, JSON.parse(cli('inspect', '--json', file, ...shapeArgs(m))));
+  return summaries.get(file);
+}
+
+/** Our engine on `file` and an image: the input it fed and its outputs, by name. The FP32
+ * engine (the simulation of a quantized model) unless `engine` is 'int8'. */
+function ours(file, m, image, engine = 'fp32') {
+  const dir = path.join(OUT, 'runs', `${path.basename(file)}.${image}.${engine}`);
+  const int8 = engine === 'int8' ? ['--int8'] : [];
+  cli('run', file, '--image', path.join(ROOT, 'models/images', image), '--out', dir, '--save-inputs', ...int8, ...m.args);
+  const input = readNpy(path.join(dir, `${fileNameFor(m.input)}.input.npy`));
+  const outputs = new Map(summary(file, m).outputs.map((o) => [o.name, readNpy(path.join(dir, `${fileNameFor(o.name)}.npy`)).data]));
+  return { input, outputs };
+}
+
+const sessions = new Map();
+/** onnxruntime-web (wasm) on `file`, graph optimisations 'disabled' or 'all'. */
+async function onnxruntime(file, m, input, level) {
+  const key = `${file}:${level}`;
+  if (!sessions.has(key)) {
+    sessions.set(key, await ort.InferenceSession.create(readFileSync(file), { executionProviders: ['wasm'], graphOptimizationLevel: level }));
+  }
+  const session = sessions.get(key);
+  const results = await session.run({ [m.input]: new ort.Tensor('float32', input.data, input.shape) });
+  return new Map(session.outputNames.map((n) => [n, results[n].data]));
+}
+
+const argmax = (v) => v.reduce((best, x, i) => (x > v[best] ? i : best), 0);
+
+/** Per element |a - b| / step: max and mean. */
+function steps(a, b, step) {
+  assert.equal(a.length, b.length);
+  let max = 0;
+  let sum = 0;
+  for (let i = 0; i < a.length; i++) {
+    const d = Math.abs(a[i] - b[i]) / step;
+    max = Math.max(max, d);
+    sum += d;
+  }
+  return { max, mean: sum / a.length };
+}
+
+/** Our distance to onnxruntime within 1 step, or within twice onnxruntime's own spread. */
+function withinSpread(d, spread) {
+  return d.max <= Math.max(1.001, 2 * spread.max + 0.001) && d.mean <= Math.max(0.6, 2 * spread.mean);
+}
+
+const exported = [];
+before(() => {
+  assert.ok(existsSync(CLI), `${CLI} is missing: cargo build --bin quant-playground (make test-ort does)`);
+  rmSync(OUT, { recursive: true, force: true });
+  mkdirSync(OUT, { recursive: true });
+  for (const m of MODELS) {
+    const out = path.join(OUT, `${m.name}.float.onnx`);
+    cli('export', path.join(ROOT, 'models', `${m.name}.onnx`), '--out', out, ...shapeArgs(m));
+    exported.push(out);
+    for (const s of STORAGES) {
+      const reexport = path.join(OUT, `${m.name}.${s}.reexport.onnx`);
+      cli('export', path.join(FIXTURES, `${m.name}.${s}.onnx`), '--out', reexport, ...shapeArgs(m));
+      exported.push(reexport);
+    }
+  }
+});
+
+test("onnx's checker accepts every exported file", () => {
+  const out = execFileSync('python3', [path.join(ROOT, 'tests/ort/check_onnx.py'), ...exported], { encoding: 'utf8' });
+  assert.equal(out.trim().split('\n').filter((l) => l.startsWith('ok ')).length, exported.length, out);
+});
+
+test('float exports run in onnxruntime like in our engine', async () => {
+  for (const m of MODELS) {
+    const file = path.join(OUT, `${m.name}.float.onnx`);
+    for (const image of IMAGES.slice(0, 2)) {
+      const { input, outputs } = ours(file, m, image);
+      const theirs = await onnxruntime(file, m, input, 'all');
+      for (const [name, data] of outputs) {
+        const ref = theirs.get(name);
+        assert.ok(ref, `${m.name}: onnxruntime has no output '${name}'`);
+        const scale = ref.reduce((a, x) => Math.max(a, Math.abs(x)), 0);
+        const err = steps(data, ref, scale).max;
+        assert.ok(err <= 1e-4, `${m.name} ${image} ${name}: relative error ${err}`);
+      }
+    }
+  }
+});
+
+test("onnxruntime's QDQ files run in our engine as in onnxruntime", async () => {
+  const report = [];
+  for (const m of MODELS) {
+    for (const s of STORAGES) {
+      const file = path.join(FIXTURES, `${m.name}.${s}.onnx`);
+      const outputs = summary(file, m).outputs;
+      assert.ok(summary(file, m).quantized, `${file} imports as quantized`);
+      for (const image of IMAGES) {
+        const run = ours(file, m, image);
+        const plain = await onnxruntime(file, m, run.input, 'disabled');
+        const fused = await onnxruntime(file, m, run.input, 'all');
+        for (const o of outputs) {
+          assert.ok(o.quant?.kind === 'tensor', `${file}: output ${o.name} is quantized`);
+          const step = o.quant.scale;
+          const d = steps(run.outputs.get(o.name), plain.get(o.name), step);
+          const spread = steps(fused.get(o.name), plain.get(o.name), step);
+          report.push(`${m.name}.${s} ${image} ${o.name}: ours-ort max ${d.max.toFixed(1)} mean ${d.mean.toFixed(3)} steps; ort's own spread max ${spread.max.toFixed(1)} mean ${spread.mean.toFixed(3)}`);
+          assert.ok(withinSpread(d, spread), report.at(-1));
+          if (m.classifier) {
+            assert.equal(argmax(run.outputs.get(o.name)), argmax(plain.get(o.name)), `${m.name}.${s} ${image}: top-1`);
+          }
+        }
+      }
+    }
+  }
+  console.log(report.join('\n'));
+});
+
+// The int8 engine against onnxruntime's integer kernels (graph optimisations on). Marked todo:
+// it runs, and is reported, but it does not yet stay within onnxruntime's own spread (see the
+// report it prints); when it does, drop the todo.
+test("onnxruntime's QDQ files run on our int8 engine as in onnxruntime", { todo: 'the int8 engine is not yet within onnxruntime\'s spread' }, async () => {
+  const report = [];
+  let ok = true;
+  for (const m of MODELS) {
+    for (const s of STORAGES) {
+      const file = path.join(FIXTURES, `${m.name}.${s}.onnx`);
+      for (const image of IMAGES) {
+        const run = ours(file, m, image, 'int8');
+        const plain = await onnxruntime(file, m, run.input, 'disabled');
+        const fused = await onnxruntime(file, m, run.input, 'all');
+        for (const o of summary(file, m).outputs) {
+          const d = steps(run.outputs.get(o.name), fused.get(o.name), o.quant.scale);
+          const spread = steps(fused.get(o.name), plain.get(o.name), o.quant.scale);
+          const top1 = !m.classifier || argmax(run.outputs.get(o.name)) === argmax(fused.get(o.name));
+          report.push(`${m.name}.${s} ${image} ${o.name}: int8-ort max ${d.max.toFixed(1)} mean ${d.mean.toFixed(3)} steps (spread max ${spread.max.toFixed(1)}), top-1 ${top1 ? 'same' : 'DIFFERS'}`);
+          ok &&= top1 && withinSpread(d, spread);
+        }
+      }
+    }
+  }
+  console.log(report.join('\n'));
+  assert.ok(ok, 'the int8 engine is outside onnxruntime\'s spread somewhere (see the report)');
+});
+
+test('our re-export of QDQ files runs in onnxruntime as the original does', async () => {
+  for (const m of MODELS) {
+    for (const s of STORAGES) {
+      const original = path.join(FIXTURES, `${m.name}.${s}.onnx`);
+      const reexport = path.join(OUT, `${m.name}.${s}.reexport.onnx`);
+      const a = ours(original, m, IMAGES[1]);
+      const b = ours(reexport, m, IMAGES[1]);
+      for (const o of summary(original, m).outputs) {
+        assert.deepEqual(b.outputs.get(o.name), a.outputs.get(o.name), `${m.name}.${s}: our engine on the re-export`);
+      }
+      const theirs = await onnxruntime(original, m, a.input, 'disabled');
+      const mine = await onnxruntime(reexport, m, a.input, 'disabled');
+      for (const o of summary(original, m).outputs) {
+        const d = steps(mine.get(o.name), theirs.get(o.name), o.quant.scale);
+        assert.ok(d.max <= 1.001, `${m.name}.${s} ${o.name}: onnxruntime on our re-export differs by ${d.max} steps`);
+      }
+    }
+  }
+});

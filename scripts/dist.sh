@@ -20,6 +20,8 @@ node --input-type=module -e '
   [ -d "$dir" ] || { echo "[dist] $dir is missing: run make setup (npm ci)" >&2; exit 1; }
   mkdir -p "dist/vendor/$name"
   cp -r "$dir"/. "dist/vendor/$name/"
+  # The package's licence travels with it (it sits next to dist/ in the package).
+  for f in "$dir"/../LICENSE*; do if [ -f "$f" ]; then cp "$f" "dist/vendor/$name/"; fi; done
 done
 
 # The headers the page needs, in the _headers format that several static hosts read

@@ -187,26 +187,27 @@ export class HistogramChart extends Chart {
   }
 }
 
-/** The QAT loss per step, appended to as training reports. */
+/** The QAT loss per step (and the held-out loss where measured), appended to as training reports. */
 export class LossChart extends Chart {
   constructor(container) {
     super(container, 180);
-    this.steps = [];
-    this.losses = [];
+    this.reset();
   }
 
   reset() {
     this.steps = [];
     this.losses = [];
+    this.holdout = [];
     this.#draw();
   }
 
-  push(step, loss) {
+  /** @param {number} step @param {number} loss @param {number | null} [holdout] */
+  push(step, loss, holdout = null) {
     if (!Number.isFinite(loss)) return;
     this.steps.push(step);
     this.losses.push(loss);
-    if (this.plot) this.plot.setData([this.steps, this.losses]);
-    else this.#draw();
+    this.holdout.push(Number.isFinite(holdout) ? holdout : null);
+    this.plot.setData([this.steps, this.losses, this.holdout]);
   }
 
   #draw() {
@@ -217,9 +218,13 @@ export class LossChart extends Chart {
         cursor: { drag: { x: false, y: false } },
         scales: { x: { time: false }, y: { auto: true } },
         axes: [axis(t, { label: 'step' }), axis(t, { label: 'loss', size: 56 })],
-        series: [{ label: 'step' }, { label: 'loss', stroke: t.qat, width: 2, points: { show: false } }],
+        series: [
+          { label: 'step' },
+          { label: 'training loss', stroke: t.qat, width: 2, points: { show: false } },
+          { label: 'held-out', stroke: t.accent, width: 2, dash: [6, 4], spanGaps: true, points: { show: true, size: 5 } },
+        ],
       },
-      [this.steps, this.losses],
+      [this.steps, this.losses, this.holdout],
     );
   }
 }

@@ -1,33 +1,37 @@
 // Frames: the webcam, decoded images, and the calibration set the page keeps (so that a
 // restarted engine can be given the same frames again). Frames are ImageBitmaps, scaled so
-// their long side is at most MAX_SIDE: enough for any model input the page meets, and small
-// enough to keep a few hundred.
+// their long side is at most MAX_SIDE (what the panes show) or CALIBRATION_SIDE (what the
+// calibration set keeps: enough for the usual model inputs, and 128 frames stay under 90 MB).
 
 export const MAX_SIDE = 640;
-export const MAX_FRAMES = 256;
+export const CALIBRATION_SIDE = 480;
+export const MAX_FRAMES = 128;
 
-/** Scales a bitmap (or any image source) down to MAX_SIDE; closes `source` if it is a bitmap it replaced. */
-export async function fitBitmap(source, width, height) {
-  const scale = Math.min(1, MAX_SIDE / Math.max(width, height));
-  if (scale === 1 && source instanceof ImageBitmap) return source;
+/**
+ * A copy of an image source scaled down to `maxSide`. A bitmap `source` is closed (consumed)
+ * unless `keep`; without `keep` a bitmap already small enough is returned as is.
+ */
+export async function fitBitmap(source, width, height, maxSide = MAX_SIDE, { keep = false } = {}) {
+  const scale = Math.min(1, maxSide / Math.max(width, height));
+  if (scale === 1 && source instanceof ImageBitmap && !keep) return source;
   const bitmap = await createImageBitmap(source, {
     resizeWidth: Math.max(1, Math.round(width * scale)),
     resizeHeight: Math.max(1, Math.round(height * scale)),
     resizeQuality: 'high',
   });
-  if (source instanceof ImageBitmap) source.close();
+  if (source instanceof ImageBitmap && !keep) source.close();
   return bitmap;
 }
 
 /** Decodes an image file or blob; the error names the file. */
-export async function decodeImage(blob, name = 'image') {
+export async function decodeImage(blob, name = 'image', maxSide = MAX_SIDE) {
   let bitmap;
   try {
     bitmap = await createImageBitmap(blob);
   } catch {
     throw new Error(`${name} could not be decoded as an image`);
   }
-  return fitBitmap(bitmap, bitmap.width, bitmap.height);
+  return fitBitmap(bitmap, bitmap.width, bitmap.height, maxSide);
 }
 
 /** Fetches and decodes one of the shipped images. */
@@ -103,11 +107,11 @@ export class Camera extends EventTarget {
     else this.#set('off');
   }
 
-  /** The current frame as a bitmap (scaled to MAX_SIDE), or null when off. */
-  async grab() {
+  /** The current frame as a bitmap (scaled to `maxSide`), or null when off. */
+  async grab(maxSide = MAX_SIDE) {
     if (!this.on || !this.video.videoWidth) return null;
     const { videoWidth: w, videoHeight: h } = this.video;
-    const scale = Math.min(1, MAX_SIDE / Math.max(w, h));
+    const scale = Math.min(1, maxSide / Math.max(w, h));
     return createImageBitmap(this.video, { resizeWidth: Math.round(w * scale), resizeHeight: Math.round(h * scale) });
   }
 

@@ -11,15 +11,21 @@
 // `qp:engine-ready` (detail: engine info) and `qp:model-loaded` (detail: model name).
 
 import { agreement, classNames, detectTask, interpret } from './decode.js';
+import { installDropZone } from './dropzone.js';
+import { Insight, loadCharts } from './insight.js';
 import { EngineClient } from './engine-client.js';
-import { Camera, FrameStore, MAX_FRAMES, decodeImage, loadSample } from './frames.js';
+import { CALIBRATION_SIDE, Camera, FrameStore, MAX_FRAMES, decodeImage, fitBitmap, loadSample } from './frames.js';
+import { renderModelCard } from './model-card.js';
 import { BUNDLED, DEFAULT_MODEL, SAMPLE_IMAGES, bundledByFile, head, isImageKind, sniff } from './models.js';
 import { Pane, VARIANTS } from './panes.js';
 import * as pre from './preprocess.js';
-import { fidelityLine, readHistogram, readLayers, sqnrByNode, worstNodes } from './reports.js';
-import { $, download, errorMessage, field, formatBytes, formatDuration, formatMs, formatShape, h, notice } from './ui.js';
+import { fidelityLine, readLayers, sqnrByNode, worstNodes } from './reports.js';
+import { $, download, errorMessage, field, formatBytes, formatDuration, formatShape, h, notice } from './ui.js';
 
 const STATES = ['loading', 'ready', 'error'];
+
+// For watchdog.js: the page's modules loaded and main.js runs.
+document.documentElement.dataset.started = 'true';
 
 // A tiny module using SIMD128 (i8x16.splat, i8x16.popcnt): validates only where the
 // browser implements the feature the engine is built with.
@@ -280,6 +286,9 @@ async function loadModel(bytes, name, { inputShapes, bundled = bundledByFile(nam
     return;
   }
   const keep = bytes.slice(0);
+  // Calibration and training belong to the model being replaced: stop them first.
+  if (ptqJob) ptqJob.cancelled = true;
+  qatRun?.cancel();
   setModelBusy(true);
   setModelStatus(`Loading ${name}…`);
   try {
@@ -302,10 +311,11 @@ async function modelLoaded({ name, bytes, inputShapes, summary, bundled }) {
   }
   const input = summary.inputs[0];
   const image = summary.inputs.length === 1 && !!pre.imageLayout(input?.shape);
+  const sameModel = state.model?.name === name; // the same file again, with other input shapes
   state.model = { name, bytes, inputShapes, summary, bundled, task, names, image };
-  // The input: the webcam when it runs, else the bundled model's own sample, else as it was.
+  // The input: the webcam when it runs, else a new bundled model's own sample, else as it was.
   if (camera.on) state.source = 'webcam';
-  else if (bundled) state.source = `sample:${bundled.image}`;
+  else if (bundled && !sameModel) state.source = `sample:${bundled.image}`;
   else if (state.source === 'webcam') state.source = `sample:${DEFAULT_MODEL.image}`;
   resetPtq('');
   resetQat('');
@@ -317,7 +327,7 @@ async function modelLoaded({ name, bytes, inputShapes, summary, bundled }) {
     renderPreprocess();
   }
   pendingPreprocess = null;
-  renderModel(summary, task);
+  renderModelCard(summary, task, names);
   renderLayerList();
   markBundled(bundled);
   for (const p of Object.values(panes)) p.resetMetrics();
@@ -339,68 +349,6 @@ function imagenetLabels() {
     })
     .then((text) => text.split('\n').map((l) => l.trim()).filter(Boolean));
   return state.imagenet;
-}
-
-const TASK_LABELS = {
-  classification: (t, m) => `Classification: ${t.classes} classes${m.names[0] && !m.names[0].startsWith('class ') ? ` (${t.classes >= 1000 ? 'ImageNet names' : m.names.join(', ')})` : ''}, top-5 shown`,
-  blazeface: () => 'Face detection (BlazeFace: 896 SSD anchors, weighted NMS), boxes and 6 keypoints',
-  yolo: (t) => `Object detection (YOLO-style, ${t.classes} classes, ${t.layout}), boxes after NMS`,
-  generic: () => 'Not recognised: outputs shown as heatmaps (spatial maps) and bars (vectors)',
-};
-
-/** @param {import('./protocol.js').ModelSummary} summary */
-function renderModel(summary, task) {
-  field('model-name').textContent = summary.name;
-  field('model-size').textContent = `${formatBytes(summary.fileBytes)} · opset ${summary.opset}${summary.producer ? ` · ${summary.producer}` : ''}`;
-  field('model-params').textContent = summary.parameters.toLocaleString('en');
-  field('model-inputs').textContent = summary.inputs
-    .map((i) => `${i.name} ${formatShape(i.shape)}${i.choices.length ? ` (${i.choices.join(', ')})` : ''}`)
-    .join('; ');
-  field('model-outputs').textContent = summary.outputs.map((o) => `${o.name} ${formatShape(o.shape)}`).join('; ');
-  field('model-task').textContent = TASK_LABELS[task.kind](task, state.model);
-  field('model-task-badge').textContent = { classification: 'classification', blazeface: 'face detection', yolo: 'object detection', generic: 'generic outputs' }[task.kind];
-  const ops = Object.entries(summary.onnxOps).sort((a, b) => b[1] - a[1]);
-  const most = ops[0]?.[1] ?? 1;
-  field('model-onnx-ops').replaceChildren(
-    ...ops.map(([op, n]) => {
-      const bar = h('span');
-      bar.style.setProperty('--p', String(n / most));
-      return h('li', { title: `${op}: ${n}` }, h('span', { class: 'op' }, op), h('span', { class: 'meter', 'aria-hidden': 'true' }, bar), h('span', { class: 'n' }, String(n)));
-    }),
-  );
-  field('model-ops').textContent = summary.ops.map(([op, n]) => `${op} ×${n}`).join(', ');
-  const weights = summary.quantizable.reduce((n, l) => n + l.params, 0);
-  field('model-quantizable').textContent =
-    `${summary.quantizable.length} layers with weights (${weights.toLocaleString('en')} parameters: ` +
-    `${formatBytes(weights * 4)} in FP32, about ${formatBytes(weights)} in int8)`;
-  field('model-float').textContent = summary.floatOps.length ? summary.floatOps.join(', ') : 'nothing';
-  renderDimsForm(summary);
-}
-
-/** Inputs with dynamic dims: one field per dim, the current value filled in. */
-function renderDimsForm(summary) {
-  const dynamic = summary.inputs.filter((i) => i.declared.some((d) => typeof d === 'string'));
-  const form = $('#dims-form');
-  form.hidden = !dynamic.length;
-  field('dims').replaceChildren(
-    ...dynamic.flatMap((input) =>
-      input.declared.map((d, axis) =>
-        h(
-          'label',
-          {},
-          typeof d === 'string' ? `${input.name} ${d === '?' ? `dim ${axis}` : d}` : `${input.name} dim ${axis}`,
-          h('input', {
-            type: 'number',
-            min: 1,
-            step: 1,
-            value: input.shape[axis],
-            disabled: typeof d !== 'string',
-            dataset: { input: input.name, axis: String(axis) },
-          }),
-        ),
-      ),
-    ),
-  );
 }
 
 $('#dims-form').addEventListener('submit', (event) => {
@@ -444,7 +392,8 @@ function showLoadError(name, err, { bytes } = {}) {
     ...(unsupported ? unsupported[1].split('; ').map((op) => h('li', {}, op)) : []),
   );
   if (unsupported) {
-    field('load-error-title').textContent = `${name} uses ${unsupported[1].split('; ').length === 1 ? 'an operator' : 'operators'} the engine does not support yet (${message.split(':')[0]}):`;
+    const n = unsupported[1].split('; ').length;
+    field('load-error-title').textContent = `${name} uses ${n === 1 ? 'an operator' : `${n} operators`} the engine does not support yet:`;
   }
   // An input whose shape the engine cannot guess: ask for it.
   const shapeNeeded = /^input '(.+?)': .*choose the input shape/.exec(message);
@@ -586,6 +535,7 @@ function preprocessChanged(next) {
   kick();
 }
 
+ppForm.addEventListener('submit', (event) => event.preventDefault());
 ppForm.addEventListener('change', (event) => {
   if (!state.preprocess) return;
   const name = event.target.name;
@@ -673,16 +623,14 @@ function renderStrip() {
   updatePtqButton();
 }
 
+let stripSize = 0;
 store.addEventListener('change', () => {
   renderStrip();
   if (state.source.startsWith('frame:') && !store.get(Number(state.source.slice(6)))) chooseSource(`sample:${state.model?.bundled?.image ?? DEFAULT_MODEL.image}`);
-  scrollStripToEnd();
+  // New frames come in at the end: keep them in view.
+  if (store.size > stripSize) $('#strip').scrollLeft = $('#strip').scrollWidth;
+  stripSize = store.size;
 });
-
-function scrollStripToEnd() {
-  const strip = $('#strip');
-  strip.scrollLeft = strip.scrollWidth;
-}
 
 /** The one frame-adding job at a time (capture, files, samples): progress and cancel. */
 let framesJob = null;
@@ -740,7 +688,7 @@ $('#capture-button').addEventListener('click', () => {
   const n = Math.max(1, Math.min(MAX_FRAMES, Math.round(Number($('#capture-count').value) || 16)));
   framesTask(`Capturing ${n} webcam frames`, n, async ({ job, step, added }) => {
     for (let i = 0; i < n && !job.cancelled; i++) {
-      const bitmap = await camera.grab();
+      const bitmap = await camera.grab(CALIBRATION_SIDE);
       if (!bitmap) throw new Error(`the webcam stopped (${camera.reason || 'off'})`);
       store.add(bitmap, `webcam frame ${i + 1}`, 'webcam');
       added();
@@ -770,7 +718,7 @@ $('#sample-button').addEventListener('click', () => {
   s.timer = setInterval(async () => {
     if (sampling !== s) return;
     if (store.size >= MAX_FRAMES) return stopSampling();
-    const bitmap = await camera.grab();
+    const bitmap = await camera.grab(CALIBRATION_SIDE);
     if (!bitmap || sampling !== s) return bitmap?.close();
     s.count += 1;
     store.add(bitmap, `webcam sample ${s.count}`, 'webcam');
@@ -790,7 +738,7 @@ function addImageFiles(files, label) {
         problem(`${file.name} is not an image`);
       } else {
         try {
-          store.add(await decodeImage(file, file.name), file.name, 'image');
+          store.add(await decodeImage(file, file.name, CALIBRATION_SIDE), file.name, 'image');
           added();
         } catch (err) {
           problem(errorMessage(err));
@@ -817,7 +765,8 @@ $('#samples-button').addEventListener('click', () =>
     for (const [file, what] of SAMPLE_IMAGES) {
       if (job.cancelled) break;
       try {
-        store.add(await sampleBitmap(file), `${what} (${file})`, 'sample');
+        const shared = await sampleBitmap(file, { shared: true });
+        store.add(await fitBitmap(shared, shared.width, shared.height, CALIBRATION_SIDE, { keep: true }), `${what} (${file})`, 'sample');
         added();
       } catch (err) {
         problem(errorMessage(err));
@@ -915,7 +864,14 @@ function chooseSource(source) {
 
 $('#compare-source').addEventListener('change', (event) => chooseSource(event.target.value));
 
-const loop = { busy: false, dirty: true, paused: false, raf: 0, lastStart: 0 };
+const loop = { busy: false, dirty: true, paused: false, raf: 0, lastStart: 0, offscreen: false };
+
+// Live frames slow down while the panes are scrolled out of view: the engine's time goes to
+// what the user is doing (calibration, training), and the numbers still move.
+new IntersectionObserver(([entry]) => {
+  loop.offscreen = !entry.isIntersecting;
+  if (!loop.offscreen) kick();
+}).observe($('.panes'));
 
 function kick() {
   loop.dirty = true;
@@ -970,9 +926,9 @@ async function tick() {
     loop.dirty = false;
     return;
   }
-  // While the engine calibrates or trains, the live view slows to leave it the time.
-  const heavy = state.ptq.state === 'running' || state.qat.state === 'running';
-  if (live && heavy && performance.now() - loop.lastStart < 1000) {
+  // While the engine calibrates or trains, or nobody sees the panes, the live view slows down.
+  const slow = state.ptq.state === 'running' || state.qat.state === 'running' || loop.offscreen;
+  if (live && slow && performance.now() - loop.lastStart < 1000) {
     setTimeout(schedule, 250);
     return;
   }
@@ -980,6 +936,7 @@ async function tick() {
   loop.dirty = false;
   loop.lastStart = performance.now();
   let frame = null;
+  let failed = false;
   try {
     const source = state.source;
     frame = await currentFrame();
@@ -988,7 +945,7 @@ async function tick() {
       return;
     }
     if (!frame?.bitmap) return;
-    const { model, preprocess, source } = state;
+    const { model, preprocess } = state;
     const sent = await createImageBitmap(frame.bitmap);
     const result = await client.run({ bitmap: sent }, preprocess, variantsToRun());
     if (state.model !== model || state.preprocess !== preprocess || state.source !== source) {
@@ -998,6 +955,7 @@ async function tick() {
     renderResults(result, frame.bitmap, preprocess);
     notice(field('compare-notice'), '');
   } catch (err) {
+    failed = true;
     if (err.kind === 'crash' || err.kind === 'timeout') {
       notice(field('compare-notice'), 'The engine stopped; it is being restarted…', 'warn');
     } else {
@@ -1007,7 +965,9 @@ async function tick() {
   } finally {
     if (frame?.live) frame.bitmap?.close();
     loop.busy = false;
-    if (live || loop.dirty) schedule();
+    // A live source that fails tries again a second later, not on every animation frame.
+    if (live && failed) setTimeout(schedule, 1000);
+    else if (live || loop.dirty) schedule();
   }
 }
 
@@ -1112,9 +1072,11 @@ function updatePtqButton() {
 }
 
 function resetPtq(message) {
-  ptqJob && (ptqJob.cancelled = true);
+  // A calibration in progress stops, and its late replies are ignored (ptqJob !== job).
+  if (ptqJob) ptqJob.cancelled = true;
+  ptqJob = null;
   state.ptq = { state: 'idle', config: null, report: null, layers: null, frameIds: [], stale: false };
-  $('#ptq-report').hidden = true;
+  for (const name of ['ptq-weights', 'ptq-layers', 'ptq-float', 'ptq-fidelity']) field(name).textContent = '–';
   setPtqState(state.features.ptq ? 'idle' : 'unavailable');
   if (state.features.ptq) notice(field('ptq-notice'), message);
   renderInsight();
@@ -1151,7 +1113,6 @@ function finishPtq(built, config, frames) {
   field('ptq-layers').textContent = `${what}; ${config.weightBits}-bit weights ${config.perChannel ? 'per channel' : 'per tensor'}, ${method}${config.biasCorrection ? ', bias corrected' : ''}`;
   field('ptq-float').textContent = (r.floatNodes ?? []).length ? r.floatNodes.map((n) => `${n.name} (${n.op}: ${n.why})`).join('; ') : 'nothing';
   field('ptq-fidelity').textContent = fidelityLine(r.fidelity) || '–';
-  $('#ptq-report').hidden = false;
   for (const v of ['ptq', 'qat']) panes[v].resetMetrics();
   setPtqState('done');
   resetQat('');
@@ -1329,7 +1290,10 @@ qatForm.addEventListener('submit', async (event) => {
   const bar = $('#qat-progress');
   bar.max = config.steps;
   bar.value = 0;
-  const chart = await charts().catch(() => null);
+  const chart = await loadCharts().catch((err) => {
+    notice(field('qat-notice'), errorMessage(err), 'error');
+    return null;
+  });
   if (chart) {
     lossChart ??= new chart.LossChart($('#loss-chart'));
     lossChart.reset();
@@ -1339,7 +1303,7 @@ qatForm.addEventListener('submit', async (event) => {
     onProgress: (p) => {
       bar.value = p.done;
       state.qat.losses.push([p.done, p.loss]);
-      lossChart?.push(p.done, p.loss);
+      lossChart?.push(p.done, p.loss, p.holdoutLoss);
       const eta = p.done > 0 ? (p.elapsedMs / p.done) * (config.steps - p.done) : NaN;
       notice(field('qat-notice'), `Training: step ${p.done} of ${config.steps}, loss ${Number(p.loss).toPrecision(4)}, about ${formatDuration(eta)} left`);
       panes.qat.setState('empty', `Training: step ${p.done} of ${config.steps}…`);
@@ -1382,94 +1346,15 @@ $('#qat-cancel').addEventListener('click', () => {
 
 // --- insight: per-layer SQNR and activation histograms -------------------------------------------
 
-let chartsModule = null;
-let sqnrChart = null;
-let histogramChart = null;
-
-function charts() {
-  chartsModule ??= import('./charts.js').catch((err) => {
-    chartsModule = null;
-    throw new Error(`the chart library could not be loaded (${err.message}); run npm ci`);
-  });
-  return chartsModule;
-}
-
-async function renderInsight() {
-  const ptqLayers = state.ptq.layers;
-  const select = $('#histogram-layer');
-  if (!ptqLayers) {
-    sqnrChart?.clear();
-    histogramChart?.clear();
-    field('sqnr-empty').textContent = state.features.ptq ? 'Quantize to see which layers lose the most.' : `Per-layer errors: ${NOT_IN_BUILD}.`;
-    field('sqnr-empty').hidden = false;
-    field('histogram-empty').hidden = false;
-    select.replaceChildren(h('option', { value: '' }, state.features.ptq ? '(quantize first)' : `(${NOT_IN_BUILD})`));
-    select.disabled = true;
-    field('histogram-facts').textContent = '';
-    notice(field('insight-notice'), '');
-    return;
-  }
-  let mod;
-  try {
-    mod = await charts();
-  } catch (err) {
-    notice(field('insight-notice'), errorMessage(err), 'error');
-    return;
-  }
-  if (state.ptq.layers !== ptqLayers) return; // changed while the charts loaded
-  const qat = new Map((state.qat.layers ?? []).map((l) => [l.value, l.sqnr]));
-  const layers = ptqLayers.map((l) => ({ name: l.label, value: l.value, op: l.op, ptq: l.sqnr, qat: qat.get(l.value) ?? null }));
-  sqnrChart ??= new mod.SqnrChart($('#sqnr-chart'), { onSelect: (i) => selectHistogramLayer(sqnrChart.layers[i]?.value) });
-  sqnrChart.update(layers);
-  field('sqnr-empty').hidden = true;
-  const worst = worstNodes(ptqLayers, 3);
-  notice(field('insight-notice'), worst.length ? `Lowest SQNR after PTQ: ${worst.map((w) => `${w.node} (${w.sqnr.toFixed(1)} dB)`).join(', ')}.` : '');
-
-  const previous = select.value;
-  if (!state.features.histogram) {
-    select.replaceChildren(h('option', { value: '' }, `(${NOT_IN_BUILD})`));
-    select.disabled = true;
-    field('histogram-facts').textContent = `Activation histograms: ${NOT_IN_BUILD}.`;
-    return;
-  }
-  const values = ptqLayers.map((l) => l.value).filter(Boolean);
-  select.replaceChildren(...ptqLayers.filter((l) => l.value).map((l) => h('option', { value: l.value }, l.label)));
-  select.disabled = !values.length;
-  select.value = values.includes(previous) ? previous : worstValue(ptqLayers) ?? values[0] ?? '';
-  if (select.value) showHistogram(select.value);
-}
-
-/** The tensor with the lowest SQNR: the first histogram worth a look. */
-function worstValue(layers) {
-  return [...layers].filter((l) => Number.isFinite(l.sqnr)).sort((a, b) => a.sqnr - b.sqnr)[0]?.value;
-}
-
-function selectHistogramLayer(value) {
-  const select = $('#histogram-layer');
-  if (!value || select.disabled || ![...select.options].some((o) => o.value === value)) return;
-  select.value = value;
-  showHistogram(value);
-}
-
-$('#histogram-layer').addEventListener('change', (event) => showHistogram(event.target.value));
-
-async function showHistogram(value) {
-  if (!value) return;
-  try {
+const insight = new Insight({
+  histogram: async (value) => {
     await ready();
-    const [mod, raw] = await Promise.all([charts(), client.histogram(value)]);
-    if ($('#histogram-layer').value !== value) return;
-    const hist = readHistogram(raw);
-    histogramChart ??= new mod.HistogramChart($('#histogram-chart'));
-    histogramChart.update(hist);
-    field('histogram-empty').hidden = true;
-    const range = `values from ${hist.min.toPrecision(4)} to ${hist.max.toPrecision(4)}`;
-    field('histogram-facts').textContent = hist.clip
-      ? `${value}: ${range}; the clip range [${hist.clip[0].toPrecision(4)}, ${hist.clip[1].toPrecision(4)}] keeps ${(hist.inside * 100).toFixed(2)}% of them.`
-      : `${value}: ${range}; no clip range (not quantized as an activation).`;
-  } catch (err) {
-    field('histogram-facts').textContent = err.notAvailable ? `Activation histograms: ${NOT_IN_BUILD}.` : `Could not get the histogram of ${value}: ${errorMessage(err)}`;
-  }
+    return client.histogram(value);
+  },
+});
+
+function renderInsight() {
+  insight.update({ ptq: state.ptq.layers, qat: state.qat.layers, features: state.features });
 }
 
 // --- downloads ------------------------------------------------------------------------------------
@@ -1549,54 +1434,7 @@ $('#download-report').addEventListener('click', () => {
 
 // --- drag and drop anywhere ---------------------------------------------------------------------
 
-let dragDepth = 0;
-const hasFiles = (event) => [...(event.dataTransfer?.types ?? [])].includes('Files');
-
-document.addEventListener('dragenter', (event) => {
-  if (!hasFiles(event)) return;
-  event.preventDefault();
-  dragDepth += 1;
-  document.body.classList.add('dragging');
-});
-document.addEventListener('dragover', (event) => {
-  if (!hasFiles(event)) return;
-  event.preventDefault();
-  event.dataTransfer.dropEffect = 'copy';
-});
-document.addEventListener('dragleave', () => {
-  dragDepth = Math.max(0, dragDepth - 1);
-  if (!dragDepth) document.body.classList.remove('dragging');
-});
-document.addEventListener('drop', async (event) => {
-  if (!hasFiles(event)) return;
-  event.preventDefault();
-  dragDepth = 0;
-  document.body.classList.remove('dragging');
-  const files = await droppedFiles(event.dataTransfer);
-  await routeFiles(files);
-});
-
-/** The dropped files, folders walked (webkitGetAsEntry), hidden files skipped. */
-async function droppedFiles(dataTransfer) {
-  const entries = [...dataTransfer.items].map((item) => item.webkitGetAsEntry?.()).filter(Boolean);
-  if (!entries.length) return [...dataTransfer.files];
-  const files = [];
-  const walk = async (entry) => {
-    if (entry.name.startsWith('.')) return;
-    if (entry.isFile) {
-      files.push(await new Promise((resolve, reject) => entry.file(resolve, reject)));
-    } else if (entry.isDirectory) {
-      const reader = entry.createReader();
-      for (;;) {
-        const batch = await new Promise((resolve, reject) => reader.readEntries(resolve, reject));
-        if (!batch.length) break;
-        for (const e of batch) await walk(e);
-      }
-    }
-  };
-  for (const e of entries) await walk(e);
-  return files;
-}
+installDropZone(routeFiles);
 
 /** Images go to the calibration set; anything else is taken as a model (the first one). */
 async function routeFiles(files) {

@@ -38,6 +38,7 @@ export class Pane {
     this.canvas = root.querySelector('canvas');
     this.output = root.querySelector('.pane-output');
     this.message = root.querySelector('.pane-message');
+    this.title = root.querySelector('h3')?.firstChild?.textContent.trim() ?? this.variant;
     /** Frames rendered since the page opened (`data-frames`, for tests); never reset. */
     this.rendered = 0;
     this.resetMetrics();
@@ -104,6 +105,7 @@ export class Pane {
     else if (result.kind === 'detection') this.#renderBoxes(view.ctx, result.boxes, toCanvas, info.detectionLabel);
     else this.#renderGeneric(view.ctx, result.views, toCanvas);
     this.root.dataset.detections = result.kind === 'detection' ? String(result.boxes.length) : '';
+    this.canvas.setAttribute('aria-label', `${this.title}: ${describe(result)}`);
     this.#renderStats();
   }
 
@@ -173,9 +175,11 @@ export class Pane {
       const text = `${b.label ?? label} ${(b.score * 100).toFixed(0)}%`;
       const tw = ctx.measureText(text).width + 8;
       const th = parseInt(ctx.font, 10) + 4;
-      ctx.fillRect(x0 - ctx.lineWidth / 2, y0 - th, tw, th);
+      // The label sits above the box, or inside it when the box touches the top.
+      const ty = y0 - th >= 0 ? y0 - th : y0;
+      ctx.fillRect(x0 - ctx.lineWidth / 2, ty, tw, th);
       ctx.fillStyle = '#111';
-      ctx.fillText(text, x0 + 4, y0 - 2);
+      ctx.fillText(text, x0 + 4, ty + th - 2);
       ctx.fillStyle = stroke;
       for (const [u, v] of b.keypoints ?? []) {
         const [x, y] = toCanvas(u, v);
@@ -240,6 +244,13 @@ export class Pane {
     set('agree', this.agreements.length ? `${(mean(this.agreements) * 100).toFixed(0)}% (${this.agreements.length} fr.)` : '–');
     set('cosine', this.cosines.length ? mean(this.cosines).toFixed(4) : '–');
   }
+}
+
+/** One line for screen readers: what the pane shows. */
+function describe(result) {
+  if (result.kind === 'classification') return result.top.slice(0, 3).map((t) => `${t.label} ${(t.value * 100).toFixed(0)}%`).join(', ');
+  if (result.kind === 'detection') return `${result.boxes.length} detection${result.boxes.length === 1 ? '' : 's'}`;
+  return `${result.views.length} output tensor${result.views.length === 1 ? '' : 's'}`;
 }
 
 function push(list, value) {

@@ -65,7 +65,7 @@ export const Req = Object.freeze({
   /**
    * Quantization-aware training from the PTQ variant, on the calibration frames. Needs `qat`.
    * The worker steps in small chunks and yields between them, so CANCEL gets through.
-   * Payload: `{config: QatConfig}`. Progress: `{done: step, total: steps, loss, elapsedMs}`
+   * Payload: `{config: QatConfig}`. Progress: `{done: step, total: steps, loss, holdoutLoss, elapsedMs}`
    * per chunk. Result: `{steps: number, loss: number, cancelled: boolean, ms: number, report}`
    * (`report`: what qatFinish returns, if anything); a cancelled run keeps what it learned so far.
    */
@@ -123,6 +123,7 @@ export const NOT_AVAILABLE = 'NotAvailableError';
  * @property {number} [total]    units of work in all, when known
  * @property {string} [message]  what is being done, for the page
  * @property {number} [loss]     QAT: the training loss of the last step
+ * @property {number | null} [holdoutLoss]  QAT: the held-out loss, when measured at that step
  * @property {number} [elapsedMs] QAT: time since the request started
  */
 

@@ -224,15 +224,18 @@ const handlers = {
     const TARGET_MS = 150;
     let chunk = 1;
     try {
-      while (!cancelled.has(id)) {
+      // Stops when cancelled, or when another model replaced this one (its session is freed).
+      while (!cancelled.has(id) && model?.session === session) {
         const c0 = performance.now();
-        last = session.qatStep(chunk);
+        const stats = session.qatStep(chunk);
+        last = { ...stats, done: stats.done ?? stats.step >= config.steps };
         const spent = performance.now() - c0;
-        progress({ done: last.step, total: config.steps, loss: last.loss, elapsedMs: performance.now() - t0 });
+        progress({ done: last.step, total: config.steps, loss: last.loss, holdoutLoss: last.holdoutLoss ?? null, elapsedMs: performance.now() - t0 });
         if (last.done) break;
         chunk = Math.max(1, Math.min(64, Math.round((chunk * TARGET_MS) / Math.max(spent, 1))));
         await yieldToEvents();
       }
+      if (model?.session !== session) throw new Error('the model was replaced during training');
       report = session.qatFinish() ?? null;
     } finally {
       cancellable.delete(id);

@@ -16,6 +16,7 @@ pub mod preprocess;
 pub mod quant;
 pub mod rng;
 pub mod session;
+pub mod train;
 /// The tests' name for [`rng`].
 #[cfg(test)]
 mod test_rng {

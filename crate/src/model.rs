@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::engine::Fp32Engine;
+use crate::engine::{Fp32Engine, Int8Engine};
 use crate::onnx::{self, ImportOptions, InputInfo, ModelMeta};
 use crate::preprocess::Preprocess;
 use crate::{Error, Result};
@@ -57,7 +57,10 @@ pub struct ModelSummary {
 }
 
 pub struct Model {
+    /// The FP32 engine; on a quantized model (a QDQ file) the fake-quantized simulation.
     pub engine: Fp32Engine,
+    /// The int8 engine of a quantized model: what `run` uses for it.
+    pub int8: Option<Int8Engine>,
     pub meta: ModelMeta,
     pub onnx_ops: BTreeMap<String, usize>,
 }
@@ -84,7 +87,9 @@ impl Model {
     pub fn load(bytes: &[u8], options: &ImportOptions) -> Result<Model> {
         let onnx_ops = onnx_op_histogram(bytes, options.max_bytes)?;
         let imported = onnx::import(bytes, options)?;
-        Ok(Model { engine: Fp32Engine::new(imported.graph), meta: imported.meta, onnx_ops })
+        let quantized = imported.graph.values.iter().any(|v| v.quant.is_some());
+        let int8 = if quantized { Some(Int8Engine::new(imported.graph.clone())?) } else { None };
+        Ok(Model { engine: Fp32Engine::new(imported.graph), int8, meta: imported.meta, onnx_ops })
     }
 
     pub fn summary(&self) -> ModelSummary {
@@ -133,6 +138,14 @@ impl Model {
         self.engine.graph().values.iter().any(|v| v.quant.is_some())
     }
 
+    /// [`run`](Self::run) reporting every value computed (dequantized on the int8 engine).
+    pub fn run_observed(&self, inputs: &[&[f32]], observe: &mut dyn FnMut(crate::ir::ValueId, &[f32])) -> Result<Vec<Vec<f32>>> {
+        match &self.int8 {
+            Some(int8) => int8.run_observed(inputs, observe),
+            None => self.engine.run_observed(inputs, observe),
+        }
+    }
+
     pub fn input_names(&self) -> Vec<String> {
         self.meta.inputs.iter().map(|i| i.name.clone()).collect()
     }
@@ -156,9 +169,13 @@ impl Model {
         self.run(&ordered)
     }
 
+    /// Runs the model: the int8 engine for a quantized model, else the FP32 engine.
     pub fn run(&self, inputs: &[&[f32]]) -> Result<Vec<Output>> {
         let g = self.engine.graph();
-        let results = self.engine.run(inputs)?;
+        let results = match &self.int8 {
+            Some(int8) => int8.run(inputs)?,
+            None => self.engine.run(inputs)?,
+        };
         Ok(g.outputs
             .iter()
             .zip(results)

@@ -97,3 +97,17 @@ test('a missing engine build is reported in the page, not only on the console', 
     await context.close();
   }
 });
+
+test("a page module that fails to load is reported in the page (watchdog.js)", async () => {
+  const origin = server.url.replace(/\/$/, '');
+  const { context, page } = await openWatchedPage(browser, origin);
+  try {
+    await page.route('**/decode.js', (route) => route.fulfill({ status: 404, body: 'not found' }));
+    await page.goto(server.url);
+    await page.waitForSelector('body.error', { timeout: 30_000 });
+    assert.equal(await page.locator('#error-panel').isVisible(), true);
+    assert.match(await page.locator('[data-field="error-message"]').textContent(), /^The page's scripts could not start/);
+  } finally {
+    await context.close();
+  }
+});

@@ -179,3 +179,42 @@ test('without a webcam: images, calibration, PTQ, QAT, insight, downloads, and a
     await context.close();
   }
 });
+
+test('drop anywhere: images join the calibration set, an ONNX file becomes the model; a folder too', async () => {
+  const { context, page, problems } = await openPlayground(browser, server, { noWebcam: true });
+  try {
+    await waitForModel(page, 'efficientnet_lite0.onnx');
+    const drop = (files) =>
+      page.evaluate(async (list) => {
+        const dt = new DataTransfer();
+        for (const [url, name] of list) dt.items.add(new File([await (await fetch(url)).blob()], name));
+        const fire = (type) => document.body.dispatchEvent(new DragEvent(type, { dataTransfer: dt, bubbles: true, cancelable: true }));
+        fire('dragenter');
+        fire('dragover');
+        const shown = document.body.classList.contains('dragging');
+        fire('drop');
+        return shown;
+      }, files);
+    // The overlay shows while dragging; the drop sorts the files by their bytes.
+    assert.equal(await drop([
+      ['/models/images/coffee.png', 'coffee.png'],
+      ['/models/images/flower.jpg', 'flower.jpg'],
+      ['/models/blazeface_front_128.onnx', 'blazeface_front_128.onnx'],
+    ]), true);
+    assert.equal(await page.evaluate(() => document.body.classList.contains('dragging')), false);
+    await waitForModel(page, 'blazeface_front_128.onnx');
+    await page.waitForFunction(() => document.querySelector('[data-field="frame-count"]').textContent === '2 frames');
+    // A renamed image dropped as if it were a model is a calibration image: bytes decide.
+    await drop([['/models/images/astronaut.png', 'face.onnx']]);
+    await page.waitForFunction(() => document.querySelector('[data-field="frame-count"]').textContent === '3 frames');
+    assert.equal(await page.locator('[data-field="model-name"]').innerText(), 'blazeface_front_128.onnx');
+
+    // A folder through the folder picker: its images, the rest skipped.
+    await page.setInputFiles('#image-folder', `${REPO_ROOT}/models/images`);
+    await page.waitForFunction(() => document.querySelector('[data-field="frame-count"]').textContent === '22 frames', null, { timeout: 60_000 });
+    assert.deepEqual(problems.foreignRequests, []);
+    assert.deepEqual([...problems.consoleErrors, ...problems.pageErrors], []);
+  } finally {
+    await context.close();
+  }
+});

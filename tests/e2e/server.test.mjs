@@ -1,5 +1,6 @@
 // The static server (scripts/serve.mjs): MIME types, the headers the page needs, the model
-// files at /models/, and nothing served from outside its folders.
+// files at /models/, the page's npm modules at /vendor/, and nothing served from outside its
+// folders.
 
 import assert from 'node:assert/strict';
 import { statSync } from 'node:fs';
@@ -42,6 +43,18 @@ test('JavaScript modules and the wasm have the right MIME types', async () => {
     const res = await get(path, { method: 'HEAD' });
     assert.equal(res.status, 200, path);
     assert.equal(res.headers.get('content-type'), type, path);
+  }
+});
+
+test("the page's npm modules are served from node_modules at /vendor/", async () => {
+  const res = await get('/vendor/uplot/uPlot.esm.js');
+  assert.equal(res.status, 200);
+  assert.equal(res.headers.get('content-type'), 'text/javascript; charset=utf-8');
+  assert.match(await res.text(), /export \{ uPlot as default \}/);
+  assert.equal((await get('/vendor/uplot/uPlot.min.css', { method: 'HEAD' })).headers.get('content-type'), 'text/css; charset=utf-8');
+  // Only the mounted package folder, nothing else of node_modules.
+  for (const path of ['/vendor/uplot/../../package.json', '/vendor/uplot/%2e%2e/package.json', '/vendor/playwright-core/package.json']) {
+    assert.ok([400, 404].includes((await get(path)).status), path);
   }
 });
 

@@ -105,6 +105,20 @@ const msg = (field, parts) => bytes(field, parts.flat());
 const valueInfo = (field, name, shape) =>
   msg(field, [str(1, name), msg(2, [msg(1, [int(1, 1), msg(2, shape.map((d) => msg(1, [int(1, d)])))])])]);
 
+/** A model of one node `op` from x [1, 3, 32, 32] to y of `outShape` (opset 13). */
+function oneNodeModel(op, outShape, opsets = [['', 13]]) {
+  const graph = msg(7, [
+    msg(1, [str(1, 'x'), str(2, 'y'), str(3, `${op.toLowerCase()}_1`), str(4, op)]),
+    str(2, op),
+    valueInfo(11, 'x', [1, 3, 32, 32]),
+    valueInfo(12, 'y', outShape),
+  ]);
+  return Buffer.from([...int(1, 8), ...str(2, 'quant-playground tests'), ...graph, ...opsets.flatMap(([d, v]) => msg(8, [str(1, d), int(2, v)]))]);
+}
+
+/** A model whose output is a spatial map (Relu of the image): shown as a heatmap. */
+export const onnxSpatialMap = () => oneNodeModel('Relu', [1, 3, 32, 32]);
+
 /**
  * An ONNX model whose nodes the engine does not support: `Foo` (default domain) then
  * `com.example::Bar`. Its load error must name both.

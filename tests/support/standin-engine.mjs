@@ -103,8 +103,11 @@ P.qatStep = function (n) {
   const t = st(this).training;
   const until = performance.now() + 4 * n; // 4 ms a step
   while (performance.now() < until);
+  const before = t.step;
   t.step = Math.min(t.steps, t.step + n);
-  return { step: t.step, loss: 1 / (1 + 0.1 * t.step), done: t.step >= t.steps };
+  // A held-out loss every 10 steps, as the engine's eval_every does.
+  const holdoutLoss = Math.floor(before / 10) !== Math.floor(t.step / 10) ? 1.1 / (1 + 0.1 * t.step) : null;
+  return { step: t.step, loss: 1 / (1 + 0.1 * t.step), holdoutLoss, done: t.step >= t.steps };
 };
 P.qatFinish = function () {
   const s = st(this);

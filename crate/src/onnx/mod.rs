@@ -1,5 +1,7 @@
 //! ONNX import: bytes -> [`Imported`] (an IR graph plus what the user should
-//! know about it).
+//! know about it), QDQ files included (`qdq`: QuantizeLinear/DequantizeLinear become the
+//! graph's quantization annotation); and export: an IR graph -> a standard ONNX model,
+//! QDQ where the graph is quantized ([`export`]).
 //!
 //! tract-onnx's protobuf types parse the file; we lower ONNX nodes directly
 //! into our IR rather than lowering tract's decluttered graph, because

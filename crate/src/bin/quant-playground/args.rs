@@ -39,9 +39,10 @@ pub enum Command {
         /// Also write each input tensor as OUT/<name>.input.npy (what the model was fed).
         #[arg(long)]
         save_inputs: bool,
-        /// Run a quantized model (a QDQ file) on the int8 engine instead of its FP32 simulation.
-        #[arg(long)]
-        int8: bool,
+        /// The engine: fp32 (on a quantized model, its fake-quantized simulation) or int8
+        /// (quantized models only). Default: the model's own (`Model::run`).
+        #[arg(long, value_enum)]
+        engine: Option<EngineArg>,
     },
     /// Writes the model as ONNX (QDQ where it is quantized), as the engine holds it after import.
     Export(ExportArgs),
@@ -88,6 +89,12 @@ pub struct ShapeArgs {
     /// Fix an input's shape: NAME=1,3,224,224 (repeatable). Dynamic dims default to batch 1, spatial 224.
     #[arg(long = "input-shape", value_name = "NAME=DIMS")]
     pub input_shapes: Vec<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+pub enum EngineArg {
+    Fp32,
+    Int8,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -7,13 +7,13 @@ use quant_playground::onnx::{ImportOptions, SUPPORTED_OPS};
 use quant_playground::preprocess::{preprocess, Fit, Layout, Preprocess};
 use quant_playground::{npy, Error, Result};
 
-use crate::args::{BenchArgs, Cli, Command, ExportArgs, FitArg, LayoutArg, PreArgs, ShapeArgs};
+use crate::args::{BenchArgs, Cli, Command, EngineArg, ExportArgs, FitArg, LayoutArg, PreArgs, ShapeArgs};
 
 pub fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Inspect { model, shapes, json } => inspect(&model, &shapes, json),
-        Command::Run { model, shapes, inputs, image, pre, out, save_inputs, int8 } => {
-            run(&model, &shapes, &inputs, image.as_deref(), &pre, &out, save_inputs, int8)
+        Command::Run { model, shapes, inputs, image, pre, out, save_inputs, engine } => {
+            run(&model, &shapes, &inputs, image.as_deref(), &pre, &out, save_inputs, engine)
         }
         Command::Export(args) => export(&args),
         Command::Bench(args) => bench(&args),
@@ -161,7 +161,7 @@ fn file_name_for(output: &str) -> String {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn run(path: &Path, shapes: &ShapeArgs, inputs: &[String], image: Option<&Path>, pre: &PreArgs, out: &Path, save_inputs: bool, int8: bool) -> Result<()> {
+fn run(path: &Path, shapes: &ShapeArgs, inputs: &[String], image: Option<&Path>, pre: &PreArgs, out: &Path, save_inputs: bool, engine: Option<EngineArg>) -> Result<()> {
     let bytes = read(path)?;
     let options = import_options(shapes)?;
     let model = Model::load(&bytes, &options)?;
@@ -189,7 +189,10 @@ fn run(path: &Path, shapes: &ShapeArgs, inputs: &[String], image: Option<&Path>,
         let (rgba, w, h) = load_rgba(image)?;
         named.push((input.name.clone(), preprocess(&rgba, w, h, &p)?));
     }
-    let outputs = if int8 { run_int8(&model, &named)? } else { model.run_named(&named)? };
+    let outputs = match engine {
+        None => model.run_named(&named)?,
+        Some(engine) => run_on(&model, &named, engine)?,
+    };
     fs::create_dir_all(out).map_err(|source| Error::Io { path: out.display().to_string(), source })?;
     if save_inputs {
         for (name, data) in &named {
@@ -307,7 +310,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
         for _ in 0..args.runs {
             let mut last = Instant::now();
             let mut seen = vec![false; g.nodes.len()];
-            model.engine.run_observed(&refs, &mut |v, _| {
+            model.run_observed(&refs, &mut |v, _| {
                 let now = Instant::now();
                 let n = producer[v];
                 if n != usize::MAX && !seen[n] {
@@ -411,13 +414,12 @@ fn bench(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// A quantized model's outputs from the int8 engine.
-fn run_int8(model: &Model, named: &[(String, Vec<f32>)]) -> Result<Vec<quant_playground::model::Output>> {
-    if !model.is_quantized() {
-        return Err(Error::Invalid("--int8 needs a quantized model (a QDQ file)".into()));
+/// The outputs of the engine chosen by `--engine`.
+fn run_on(model: &Model, named: &[(String, Vec<f32>)], engine: EngineArg) -> Result<Vec<quant_playground::model::Output>> {
+    if engine == EngineArg::Int8 && !model.is_quantized() {
+        return Err(Error::Invalid("--engine int8 needs a quantized model (a QDQ file)".into()));
     }
-    let engine = quant_playground::engine::Int8Engine::new(model.engine.graph().clone())?;
-    let g = engine.graph();
+    let g = model.engine.graph();
     let ordered = g
         .inputs
         .iter()
@@ -426,7 +428,10 @@ fn run_int8(model: &Model, named: &[(String, Vec<f32>)]) -> Result<Vec<quant_pla
             named.iter().find(|(n, _)| n == name).map(|(_, d)| d.as_slice()).ok_or_else(|| Error::Input { name: name.clone(), msg: "was not given".into() })
         })
         .collect::<Result<Vec<_>>>()?;
-    let results = engine.run(&ordered)?;
+    let results = match engine {
+        EngineArg::Fp32 => model.engine.run(&ordered)?,
+        EngineArg::Int8 => quant_playground::engine::Int8Engine::new(g.clone())?.run(&ordered)?,
+    };
     Ok(g.outputs
         .iter()
         .zip(results)

@@ -1,0 +1,313 @@
+//! Quantization-aware training on the shipped models, natively: distillation from the float
+//! model on augmented views of some images, fidelity measured on views of the others.
+//!
+//! - `efficientnet_qat_steps_through_the_session` (always run): a few steps through the
+//!   `Session` methods on EfficientNet-Lite0 W4A8; the loss of a repeated batch falls and the
+//!   result becomes the QAT variant.
+//! - `efficientnet_w4a8_qat_beats_ptq_on_held_out_views` (ignored: minutes in release): the
+//!   default recipe, with the three fidelity figures of PTQ and QAT.
+//! - `qat_step_time_against_a_forward` (ignored: timing, run it in release).
+//!
+//! `cargo test --release --test qat -- --ignored --nocapture` prints the figures.
+#![cfg(not(target_arch = "wasm32"))]
+
+mod common;
+
+use std::time::Instant;
+
+use common::*;
+use quant_playground::augment::{Augment, View};
+use quant_playground::engine::{Fp32Engine, Int8Engine};
+use quant_playground::onnx::ImportOptions;
+use quant_playground::preprocess::{preprocess, Preprocess};
+use quant_playground::quant::metrics::{ClassifierAgreement, FidelityAcc};
+use quant_playground::quant::ptq::{Calibrator, QuantConfig};
+use quant_playground::rng::Rng;
+use quant_playground::session::{Session, Variant};
+use quant_playground::train::{QatConfig, Trainer};
+use quant_playground::Model;
+
+/// `count` views of the images, cycling through them, each randomly cropped/flipped/lit.
+fn views(images: &[&[u8]], count: usize, seed: u64, p: &Preprocess) -> Vec<Vec<Vec<f32>>> {
+    let decoded: Vec<_> = images.iter().map(|b| rgba(b)).collect();
+    let mut rng = Rng::seeded(seed);
+    (0..count)
+        .map(|i| {
+            let (px, w, h) = &decoded[i % decoded.len()];
+            let (v, vw, vh) = View::random(&mut rng, &Augment::default()).apply(px, *w, *h);
+            vec![preprocess(&v, vw, vh, p).unwrap()]
+        })
+        .collect()
+}
+
+/// Training images and held-out images (every other one, as the PTQ tests split them).
+fn split_images() -> (Vec<&'static [u8]>, Vec<&'static [u8]>) {
+    let all: Vec<&[u8]> = IMAGES.iter().map(|(_, b)| *b).collect();
+    let (a, b): (Vec<_>, Vec<_>) = all.iter().enumerate().partition(|(i, _)| i % 2 == 0);
+    (a.into_iter().map(|(_, b)| *b).collect(), b.into_iter().map(|(_, b)| *b).collect())
+}
+
+fn efficientnet() -> (Model, Preprocess) {
+    let model = Model::load(EFFICIENTNET, &ImportOptions::default()).unwrap();
+    let p = Preprocess::guess(&model.meta.inputs[0].shape).unwrap();
+    let p = Preprocess::preset("lite", p.width, p.height, p.layout).unwrap();
+    (model, p)
+}
+
+fn w4a8() -> QuantConfig {
+    QuantConfig { weight_bits: 4, ..QuantConfig::default() }
+}
+
+/// Fidelity of `run` against the float engine on `frames`.
+fn fidelity(float: &Fp32Engine, run: &dyn Fn(&[&[f32]]) -> Vec<Vec<f32>>, frames: &[Vec<Vec<f32>>]) -> ClassifierAgreement {
+    let mut acc = FidelityAcc::for_graph(float.graph());
+    for f in frames {
+        let x: Vec<&[f32]> = f.iter().map(|v| v.as_slice()).collect();
+        acc.add(&float.run(&x).unwrap(), &run(&x));
+    }
+    acc.finish().outputs[0].classifier.clone().unwrap()
+}
+
+#[test]
+fn efficientnet_qat_steps_through_the_session() {
+    let (model, p) = efficientnet();
+    let (train_imgs, _) = split_images();
+    let mut session = Session::new(model);
+    session.begin_calibration(w4a8()).unwrap();
+    let frames = views(&train_imgs, 6, 1, &p);
+    for f in &frames {
+        session.calibrate(&[&f[0]]).unwrap();
+    }
+    let ptq_kl = session.quantize_ptq().unwrap().fidelity.outputs[0].classifier.as_ref().unwrap().mean_kl;
+    let config = QatConfig { steps: Some(4), batch_size: 2, ..QatConfig::default() };
+    let mut trainer = session.qat_trainer(config).unwrap();
+    assert_eq!(trainer.mode(), quant_playground::train::QatMode::Full);
+    // The same two frames every step: the loss of a batch it trains on must fall.
+    let batch = frames[..2].to_vec();
+    let start = Instant::now();
+    let losses: Vec<f64> = (0..4).map(|_| trainer.step(&batch).unwrap().loss).collect();
+    eprintln!("losses {losses:?} in {:.1} s", start.elapsed().as_secs_f64());
+    assert!(losses[3] < losses[0], "{losses:?}");
+    let report = session.finish_qat(&trainer).unwrap();
+    let qat_kl = report.fidelity.outputs[0].classifier.as_ref().unwrap().mean_kl;
+    eprintln!("kept frames: PTQ KL {ptq_kl:.4}, QAT KL {qat_kl:.4}");
+    assert!(session.variant(Variant::Qat).unwrap().is_some());
+    let out = session.run(Variant::Qat, &[&frames[0][0]]).unwrap();
+    assert_eq!(out[0].data.len(), 1000);
+}
+
+/// The default recipe (W4A8: all weights) on a pool of augmented views of the training
+/// images, as the PyTorch simulation did (64 views, batch 8), measured on views of the
+/// held-out images.
+#[test]
+#[ignore]
+fn efficientnet_w4a8_qat_beats_ptq_on_held_out_views() {
+    let (model, p) = efficientnet();
+    let (train_imgs, eval_imgs) = split_images();
+    let mut cal = Calibrator::new(model.engine.graph(), w4a8()).unwrap();
+    for f in views(&train_imgs, 16, 1, &p) {
+        cal.observe(&[&f[0]]).unwrap();
+    }
+    let ptq = cal.quantize().unwrap();
+    let float = Fp32Engine::new(cal.graph().clone());
+    let held_out = views(&eval_imgs, 48, 2, &p);
+    let pool = views(&train_imgs, 64, 3, &p);
+
+    let steps: usize = std::env::var("QAT_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
+    let config = QatConfig { steps: Some(steps), ..QatConfig::default() };
+    let batch_size = config.batch_size;
+    let mut trainer = Trainer::new(cal.graph(), &ptq, config).unwrap();
+    trainer.set_holdout(&views(&train_imgs, 8, 4, &p)).unwrap();
+    let mut rng = Rng::seeded(5);
+    let start = Instant::now();
+    for s in 0..steps {
+        let batch: Vec<_> = (0..batch_size).map(|_| pool[(rng.next_u64() % pool.len() as u64) as usize].clone()).collect();
+        let stats = trainer.step(&batch).unwrap();
+        if s % 10 == 0 || s + 1 == steps {
+            eprintln!("step {:>4} loss {:.4} lr {:.2e} holdout {:?} ({:.0} s)", stats.step, stats.loss, stats.lr, stats.holdout_loss, start.elapsed().as_secs_f64());
+        }
+    }
+    let qat = trainer.best_graph().unwrap();
+
+    let ptq_sim = Fp32Engine::new(ptq.clone());
+    let qat_sim = Fp32Engine::new(qat.clone());
+    let qat_int8 = Int8Engine::new(qat.clone()).unwrap();
+    let ptq_int8 = Int8Engine::new(ptq.clone()).unwrap();
+    let f_ptq = fidelity(&float, &|x| ptq_sim.run(x).unwrap(), &held_out);
+    let f_ptq8 = fidelity(&float, &|x| ptq_int8.run(x).unwrap(), &held_out);
+    let f_qat = fidelity(&float, &|x| qat_sim.run(x).unwrap(), &held_out);
+    let f_qat8 = fidelity(&float, &|x| qat_int8.run(x).unwrap(), &held_out);
+    let show = |name: &str, c: &ClassifierAgreement| {
+        eprintln!("{name:<12} mean KL {:.4}  confident top-1 {:.3} ({} views)  all-view top-1 {:.3}  top-5 {:.3}", c.mean_kl, c.confident_top1, c.confident_frames, c.top1, c.top5)
+    };
+    eprintln!("EfficientNet-Lite0 W4A8, {steps} steps, {} held-out views, {:.0} s of training", held_out.len(), start.elapsed().as_secs_f64());
+    show("PTQ sim", &f_ptq);
+    show("PTQ int8", &f_ptq8);
+    show("QAT sim", &f_qat);
+    show("QAT int8", &f_qat8);
+    assert!(f_qat8.mean_kl < f_ptq8.mean_kl, "QAT KL {} vs PTQ {}", f_qat8.mean_kl, f_ptq8.mean_kl);
+}
+
+/// One QAT step per frame against one FP32 forward (the target: at most 3.5x), with
+/// the teacher's outputs cached (a pool of views) and without.
+#[test]
+#[ignore]
+fn qat_step_time_against_a_forward() {
+    let (model, p) = efficientnet();
+    let (train_imgs, _) = split_images();
+    for (name, config) in [("W8A8", QuantConfig::default()), ("W4A8", w4a8())] {
+        let mut cal = Calibrator::new(model.engine.graph(), config).unwrap();
+        let frames = views(&train_imgs, 8, 1, &p);
+        for f in &frames {
+            cal.observe(&[&f[0]]).unwrap();
+        }
+        let ptq = cal.quantize().unwrap();
+        let float = Fp32Engine::new(cal.graph().clone());
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            v[v.len() / 2]
+        };
+        let forward = median(
+            (0..7)
+                .map(|i| {
+                    let t = Instant::now();
+                    float.run(&[&frames[i % 8][0]]).unwrap();
+                    t.elapsed().as_secs_f64()
+                })
+                .collect(),
+        );
+        let mut trainer = Trainer::new(cal.graph(), &ptq, QatConfig::default()).unwrap();
+        let training_forward = median(
+            (0..5)
+                .map(|i| {
+                    let t = Instant::now();
+                    trainer.forward(&frames[i]).unwrap();
+                    t.elapsed().as_secs_f64()
+                })
+                .collect(),
+        );
+        let batch = frames[..4].to_vec();
+        trainer.step(&batch).unwrap(); // warm: buffers, teacher cache
+        let cached = median(
+            (0..3)
+                .map(|_| {
+                    let t = Instant::now();
+                    trainer.step(&batch).unwrap();
+                    t.elapsed().as_secs_f64() / batch.len() as f64
+                })
+                .collect(),
+        );
+        let fresh = median(
+            (0..3)
+                .map(|i| {
+                    let batch: Vec<_> = views(&train_imgs, 4, 100 + i, &p);
+                    let t = Instant::now();
+                    trainer.step(&batch).unwrap();
+                    t.elapsed().as_secs_f64() / batch.len() as f64
+                })
+                .collect(),
+        );
+        eprintln!(
+            "{name} ({:?}): forward {:.1} ms, training forward {:.1} ms; step per frame {:.1} ms = {:.2}x with the teacher cached, {:.1} ms = {:.2}x with a new frame",
+            trainer.mode(),
+            forward * 1e3,
+            training_forward * 1e3,
+            cached * 1e3,
+            cached / forward,
+            fresh * 1e3,
+            fresh / forward
+        );
+    }
+}
+
+/// The backward of the whole float EfficientNet against a directional finite difference:
+/// `∇L · d ≈ (L(θ + h·d) - L(θ - h·d)) / 2h` for a random direction `d` over every weight and
+/// bias (each scaled by its magnitude), and over the input, with `L = Σ r · logits`. The
+/// ReLU6s become SiLUs: differences across the kinks of hundreds of thousands of clamps would
+/// swamp the comparison (they converge to the analytic value only as h → 0, where f32
+/// rounding takes over).
+#[test]
+fn efficientnet_gradient_matches_a_directional_difference() {
+    use quant_playground::ir::{Activation, Op};
+    use quant_playground::train::tape::{Tape, TapeSpec};
+    use std::sync::Arc;
+    let (model, p) = efficientnet();
+    let mut g = model.engine.graph().clone();
+    for node in &mut g.nodes {
+        if let Op::Conv(c) = &mut node.op {
+            if c.activation != Activation::Identity {
+                c.activation = Activation::Silu;
+            }
+        }
+    }
+    let (train_imgs, _) = split_images();
+    let x = views(&train_imgs, 1, 9, &p).remove(0).remove(0);
+    let spec = TapeSpec { trainable: g.values.iter().map(|v| v.is_const()).collect(), input_grads: true, ..Default::default() };
+    let mut tape = Tape::new(g.clone(), spec).unwrap();
+    tape.forward(&[&x]).unwrap();
+    let mut rng = Rng::seeded(4);
+    let r: Vec<f32> = (0..1000).map(|_| rng.uniform(-1.0, 1.0) as f32).collect();
+    tape.backward(&[(g.outputs[0], &r)]);
+    let loss = |out: &[f32]| out.iter().zip(&r).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>();
+    for (what, consts) in [("weights and biases", true), ("input", false)] {
+        let mut analytic = 0f64;
+        let mut dirs: Vec<(usize, Vec<f32>)> = Vec::new();
+        let ids: Vec<usize> = if consts { (0..g.values.len()).filter(|&v| g.values[v].is_const() && tape.grad(v).is_some()).collect() } else { vec![g.inputs[0]] };
+        for &v in &ids {
+            let d: Vec<f32> = (0..g.values[v].len()).map(|_| rng.gaussian() as f32).collect();
+            let grad = tape.grad(v).unwrap();
+            analytic += grad.iter().zip(&d).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>();
+            dirs.push((v, d));
+        }
+        let eval = |h: f32| -> f64 {
+            let mut g2 = g.clone();
+            let mut input = x.clone();
+            for (v, d) in &dirs {
+                if consts {
+                    let data: Vec<f32> = g.const_data(*v).unwrap().iter().zip(d).map(|(&a, &b)| a + h * b * a.abs().max(1e-3)).collect();
+                    g2.values[*v].data = Some(Arc::new(data));
+                } else {
+                    input.iter_mut().zip(d).for_each(|(a, &b)| *a += h * b);
+                }
+            }
+            loss(&Fp32Engine::new(g2).run(&[&input]).unwrap()[0])
+        };
+        // Relative perturbations of the constants (each by h·|θ|): the analytic side weighs
+        // the direction the same way.
+        if consts {
+            analytic = 0.0;
+            for (v, d) in &dirs {
+                let grad = tape.grad(*v).unwrap();
+                analytic += grad.iter().zip(d).zip(g.const_data(*v).unwrap()).map(|((&a, &b), &w)| a as f64 * b as f64 * w.abs().max(1e-3) as f64).sum::<f64>();
+            }
+        }
+        // The unbounded SiLU network is strongly curved: the central difference's O(h²) error
+        // is 4% at h = 1e-3 and 0.05% at 1e-4.
+        let h = 1e-4;
+        let numeric = (eval(h) - eval(-h)) / (2.0 * h as f64);
+        eprintln!("{what}: analytic {analytic:.5}, numeric {numeric:.5}");
+        assert!((analytic - numeric).abs() < 0.01 * numeric.abs().max(1.0), "{what}: {analytic} vs {numeric}");
+    }
+}
+
+
+#[test]
+#[ignore]
+fn tune_probe() {
+    let (model, p) = efficientnet();
+    let (train_imgs, _) = split_images();
+    let mut cal = Calibrator::new(model.engine.graph(), w4a8()).unwrap();
+    let frames = views(&train_imgs, 8, 1, &p);
+    for f in &frames {
+        cal.observe(&[&f[0]]).unwrap();
+    }
+    let ptq = cal.quantize().unwrap();
+    let configs: Vec<QatConfig> = serde_json::from_str(&std::env::var("QAT_CONFIGS").unwrap()).unwrap();
+    let steps: usize = std::env::var("QAT_PROBE_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(6);
+    for c in configs {
+        let mut t = Trainer::new(cal.graph(), &ptq, c.clone()).unwrap();
+        let batch = frames[..2].to_vec();
+        let losses: Vec<String> = (0..steps).map(|_| format!("{:.3}", t.step(&batch).unwrap().loss)).collect();
+        eprintln!("{} -> {}", serde_json::to_string(&c).unwrap(), losses.join(" "));
+    }
+}

@@ -15,7 +15,12 @@ use crate::model::{Model, Output};
 use crate::onnx::ImportOptions;
 use crate::preprocess::{preprocess, Preprocess};
 use crate::quant::ptq::QuantConfig;
+use crate::rng::Rng;
 use crate::session::{self, Variant};
+use crate::train::qat::{QatConfig, Trainer};
+
+/// Kept calibration frames held out from QAT to pick the best weights (when there are enough).
+const QAT_HOLDOUT: usize = 4;
 
 #[wasm_bindgen(start)]
 pub fn start() {
@@ -61,6 +66,9 @@ fn outputs_to_js(outputs: Vec<Output>) -> JsValue {
 #[wasm_bindgen]
 pub struct Session {
     session: session::Session,
+    /// QAT in progress (between `qatBegin` and `qatFinish`).
+    trainer: Option<Trainer>,
+    rng: Rng,
 }
 
 fn to_js<T: serde::Serialize>(value: &T) -> Result<JsValue, JsError> {
@@ -92,7 +100,7 @@ impl Session {
         let input_shapes: HashMap<String, Vec<usize>> =
             if input_shapes.is_undefined() || input_shapes.is_null() { HashMap::new() } else { serde_wasm_bindgen::from_value(input_shapes)? };
         let options = ImportOptions { input_shapes, ..ImportOptions::default() };
-        Ok(Session { session: session::Session::new(Model::load(bytes, &options).map_err(err)?) })
+        Ok(Session { session: session::Session::new(Model::load(bytes, &options).map_err(err)?), trainer: None, rng: Rng::seeded(0x9a7) })
     }
 
     /// Inputs, outputs, ops, parameters, what will be quantized, a preprocessing guess.
@@ -182,6 +190,60 @@ impl Session {
         to_js(report)
     }
 
+    /// Starts QAT from the PTQ variant, distilling from the FP32 model on the kept calibration
+    /// frames (a few held out to keep the best weights). `config` as `QatConfig` (`{}`: the
+    /// default recipe, mode chosen by weight width). Returns `{steps, mode, batchSize}`.
+    #[wasm_bindgen(js_name = qatBegin)]
+    pub fn qat_begin(&mut self, config: JsValue) -> Result<JsValue, JsError> {
+        let config: QatConfig = optional(config)?;
+        let mut trainer = self.session.qat_trainer(config).map_err(err)?;
+        let kept = self.session.kept_frames();
+        if kept.len() > 2 * QAT_HOLDOUT {
+            trainer.set_holdout(&kept[kept.len() - QAT_HOLDOUT..]).map_err(err)?;
+        }
+        let reply = serde_json::json!({ "steps": trainer.steps(), "mode": trainer.mode(), "batchSize": trainer.config().batch_size });
+        self.trainer = Some(trainer);
+        to_js(&reply)
+    }
+
+    /// Runs up to `n` QAT steps (the worker calls it in small slices so cancel gets through);
+    /// returns the last step's `{step, loss, lr, holdoutLoss, bestLoss, done}`.
+    #[wasm_bindgen(js_name = qatStep)]
+    pub fn qat_step(&mut self, n: usize) -> Result<JsValue, JsError> {
+        let trainer = self.trainer.as_mut().ok_or_else(|| JsError::new("QAT has not started: call qatBegin first"))?;
+        let kept = self.session.kept_frames();
+        let train = if kept.len() > 2 * QAT_HOLDOUT { &kept[..kept.len() - QAT_HOLDOUT] } else { kept };
+        if train.is_empty() {
+            return Err(JsError::new("QAT needs calibration frames: calibrate first"));
+        }
+        let shapes: Vec<Vec<usize>> = self.session.model.meta.inputs.iter().map(|i| i.shape.clone()).collect();
+        let mut last = None;
+        for _ in 0..n.max(1) {
+            if trainer.steps_done() >= trainer.steps() {
+                break;
+            }
+            let batch: Vec<Vec<Vec<f32>>> = (0..trainer.config().batch_size.max(1))
+                .map(|_| {
+                    let frame = &train[(self.rng.next_u64() % train.len() as u64) as usize];
+                    let flip = self.rng.next_u64() & 1 == 1;
+                    frame.iter().zip(&shapes).map(|(x, shape)| if flip { flip_width(x, shape) } else { x.clone() }).collect()
+                })
+                .collect();
+            last = Some(trainer.step(&batch).map_err(err)?);
+        }
+        let done = trainer.steps_done() >= trainer.steps();
+        to_js(&serde_json::json!({ "stats": last, "step": trainer.steps_done(), "loss": last.as_ref().map(|s| s.loss), "holdoutLoss": last.as_ref().and_then(|s| s.holdout_loss), "bestLoss": last.as_ref().and_then(|s| s.best_loss), "done": done }))
+    }
+
+    /// Installs the best weights so far as the `qat` variant (also after a cancel) and returns
+    /// its report, measured like PTQ's.
+    #[wasm_bindgen(js_name = qatFinish)]
+    pub fn qat_finish(&mut self) -> Result<JsValue, JsError> {
+        let trainer = self.trainer.take().ok_or_else(|| JsError::new("QAT has not started: call qatBegin first"))?;
+        let report = self.session.finish_qat(&trainer).map_err(err)?;
+        to_js(report)
+    }
+
     /// Per-layer SQNR of a quantized variant on the kept calibration frames.
     #[wasm_bindgen(js_name = layerErrors)]
     pub fn layer_errors(&self, variant: &str) -> Result<JsValue, JsError> {
@@ -196,6 +258,23 @@ impl Session {
         let (histogram, clip) = self.session.histogram(tensor).map_err(err)?;
         to_js(&HistogramReply { histogram, clip })
     }
+}
+
+/// An image tensor mirrored left-right (NCHW: width last; NHWC: width before channels); other
+/// inputs are returned unchanged.
+fn flip_width(x: &[f32], shape: &[usize]) -> Vec<f32> {
+    let (w, inner) = match shape {
+        [_, 3, _, w] => (*w, 1),
+        [_, _, w, 3] => (*w, 3),
+        _ => return x.to_vec(),
+    };
+    let mut out = vec![0f32; x.len()];
+    for (row_in, row_out) in x.chunks(w * inner).zip(out.chunks_mut(w * inner)) {
+        for i in 0..w {
+            row_out[i * inner..(i + 1) * inner].copy_from_slice(&row_in[(w - 1 - i) * inner..(w - i) * inner]);
+        }
+    }
+    out
 }
 
 impl Session {

@@ -25,6 +25,8 @@ mod test_rng {
 
 #[cfg(target_arch = "wasm32")]
 pub mod api;
+#[cfg(target_arch = "wasm32")]
+pub mod bench_api;
 
 pub use error::{Error, Result};
 pub use model::Model;

@@ -109,11 +109,13 @@ pub fn evaluate(
     candidate: &dyn Fn(&[&[f32]], &mut dyn FnMut(ValueId, &[f32])) -> Result<Vec<Vec<f32>>>,
     quantized: &Graph,
     frames: &[Vec<Vec<f32>>],
+    progress: &mut dyn FnMut(usize),
 ) -> Result<(Fidelity, Vec<LayerError>)> {
     let mut fidelity = FidelityAcc::for_graph(quantized);
     let mut layers = LayerSqnr::new(quantized);
     let mut kept: Vec<Vec<f32>> = vec![Vec::new(); quantized.values.len()];
-    for frame in frames {
+    for (done, frame) in frames.iter().enumerate() {
+        progress(done);
         let inputs: Vec<&[f32]> = frame.iter().map(|v| v.as_slice()).collect();
         for (&id, data) in reference.graph().inputs.iter().zip(&inputs) {
             if layers.tracks(id) {
@@ -219,7 +221,7 @@ impl Session {
         let cal = self.calibrator_or_err()?;
         let int8 = Int8Engine::new(graph.clone())?;
         let run = |x: &[&[f32]], o: &mut dyn FnMut(ValueId, &[f32])| int8.run_observed(x, o);
-        let (fidelity, layers) = evaluate(cal.engine(), &run, &graph, &self.kept)?;
+        let (fidelity, layers) = evaluate(cal.engine(), &run, &graph, &self.kept, &mut |_| {})?;
         let float_nodes = int8
             .float_nodes()
             .into_iter()

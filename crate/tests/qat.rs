@@ -207,6 +207,25 @@ fn qat_step_time_against_a_forward() {
                 })
                 .collect(),
         );
+        // Where a step's time goes, by op kind.
+        trainer.tape_mut().set_profiling(true);
+        trainer.step(&batch).unwrap();
+        let prof = trainer.tape_mut().profile().unwrap().to_vec();
+        trainer.tape_mut().set_profiling(false);
+        let mut kinds: std::collections::BTreeMap<String, [f64; 3]> = Default::default();
+        let g = ptq.clone();
+        for (node, t) in g.nodes.iter().zip(&prof) {
+            let k = match &node.op {
+                quant_playground::ir::Op::Conv(c) if c.group > 1 => format!("Conv dw {}x{} s{}", c.window.kernel[0], c.window.kernel[1], c.window.strides[0]),
+                quant_playground::ir::Op::Conv(c) => format!("Conv {}x{} s{}", c.window.kernel[0], c.window.kernel[1], c.window.strides[0]),
+                op => op.name().to_string(),
+            };
+            let e = kinds.entry(k).or_default();
+            (0..3).for_each(|i| e[i] += t[i] / batch.len() as f64);
+        }
+        for (k, t) in &kinds {
+            eprintln!("  {k:<20} forward {:>6.1} ms  fq backward {:>5.1} ms  backward {:>6.1} ms", t[0] * 1e3, t[1] * 1e3, t[2] * 1e3);
+        }
         eprintln!(
             "{name} ({:?}): forward {:.1} ms, training forward {:.1} ms; step per frame {:.1} ms = {:.2}x with the teacher cached, {:.1} ms = {:.2}x with a new frame",
             trainer.mode(),

@@ -146,6 +146,45 @@ pub fn plan(graph: &Graph, keep_float: &[String]) -> Result<QuantPlan> {
     Ok(QuantPlan { values, roles })
 }
 
+/// Leaves the model's outputs in float: each graph output, and back through the Follow ops
+/// that only carry it (Reshape, Transpose...), the Compute op making it then writes float (the
+/// int8 engine runs that last op on dequantized inputs). Detector heads whose logits span
+/// hundreds of units lose their small, decisive values on an 8-bit grid; the cost is one
+/// layer per output run in float.
+pub fn keep_outputs_float(graph: &Graph, plan: &mut QuantPlan) {
+    let producers = graph.producers();
+    let consumers = graph.consumers();
+    let mut stack: Vec<ValueId> = graph.outputs.clone();
+    while let Some(v) = stack.pop() {
+        if matches!(plan.values[v], ValuePlan::Float | ValuePlan::Weight { .. } | ValuePlan::Constant) {
+            continue;
+        }
+        // Another reader that needs the integers keeps the value quantized.
+        let needed = consumers[v].iter().any(|&n| plan.roles[n] == Role::Compute);
+        if needed {
+            continue;
+        }
+        plan.values[v] = ValuePlan::Float;
+        if let Some(n) = producers[v] {
+            if plan.roles[n] == Role::Follow {
+                // The Follow op now writes float, so its input need not be quantized for it.
+                let x = graph.nodes[n].inputs[0];
+                if consumers[x].iter().all(|&c| c == n || plan.roles[c] != Role::Compute) && !graph.outputs.contains(&x) {
+                    stack.push(x);
+                }
+            }
+        }
+    }
+    // Values that followed a value now float have nothing to follow: calibrate them.
+    for v in 0..plan.values.len() {
+        if let ValuePlan::SameAs(r) = plan.values[v] {
+            if plan.values[r] == ValuePlan::Float {
+                plan.values[v] = ValuePlan::Observed;
+            }
+        }
+    }
+}
+
 /// True for fused activations the int8 engine applies as a clamp of the output range; others
 /// (HardSwish, SiLU, Sigmoid...) need their own quantized input.
 pub fn folds_into_range(act: Activation) -> bool {

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::observer::{CalibrationMethod, Observer};
 use super::params::{check_bits, from_range, quantize_weights, ChannelParams, QuantParams, WeightRange};
-use super::plan::{plan, split_fused_activations, weight_axis, QuantPlan, ValuePlan};
+use super::plan::{keep_outputs_float, plan, split_fused_activations, weight_axis, QuantPlan, ValuePlan};
 use super::Quant;
 use crate::engine::Fp32Engine;
 use crate::ir::{Graph, Node, Op, ValueId};
@@ -48,6 +48,9 @@ pub struct QuantConfig {
     pub keep_float: Vec<String>,
     /// Per-node weight width and granularity, by node name.
     pub overrides: BTreeMap<String, LayerOverride>,
+    /// Leave the model's outputs (and the last op computing each) in float; see
+    /// `plan::keep_outputs_float`.
+    pub float_outputs: bool,
     /// Correct each output channel's bias by the mean error its quantized weights add on the
     /// calibration frames (Nagel et al. 2019, with measured input means).
     pub bias_correction: bool,
@@ -73,6 +76,7 @@ impl Default for QuantConfig {
             keep_float: Vec::new(),
             overrides: BTreeMap::new(),
             bias_correction: true,
+            float_outputs: false,
         }
     }
 }
@@ -151,7 +155,10 @@ impl Calibrator {
         let mut graph = graph.clone();
         split_fused_activations(&mut graph);
         graph.validate()?;
-        let plan = plan(&graph, &config.keep_float)?;
+        let mut plan = plan(&graph, &config.keep_float)?;
+        if config.float_outputs {
+            keep_outputs_float(&graph, &mut plan);
+        }
         let observers = plan.values.iter().map(|p| (*p == ValuePlan::Observed).then(|| Observer::new(config.calibration))).collect();
         let mut means: Vec<Option<ChannelMeans>> = vec![None; graph.values.len()];
         if config.bias_correction {

@@ -415,6 +415,11 @@ impl Trainer {
         self.loss.describe()
     }
 
+    /// The tape (profiling, inspection).
+    pub fn tape_mut(&mut self) -> &mut Tape {
+        &mut self.tape
+    }
+
     /// Numbers of trained values: (weights, step sizes, biases).
     pub fn parameter_counts(&self) -> (usize, usize, usize) {
         let w = self.weights.iter().zip(&self.state.weights).filter(|(p, _)| p.train_weights).map(|(_, s)| s.0.len()).sum();

@@ -62,6 +62,23 @@ pub struct Tape {
     scratch: Scratch,
     zeros: Vec<f32>,
     prepared: bool,
+    /// Per node: seconds in forward, in the fake-quant backward of its outputs, in its backward.
+    profile: Option<Vec<[f64; 3]>>,
+}
+
+/// Wall-clock seconds since an arbitrary origin, natively; 0 on wasm32 (no clock there without
+/// JavaScript), where the profile stays empty.
+fn clock() -> f64 {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use std::sync::OnceLock;
+        static START: OnceLock<std::time::Instant> = OnceLock::new();
+        START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64()
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        0.0
+    }
 }
 
 impl Tape {
@@ -124,12 +141,23 @@ impl Tape {
             scratch: Scratch::default(),
             zeros: vec![0.0; max_out],
             prepared: false,
+            profile: None,
             g,
         })
     }
 
     pub fn graph(&self) -> &Graph {
         &self.g
+    }
+
+    /// Starts (or stops) timing every node (natively; nothing is timed on wasm32).
+    pub fn set_profiling(&mut self, on: bool) {
+        self.profile = on.then(|| vec![[0.0; 3]; self.g.nodes.len()]);
+    }
+
+    /// Seconds per node so far: forward, fake-quant backward of its outputs, backward.
+    pub fn profile(&self) -> Option<&[[f64; 3]]> {
+        self.profile.as_deref()
     }
 
     /// The current data of a trainable constant, to change before the next
@@ -174,7 +202,7 @@ impl Tape {
         if !self.prepared {
             self.prepare();
         }
-        let Tape { g, ops, quant, consts, vals, pre, aux, scratch, .. } = self;
+        let Tape { g, ops, quant, consts, vals, pre, aux, scratch, profile, .. } = self;
         if inputs.len() != g.inputs.len() {
             return Err(Error::Invalid(format!("the model takes {} inputs, {} were given", g.inputs.len(), inputs.len())));
         }
@@ -194,6 +222,7 @@ impl Tape {
             }
         }
         for (n, node) in g.nodes.iter().enumerate() {
+            let t0 = if profile.is_some() { clock() } else { 0.0 };
             let mut outs: Vec<Vec<f32>> = node
                 .outputs
                 .iter()
@@ -216,6 +245,9 @@ impl Tape {
                     }
                     None => vals[o] = b,
                 }
+            }
+            if let Some(p) = profile.as_mut() {
+                p[n][0] += clock() - t0;
             }
         }
         Ok(())
@@ -283,7 +315,7 @@ impl Tape {
     /// Backward of the last forward from `seeds` (`∂L/∂v` of some values, as consumers read
     /// them). Gradients of trainable constants and step sizes accumulate.
     pub fn backward(&mut self, seeds: &[(ValueId, &[f32])]) {
-        let Tape { g, ops, quant, scale_grad, needs, keep, consts, vals, pre, aux, grads, scale_grads, pool, scratch, zeros, .. } = self;
+        let Tape { g, ops, quant, scale_grad, needs, keep, consts, vals, pre, aux, grads, scale_grads, pool, scratch, zeros, profile, .. } = self;
         for &(v, s) in seeds {
             if needs[v] {
                 let mut b = Self::acquire(pool, s.len());
@@ -295,6 +327,7 @@ impl Tape {
             if !node.outputs.iter().any(|&o| grads[o].is_some()) {
                 continue;
             }
+            let t0 = if profile.is_some() { clock() } else { 0.0 };
             for &o in &node.outputs {
                 if let (Some(q), Some(gr)) = (quant[o], grads[o].as_deref_mut()) {
                     let ds = q.backward(&pre[o], gr);
@@ -303,6 +336,7 @@ impl Tape {
                     }
                 }
             }
+            let t1 = if profile.is_some() { clock() } else { 0.0 };
             if node.inputs.iter().any(|&i| needs[i]) {
                 let mut dx: Vec<Option<Vec<f32>>> = node.inputs.iter().map(|&i| needs[i].then(|| Self::acquire(pool, g.values[i].len()))).collect();
                 {
@@ -321,6 +355,11 @@ impl Tape {
                 if let Some(b) = grads[o].take() {
                     pool.push(b);
                 }
+            }
+            if let Some(p) = profile.as_mut() {
+                let t2 = clock();
+                p[n][1] += t1 - t0;
+                p[n][2] += t2 - t1;
             }
         }
         for &i in &g.inputs {

@@ -15,6 +15,7 @@ use quant_playground::quant::observer::CalibrationMethod;
 use quant_playground::quant::ptq::QuantConfig;
 use quant_playground::rng::Rng;
 use quant_playground::session::{evaluate, QuantReport, Session, Variant};
+use quant_playground::train::qat::{QatConfig, QatMode, StepStats};
 use quant_playground::{npy, Error, Result};
 use serde::Serialize;
 
@@ -28,6 +29,14 @@ pub enum CalibrationArg {
     Percentile,
     Entropy,
     Mse,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum QatModeArg {
+    /// Step sizes and biases.
+    Scales,
+    /// All weights too.
+    Full,
 }
 
 #[derive(Args)]
@@ -69,9 +78,22 @@ pub struct QuantizeArgs {
     /// Leave these nodes in float: NODE,NODE,...
     #[arg(long, value_delimiter = ',', value_name = "NODE,...")]
     pub keep_float: Vec<String>,
+    /// Leave the model's outputs, and the last layer computing each, in float.
+    #[arg(long)]
+    pub float_outputs: bool,
     /// Skip bias correction.
     #[arg(long)]
     pub no_bias_correction: bool,
+    /// Quantization-aware fine-tuning steps after PTQ (0: none), distilled from the FP32 model
+    /// on fresh random views of the calibration images.
+    #[arg(long, default_value_t = 0)]
+    pub qat_steps: usize,
+    /// QAT learning rate of the weights (default: the recipe's).
+    #[arg(long)]
+    pub qat_lr: Option<f32>,
+    /// What QAT trains (default: scales at 8-bit weights, full below).
+    #[arg(long, value_enum)]
+    pub qat_mode: Option<QatModeArg>,
     /// Held-out evaluation data (images or .npy) for the report's fidelity.
     #[arg(long, value_name = "DIR")]
     pub eval: Option<PathBuf>,
@@ -189,6 +211,17 @@ struct Report<'a> {
     preprocess: &'a Preprocess,
     ptq: &'a QuantReport,
     evaluation: Option<Evaluation>,
+    qat: Option<QatSummary<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct QatSummary<'a> {
+    report: &'a QuantReport,
+    /// Per step: the distillation loss (and the held-out loss where measured).
+    loss_curve: Vec<StepStats>,
+    seconds: f64,
+    evaluation: Option<Evaluation>,
 }
 
 #[derive(Serialize)]
@@ -216,6 +249,7 @@ pub fn quantize(a: &QuantizeArgs) -> Result<()> {
         calibration,
         keep_float: a.keep_float.clone(),
         bias_correction: !a.no_bias_correction,
+        float_outputs: a.float_outputs,
         ..QuantConfig::default()
     };
     let calib = frames(&load_folder(&a.calib, &model)?, a.calib_views, a.seed, &p)?;
@@ -228,68 +262,83 @@ pub fn quantize(a: &QuantizeArgs) -> Result<()> {
     }
     eprintln!("quantizing and measuring on {} kept calibration frames", session.kept_frames().len());
     let report = session.quantize_ptq()?.clone();
-    let evaluation = match &a.eval {
+    let eval_frames: Option<Vec<Vec<Vec<f32>>>> = match &a.eval {
         None => None,
-        Some(dir) => {
-            // Other views than calibration's unless the seeds collide: offset the seed.
-            let eval = frames(&load_folder(dir, &session.model)?, a.eval_views, a.seed.wrapping_add(0x9e37), &p)?;
-            let q = session.variant(Variant::Ptq)?.expect("just built");
-            let cal = session.calibrator().expect("calibrated");
-            let mut bar = Progress::new("evaluating", eval.len());
-            let mut fidelity = None;
-            for (i, chunk) in eval.chunks(8).enumerate() {
-                let f: Vec<Vec<Vec<f32>>> = chunk.iter().map(|x| vec![x.clone()]).collect();
-                let run = |x: &[&[f32]], o: &mut dyn FnMut(usize, &[f32])| q.run_observed(x, o);
-                let (part, _) = evaluate(cal.engine(), &run, &q.graph, &f)?;
-                fidelity = Some(merge(fidelity, part));
-                bar.update((i * 8 + chunk.len()).min(eval.len()));
-            }
-            fidelity.map(|fidelity| Evaluation { frames: eval.len(), fidelity })
-        }
+        // Other views than calibration's: another seed.
+        Some(dir) => Some(frames(&load_folder(dir, &session.model)?, a.eval_views, a.seed.wrapping_add(0x9e37), &p)?.into_iter().map(|x| vec![x]).collect()),
     };
+    let evaluation = match &eval_frames {
+        None => None,
+        Some(f) => Some(evaluate_variant(&session, Variant::Ptq, f)?),
+    };
+    let mut qat = None;
+    if a.qat_steps > 0 {
+        let mut config = QatConfig { steps: Some(a.qat_steps), ..QatConfig::default() };
+        if let Some(lr) = a.qat_lr {
+            config.lr = lr;
+        }
+        config.mode = a.qat_mode.map(|m| match m {
+            QatModeArg::Scales => QatMode::Scales,
+            QatModeArg::Full => QatMode::Full,
+        });
+        let mut trainer = session.qat_trainer(config)?;
+        trainer.set_holdout(session.kept_frames())?;
+        eprintln!("QAT: {} steps, mode {:?}, batch {}", trainer.steps(), trainer.mode(), trainer.config().batch_size);
+        let source = load_folder(&a.calib, &session.model)?;
+        let mut rng = Rng::seeded(a.seed.wrapping_add(0x7a7));
+        let batch = trainer.config().batch_size;
+        let start = Instant::now();
+        let mut bar = Progress::new("training", a.qat_steps);
+        let mut curve = Vec::new();
+        trainer.train(
+            a.qat_steps,
+            &mut |_| {
+                (0..batch)
+                    .map(|_| match &source {
+                        Source::Images(images) => {
+                            let (px, w, h) = &images[(rng.next_u64() % images.len() as u64) as usize];
+                            let (v, vw, vh) = View::random(&mut rng, &Augment::default()).apply(px, *w, *h);
+                            Ok(vec![preprocess(&v, vw, vh, &p)?])
+                        }
+                        Source::Tensors(t) => Ok(vec![t[(rng.next_u64() % t.len() as u64) as usize].clone()]),
+                    })
+                    .collect()
+            },
+            &mut |stats| {
+                curve.push(stats.clone());
+                bar.update(stats.step);
+                true
+            },
+        )?;
+        let seconds = start.elapsed().as_secs_f64();
+        let report = session.finish_qat(&trainer)?.clone();
+        let evaluation = match &eval_frames {
+            None => None,
+            Some(f) => Some(evaluate_variant(&session, Variant::Qat, f)?),
+        };
+        qat = Some((report, curve, seconds, evaluation));
+    }
     print_report(&report, evaluation.as_ref());
+    if let Some((r, _, seconds, e)) = &qat {
+        println!("QAT ({seconds:.1} s):");
+        print_report(r, e.as_ref());
+    }
     if let Some(out) = &a.out {
-        let q = session.variant(Variant::Ptq)?.expect("just built");
+        // The QAT result when there is one.
+        let variant = if qat.is_some() { Variant::Qat } else { Variant::Ptq };
+        let q = session.variant(variant)?.expect("just built");
         let bytes = export(&q.graph, &ExportOptions::default())?;
         fs::write(out, &bytes).map_err(|source| Error::Io { path: out.display().to_string(), source })?;
         eprintln!("wrote {} ({} bytes)", out.display(), bytes.len());
     }
     if let Some(path) = &a.report {
-        let r = Report { model: a.model.display().to_string(), preprocess: &p, ptq: &report, evaluation };
+        let qat = qat.as_ref().map(|(report, curve, seconds, _)| QatSummary { report, loss_curve: curve.clone(), seconds: *seconds, evaluation: None });
+        let r = Report { model: a.model.display().to_string(), preprocess: &p, ptq: &report, evaluation, qat };
         let json = serde_json::to_string_pretty(&r).expect("reports serialize");
         fs::write(path, json).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
-}
-
-/// Fidelity over two sets of frames from the fidelity of each (frame-weighted means; SQNR
-/// and max difference combined conservatively).
-fn merge(a: Option<Fidelity>, b: Fidelity) -> Fidelity {
-    let Some(mut a) = a else { return b };
-    let (na, nb) = (a.frames as f64, b.frames as f64);
-    let w = |x: f64, y: f64| (x * na + y * nb) / (na + nb);
-    for (oa, ob) in a.outputs.iter_mut().zip(&b.outputs) {
-        oa.cosine = w(oa.cosine, ob.cosine);
-        oa.sqnr_db = oa.sqnr_db.min(ob.sqnr_db);
-        oa.max_abs_diff = oa.max_abs_diff.max(ob.max_abs_diff);
-        if let (Some(ca), Some(cb)) = (&mut oa.classifier, &ob.classifier) {
-            let confident = ca.confident_frames + cb.confident_frames;
-            ca.confident_top1 = if confident == 0 { 1.0 } else { (ca.confident_top1 * ca.confident_frames as f64 + cb.confident_top1 * cb.confident_frames as f64) / confident as f64 };
-            ca.confident_frames = confident;
-            ca.top1 = w(ca.top1, cb.top1);
-            ca.top5 = w(ca.top5, cb.top5);
-            ca.mean_kl = w(ca.mean_kl, cb.mean_kl);
-        }
-    }
-    if let (Some(pa), Some(pb)) = (&mut a.presence, &b.presence) {
-        let present = pa.reference_present + pb.reference_present;
-        pa.recall = if present == 0 { 1.0 } else { (pa.recall * pa.reference_present as f64 + pb.recall * pb.reference_present as f64) / present as f64 };
-        pa.reference_present = present;
-        pa.agreement = w(pa.agreement, pb.agreement);
-    }
-    a.frames += b.frames;
-    a
 }
 
 fn print_fidelity(label: &str, f: &Fidelity) {
@@ -326,3 +375,14 @@ fn print_report(r: &QuantReport, evaluation: Option<&Evaluation>) {
     }
 }
 
+
+/// Fidelity of a variant (its int8 engine) against the FP32 model on frames, with a progress bar.
+fn evaluate_variant(session: &Session, variant: Variant, frames: &[Vec<Vec<f32>>]) -> Result<Evaluation> {
+    let q = session.variant(variant)?.expect("variant built");
+    let cal = session.calibrator().expect("calibrated");
+    let mut bar = Progress::new("evaluating", frames.len());
+    let run = |x: &[&[f32]], o: &mut dyn FnMut(usize, &[f32])| q.run_observed(x, o);
+    let (fidelity, _) = evaluate(cal.engine(), &run, &q.graph, frames, &mut |done| bar.update(done))?;
+    bar.update(frames.len());
+    Ok(Evaluation { frames: frames.len(), fidelity })
+}

@@ -11,16 +11,21 @@
 //!   other and with the scalar reference of the tests.
 //!
 //! # Paths of `PackedQs8Conv2d`, chosen once at construction
-//! - Depthwise (`group == in_c`, any channel multiplier): each input plane is copied into
-//!   `scratch` with a border of the input zero point, then a direct kernel computes each output
-//!   plane. 3x3 and 5x5 with stride 1 or 2 use `qs8_dwconv2d_chw_minmax_kxk` (simd128: pairs of
-//!   taps interleaved byte by byte and multiplied by the weight pair with `i32x4.dot_i16x8_s`,
-//!   16 outputs of a row at a time for stride 1 and 8 for stride 2); other kernels use
-//!   `qs8_dwconv2d_chw_minmax_scalar`.
+//! - Depthwise (`group == in_c`, any channel multiplier): on wasm32 with simd128, 3x3 and 5x5
+//!   kernels with stride 1 or 2 take `dw_simd`: each input plane becomes a *pair plane* of i16
+//!   (stride 1: element `x` is `(v[x], v[x + 1])`; stride 2: the row widened), so the inputs of
+//!   two horizontally adjacent taps for 4 outputs are one 16-byte load, multiplied by the
+//!   weight pair with `i32x4.dot_i16x8_s`; blocks of 8 outputs, requantized with the
+//!   channel's `PreparedRequant` (see `dw_simd` for the layout and costs). Elsewhere (other
+//!   kernels, dilations, and every shape natively) each input plane is copied into `scratch`
+//!   with a border of the input zero point and `qs8_dwconv2d_chw_minmax_kxk_scalar` (3x3, 5x5)
+//!   or `qs8_dwconv2d_chw_minmax_scalar` computes each output plane.
 //! - Pointwise (1x1, stride 1, no padding): the input already is `X = [in_c][h*w]`; it is
 //!   packed block by block and multiplied by the weights packed at load (`gemm`).
 //! - Im2col (everything else, per group): the im2col matrix is written straight into the packed
-//!   `X` layout, block by block, then multiplied.
+//!   `X` layout, block by block, then multiplied. On wasm32 with simd128, a panel of 8 outputs
+//!   on one row with stride 1 or 2 is written 16 bytes at a time (one load per k row, an
+//!   even-byte shuffle for stride 2, one interleave per k pair).
 //!
 //! Blocks of `X` hold about `X_BLOCK_BYTES`, so a packed block is still in cache when the GEMM
 //! reads it and `scratch` stays small.
@@ -28,11 +33,14 @@
 //! # Tests
 //! Every path (depthwise 3x3/5x5 at stride 1 and 2, multiplier 2, generic depthwise, pointwise,
 //! grouped, dilated, strided, asymmetric pads) with non-zero and extreme zero points, against an
-//! exact i64 convolution and the same requantizers; natively and on wasm32 with simd128.
+//! exact i64 convolution and the same requantizers; natively and on wasm32 with simd128, where
+//! the pair-plane depthwise path is also compared bit for bit with the scalar kernels on every
+//! output width from 1 to 19 and more, all pads, multiplier 2, and requantizers on both sides
+//! of the single-nudge formula.
 
 use super::super::conv::Conv2dShape;
 use super::gemm::{self, PackedWeightsQs8, NR};
-use super::requant::{requantize, OutputParams, Requantizer};
+use super::requant::{requantize, OutputParams, PreparedRequant, Requantizer};
 
 /// Bytes of packed `X` per GEMM block.
 const X_BLOCK_BYTES: usize = 32 * 1024;
@@ -54,12 +62,19 @@ enum Path {
     Depthwise {
         weight: Vec<i8>,
         bias: Vec<i32>,
+        /// Per output channel, prepared with the channel's accumulator bound.
+        prepared: Vec<PreparedRequant>,
         kernel: DwKernel,
     },
-    /// Per group, weights `[out_c / group][in_c / group]`.
-    Pointwise { w: Vec<PackedWeightsQs8> },
-    /// Per group, weights `[out_c / group][in_c / group * kh * kw]`.
-    Im2col { w: Vec<PackedWeightsQs8> },
+    /// Per group, weights `[out_c / group][in_c / group]` and the prepared requantizers.
+    Pointwise {
+        w: Vec<(PackedWeightsQs8, Vec<PreparedRequant>)>,
+    },
+    /// Per group, weights `[out_c / group][in_c / group * kh * kw]` and the prepared
+    /// requantizers.
+    Im2col {
+        w: Vec<(PackedWeightsQs8, Vec<PreparedRequant>)>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,16 +152,18 @@ impl PackedQs8Conv2d {
             "qs8 conv: one requantizer per output channel"
         );
         let params = OutputParams::new(output_zero_point, qmin, qmax);
-        let pack_groups = || -> Vec<PackedWeightsQs8> {
+        let pack_groups = || -> Vec<(PackedWeightsQs8, Vec<PreparedRequant>)> {
             (0..s.group)
                 .map(|g| {
-                    PackedWeightsQs8::new(
+                    let w = PackedWeightsQs8::new(
                         &weight_q[g * ocg * kdim..][..ocg * kdim],
                         ocg,
                         kdim,
                         bias_q.map(|b| &b[g * ocg..][..ocg]),
                         input_zero_point,
-                    )
+                    );
+                    let prepared = w.prepare(&requant[g * ocg..][..ocg]);
+                    (w, prepared)
                 })
                 .collect()
         };
@@ -159,6 +176,7 @@ impl PackedQs8Conv2d {
                 Path::Depthwise {
                     weight: weight_q.to_vec(),
                     bias: (0..s.out_c).map(|c| packed.corrected_bias(c)).collect(),
+                    prepared: packed.prepare(&requant),
                     kernel: dw_kernel_for(&s),
                 }
             }
@@ -199,8 +217,26 @@ impl PackedQs8Conv2d {
             Path::Depthwise {
                 weight,
                 bias,
+                prepared,
                 kernel,
-            } => self.run_depthwise(weight, bias, *kernel, input, output, scratch),
+            } => {
+                #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+                if dw_simd::run(
+                    s,
+                    self.input_zero_point,
+                    weight,
+                    bias,
+                    prepared,
+                    &self.params,
+                    input,
+                    output,
+                    scratch,
+                ) {
+                    return;
+                }
+                let _ = prepared;
+                self.run_depthwise(weight, bias, *kernel, input, output, scratch)
+            }
             Path::Pointwise { w } => {
                 let (icg, hw) = (s.in_c / s.group, s.in_h * s.in_w);
                 self.run_gemm(w, input, output, scratch, |dst, x, n0, nc| {
@@ -220,7 +256,7 @@ impl PackedQs8Conv2d {
     /// columns `n0..n0 + nc` of `X` into `dst`, then the GEMM writes them to the output.
     fn run_gemm(
         &self,
-        w: &[PackedWeightsQs8],
+        w: &[(PackedWeightsQs8, Vec<PreparedRequant>)],
         input: &[i8],
         output: &mut [i8],
         scratch: &mut Vec<i8>,
@@ -232,9 +268,9 @@ impl PackedQs8Conv2d {
         let kc = (icg * s.kernel_h * s.kernel_w).next_multiple_of(2);
         let block = (X_BLOCK_BYTES / kc.max(1) / NR * NR).clamp(NR, n.next_multiple_of(NR));
         let dst = gemm::grow(scratch, gemm::packed_x_len(kc, block));
-        for (g, w) in w.iter().enumerate() {
+        for (g, (w, prepared)) in w.iter().enumerate() {
             let x = &input[g * in_len..][..in_len];
-            let requant = &self.requant[g * ocg..][..ocg];
+            let requant = gemm::ChannelRequant::Prepared(prepared);
             for n0 in (0..n).step_by(block) {
                 let nc = block.min(n - n0);
                 let packed = &mut dst[..gemm::packed_x_len(w.k(), nc)];
@@ -256,12 +292,10 @@ impl PackedQs8Conv2d {
     ) {
         let s = &self.shape;
         let (kh, kw) = (s.kernel_h, s.kernel_w);
-        // The padded plane covers every tap of every output, and at least the whole input; its
-        // rows are long enough for the simd128 kernels' last block.
+        // The padded plane covers every tap of every output, and at least the whole input.
         let ph = (s.pad_top + s.in_h).max((s.out_h - 1) * s.stride_h + (kh - 1) * s.dilation_h + 1);
-        let pw = (s.pad_left + s.in_w)
-            .max((s.out_w - 1) * s.stride_w + (kw - 1) * s.dilation_w + 1)
-            .max(dw_row_len(s.out_w, s.stride_w, kw));
+        let pw =
+            (s.pad_left + s.in_w).max((s.out_w - 1) * s.stride_w + (kw - 1) * s.dilation_w + 1);
         let plane = gemm::grow(scratch, ph * pw);
         let (in_plane, out_plane) = (s.in_h * s.in_w, s.out_h * s.out_w);
         let multiplier = s.out_c / s.in_c;
@@ -288,6 +322,292 @@ impl PackedQs8Conv2d {
                     stride: [s.stride_h, s.stride_w],
                     dilation: [s.dilation_h, s.dilation_w],
                 });
+            }
+        }
+    }
+}
+
+/// The simd128 depthwise path for 3x3 and 5x5 kernels with stride 1 or 2 (no dilation).
+///
+/// Per input channel, the padded plane is first written as a **pair plane** of i16 values,
+/// so that the two inputs of a pair of horizontally adjacent taps `(kx, kx + 1)` for four
+/// consecutive outputs are 16 contiguous bytes, ready for `i32x4.dot_i16x8_s` with the
+/// splatted weight pair:
+/// - stride 1: element `x` of a row is the i16 pair `(v[x], v[x + 1])` (4 bytes), and the
+///   pair of taps at `kx` for output `ox` is element `ox + kx`;
+/// - stride 2: a row is just `v` widened to i16, and the pair at `kx` for output `ox` is
+///   `(v[2 ox + kx], v[2 ox + kx + 1])`, i16 elements `2 ox + kx` and `2 ox + kx + 1`.
+///
+/// Either way its byte offset is `4 ox + kx · 4 / S`. A row of `K` taps is `ceil(K / 2)`
+/// pairs, the last one with a zero second weight; 8 outputs (two i32x4 accumulators) cost
+/// `2 K ceil(K / 2)` loads, dots and adds, then the requantization of `PreparedRequant`.
+/// `v` is the input row with the zero point around it, `zx` also past the padded width, so
+/// the last block of a row may compute (and discard) outputs past `out_w`.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod dw_simd {
+    use super::super::super::conv::Conv2dShape;
+    use super::super::requant::simd::{
+        prepared_lanes, requantize, requantize_fast, Lanes, OutputLanes,
+    };
+    use super::super::requant::{OutputParams, PreparedRequant};
+    use super::gemm;
+    use core::arch::wasm32::*;
+
+    /// Outputs of a row per block (two i32x4 accumulators, one 8-byte store).
+    const BLOCK: usize = 8;
+
+    /// Runs the depthwise convolution if its shape has a pair-plane kernel; false otherwise.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn run(
+        s: &Conv2dShape,
+        zx: i8,
+        weight: &[i8],
+        bias: &[i32],
+        prepared: &[PreparedRequant],
+        params: &OutputParams,
+        input: &[i8],
+        output: &mut [i8],
+        scratch: &mut Vec<i8>,
+    ) -> bool {
+        if (s.dilation_h, s.dilation_w) != (1, 1)
+            || s.stride_h != s.stride_w
+            || s.kernel_h != s.kernel_w
+        {
+            return false;
+        }
+        match (s.kernel_h, s.stride_h) {
+            (3, 1) => run_k::<3, 1>(
+                s, zx, weight, bias, prepared, params, input, output, scratch,
+            ),
+            (3, 2) => run_k::<3, 2>(
+                s, zx, weight, bias, prepared, params, input, output, scratch,
+            ),
+            (5, 1) => run_k::<5, 1>(
+                s, zx, weight, bias, prepared, params, input, output, scratch,
+            ),
+            (5, 2) => run_k::<5, 2>(
+                s, zx, weight, bias, prepared, params, input, output, scratch,
+            ),
+            _ => return false,
+        }
+        true
+    }
+
+    /// Elements (i32 pairs for stride 1, i16 for stride 2) per pair-plane row, a multiple of 8.
+    fn row_elems<const K: usize, const S: usize>(out_w: usize) -> usize {
+        let blocks = out_w.next_multiple_of(BLOCK);
+        if S == 1 {
+            blocks + K - 1
+        } else {
+            2 * blocks + K
+        }
+        .next_multiple_of(8)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_k<const K: usize, const S: usize>(
+        s: &Conv2dShape,
+        zx: i8,
+        weight: &[i8],
+        bias: &[i32],
+        prepared: &[PreparedRequant],
+        params: &OutputParams,
+        input: &[i8],
+        output: &mut [i8],
+        scratch: &mut Vec<i8>,
+    ) {
+        let ph = (s.out_h - 1) * S + K;
+        let elems = row_elems::<K, S>(s.out_w);
+        let pitch = elems * 4 / S;
+        // The padded input row: elements 0..elems (+1 for stride 1), and 8 bytes of slack
+        // for the widening loads.
+        let rowbuf_len = elems + 32;
+        let buf = gemm::grow(scratch, ph * pitch + rowbuf_len);
+        let (plane, rowbuf) = buf.split_at_mut(ph * pitch);
+        let (in_plane, out_plane) = (s.in_h * s.in_w, s.out_h * s.out_w);
+        let multiplier = s.out_c / s.in_c;
+        let o = OutputLanes::new(params);
+        rowbuf.fill(zx);
+        for ci in 0..s.in_c {
+            build_plane::<S>(
+                plane,
+                pitch,
+                elems,
+                rowbuf,
+                &input[ci * in_plane..][..in_plane],
+                s,
+                zx,
+            );
+            for co in ci * multiplier..(ci + 1) * multiplier {
+                qs8_dwconv2d_chw_pairs_minmax_simd128::<K, S>(
+                    plane,
+                    pitch,
+                    &weight[co * K * K..][..K * K],
+                    bias[co],
+                    &prepared[co],
+                    &o,
+                    &mut output[co * out_plane..][..out_plane],
+                    s.out_h,
+                    s.out_w,
+                );
+            }
+        }
+    }
+
+    /// Writes the pair plane of one input plane `x` (see the module docs): `ph` rows of
+    /// `pitch` bytes, padded row `y` being input row `y - pad_top` or the zero point.
+    /// `rowbuf` (`elems + 32` bytes) holds the padded row; it must be all `zx` on entry and is
+    /// left so. No `memory.copy`/`memory.fill` (V8 calls out of line for them): 16-byte
+    /// vector copies, the overshoot past the row repaired with one store of `zx`.
+    fn build_plane<const S: usize>(
+        plane: &mut [i8],
+        pitch: usize,
+        elems: usize,
+        rowbuf: &mut [i8],
+        x: &[i8],
+        s: &Conv2dShape,
+        zx: i8,
+    ) {
+        let (top, in_w) = (s.pad_top, s.in_w);
+        // Input columns past the padded row are never read (a shape may ask for fewer outputs
+        // than its input allows).
+        let left = s.pad_left.min(elems);
+        let w = in_w.min(elems - left);
+        assert!(rowbuf.len() >= elems + 32 && left + w + 16 <= rowbuf.len());
+        let zx8 = i8x16_splat(zx);
+        let zx16 = i16x8_splat(zx as i16);
+        let rb = rowbuf.as_mut_ptr();
+        for (y, row) in plane.chunks_exact_mut(pitch).enumerate() {
+            let rp = row.as_mut_ptr();
+            let Some(iy) = y.checked_sub(top).filter(|&iy| iy < s.in_h) else {
+                // SAFETY: `pitch` is a multiple of 16 bytes (`elems` is a multiple of 8).
+                unsafe {
+                    for i in (0..pitch).step_by(16) {
+                        v128_store(rp.add(i) as *mut v128, zx16);
+                    }
+                }
+                continue;
+            };
+            let src = &x[iy * in_w..][..w];
+            // SAFETY: 16-byte copies of src[i..i + 16] to rb[left + i..] while they fit in
+            // `x` (the plane may end right after this row), then bytes one by one;
+            // `rowbuf` has room for left + w + 16. Then reads of 8 bytes at rb + e and
+            // rb + e + 1 for e < elems, within elems + 32; stores of 32 bytes (stride 1) or
+            // 16 (stride 2) at element e, within `pitch`.
+            unsafe {
+                let sp = src.as_ptr();
+                let room = x.len() - iy * in_w;
+                let mut i = 0;
+                while i < w && i + 16 <= room {
+                    v128_store(
+                        rb.add(left + i) as *mut v128,
+                        v128_load(sp.add(i) as *const v128),
+                    );
+                    i += 16;
+                }
+                while i < w {
+                    *rb.add(left + i) = *sp.add(i);
+                    i += 1;
+                }
+                v128_store(rb.add(left + w) as *mut v128, zx8);
+                for e in (0..elems).step_by(8) {
+                    let a = i16x8_load_extend_i8x8(rb.add(e));
+                    if S == 1 {
+                        let b = i16x8_load_extend_i8x8(rb.add(e + 1));
+                        let lo = i16x8_shuffle::<0, 8, 1, 9, 2, 10, 3, 11>(a, b);
+                        let hi = i16x8_shuffle::<4, 12, 5, 13, 6, 14, 7, 15>(a, b);
+                        v128_store(rp.add(4 * e) as *mut v128, lo);
+                        v128_store(rp.add(4 * e + 16) as *mut v128, hi);
+                    } else {
+                        v128_store(rp.add(2 * e) as *mut v128, a);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One output plane from a pair plane: blocks of 8 outputs of a row, each `K` rows of
+    /// `ceil(K / 2)` tap pairs (see the module docs), requantized and stored as 8 bytes. The
+    /// last block of a row may store past the row's end into the next row (computed later)
+    /// except in the last row, whose tail goes through a buffer.
+    #[allow(clippy::too_many_arguments)]
+    fn qs8_dwconv2d_chw_pairs_minmax_simd128<const K: usize, const S: usize>(
+        plane: &[i8],
+        pitch: usize,
+        weight: &[i8],
+        bias: i32,
+        rq: &PreparedRequant,
+        o: &OutputLanes,
+        out: &mut [i8],
+        out_h: usize,
+        out_w: usize,
+    ) {
+        const { assert!((K == 3 || K == 5) && (S == 1 || S == 2)) };
+        let pairs = K.div_ceil(2);
+        assert!(weight.len() == K * K && out.len() == out_h * out_w);
+        assert!(plane.len() >= ((out_h - 1) * S + K) * pitch);
+        assert!(pitch >= row_elems::<K, S>(out_w) * 4 / S);
+        // The weight pairs (w[ky][2j], w[ky][2j + 1] or 0) as i32 lanes of two i16.
+        let mut wp = [[0u32; 3]; 5];
+        for ky in 0..K {
+            for j in 0..pairs {
+                let w0 = weight[ky * K + 2 * j];
+                let w1 = if 2 * j + 1 < K {
+                    weight[ky * K + 2 * j + 1]
+                } else {
+                    0
+                };
+                wp[ky][j] = (w0 as i16 as u16 as u32) | ((w1 as i16 as u16 as u32) << 16);
+            }
+        }
+        let fast = rq.fast;
+        let lanes = Lanes::new(&rq.rq);
+        let bias = i32x4_splat(bias);
+        // SAFETY: block (oy, ox) with ox < out_w reads 32 bytes at byte
+        // (oy * S + ky) * pitch + 4 * ox + 2 j * 4 / S for ky < K, j < pairs, which ends
+        // within the row (`pitch` covers `row_elems`, see its derivation) and the plane
+        // (checked above). Stores: 8 bytes at oy * out_w + ox, only when they fit in `out`.
+        unsafe {
+            let pp = plane.as_ptr();
+            let op = out.as_mut_ptr();
+            for oy in 0..out_h {
+                let base = pp.add(oy * S * pitch);
+                for ox in (0..out_w).step_by(BLOCK) {
+                    let mut acc0 = bias;
+                    let mut acc1 = bias;
+                    for (ky, wrow) in wp.iter().enumerate().take(K) {
+                        let row = base.add(ky * pitch + 4 * ox);
+                        for (j, w) in wrow.iter().enumerate().take(pairs) {
+                            let w = v128_load32_splat(w);
+                            let p = row.add(2 * j * 4 / S);
+                            acc0 = i32x4_add(acc0, i32x4_dot_i16x8(v128_load(p as *const v128), w));
+                            acc1 = i32x4_add(
+                                acc1,
+                                i32x4_dot_i16x8(v128_load(p.add(16) as *const v128), w),
+                            );
+                        }
+                    }
+                    let (v0, v1) = if fast {
+                        let (m, nudge) = prepared_lanes(rq);
+                        (
+                            requantize_fast(acc0, m, nudge, rq.right),
+                            requantize_fast(acc1, m, nudge, rq.right),
+                        )
+                    } else {
+                        (requantize(acc0, &lanes), requantize(acc1, &lanes))
+                    };
+                    let v = o.narrow_clamp8(v0, v1);
+                    let at = oy * out_w + ox;
+                    if at + BLOCK <= out.len() {
+                        v128_store64_lane::<0>(v, op.add(at) as *mut u64);
+                    } else {
+                        let mut last = [0i8; 16];
+                        v128_store(last.as_mut_ptr() as *mut v128, v);
+                        for (i, &v) in last.iter().enumerate().take(out.len() - at) {
+                            *op.add(at + i) = v;
+                        }
+                    }
+                }
             }
         }
     }
@@ -333,6 +653,49 @@ fn im2col_packed(dst: &mut [i8], x: &[i8], s: &Conv2dShape, zx: i8, n0: usize, n
         }
         // All lanes on one output row: one input row per tap, lanes `sw` apart.
         let one_row = cols == NR && col % s.out_w + NR <= s.out_w;
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        if let (true, Some((y0, x0)), 1 | 2) = (one_row, origin[0], sw) {
+            use core::arch::wasm32::*;
+            // The 8 lanes of row p in the low 8 bytes: one 16-byte load (and an even-byte
+            // shuffle for stride 2) when the row of taps lies inside the plane, else lane by
+            // lane; rows p >= k are zero.
+            let lanes8 = |p: usize| -> v128 {
+                if p >= k {
+                    return i8x16_splat(0);
+                }
+                let (ci, tap) = (p / taps, p % taps);
+                let (ky, kx) = ((tap / s.kernel_w) as isize, (tap % s.kernel_w) as isize);
+                let plane = &x[ci * plane_len..][..plane_len];
+                let (y, xs) = (y0 + ky * dh, x0 + kx * dw);
+                let start = y * iw + xs;
+                if (0..ih).contains(&y)
+                    && xs >= 0
+                    && xs + (NR as isize - 1) * sw < iw
+                    && start as usize + 16 <= plane.len()
+                {
+                    // SAFETY: 16 bytes at `start`, inside `plane` (checked above).
+                    let a = unsafe { v128_load(plane.as_ptr().add(start as usize) as *const v128) };
+                    if sw == 1 {
+                        a
+                    } else {
+                        i8x16_shuffle::<0, 2, 4, 6, 8, 10, 12, 14, 0, 2, 4, 6, 8, 10, 12, 14>(a, a)
+                    }
+                } else {
+                    let mut v = [0i8; 16];
+                    for (c, l) in v.iter_mut().enumerate().take(NR) {
+                        *l = at(plane, y, xs + c as isize * sw);
+                    }
+                    // SAFETY: a 16-byte load of a 16-byte array.
+                    unsafe { v128_load(v.as_ptr() as *const v128) }
+                }
+            };
+            for (st, step) in panel.chunks_exact_mut(2 * NR).enumerate() {
+                let v = interleave_low(lanes8(2 * st), lanes8(2 * st + 1));
+                // SAFETY: a 16-byte store into a 16-byte chunk.
+                unsafe { v128_store(step.as_mut_ptr() as *mut v128, v) };
+            }
+            continue;
+        }
         if k % 2 == 1 {
             // The second half of the last pair multiplies zero weights; keep it deterministic.
             let last = &mut panel[(kc / 2 - 1) * 2 * NR..];
@@ -366,13 +729,6 @@ fn im2col_packed(dst: &mut [i8], x: &[i8], s: &Conv2dShape, zx: i8, n0: usize, n
             }
         }
     }
-}
-
-/// The row length of a padded plane that the simd128 depthwise kernels need: their last
-/// block of 16 outputs (stride 1) or 8 (stride 2) reads 16 bytes per tap from its first output
-/// position, which may run past the last output of the row.
-fn dw_row_len(out_w: usize, stride: usize, kernel: usize) -> usize {
-    out_w.next_multiple_of(16) * stride + kernel
 }
 
 /// Copies input plane `x` into `dst` (rows of `pw`) at
@@ -438,10 +794,10 @@ fn dw_kernel_for(s: &Conv2dShape) -> DwKernel {
         s.dilation_h,
         s.dilation_w,
     ) {
-        (3, 3, 1, 1, 1, 1) => qs8_dwconv2d_chw_minmax_kxk::<3, 1>,
-        (3, 3, 2, 2, 1, 1) => qs8_dwconv2d_chw_minmax_kxk::<3, 2>,
-        (5, 5, 1, 1, 1, 1) => qs8_dwconv2d_chw_minmax_kxk::<5, 1>,
-        (5, 5, 2, 2, 1, 1) => qs8_dwconv2d_chw_minmax_kxk::<5, 2>,
+        (3, 3, 1, 1, 1, 1) => qs8_dwconv2d_chw_minmax_kxk_scalar::<3, 1>,
+        (3, 3, 2, 2, 1, 1) => qs8_dwconv2d_chw_minmax_kxk_scalar::<3, 2>,
+        (5, 5, 1, 1, 1, 1) => qs8_dwconv2d_chw_minmax_kxk_scalar::<5, 1>,
+        (5, 5, 2, 2, 1, 1) => qs8_dwconv2d_chw_minmax_kxk_scalar::<5, 2>,
         _ => qs8_dwconv2d_chw_minmax_scalar,
     }
 }
@@ -477,108 +833,11 @@ fn dwconv2d_chw_scalar(
     }
 }
 
-#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-use qs8_dwconv2d_chw_minmax_kxk_scalar as qs8_dwconv2d_chw_minmax_kxk;
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-use qs8_dwconv2d_chw_minmax_kxk_simd128 as qs8_dwconv2d_chw_minmax_kxk;
-
 /// `qs8_dwconv2d_chw_minmax_scalar` with a constant `K x K` kernel, stride `S` and no
-/// dilation, so the tap loops unroll.
-#[cfg(any(test, not(all(target_arch = "wasm32", target_feature = "simd128"))))]
+/// dilation, so the tap loops unroll. (On wasm32 with simd128 these shapes take `dw_simd`.)
 fn qs8_dwconv2d_chw_minmax_kxk_scalar<const K: usize, const S: usize>(p: &mut DwArgs) {
     assert!(p.kernel == [K, K] && p.stride == [S, S] && p.dilation == [1, 1]);
     dwconv2d_chw_scalar(p, [K, K], [S, S], [1, 1])
-}
-
-/// The simd128 version of `qs8_dwconv2d_chw_minmax_kxk_scalar`, bit for bit the same results.
-/// Taps are taken in pairs: the input bytes of the two taps are interleaved, widened to i16,
-/// and `i32x4.dot_i16x8_s` with the splatted weight pair adds both products to each output
-/// lane; an odd last tap is paired with itself and a zero weight. A row is computed in blocks
-/// of 16 outputs (stride 1) or 8 (stride 2); the plane's rows are long enough
-/// (`dw_row_len`) for the last block to read past the row's end, and only its valid outputs
-/// are stored, so there is no scalar tail.
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-fn qs8_dwconv2d_chw_minmax_kxk_simd128<const K: usize, const S: usize>(p: &mut DwArgs) {
-    use super::requant::simd::{narrow_clamp, requantize, Lanes, OutputLanes};
-    use core::arch::wasm32::*;
-    const { assert!((K == 3 || K == 5) && (S == 1 || S == 2)) };
-    assert!(p.kernel == [K, K] && p.stride == [S, S] && p.dilation == [1, 1]);
-    p.check();
-    let (pw, ow) = (p.pw, p.out_w);
-    assert!(
-        pw >= dw_row_len(ow, S, K),
-        "depthwise plane rows too short for simd128"
-    );
-    // Offsets of the taps from an output's top-left input byte, and the i16 weight pairs.
-    let offset = |t: usize| t / K * pw + t % K;
-    let pairs = (K * K).div_ceil(2);
-    let mut pair_offsets = [(0usize, 0usize); 13];
-    let mut pair_weights = [0i32; 13];
-    for i in 0..pairs {
-        let (t0, t1) = (2 * i, 2 * i + 1);
-        let (t1, w1) = if t1 < K * K {
-            (t1, p.weight[t1])
-        } else {
-            (t0, 0)
-        };
-        pair_offsets[i] = (offset(t0), offset(t1));
-        pair_weights[i] = (p.weight[t0] as i16 as u16 as i32) | ((w1 as i16 as i32) << 16);
-    }
-    let (pair_offsets, pair_weights) = (&pair_offsets[..pairs], &pair_weights[..pairs]);
-    let lanes = Lanes::new(p.requant);
-    let out_lanes = OutputLanes::new(p.params);
-    let bias = i32x4_splat(p.bias);
-    let block = 16 / S;
-    for (oy, out_row) in p.output.chunks_exact_mut(ow).enumerate() {
-        // SAFETY: a block at ox < ow reads, per tap pair, 16 bytes from
-        // `oy * S * pw + offset + ox * S`, which ends before `(oy * S + K - 1) * pw +
-        // dw_row_len(ow, S, K)`, inside `input` per `check` and the row length assert.
-        // Stores write `out_row[ox..ox + block]` only when it fits.
-        unsafe {
-            let x = p.input.as_ptr().add(oy * S * pw);
-            for ox in (0..ow).step_by(block) {
-                let v = if S == 1 {
-                    let mut acc = [bias; 4];
-                    for (&(o0, o1), &wp) in pair_offsets.iter().zip(pair_weights) {
-                        let w = i32x4_splat(wp);
-                        let a = v128_load(x.add(o0 + ox) as *const v128);
-                        let b = v128_load(x.add(o1 + ox) as *const v128);
-                        let (lo, hi) = (interleave_low(a, b), interleave_high(a, b));
-                        let dot = |v, a| i32x4_add(a, i32x4_dot_i16x8(v, w));
-                        acc[0] = dot(i16x8_extend_low_i8x16(lo), acc[0]);
-                        acc[1] = dot(i16x8_extend_high_i8x16(lo), acc[1]);
-                        acc[2] = dot(i16x8_extend_low_i8x16(hi), acc[2]);
-                        acc[3] = dot(i16x8_extend_high_i8x16(hi), acc[3]);
-                    }
-                    let [a0, a1, a2, a3] = acc.map(|a| requantize(a, &lanes));
-                    narrow_clamp(a0, a1, a2, a3, &out_lanes)
-                } else {
-                    let mut acc = [bias; 2];
-                    for (&(o0, o1), &wp) in pair_offsets.iter().zip(pair_weights) {
-                        let w = i32x4_splat(wp);
-                        let a = v128_load(x.add(o0 + 2 * ox) as *const v128);
-                        let b = v128_load(x.add(o1 + 2 * ox) as *const v128);
-                        let v = interleave_even(a, b);
-                        acc[0] = i32x4_add(acc[0], i32x4_dot_i16x8(i16x8_extend_low_i8x16(v), w));
-                        acc[1] = i32x4_add(acc[1], i32x4_dot_i16x8(i16x8_extend_high_i8x16(v), w));
-                    }
-                    let [a0, a1] = acc.map(|a| requantize(a, &lanes));
-                    narrow_clamp(a0, a1, a0, a1, &out_lanes)
-                };
-                if ox + block <= ow {
-                    if S == 1 {
-                        v128_store(out_row.as_mut_ptr().add(ox) as *mut v128, v);
-                    } else {
-                        v128_store64_lane::<0>(v, out_row.as_mut_ptr().add(ox) as *mut u64);
-                    }
-                } else {
-                    let mut last = [0i8; 16];
-                    v128_store(last.as_mut_ptr() as *mut v128, v);
-                    out_row[ox..].copy_from_slice(&last[..ow - ox]);
-                }
-            }
-        }
-    }
 }
 
 /// Bytes 0..8 of `a` and `b`, interleaved: `[a0, b0, a1, b1, ..]`.
@@ -587,22 +846,6 @@ fn qs8_dwconv2d_chw_minmax_kxk_simd128<const K: usize, const S: usize>(p: &mut D
 #[inline(always)]
 fn interleave_low(a: core::arch::wasm32::v128, b: core::arch::wasm32::v128) -> core::arch::wasm32::v128 {
     core::arch::wasm32::i8x16_shuffle::<0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23>(a, b)
-}
-
-/// Bytes 8..16 of `a` and `b`, interleaved.
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-#[rustfmt::skip]
-#[inline(always)]
-fn interleave_high(a: core::arch::wasm32::v128, b: core::arch::wasm32::v128) -> core::arch::wasm32::v128 {
-    core::arch::wasm32::i8x16_shuffle::<8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31>(a, b)
-}
-
-/// The even bytes of `a` and `b`, interleaved: `[a0, b0, a2, b2, ..]` (stride 2).
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-#[rustfmt::skip]
-#[inline(always)]
-fn interleave_even(a: core::arch::wasm32::v128, b: core::arch::wasm32::v128) -> core::arch::wasm32::v128 {
-    core::arch::wasm32::i8x16_shuffle::<0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30>(a, b)
 }
 
 #[cfg(test)]
@@ -920,68 +1163,94 @@ mod tests {
         }
     }
 
+    /// The pair-plane depthwise path (`dw_simd`) against the scalar kernels, bit for bit: every
+    /// output width from 1 to 19 and a few wider ones (blocks of 8, the last one partial), one to
+    /// three rows, every pad combination, channel multiplier 2, zero points at both ends,
+    /// requantizers that take the single-nudge formula and ones that cannot (multipliers of 1/2
+    /// and more, accumulator bounds too large), and a clamp.
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     #[test]
     fn simd128_depthwise_matches_scalar_bit_for_bit() {
         let seed = 0xd3;
         let mut rng = Rng(seed);
-        type Pair = (DwKernel, DwKernel, usize, usize);
-        let kernels: [Pair; 4] = [
-            (
-                qs8_dwconv2d_chw_minmax_kxk_scalar::<3, 1>,
-                qs8_dwconv2d_chw_minmax_kxk_simd128::<3, 1>,
-                3,
-                1,
-            ),
-            (
-                qs8_dwconv2d_chw_minmax_kxk_scalar::<3, 2>,
-                qs8_dwconv2d_chw_minmax_kxk_simd128::<3, 2>,
-                3,
-                2,
-            ),
-            (
-                qs8_dwconv2d_chw_minmax_kxk_scalar::<5, 1>,
-                qs8_dwconv2d_chw_minmax_kxk_simd128::<5, 1>,
-                5,
-                1,
-            ),
-            (
-                qs8_dwconv2d_chw_minmax_kxk_scalar::<5, 2>,
-                qs8_dwconv2d_chw_minmax_kxk_simd128::<5, 2>,
-                5,
-                2,
-            ),
-        ];
-        for (scalar, simd, k, st) in kernels {
-            for out_w in [1, 7, 8, 9, 15, 16, 17, 31, 40] {
-                let out_h = 3;
-                let pw = dw_row_len(out_w, st, k);
-                let input = rng.i8s(((out_h - 1) * st + k) * pw, -128, 127);
-                let weight = rng.i8s(k * k, -128, 127);
-                let rq = Requantizer::from_real(2f64.powf(-12.0 + 8.0 * rng.unit()));
-                let params = OutputParams::new(rng.int(-128, 127) as i32, -120, 110);
-                let bias = rng.int(-3000, 3000) as i32;
-                let mut outs = [vec![0i8; out_h * out_w], vec![1i8; out_h * out_w]];
-                for (kernel, out) in [scalar, simd].iter().zip(outs.iter_mut()) {
-                    kernel(&mut DwArgs {
-                        input: &input,
-                        pw,
-                        weight: &weight,
-                        bias,
-                        requant: &rq,
-                        params: &params,
-                        output: out,
-                        out_h,
-                        out_w,
-                        kernel: [k, k],
-                        stride: [st, st],
-                        dilation: [1, 1],
-                    });
-                }
-                assert_eq!(
-                    outs[0], outs[1],
-                    "seed {seed:#x} {k}x{k} s{st} out_w={out_w}"
+        let mut cases = 0;
+        for (k, st) in [(3usize, 1usize), (3, 2), (5, 1), (5, 2)] {
+            for out_w in (1..=19usize).chain([23, 31, 32, 33, 40]) {
+                let out_h = 1 + out_w % 3;
+                let pads = [
+                    rng.int(0, k as i64 / 2) as usize,
+                    rng.int(0, k as i64 / 2) as usize,
+                ];
+                let in_h = ((out_h - 1) * st + k)
+                    .saturating_sub(pads[0] + rng.int(0, 1) as usize)
+                    .max(1);
+                let in_w = ((out_w - 1) * st + k)
+                    .saturating_sub(pads[1] + rng.int(0, 1) as usize)
+                    .max(1);
+                let mult = 1 + (out_w % 2);
+                let c = 2;
+                let mut sh = shape(
+                    c,
+                    (in_h, in_w),
+                    c * mult,
+                    (k, k),
+                    (st, st),
+                    (1, 1),
+                    [pads[0], pads[1], 0, 0],
+                    c,
                 );
+                (sh.out_h, sh.out_w) = (out_h, out_w);
+                let x = rng.i8s(c * in_h * in_w, -128, 127);
+                let w = rng.i8s(c * mult * k * k, -128, 127);
+                let bias: Vec<i32> = (0..c * mult)
+                    .map(|_| rng.int(-30000, 30000) as i32)
+                    .collect();
+                let rq: Vec<Requantizer> = (0..c * mult)
+                    .map(|i| match (cases + i) % 4 {
+                        0 => Requantizer::from_real(0.5 + rng.unit()),
+                        _ => Requantizer::from_real(2f64.powf(-14.0 + 10.0 * rng.unit())),
+                    })
+                    .collect();
+                let (zx, zy) = match cases % 3 {
+                    0 => (-128, 127),
+                    1 => (127, -128),
+                    _ => (rng.int(-128, 127) as i32, rng.int(-128, 127) as i32),
+                };
+                let (qmin, qmax) = if cases % 5 == 0 {
+                    (-100, 90)
+                } else {
+                    (-128, 127)
+                };
+                let conv = PackedQs8Conv2d::new(sh, &w, Some(&bias), zx, rq, zy, qmin, qmax);
+                let Path::Depthwise {
+                    weight,
+                    bias,
+                    prepared,
+                    kernel,
+                } = &conv.path
+                else {
+                    panic!("not depthwise")
+                };
+                let n = c * mult * out_h * out_w;
+                let (mut simd, mut scalar) = (vec![0x11i8; n], vec![0x22i8; n]);
+                let mut scratch = Vec::new();
+                assert!(dw_simd::run(
+                    &sh,
+                    zx as i8,
+                    weight,
+                    bias,
+                    prepared,
+                    &conv.params,
+                    &x,
+                    &mut simd,
+                    &mut scratch
+                ));
+                conv.run_depthwise(weight, bias, *kernel, &x, &mut scalar, &mut scratch);
+                assert_eq!(
+                    simd, scalar,
+                    "seed {seed:#x} {k}x{k} s{st} {sh:?} zx={zx} zy={zy}"
+                );
+                cases += 1;
             }
         }
     }

@@ -202,63 +202,99 @@ fn im2col_transposed(s: &Conv2dShape, x: &[f32], n0: usize, nc: usize, out: &mut
     }
 }
 
+/// The phase planes of a depthwise backward (see [`depthwise_backward`]): `sh · sw` planes of
+/// `rows` rows of `pitch` floats plus slack (the last tap's column offset lets a pitched run
+/// read past the last row), and the input pixels in phase-plane order: runs of `count` pixels
+/// from input offset `src` (step `sw`) to plane offset `dst` (contiguous). Pixel (iy, ix) is
+/// padded pixel (y, x) = (iy + pad_top, ix + pad_left), in phase `(y % sh) · sw + x % sw` at
+/// `(y / sh, x / sw)`; pixels past the planes are never read by a tap.
+struct Phases {
+    pitch: usize,
+    plane: usize,
+    runs: Vec<(usize, usize, usize)>,
+}
+
+impl Phases {
+    fn new(s: &Conv2dShape) -> Phases {
+        let (sh, sw) = (s.stride_h, s.stride_w);
+        let rows = s.out_h + (s.kernel_h - 1) * s.dilation_h / sh + 1;
+        let pitch = s.out_w + (s.kernel_w - 1) * s.dilation_w / sw + 1;
+        let plane = rows * pitch + (s.kernel_w - 1) * s.dilation_w / sw + 1;
+        let mut runs = Vec::new();
+        for iy in 0..s.in_h {
+            let y = iy + s.pad_top;
+            if y / sh >= rows {
+                continue;
+            }
+            for px in 0..sw {
+                let ix0 = (px + sw - s.pad_left % sw) % sw;
+                let j0 = (ix0 + s.pad_left) / sw;
+                if ix0 >= s.in_w || j0 >= pitch {
+                    continue;
+                }
+                let count = (s.in_w - ix0).div_ceil(sw).min(pitch - j0);
+                runs.push((iy * s.in_w + ix0, ((y % sh) * sw + px) * plane + (y / sh) * pitch + j0, count));
+            }
+        }
+        Phases { pitch, plane, runs }
+    }
+}
+
 /// Depthwise backward for one image: `dW[co][tap] += Σ dz[co] · x_shifted` and
-/// `dX[ci] += Σ_taps w · dz_shifted`, over a plane padded as the forward kernel pads it.
-fn depthwise_backward(s: &Conv2dShape, x: &[f32], w: &[f32], dz: &[f32], mut dx: Option<&mut [f32]>, mut dw: Option<&mut [f32]>, sc: &mut Scratch) {
+/// `dX[ci] += Σ_taps w · dz_shifted`.
+///
+/// Polyphase, so that every tap is one contiguous dot product (`dW`) and one axpy (`dX`) over
+/// a whole plane, whatever the stride: the zero-padded input plane is split into `sh · sw`
+/// phase planes (rows `≡ py mod sh`, columns `≡ px mod sw`), in which the tap `(ky, kx)` reads
+/// phase `(ky·dh mod sh, kx·dw mod sw)` at the stride-1 offset `(ky·dh / sh, kx·dw / sw)`. The
+/// output gradient is laid out with the phase planes' row pitch (zeros in the extra columns,
+/// which make the extra products vanish), so a tap is a single run instead of one short run per
+/// output row (rows are 7 to 112 wide). `dX` accumulates in phase planes and is scattered back.
+fn depthwise_backward(s: &Conv2dShape, p: &Phases, x: &[f32], w: &[f32], dz: &[f32], mut dx: Option<&mut [f32]>, mut dw: Option<&mut [f32]>, sc: &mut Scratch) {
     let (kh, kw) = (s.kernel_h, s.kernel_w);
     let (sh, sw, dh, dwl) = (s.stride_h, s.stride_w, s.dilation_h, s.dilation_w);
-    let ph = (s.pad_top + s.in_h).max((s.out_h - 1) * sh + (kh - 1) * dh + 1);
-    let pw = (s.pad_left + s.in_w).max((s.out_w - 1) * sw + (kw - 1) * dwl + 1);
-    let (in_plane, out_plane) = (s.in_h * s.in_w, s.out_h * s.out_w);
+    let (oh, ow) = (s.out_h, s.out_w);
+    let (pitch, plane, runs) = (p.pitch, p.plane, &p.runs);
+    let span = oh * pitch;
+    let (in_plane, out_plane) = (s.in_h * s.in_w, oh * ow);
     let multiplier = s.out_c / s.in_c;
-    let xp = buf(&mut sc.t0, ph * pw);
-    let dxp = buf(&mut sc.t1, ph * pw);
-    let ow = s.out_w;
+    let xp = buf(&mut sc.t0, sh * sw * plane);
+    let dxp = buf(&mut sc.t1, sh * sw * plane);
+    let dzp = zeroed(&mut sc.t2, span);
     for ci in 0..s.in_c {
         if dw.is_some() {
             xp.fill(0.0);
-            for iy in 0..s.in_h {
-                xp[(iy + s.pad_top) * pw + s.pad_left..][..s.in_w].copy_from_slice(&x[ci * in_plane + iy * s.in_w..][..s.in_w]);
+            let xc = &x[ci * in_plane..][..in_plane];
+            for &(src, dst, count) in runs {
+                xp[dst..dst + count].iter_mut().zip(xc[src..].iter().step_by(sw)).for_each(|(d, &v)| *d = v);
             }
         }
         if dx.is_some() {
             dxp.fill(0.0);
         }
         for co in ci * multiplier..(ci + 1) * multiplier {
-            let dzp = &dz[co * out_plane..][..out_plane];
+            for (oy, row) in dz[co * out_plane..][..out_plane].chunks_exact(ow).enumerate() {
+                dzp[oy * pitch..][..ow].copy_from_slice(row);
+            }
             for ky in 0..kh {
                 for kx in 0..kw {
                     let tap = co * kh * kw + ky * kw + kx;
-                    let wv = w[tap];
-                    let mut acc = 0f32;
-                    for (oy, dzrow) in dzp.chunks_exact(ow).enumerate() {
-                        let base = (oy * sh + ky * dh) * pw + kx * dwl;
-                        if sw == 1 {
-                            if dw.is_some() {
-                                acc += super::dot(dzrow, &xp[base..base + ow]);
-                            }
-                            if dx.is_some() {
-                                dxp[base..base + ow].iter_mut().zip(dzrow).for_each(|(d, &g)| *d += wv * g);
-                            }
-                        } else {
-                            if dw.is_some() {
-                                acc += dzrow.iter().zip(xp[base..].iter().step_by(sw)).fold(0f32, |a, (&g, &v)| a + g * v);
-                            }
-                            if dx.is_some() {
-                                dxp[base..].iter_mut().step_by(sw).zip(dzrow).for_each(|(d, &g)| *d += wv * g);
-                            }
-                        }
-                    }
+                    let (py, px) = ((ky * dh) % sh, (kx * dwl) % sw);
+                    let off = (py * sw + px) * plane + (ky * dh / sh) * pitch + kx * dwl / sw;
                     if let Some(dw) = dw.as_deref_mut() {
-                        dw[tap] += acc;
+                        dw[tap] += super::dot(dzp, &xp[off..off + span]);
+                    }
+                    if dx.is_some() {
+                        let wv = w[tap];
+                        dxp[off..off + span].iter_mut().zip(dzp.iter()).for_each(|(d, &g)| *d += wv * g);
                     }
                 }
             }
         }
         if let Some(dx) = dx.as_deref_mut() {
-            for iy in 0..s.in_h {
-                let src = &dxp[(iy + s.pad_top) * pw + s.pad_left..][..s.in_w];
-                super::add_into(&mut dx[ci * in_plane + iy * s.in_w..][..s.in_w], src);
+            let dxc = &mut dx[ci * in_plane..][..in_plane];
+            for &(src, dst, count) in runs {
+                dxc[src..].iter_mut().step_by(sw).zip(&dxp[dst..dst + count]).for_each(|(d, &v)| *d += v);
             }
         }
     }
@@ -276,6 +312,8 @@ pub struct ConvOp {
     /// Per group `W_gᵀ`, for `dX` on the GEMM paths.
     wt: Vec<PackedA>,
     t: Vec<f32>,
+    /// The depthwise path's phase planes.
+    phases: Option<Phases>,
 }
 
 impl ConvOp {
@@ -293,6 +331,7 @@ impl ConvOp {
             packed: None,
             wt: Vec::new(),
             t: Vec::new(),
+            phases: (kind(&s) == Kind::Depthwise).then(|| Phases::new(&s)),
         })
     }
 }
@@ -346,7 +385,7 @@ impl TrainOp for ConvOp {
             let (xn, dzn) = (&x[n * px..][..px], &dz[n * py..][..py]);
             let dxn = dx.as_deref_mut().map(|d| &mut d[n * px..][..px]);
             match self.kind {
-                Kind::Depthwise => depthwise_backward(s, xn, w, dzn, dxn, dw.as_deref_mut(), sc),
+                Kind::Depthwise => depthwise_backward(s, self.phases.as_ref().expect("depthwise"), xn, w, dzn, dxn, dw.as_deref_mut(), sc),
                 Kind::Pointwise => {
                     let (icg, ocg, hw) = (s.in_c / s.group, s.out_c / s.group, s.in_h * s.in_w);
                     if let Some(dxn) = dxn {

@@ -31,10 +31,14 @@ pub struct GemmOp {
     /// Per step: `α·B` packed, `β·C` per column.
     packed_b: Option<PackedB>,
     bias: Option<Vec<f32>>,
+    /// Per step, when `dA` is wanted and B is constant: `op(B)ᵀ` packed as the right operand
+    /// of `d op(A) = dz · op(B)ᵀ`.
+    packed_bt: Option<PackedB>,
+    need_da: bool,
 }
 
 impl GemmOp {
-    pub fn new(g: &Graph, node: &Node) -> GemmOp {
+    pub fn new(g: &Graph, node: &Node, needs: &[bool]) -> GemmOp {
         let Op::Gemm { trans_a, trans_b, alpha, beta, activation } = node.op else { unreachable!("built for Gemm nodes") };
         let (a, b) = (&g.values[node.inputs[0]].shape, &g.values[node.inputs[1]].shape);
         let (m, k) = if trans_a { (a[1], a[0]) } else { (a[0], a[1]) };
@@ -60,6 +64,8 @@ impl GemmOp {
             c_per_column,
             packed_b: None,
             bias: None,
+            packed_bt: None,
+            need_da: needs.first().copied().unwrap_or(false),
         }
     }
 
@@ -71,6 +77,11 @@ impl GemmOp {
 
 impl TrainOp for GemmOp {
     fn prepare(&mut self, consts: &[Option<&[f32]>]) {
+        if let (true, Some(b)) = (self.need_da, consts[1]) {
+            // op(B)ᵀ is n x k: B itself when stored transposed, else B (k x n) read transposed.
+            let (k, n) = (self.k, self.n);
+            self.packed_bt = Some(if self.trans_b { PackedB::pack(b, n, k, k) } else { PackedB::pack_transposed(b, n, k, n) });
+        }
         if !self.const_path() {
             return;
         }
@@ -140,8 +151,20 @@ impl TrainOp for GemmOp {
         let mut db = b.dx[1].take();
         let sc = &mut *b.scratch;
         if let Some(da) = da.as_deref_mut() {
-            // d op(A) = dz · op(B)ᵀ; dA = that, or its transpose (dAᵀ... = op(B) · dzᵀ).
-            if self.trans_a {
+            if let Some(pbt) = &self.packed_bt {
+                // d op(A) [m x k] = dz [m x n] · op(B)ᵀ [n x k], op(B)ᵀ packed once per step.
+                sc.a.repack_from(dz, m, n, n);
+                if self.trans_a {
+                    let t = buf(&mut sc.t2, m * k);
+                    gemm(&sc.a, pbt, t, k, GemmBias::None, Activation::Identity);
+                    let tt = buf(&mut sc.t0, m * k);
+                    super::transpose2d(t, m, k, tt);
+                    super::add_into(&mut da[..m * k], tt);
+                } else {
+                    // The buffer is this node's alone, written once: the GEMM writes it.
+                    gemm(&sc.a, pbt, da, k, GemmBias::None, Activation::Identity);
+                }
+            } else if self.trans_a {
                 // dA [k x m] = op(B) [k x n] · dzᵀ [n x m]
                 matmul(bm, self.trans_b, dz, true, k, n, m, da, true, sc);
             } else {
@@ -150,7 +173,32 @@ impl TrainOp for GemmOp {
             }
         }
         if let Some(db) = db.as_deref_mut() {
-            if self.trans_b {
+            if m <= 4 {
+                // A few rows (a classifier on one image): outer products as axpys, no packing.
+                let opa = |i: usize, p: usize| if self.trans_a { a[p * m + i] } else { a[i * k + p] };
+                for i in 0..m {
+                    let dzi = &dz[i * n..][..n];
+                    if self.trans_b {
+                        // dB [n x k] += dz[i]ᵀ · op(A)[i]
+                        let row: &[f32] = if self.trans_a {
+                            let r = buf(&mut sc.t0, k);
+                            (0..k).for_each(|p| r[p] = opa(i, p));
+                            r
+                        } else {
+                            &a[i * k..][..k]
+                        };
+                        for (j, &g) in dzi.iter().enumerate() {
+                            db[j * k..][..k].iter_mut().zip(row).for_each(|(d, &v)| *d += g * v);
+                        }
+                    } else {
+                        // dB [k x n] += op(A)[i]ᵀ · dz[i]
+                        for p in 0..k {
+                            let v = opa(i, p);
+                            db[p * n..][..n].iter_mut().zip(dzi).for_each(|(d, &g)| *d += v * g);
+                        }
+                    }
+                }
+            } else if self.trans_b {
                 // dB [n x k] = dzᵀ [n x m] · op(A) [m x k]
                 matmul(dz, true, a, self.trans_a, n, m, k, db, true, sc);
             } else {
@@ -281,7 +329,9 @@ mod tests {
             (5, false, true, 1.0, 1.0, None, Activation::HardSwish),
             (6, false, false, 1.0, 1.0, Some(vec![1]), Activation::Identity),
         ] {
-            let (m, k, n) = (5, 9, 7);
+          for m in [5, 1, 3] {
+            let (k, n) = (9, 7);
+            let c = c.clone().map(|cs: Vec<usize>| cs.iter().map(|&d| if d == 5 { m } else { d }).collect::<Vec<_>>());
             let mut b = Builder::new(seed);
             let a = b.input("a", &if trans_a { [k, m] } else { [m, k] });
             let w = b.konst("w", &if trans_b { [n, k] } else { [k, n] });
@@ -292,6 +342,7 @@ mod tests {
             let y = b.one("gemm", Op::Gemm { trans_a, trans_b, alpha, beta, activation: act }, &inputs);
             let (g, data) = b.finish(&[y]);
             check_graph(&g, &data, 1e-2, 3e-3, 0);
+          }
         }
         // Both operands computed at run time, C as well.
         let mut b = Builder::new(8);

@@ -232,15 +232,25 @@ pub fn for_each_broadcast(out: &[usize], sa: &[usize], sb: &[usize], mut f: impl
 /// (`Relu`, `Clip`) the derivative is read from the output `y` instead (1 strictly inside the
 /// bounds, where `y` equals `z`), so ops that fuse them need not keep `z`.
 pub fn activation_backward(act: Activation, z: Option<&[f32]>, y: &[f32], dy: &[f32], dz: &mut [f32]) {
+    let n = dz.len();
+    let (y, dy) = (&y[..n], &dy[..n]);
     match act {
         Activation::Identity => dz.copy_from_slice(dy),
-        Activation::Relu => dz.iter_mut().zip(y.iter().zip(dy)).for_each(|(d, (&y, &g))| *d = if y > 0.0 { g } else { 0.0 }),
+        Activation::Relu => {
+            for i in 0..n {
+                dz[i] = if y[i] > 0.0 { dy[i] } else { 0.0 };
+            }
+        }
         Activation::Clip { min, max } => {
-            dz.iter_mut().zip(y.iter().zip(dy)).for_each(|(d, (&y, &g))| *d = if y > min && y < max { g } else { 0.0 })
+            for i in 0..n {
+                dz[i] = if y[i] > min && y[i] < max { dy[i] } else { 0.0 };
+            }
         }
         _ => {
-            let z = z.expect("activations other than clamps keep their input");
-            dz.iter_mut().zip(z.iter().zip(dy)).for_each(|(d, (&z, &g))| *d = g * activation_derivative(act, z));
+            let z = &z.expect("activations other than clamps keep their input")[..n];
+            for i in 0..n {
+                dz[i] = dy[i] * activation_derivative(act, z[i]);
+            }
         }
     }
 }
@@ -303,7 +313,7 @@ pub fn build(g: &Graph, node: &Node, needs: &[bool]) -> Result<Box<dyn TrainOp>>
     Ok(match &node.op {
         Op::Conv(_) => Box::new(conv::ConvOp::new(g, node, needs)?),
         Op::ConvTranspose(_) => Box::new(conv::ConvTransposeOp::new(g, node, needs)?),
-        Op::Gemm { .. } => Box::new(linear::GemmOp::new(g, node)),
+        Op::Gemm { .. } => Box::new(linear::GemmOp::new(g, node, needs)),
         Op::MatMul => Box::new(linear::MatMulOp::new(g, node)),
         Op::Binary(op) => Box::new(elementwise::BinaryNode { op: *op, a: shape(0), b: shape(1), y: out_shape(0) }),
         Op::Unary(op) => Box::new(elementwise::UnaryNode { op: *op }),

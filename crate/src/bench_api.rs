@@ -1,0 +1,224 @@
+//! Kernel microbenchmarks for the browser (`bench/benchmarks/int8-kernels.mjs`): the int8
+//! (qs8) and FP32 convolution kernels on the same shapes, timed inside wasm so that only the
+//! kernels are measured, and a pure SIMD128 loop that gives the peak they are compared with.
+//!
+//! wasm32 only, like `api.rs`; nothing here is used by the engine. Inputs, weights, biases and
+//! requantizers are deterministic pseudo-random values (the kernels' speed does not depend on
+//! them); every call builds (packs) its convolution once, runs it once to warm up, then times
+//! `iterations` calls with `performance.now()` and returns milliseconds per call.
+//!
+//! Shapes use TensorFlow's "SAME" padding (the padding of EfficientNet-Lite's ONNX export):
+//! `out = ceil(in / stride)`, the total pad split with the smaller half first.
+
+use wasm_bindgen::prelude::*;
+
+use crate::kernels::conv::{Conv2dShape, PackedConv2d};
+use crate::kernels::int8::{PackedQs8Conv2d, Requantizer};
+use crate::kernels::Activation;
+use crate::rng::Rng;
+
+#[wasm_bindgen]
+extern "C" {
+    /// `performance.now()`: in a page and in a worker.
+    #[wasm_bindgen(js_namespace = performance, js_name = now)]
+    fn performance_now() -> f64;
+}
+
+/// The geometry of a square convolution with "SAME" padding.
+fn same_shape(
+    in_c: usize,
+    out_c: usize,
+    in_h: usize,
+    in_w: usize,
+    kernel: usize,
+    stride: usize,
+    group: usize,
+) -> Result<Conv2dShape, JsError> {
+    let ok = kernel > 0
+        && stride > 0
+        && group > 0
+        && in_c % group == 0
+        && out_c % group == 0
+        && in_h > 0
+        && in_w > 0
+        && in_c > 0
+        && out_c > 0;
+    if !ok {
+        return Err(JsError::new(&format!(
+            "impossible convolution: {in_c}->{out_c} channels, {in_h}x{in_w}, kernel {kernel}, stride {stride}, group {group}"
+        )));
+    }
+    let (out_h, out_w) = (in_h.div_ceil(stride), in_w.div_ceil(stride));
+    let pad = |o: usize, i: usize| ((o - 1) * stride + kernel).saturating_sub(i) / 2;
+    Ok(Conv2dShape {
+        in_c,
+        in_h,
+        in_w,
+        out_c,
+        out_h,
+        out_w,
+        kernel_h: kernel,
+        kernel_w: kernel,
+        stride_h: stride,
+        stride_w: stride,
+        dilation_h: 1,
+        dilation_w: 1,
+        pad_top: pad(out_h, in_h),
+        pad_left: pad(out_w, in_w),
+        group,
+    })
+}
+
+/// Milliseconds per call of `run` over `iterations` calls, after one warm-up call.
+fn time(iterations: u32, mut run: impl FnMut()) -> f64 {
+    run();
+    let n = iterations.max(1);
+    let start = performance_now();
+    for _ in 0..n {
+        run();
+    }
+    (performance_now() - start) / n as f64
+}
+
+/// Milliseconds per call of one convolution of `kind` (`"f32"` or `"qs8"`) on a
+/// `[in_c][in_h][in_w]` image: kernel `kernel x kernel`, `stride`, `group` (`group == in_c`
+/// is depthwise), "SAME" padding. The f32 convolution has a fused ReLU6 (a clamp, as in
+/// EfficientNet-Lite), the qs8 one the matching output clamp.
+#[wasm_bindgen(js_name = benchConv)]
+#[allow(clippy::too_many_arguments)]
+pub fn bench_conv(
+    kind: &str,
+    in_c: usize,
+    out_c: usize,
+    in_h: usize,
+    in_w: usize,
+    kernel: usize,
+    stride: usize,
+    group: usize,
+    iterations: u32,
+) -> Result<f64, JsError> {
+    let s = same_shape(in_c, out_c, in_h, in_w, kernel, stride, group)?;
+    let k = in_c / group * kernel * kernel;
+    let mut rng = Rng::seeded((in_c * 31 + out_c * 7 + in_h * 3 + kernel + stride) as u64);
+    match kind {
+        "f32" => {
+            let w: Vec<f32> = (0..out_c * k)
+                .map(|_| rng.uniform(-0.5, 0.5) as f32)
+                .collect();
+            let b: Vec<f32> = (0..out_c).map(|_| rng.uniform(-0.5, 0.5) as f32).collect();
+            let act = Activation::Clip { min: 0.0, max: 6.0 };
+            let conv = PackedConv2d::new(s, &w, Some(&b), act);
+            let x: Vec<f32> = (0..in_c * in_h * in_w)
+                .map(|_| rng.uniform(-1.0, 3.0) as f32)
+                .collect();
+            let mut y = vec![0f32; out_c * s.out_h * s.out_w];
+            let mut scratch = Vec::new();
+            Ok(time(iterations, || conv.run(&x, &mut y, &mut scratch)))
+        }
+        "qs8" => {
+            let w = rng.i8s(out_c * k, -127, 127);
+            let b: Vec<i32> = (0..out_c)
+                .map(|_| rng.int(-20_000, 20_000) as i32)
+                .collect();
+            // Convolution multipliers sx·sw/sy are far below 1: 2^-14 .. 2^-8.
+            let rq: Vec<Requantizer> = (0..out_c)
+                .map(|_| Requantizer::from_real(2f64.powf(rng.uniform(-14.0, -8.0))))
+                .collect();
+            let conv = PackedQs8Conv2d::new(s, &w, Some(&b), -100, rq, -128, -128, 99);
+            let x = rng.i8s(in_c * in_h * in_w, -128, 127);
+            let mut y = vec![0i8; out_c * s.out_h * s.out_w];
+            let mut scratch = Vec::new();
+            Ok(time(iterations, || conv.run(&x, &mut y, &mut scratch)))
+        }
+        other => Err(JsError::new(&format!(
+            "benchConv: unknown kind {other:?} (f32 or qs8)"
+        ))),
+    }
+}
+
+/// Milliseconds per call of a GEMM of `kind` (`"f32"` or `"qs8"`): `m` output channels, `n`
+/// columns (pixels), depth `k`, run as the 1x1 convolution that the engines use for it
+/// (`[k][1][n]` in, `[m][1][n]` out: the per-call packing of X is included).
+#[wasm_bindgen(js_name = benchGemm)]
+pub fn bench_gemm(
+    kind: &str,
+    m: usize,
+    n: usize,
+    k: usize,
+    iterations: u32,
+) -> Result<f64, JsError> {
+    bench_conv(kind, k, m, 1, n, 1, 1, 1, iterations)
+}
+
+/// The multiply-accumulates of one call of `benchConv` with these arguments.
+#[wasm_bindgen(js_name = convMacs)]
+pub fn conv_macs(
+    in_c: usize,
+    out_c: usize,
+    in_h: usize,
+    in_w: usize,
+    kernel: usize,
+    stride: usize,
+    group: usize,
+) -> Result<f64, JsError> {
+    let s = same_shape(in_c, out_c, in_h, in_w, kernel, stride, group)?;
+    Ok((out_c * s.out_h * s.out_w * (in_c / group) * kernel * kernel) as f64)
+}
+
+/// GMAC/s of a loop of nothing but the kernels' multiply-accumulate instructions, in 12
+/// independent chains (enough to cover their latency, few enough to stay in registers):
+/// - `"dot_i16x8"`: `acc = i32x4.add(acc, i32x4.dot_i16x8_s(acc, b))`, 8 MACs per pair: the
+///   peak of the int8 kernels, which widen int8 to i16 and use `dot_i16x8_s` + `add`;
+/// - `"f32x4"`: `acc = f32x4.add(acc, f32x4.mul(acc, b))`, 4 MACs per pair (the f32 kernels
+///   multiply then add, no FMA); a chain is a multiply then an add, so with 12 chains this is
+///   bound by their latency as much as by throughput: a lower bound of the f32 peak.
+///
+/// Each operation depends on its accumulator, so nothing can be hoisted out of the loop.
+#[wasm_bindgen(js_name = benchPeak)]
+pub fn bench_peak(kind: &str, iterations: u32) -> Result<f64, JsError> {
+    #[cfg(target_feature = "simd128")]
+    {
+        use core::arch::wasm32::*;
+        use core::hint::black_box;
+        let n = iterations.max(1);
+        let (ms, macs_per_op) = match kind {
+            "dot_i16x8" => {
+                let b = black_box(i16x8_splat(3));
+                let mut acc: [v128; 12] = black_box([i32x4_splat(1); 12]);
+                let start = performance_now();
+                for _ in 0..n {
+                    for v in acc.iter_mut() {
+                        *v = i32x4_add(*v, i32x4_dot_i16x8(*v, b));
+                    }
+                }
+                let ms = performance_now() - start;
+                black_box(acc);
+                (ms, 8.0)
+            }
+            "f32x4" => {
+                let b = black_box(f32x4_splat(0.5));
+                let mut acc: [v128; 12] = black_box([f32x4_splat(1.0); 12]);
+                let start = performance_now();
+                for _ in 0..n {
+                    for v in acc.iter_mut() {
+                        *v = f32x4_add(*v, f32x4_mul(*v, b));
+                    }
+                }
+                let ms = performance_now() - start;
+                black_box(acc);
+                (ms, 4.0)
+            }
+            other => {
+                return Err(JsError::new(&format!(
+                    "benchPeak: unknown kind {other:?} (dot_i16x8 or f32x4)"
+                )))
+            }
+        };
+        Ok(n as f64 * 12.0 * macs_per_op / ms / 1e6)
+    }
+    #[cfg(not(target_feature = "simd128"))]
+    {
+        let _ = (kind, iterations);
+        Err(JsError::new("benchPeak needs a SIMD128 build"))
+    }
+}

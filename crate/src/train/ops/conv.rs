@@ -93,6 +93,55 @@ fn bias_backward(dz: &[f32], channels: usize, db: &mut [f32]) {
     }
 }
 
+/// Columns of `dz` per block of the pointwise `dX` GEMM: packed B of about 128 KiB, as the
+/// forward kernel blocks it, so the block is still in cache when the GEMM reads it.
+fn pointwise_block(ocg: usize, hw: usize) -> usize {
+    ((32 * 1024) / ocg.max(1) / 8 * 8).max(8).min(hw.max(1))
+}
+
+/// `dX_g = W_gᵀ · dz_g` of a pointwise conv for one image and group, in column blocks, written
+/// straight into `dx_g` (the node's own buffer, each element written once).
+fn pointwise_dx(wt: &PackedA, dz_g: &[f32], ocg: usize, hw: usize, dx_g: &mut [f32], sc: &mut Scratch) {
+    let block = pointwise_block(ocg, hw);
+    for n0 in (0..hw).step_by(block) {
+        let nc = block.min(hw - n0);
+        sc.b.repack_from(&dz_g[n0..], ocg, nc, hw);
+        gemm(wt, &sc.b, &mut dx_g[n0..], hw, GemmBias::None, Activation::Identity);
+    }
+}
+
+/// `dW_g += dz_g · X_gᵀ` of a pointwise conv (`dz_g` is `ocg x hw`, `x_g` is `icg x hw`). The
+/// contraction runs over the pixels, thousands of them in early layers: it is cut into blocks of
+/// 256 so that the GEMM's panels stay in L1, and the smaller of the two operands is the one
+/// transposed (computing `dW_gᵀ = X_g · dz_gᵀ` when `icg > ocg`).
+fn pointwise_dw(dz_g: &[f32], x_g: &[f32], ocg: usize, icg: usize, hw: usize, dw_g: &mut [f32], sc: &mut Scratch) {
+    const KC: usize = 256;
+    let transposed = icg > ocg;
+    let (m, n) = if transposed { (icg, ocg) } else { (ocg, icg) };
+    let (a_src, b_src) = if transposed { (x_g, dz_g) } else { (dz_g, x_g) };
+    let acc = zeroed(&mut sc.t4, m * n);
+    for c0 in (0..hw).step_by(KC) {
+        let kc = KC.min(hw - c0);
+        sc.a.repack_from(&a_src[c0..], m, kc, hw);
+        let bt = buf(&mut sc.t1, kc * n);
+        super::transpose_block(&b_src[c0..], hw, n, kc, bt);
+        sc.b.repack_from(bt, kc, n, n);
+        let t = buf(&mut sc.t2, m * n);
+        gemm(&sc.a, &sc.b, t, n, GemmBias::None, Activation::Identity);
+        super::add_into(acc, t);
+    }
+    if transposed {
+        // acc is dW_gᵀ (icg x ocg).
+        for o in 0..ocg {
+            for i in 0..icg {
+                dw_g[o * icg + i] += acc[i * ocg + o];
+            }
+        }
+    } else {
+        super::add_into(dw_g, acc);
+    }
+}
+
 /// Column blocks of the im2col paths: about a megabyte of scratch, at least 64 columns.
 fn block_columns(k: usize, n: usize) -> usize {
     ((1 << 18) / k.max(1)).max(64).min(n.max(1))
@@ -202,6 +251,26 @@ fn im2col_transposed(s: &Conv2dShape, x: &[f32], n0: usize, nc: usize, out: &mut
     }
 }
 
+/// `Σ g · x` and `d += w · g` in one pass over `g` (eight lanes, as [`super::dot`]).
+fn dot_and_axpy(g: &[f32], x: &[f32], d: &mut [f32], w: f32) -> f32 {
+    let n = g.len();
+    let (x, d) = (&x[..n], &mut d[..n]);
+    let mut acc = [0f32; 8];
+    let full = n / 8 * 8;
+    for i in (0..full).step_by(8) {
+        for l in 0..8 {
+            acc[l] += g[i + l] * x[i + l];
+            d[i + l] += w * g[i + l];
+        }
+    }
+    let mut s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for i in full..n {
+        s += g[i] * x[i];
+        d[i] += w * g[i];
+    }
+    s
+}
+
 /// The phase planes of a depthwise backward (see [`depthwise_backward`]): `sh · sw` planes of
 /// `rows` rows of `pitch` floats plus slack (the last tap's column offset lets a pitched run
 /// read past the last row), and the input pixels in phase-plane order: runs of `count` pixels
@@ -281,12 +350,14 @@ fn depthwise_backward(s: &Conv2dShape, p: &Phases, x: &[f32], w: &[f32], dz: &[f
                     let tap = co * kh * kw + ky * kw + kx;
                     let (py, px) = ((ky * dh) % sh, (kx * dwl) % sw);
                     let off = (py * sw + px) * plane + (ky * dh / sh) * pitch + kx * dwl / sw;
-                    if let Some(dw) = dw.as_deref_mut() {
-                        dw[tap] += super::dot(dzp, &xp[off..off + span]);
-                    }
-                    if dx.is_some() {
-                        let wv = w[tap];
-                        dxp[off..off + span].iter_mut().zip(dzp.iter()).for_each(|(d, &g)| *d += wv * g);
+                    match (dw.as_deref_mut(), dx.is_some()) {
+                        (Some(dw), true) => dw[tap] += dot_and_axpy(dzp, &xp[off..off + span], &mut dxp[off..off + span], w[tap]),
+                        (Some(dw), false) => dw[tap] += super::dot(dzp, &xp[off..off + span]),
+                        (None, true) => {
+                            let wv = w[tap];
+                            dxp[off..off + span].iter_mut().zip(dzp.iter()).for_each(|(d, &g)| *d += wv * g);
+                        }
+                        (None, false) => {}
                     }
                 }
             }
@@ -390,16 +461,13 @@ impl TrainOp for ConvOp {
                     let (icg, ocg, hw) = (s.in_c / s.group, s.out_c / s.group, s.in_h * s.in_w);
                     if let Some(dxn) = dxn {
                         for (g, a) in self.wt.iter().enumerate() {
-                            sc.b.repack_from(&dzn[g * ocg * hw..][..ocg * hw], ocg, hw, hw);
-                            // The buffer is this node's alone and each group's rows are written
-                            // once per image: the GEMM writes them directly.
-                            gemm(a, &sc.b, &mut dxn[g * icg * hw..][..icg * hw], hw, GemmBias::None, Activation::Identity);
+                            pointwise_dx(a, &dzn[g * ocg * hw..][..ocg * hw], ocg, hw, &mut dxn[g * icg * hw..][..icg * hw], sc);
                         }
                     }
                     if let Some(dw) = dw.as_deref_mut() {
                         for g in 0..s.group {
                             let (dz_g, x_g) = (&dzn[g * ocg * hw..][..ocg * hw], &xn[g * icg * hw..][..icg * hw]);
-                            super::matmul(dz_g, false, x_g, true, ocg, hw, icg, &mut dw[g * ocg * icg..][..ocg * icg], true, sc);
+                            pointwise_dw(dz_g, x_g, ocg, icg, hw, &mut dw[g * ocg * icg..][..ocg * icg], sc);
                         }
                     }
                 }
@@ -544,6 +612,10 @@ mod tests {
         conv_case(4, [1, 4, 5, 6], 6, [3, 3], 1, [1, 1, 1, 1], 1, 2, true, Activation::Identity);
         conv_case(5, [1, 5, 4, 3], 7, [1, 1], 1, [0; 4], 1, 1, true, Activation::Identity);
         conv_case(6, [2, 6, 3, 5], 4, [1, 1], 1, [0; 4], 1, 2, false, Activation::Identity);
+        // Enough pixels for several blocks of the weight-gradient contraction (256 pixels) and
+        // of the input-gradient GEMM's columns, both ways of transposing.
+        conv_case(16, [1, 5, 23, 29], 70, [1, 1], 1, [0; 4], 1, 1, true, Activation::Identity);
+        conv_case(17, [1, 9, 23, 29], 3, [1, 1], 1, [0; 4], 1, 1, false, Activation::Identity);
         // 1x1 with a stride goes through im2col.
         conv_case(7, [1, 3, 7, 5], 2, [1, 1], 2, [0; 4], 1, 1, true, Activation::Identity);
     }
@@ -590,5 +662,55 @@ mod tests {
         conv_transpose_case(20, [1, 3, 4, 5], 4, [3, 3], 2, [1, 1, 0, 1], 1, 1, 1);
         conv_transpose_case(21, [2, 4, 3, 3], 6, [2, 3], 1, [0, 0, 0, 0], 2, 0, 2);
         conv_transpose_case(22, [1, 2, 5, 4], 2, [4, 4], 2, [1, 1, 1, 1], 1, 0, 2);
+    }
+}
+
+#[cfg(test)]
+mod bench {
+    use super::*;
+    use crate::rng::Rng;
+    use std::time::Instant;
+
+    fn min_time(mut f: impl FnMut()) -> f64 {
+        (0..7)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .fold(f64::MAX, f64::min)
+            * 1e3
+    }
+
+    /// Forward kernel against the pieces of the pointwise backward, on EfficientNet's shapes
+    /// (`cargo test --release --lib pointwise_pieces -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn pointwise_pieces() {
+        let mut rng = Rng::seeded(1);
+        for (ic, oc, hw) in [(16usize, 96usize, 112usize), (96, 24, 56), (144, 24, 56), (240, 80, 14), (672, 112, 14), (1152, 320, 7)] {
+            let s = Conv2dShape { in_c: ic, in_h: hw, in_w: hw, out_c: oc, out_h: hw, out_w: hw, kernel_h: 1, kernel_w: 1, stride_h: 1, stride_w: 1, dilation_h: 1, dilation_w: 1, pad_top: 0, pad_left: 0, group: 1 };
+            let w: Vec<f32> = (0..ic * oc).map(|_| rng.gaussian() as f32).collect();
+            let x: Vec<f32> = (0..ic * hw * hw).map(|_| rng.gaussian() as f32).collect();
+            let dz: Vec<f32> = (0..oc * hw * hw).map(|_| rng.gaussian() as f32).collect();
+            let packed = PackedConv2d::new(s, &w, None, Activation::Identity);
+            let mut sc = Scratch::default();
+            let mut y = vec![0f32; oc * hw * hw];
+            let fwd = min_time(|| packed.run(&x, &mut y, &mut sc.conv));
+            let mut wt = Vec::new();
+            let mut t = Vec::new();
+            pack_transposed_groups(&s, &w, &mut wt, &mut t);
+            let mut dx = vec![0f32; ic * hw * hw];
+            let tdx = min_time(|| pointwise_dx(&wt[0], &dz, oc, hw * hw, &mut dx, &mut sc));
+            let mut dw = vec![0f32; ic * oc];
+            let tdw = min_time(|| pointwise_dw(&dz, &x, oc, ic, hw * hw, &mut dw, &mut sc));
+            let mut m = vec![0f32; oc * hw * hw];
+            let tmask = min_time(|| super::super::activation_backward(Activation::Clip { min: 0.0, max: 6.0 }, None, &y, &dz, &mut m));
+            let mut db = vec![0f32; oc];
+            let tbias = min_time(|| bias_backward(&dz, oc, &mut db));
+            let mut z = vec![0f32; ic * hw * hw];
+            let tzero = min_time(|| z.fill(0.0));
+            eprintln!("{ic:>5}->{oc:<5} {hw:>3}x{hw:<3} forward {fwd:.3} ms  dX {tdx:.3}  dW {tdw:.3}  relu6 mask {tmask:.3}  bias {tbias:.3}  zero dX {tzero:.3}");
+        }
     }
 }

@@ -126,7 +126,8 @@ impl TrainOp for ActivationNode {
         let Some(dx) = b.dx(0) else { return };
         match act {
             Activation::Identity => super::add_into(dx, dy),
-            Activation::Relu => dx.iter_mut().zip(x.iter().zip(dy)).for_each(|(d, (&x, &g))| *d += if x > 0.0 { g } else { 0.0 }),
+            Activation::Relu => dx.iter_mut().zip(x.iter().zip(dy)).for_each(|(d, (&x, &g))| *d += super::keep_if(g, x > 0.0)),
+            Activation::Clip { min, max } => dx.iter_mut().zip(x.iter().zip(dy)).for_each(|(d, (&x, &g))| *d += super::keep_if(g, (x > min) & (x < max))),
             _ => dx.iter_mut().zip(x.iter().zip(dy)).for_each(|(d, (&x, &g))| *d += g * activation_derivative(act, x)),
         }
     }

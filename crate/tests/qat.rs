@@ -96,57 +96,116 @@ fn efficientnet_qat_steps_through_the_session() {
     assert_eq!(out[0].data.len(), 1000);
 }
 
-/// The default recipe (W4A8: all weights) on a pool of augmented views of the training
-/// images, as the PyTorch simulation did (64 views, batch 8), measured on views of the
-/// held-out images.
+/// A few QAT steps on one repeated batch of another model: the loss must fall, and the result
+/// must be a valid annotated graph the int8 engine runs.
+fn repeated_batch_falls(name: &str, model: &Model, frames: &[Vec<Vec<f32>>], expect_losses: &[&str]) {
+    let mut cal = Calibrator::new(model.engine.graph(), w4a8()).unwrap();
+    for f in frames {
+        cal.observe(&[&f[0]]).unwrap();
+    }
+    let ptq = cal.quantize().unwrap();
+    let mut trainer = Trainer::new(cal.graph(), &ptq, QatConfig { steps: Some(6), ..QatConfig::default() }).unwrap();
+    assert_eq!(trainer.losses(), expect_losses, "{name}");
+    let batch = frames[..2].to_vec();
+    let losses: Vec<f64> = (0..6).map(|_| trainer.step(&batch).unwrap().loss).collect();
+    eprintln!("{name}: losses {losses:?}");
+    assert!(losses[5] < losses[0], "{name}: {losses:?}");
+    let g = trainer.graph().unwrap();
+    let int8 = Int8Engine::new(g).unwrap();
+    assert_eq!(int8.run(&[&frames[0][0]]).unwrap().len(), model.engine.graph().outputs.len());
+}
+
+#[test]
+fn blazeface_and_ppocr_train_through_their_ops() {
+    // BlazeFace: NHWC input, Transpose, Concat (channel padding), MaxPool, Reshape; anchor
+    // scores distilled by their sigmoids, boxes by MSE.
+    let model = Model::load(BLAZEFACE, &ImportOptions::default()).unwrap();
+    let p = Preprocess::preset("signed", 128, 128, quant_playground::preprocess::Layout::Nhwc).unwrap();
+    let images: Vec<&[u8]> = IMAGES.iter().map(|(_, b)| *b).collect();
+    repeated_batch_falls("blazeface", &model, &views(&images, 4, 1, &p), &["anchor-kl", "anchor-kl", "mse", "mse"]);
+    // PP-OCR direction classifier: squeeze-excitation blocks (HardSigmoid, Mul), HardSwish,
+    // MatMul, and a Softmax output distilled through its logits.
+    let mut options = ImportOptions::default();
+    options.input_shapes.insert("x".into(), vec![1, 3, 48, 192]);
+    let model = Model::load(PPOCR, &options).unwrap();
+    let p = Preprocess::preset("ppocr", 192, 48, quant_playground::preprocess::Layout::Nchw).unwrap();
+    repeated_batch_falls("ppocr", &model, &views(&images, 4, 1, &p), &["kl"]);
+}
+
+/// Every shipped image (`models/images`, 19 photographs and scans), decoded.
+fn shipped_images() -> Vec<(String, Vec<u8>)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/images");
+    let mut names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    names.sort();
+    names.into_iter().map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap())).collect()
+}
+
+/// The default recipe on a pool of 64 augmented views of the shipped images, batch 8, as the
+/// issue's PyTorch simulation ran it, for `QAT_WEIGHT_BITS` (default 4) weights and 8-bit
+/// activations. Fidelity on 64 other views of the same images (never trained on) and on 48
+/// views of 4 images left out of training altogether.
 #[test]
 #[ignore]
 fn efficientnet_w4a8_qat_beats_ptq_on_held_out_views() {
     let (model, p) = efficientnet();
-    let (train_imgs, eval_imgs) = split_images();
-    let mut cal = Calibrator::new(model.engine.graph(), w4a8()).unwrap();
-    for f in views(&train_imgs, 16, 1, &p) {
+    let images = shipped_images();
+    let bytes: Vec<&[u8]> = images.iter().map(|(_, b)| b.as_slice()).collect();
+    // Four images never trained on (every fifth), the rest for calibration and training.
+    let (unseen, seen): (Vec<_>, Vec<_>) = bytes.iter().enumerate().partition(|(i, _)| i % 5 == 2);
+    let unseen: Vec<&[u8]> = unseen.into_iter().map(|(_, b)| *b).collect();
+    let seen: Vec<&[u8]> = seen.into_iter().map(|(_, b)| *b).collect();
+    let bits: u32 = std::env::var("QAT_WEIGHT_BITS").ok().and_then(|s| s.parse().ok()).unwrap_or(4);
+    let mut cal = Calibrator::new(model.engine.graph(), QuantConfig { weight_bits: bits, ..QuantConfig::default() }).unwrap();
+    for f in views(&seen, 32, 1, &p) {
         cal.observe(&[&f[0]]).unwrap();
     }
     let ptq = cal.quantize().unwrap();
     let float = Fp32Engine::new(cal.graph().clone());
-    let held_out = views(&eval_imgs, 48, 2, &p);
-    let pool = views(&train_imgs, 64, 3, &p);
+    let pool_size: usize = std::env::var("QAT_POOL").ok().and_then(|s| s.parse().ok()).unwrap_or(64);
+    let pool = views(&seen, pool_size, 3, &p);
+    let held_out = views(&seen, 64, 2, &p);
+    let other_images = views(&unseen, 48, 6, &p);
 
-    let steps: usize = std::env::var("QAT_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
+    let default_steps = if bits < 8 { 300 } else { 100 };
+    let steps: usize = std::env::var("QAT_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(default_steps);
     let config = config_from_env(steps);
     eprintln!("{config:?}");
     let batch_size = config.batch_size;
     let mut trainer = Trainer::new(cal.graph(), &ptq, config).unwrap();
-    trainer.set_holdout(&views(&train_imgs, 8, 4, &p)).unwrap();
+    trainer.set_holdout(&views(&seen, 8, 4, &p)).unwrap();
     let mut rng = Rng::seeded(5);
     let start = Instant::now();
     for s in 0..steps {
         let batch: Vec<_> = (0..batch_size).map(|_| pool[(rng.next_u64() % pool.len() as u64) as usize].clone()).collect();
         let stats = trainer.step(&batch).unwrap();
-        if s % 10 == 0 || s + 1 == steps {
-            eprintln!("step {:>4} loss {:.4} lr {:.2e} holdout {:?} ({:.0} s)", stats.step, stats.loss, stats.lr, stats.holdout_loss, start.elapsed().as_secs_f64());
+        if stats.holdout_loss.is_some() || s == 0 {
+            eprintln!("step {:>4} loss {:.4} lr {:.2e} held-out {:.4} ({:.0} s)", stats.step, stats.loss, stats.lr, stats.holdout_loss.unwrap_or(f64::NAN), start.elapsed().as_secs_f64());
         }
     }
+    let seconds = start.elapsed().as_secs_f64();
     let qat = trainer.best_graph().unwrap();
 
-    let ptq_sim = Fp32Engine::new(ptq.clone());
+    let ptq_int8 = Int8Engine::new(ptq.clone()).unwrap();
     let qat_sim = Fp32Engine::new(qat.clone());
     let qat_int8 = Int8Engine::new(qat.clone()).unwrap();
-    let ptq_int8 = Int8Engine::new(ptq.clone()).unwrap();
-    let f_ptq = fidelity(&float, &|x| ptq_sim.run(x).unwrap(), &held_out);
-    let f_ptq8 = fidelity(&float, &|x| ptq_int8.run(x).unwrap(), &held_out);
-    let f_qat = fidelity(&float, &|x| qat_sim.run(x).unwrap(), &held_out);
-    let f_qat8 = fidelity(&float, &|x| qat_int8.run(x).unwrap(), &held_out);
     let show = |name: &str, c: &ClassifierAgreement| {
-        eprintln!("{name:<12} mean KL {:.4}  confident top-1 {:.3} ({} views)  all-view top-1 {:.3}  top-5 {:.3}", c.mean_kl, c.confident_top1, c.confident_frames, c.top1, c.top5)
+        eprintln!("  {name:<10} mean KL {:.4}  confident top-1 {:.3} ({} views)  all-view top-1 {:.3}  top-5 {:.3}", c.mean_kl, c.confident_top1, c.confident_frames, c.top1, c.top5)
     };
-    eprintln!("EfficientNet-Lite0 W4A8, {steps} steps, {} held-out views, {:.0} s of training", held_out.len(), start.elapsed().as_secs_f64());
-    show("PTQ sim", &f_ptq);
-    show("PTQ int8", &f_ptq8);
-    show("QAT sim", &f_qat);
-    show("QAT int8", &f_qat8);
-    assert!(f_qat8.mean_kl < f_ptq8.mean_kl, "QAT KL {} vs PTQ {}", f_qat8.mean_kl, f_ptq8.mean_kl);
+    eprintln!("EfficientNet-Lite0 W{bits}A8 ({:?}), {steps} steps of {batch_size} on {pool_size} views of {} images, {seconds:.0} s", trainer.mode(), seen.len());
+    let mut results = Vec::new();
+    for (what, frames) in [("64 held-out views of the training images", &held_out), ("48 views of 4 images never trained on", &other_images)] {
+        eprintln!("{what}:");
+        let f_ptq = fidelity(&float, &|x| ptq_int8.run(x).unwrap(), frames);
+        let f_qat_sim = fidelity(&float, &|x| qat_sim.run(x).unwrap(), frames);
+        let f_qat = fidelity(&float, &|x| qat_int8.run(x).unwrap(), frames);
+        show("PTQ int8", &f_ptq);
+        show("QAT sim", &f_qat_sim);
+        show("QAT int8", &f_qat);
+        eprintln!("  KL {:.1}x lower", f_ptq.mean_kl / f_qat.mean_kl);
+        results.push((f_ptq, f_qat));
+    }
+    let (ptq_views, qat_views) = &results[0];
+    assert!(qat_views.mean_kl < ptq_views.mean_kl, "QAT KL {} vs PTQ {}", qat_views.mean_kl, ptq_views.mean_kl);
 }
 
 /// One QAT step per frame against one FP32 forward (the target: at most 3.5x), with
@@ -209,6 +268,7 @@ fn qat_step_time_against_a_forward() {
             (0..3).for_each(|i| total[i] += t[i]);
         }
         eprintln!("  {:<20} forward {:>6.1} ms  fq backward {:>5.1} ms  backward {:>6.1} ms", "total", total[0] * 1e3, total[1] * 1e3, total[2] * 1e3);
+        eprintln!("  tape memory {:.0} MB", trainer.tape_mut().memory_bytes() as f64 / 1e6);
         eprintln!(
             "{name} ({:?}): forward {:.1} ms, training forward {:.1} ms; step per frame {:.1} ms = {:.2}x with the teacher cached, {:.1} ms = {:.2}x with a new frame",
             trainer.mode(),
@@ -294,7 +354,8 @@ fn efficientnet_gradient_matches_a_directional_difference() {
 
 
 /// A recipe from the environment (for measuring recipes without recompiling): `QAT_LR`,
-/// `QAT_SCALE_LR`, `QAT_BIAS_LR`, `QAT_BATCH`, `QAT_MODE` (`scales` or `full`) over the defaults.
+/// `QAT_SCALE_LR`, `QAT_BIAS_LR`, `QAT_BATCH`, `QAT_MODE` (`scales` or `full`), `QAT_WEIGHT_SCALES`
+/// (`0` or `1`) over the defaults.
 fn config_from_env(steps: usize) -> QatConfig {
     let get = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<f32>().ok());
     let mut c = QatConfig { steps: Some(steps), ..QatConfig::default() };
@@ -302,13 +363,16 @@ fn config_from_env(steps: usize) -> QatConfig {
         c.lr = v;
     }
     if let Some(v) = get("QAT_SCALE_LR") {
-        c.scale_lr = v;
+        c.scale_lr = Some(v);
     }
     if let Some(v) = get("QAT_BIAS_LR") {
-        c.bias_lr = v;
+        c.bias_lr = Some(v);
     }
     if let Some(v) = get("QAT_BATCH") {
         c.batch_size = v as usize;
+    }
+    if let Ok(v) = std::env::var("QAT_WEIGHT_SCALES") {
+        c.learn_weight_scales = Some(v == "1");
     }
     c.mode = match std::env::var("QAT_MODE").as_deref() {
         Ok("scales") => Some(quant_playground::train::QatMode::Scales),

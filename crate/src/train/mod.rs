@@ -21,7 +21,7 @@
 //! - [`loss`]: distillation from the float model's outputs: KL of softmax distributions for
 //!   classifier scores, per-anchor Bernoulli KL for detector scores, normalised MSE otherwise.
 //! - [`optim`]: AdamW with linear warm-up and cosine decay.
-//! - [`qat`]: the [`Trainer`](qat::Trainer): parameters, the step, the best weights so far,
+//! - [`qat`]: the [`Trainer`]: parameters, the step, the best weights so far,
 //!   export to an annotated graph.
 //! - `session_ext`: [`Session`](crate::session::Session) methods that make a trainer from the
 //!   calibration and install its result as the QAT variant.

@@ -1,7 +1,7 @@
 //! The training forward and backward over one graph.
 //!
 //! # Forward
-//! Node by node in graph order, each op's training form ([`ops`](super::ops)) runs the FP32
+//! Node by node in graph order, each op's training form (`train::ops`) runs the FP32
 //! kernels; every value with a [`FakeQuant`] is then replaced by its fake quantization, exactly
 //! as `engine::fp32` does, so the training forward *is* the simulation of the annotated graph.
 //! Two buffers per quantized value survive the frame: the value as its consumers read it
@@ -153,6 +153,16 @@ impl Tape {
     /// Starts (or stops) timing every node (natively; nothing is timed on wasm32).
     pub fn set_profiling(&mut self, on: bool) {
         self.profile = on.then(|| vec![[0.0; 3]; self.g.nodes.len()]);
+    }
+
+    /// Bytes the tape holds: saved values, pooled gradients, trainable constants, scratch.
+    pub fn memory_bytes(&self) -> usize {
+        let vecs = |v: &[Vec<f32>]| v.iter().map(|b| b.capacity()).sum::<usize>();
+        let s = &self.scratch;
+        let scratch = [&s.conv, &s.t0, &s.t1, &s.t2, &s.t3, &s.t4].iter().map(|b| b.capacity()).sum::<usize>();
+        let kept = self.grads.iter().flatten().map(|b| b.capacity()).sum::<usize>();
+        let consts = self.consts.iter().flatten().map(|b| b.capacity()).sum::<usize>();
+        4 * (vecs(&self.vals) + vecs(&self.pre) + vecs(&self.aux) + vecs(&self.pool) + scratch + kept + consts)
     }
 
     /// Seconds per node so far: forward, fake-quant backward of its outputs, backward.

@@ -321,28 +321,31 @@ mod tests {
 
     #[test]
     fn gemm_every_transpose_alpha_beta_and_bias_form() {
-        for (seed, trans_a, trans_b, alpha, beta, c, act) in [
+        // m = 1 and 3 take the outer-product path of the weight gradient, m = 5 the GEMM.
+        let cases = [
             (1, false, true, 1.0, 1.0, Some(vec![7]), Activation::Identity),
             (2, false, false, 0.7, 1.3, Some(vec![1, 7]), Activation::Tanh),
-            (3, true, true, 1.0, 0.5, Some(vec![5, 7]), Activation::Identity),
-            (4, true, false, 1.5, 1.0, Some(vec![5, 1]), Activation::Sigmoid),
+            (3, true, true, 1.0, 0.5, Some(vec![0, 7]), Activation::Identity),
+            (4, true, false, 1.5, 1.0, Some(vec![0, 1]), Activation::Sigmoid),
             (5, false, true, 1.0, 1.0, None, Activation::HardSwish),
             (6, false, false, 1.0, 1.0, Some(vec![1]), Activation::Identity),
-        ] {
-          for m in [5, 1, 3] {
-            let (k, n) = (9, 7);
-            let c = c.clone().map(|cs: Vec<usize>| cs.iter().map(|&d| if d == 5 { m } else { d }).collect::<Vec<_>>());
-            let mut b = Builder::new(seed);
-            let a = b.input("a", &if trans_a { [k, m] } else { [m, k] });
-            let w = b.konst("w", &if trans_b { [n, k] } else { [k, n] });
-            let mut inputs = vec![a, w];
-            if let Some(cs) = &c {
-                inputs.push(b.konst("c", cs));
+        ];
+        for (seed, trans_a, trans_b, alpha, beta, c, act) in cases {
+            for m in [5, 1, 3] {
+                let (k, n) = (9, 7);
+                // A 0 in C's shape stands for m (C as large as the output along rows).
+                let c: Option<Vec<usize>> = c.as_ref().map(|cs| cs.iter().map(|&d| if d == 0 { m } else { d }).collect());
+                let mut b = Builder::new(seed);
+                let a = b.input("a", &if trans_a { [k, m] } else { [m, k] });
+                let w = b.konst("w", &if trans_b { [n, k] } else { [k, n] });
+                let mut inputs = vec![a, w];
+                if let Some(cs) = &c {
+                    inputs.push(b.konst("c", cs));
+                }
+                let y = b.one("gemm", Op::Gemm { trans_a, trans_b, alpha, beta, activation: act }, &inputs);
+                let (g, data) = b.finish(&[y]);
+                check_graph(&g, &data, 1e-2, 3e-3, 0);
             }
-            let y = b.one("gemm", Op::Gemm { trans_a, trans_b, alpha, beta, activation: act }, &inputs);
-            let (g, data) = b.finish(&[y]);
-            check_graph(&g, &data, 1e-2, 3e-3, 0);
-          }
         }
         // Both operands computed at run time, C as well.
         let mut b = Builder::new(8);

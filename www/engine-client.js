@@ -162,6 +162,19 @@ export class EngineClient extends EventTarget {
     return this.request(Req.EXPORT_ONNX, { variant }, { timeoutMs: 120_000, ...options });
   }
 
+  /** @param {'qat'} variant @returns {Promise<import('./protocol.js').VariantState>} */
+  variantState(variant, options = {}) {
+    return this.request(Req.VARIANT_STATE, { variant }, { timeoutMs: 120_000, ...options });
+  }
+
+  /**
+   * @param {'qat'} variant
+   * @param {import('./protocol.js').VariantState} state  (copied, not transferred: the page keeps it)
+   */
+  restoreVariant(variant, state, options = {}) {
+    return this.request(Req.RESTORE_VARIANT, { variant, state }, { timeoutMs: 300_000, ...options });
+  }
+
   /**
    * Starts quantization-aware training. Returns the request's promise and a `cancel()` that
    * asks the worker to stop after the current chunk of steps (the promise then resolves with

@@ -59,7 +59,7 @@ const state = {
   preprocessOrigin: 'guess',
   /** layers: reports.js Layer[] (per quantized tensor, SQNR against FP32) */
   ptq: { state: 'idle', config: null, report: null, layers: null, frameIds: [], stale: false },
-  qat: { state: 'idle', config: null, result: null, layers: null, losses: [] },
+  qat: { state: 'idle', config: null, result: null, layers: null, losses: [], saved: null },
   /** 'webcam' | 'sample:FILE' | 'frame:ID' */
   source: `sample:${DEFAULT_MODEL.image}`,
   /** @type {Promise<string[]> | null} */
@@ -90,11 +90,18 @@ function hideError() {
   field('error-message').textContent = '';
 }
 
+let engineNoticeTimer = 0;
+
+/** A notice about the engine, in the toast stack. One about work in progress ("…") stays until
+ * replaced; an outcome fades after 20 s or on a click, since a toast covers part of the page. */
 function engineNotice(text) {
   const node = $('#engine-notice');
   node.textContent = text ?? '';
   node.hidden = !text;
+  clearTimeout(engineNoticeTimer);
+  if (text && !text.endsWith('…')) engineNoticeTimer = setTimeout(() => engineNotice(''), 20_000);
 }
+$('#engine-notice').addEventListener('click', () => engineNotice(''));
 
 function checkBrowser() {
   if (typeof WebAssembly !== 'object') throw new Error('This browser cannot run WebAssembly, which the engine needs.');
@@ -178,6 +185,8 @@ function restore(reason) {
       setModelStatus(`Loaded ${m.name} again after the engine restart`);
       done.push('the model');
       const hadQat = state.qat.state === 'done' || state.qat.state === 'running';
+      // Rebuilding PTQ resets QAT: what the page kept of it is taken first.
+      const keptQat = state.qat.state === 'done' && state.qat.saved ? { ...state.qat } : null;
       if (state.ptq.state === 'done' || state.ptq.state === 'running') {
         const frames = state.ptq.frameIds.map((id) => store.get(id)).filter(Boolean);
         if (frames.length && state.ptq.config) {
@@ -190,8 +199,20 @@ function restore(reason) {
         }
       }
       if (hadQat) {
-        resetQat('The engine restarted, and the QAT model was lost with it: train again.');
-        done.push('not QAT (train again)');
+        const report = keptQat && state.ptq.state === 'done' ? await client.restoreVariant('qat', keptQat.saved).catch(() => null) : null;
+        if (report) {
+          state.qat = { ...keptQat, result: { ...keptQat.result, report } };
+          panes.qat.resetMetrics();
+          setQatState('done');
+          notice(field('qat-notice'), 'The QAT model was given back to the restarted engine.', 'ok');
+          renderInsight();
+          done.push('the QAT model');
+        } else {
+          resetQat(keptQat
+            ? 'The engine restarted, and the QAT model could not be given back to it: train again.'
+            : 'The engine restarted during training, and the run was lost with it: train again.');
+          done.push('not QAT (train again)');
+        }
       }
       engineNotice(`The engine stopped (${reason}) and was restarted. Re-sent: ${done.join(', ') || 'nothing'}; your settings and ${store.size} calibration frames are kept.`);
     } catch (err) {
@@ -1263,23 +1284,30 @@ function updateQatButton() {
 function resetQat(message) {
   if (qatRun) qatRun.cancel();
   qatRun = null;
-  state.qat = { state: 'idle', config: state.qat.config, result: null, layers: null, losses: [] };
+  state.qat = { state: 'idle', config: state.qat.config, result: null, layers: null, losses: [], saved: null };
   setQatState(state.features.qat ? 'idle' : 'unavailable');
   if (state.features.qat) notice(field('qat-notice'), message);
   panes.qat.resetMetrics();
   renderInsight();
 }
 
+/** The form's recipe: empty fields and "automatic" are left to the engine's default recipe. */
 function readQatConfig() {
   const els = qatForm.elements;
-  return { steps: Math.max(1, Math.round(Number(els.steps.value) || 1)), lr: Number(els.lr.value), mode: els.mode.value };
+  const config = {};
+  if (els.steps.value.trim()) config.steps = Math.max(1, Math.round(Number(els.steps.value) || 1));
+  if (els.lr.value.trim()) config.lr = Number(els.lr.value);
+  if (els.mode.value !== 'auto') config.mode = els.mode.value;
+  return config;
 }
+
+const QAT_MODES = { scales: 'step sizes and biases', full: 'weights, step sizes and biases' };
 
 qatForm.addEventListener('submit', async (event) => {
   event.preventDefault();
   if (!state.features.qat || state.qat.state === 'running' || state.ptq.state !== 'done') return;
   const config = readQatConfig();
-  if (!(config.lr > 0)) {
+  if ('lr' in config && !(config.lr > 0)) {
     notice(field('qat-notice'), 'The learning rate must be above 0.', 'error');
     return;
   }
@@ -1288,8 +1316,9 @@ qatForm.addEventListener('submit', async (event) => {
   state.qat.losses = [];
   setQatState('running');
   const bar = $('#qat-progress');
-  bar.max = config.steps;
+  bar.max = config.steps ?? 1;
   bar.value = 0;
+  let plan = { total: config.steps, mode: config.mode };
   const chart = await loadCharts().catch((err) => {
     notice(field('qat-notice'), errorMessage(err), 'error');
     return null;
@@ -1298,15 +1327,23 @@ qatForm.addEventListener('submit', async (event) => {
     lossChart ??= new chart.LossChart($('#loss-chart'));
     lossChart.reset();
   }
-  notice(field('qat-notice'), `Training: step 0 of ${config.steps}…`);
+  notice(field('qat-notice'), 'Training: starting…');
   const run = client.qat(config, {
     onProgress: (p) => {
+      if (p.done === 0) {
+        // The plan: what the engine chose where the form said "auto".
+        plan = { total: p.total, mode: p.mode };
+        bar.max = p.total;
+        const why = config.mode ? '' : ` (chosen for ${state.ptq.config?.weightBits ?? '?'}-bit weights)`;
+        notice(field('qat-notice'), `Training: step 0 of ${p.total}, learning ${QAT_MODES[p.mode] ?? p.mode}${why}, ${p.batchSize ?? '?'} frames a step…`);
+        return;
+      }
       bar.value = p.done;
       state.qat.losses.push([p.done, p.loss]);
       lossChart?.push(p.done, p.loss, p.holdoutLoss);
-      const eta = p.done > 0 ? (p.elapsedMs / p.done) * (config.steps - p.done) : NaN;
-      notice(field('qat-notice'), `Training: step ${p.done} of ${config.steps}, loss ${Number(p.loss).toPrecision(4)}, about ${formatDuration(eta)} left`);
-      panes.qat.setState('empty', `Training: step ${p.done} of ${config.steps}…`);
+      const eta = (p.elapsedMs / p.done) * (p.total - p.done);
+      notice(field('qat-notice'), `Training: step ${p.done} of ${p.total}, loss ${Number(p.loss).toPrecision(4)}, about ${formatDuration(eta)} left`);
+      panes.qat.setState('empty', `Training: step ${p.done} of ${p.total}…`);
     },
   });
   qatRun = run;
@@ -1317,10 +1354,15 @@ qatForm.addEventListener('submit', async (event) => {
     if (state.features.layerErrors) layerErrors = await client.layerErrors('qat');
     state.qat.result = result;
     state.qat.layers = layerErrors ? readLayers(layerErrors) : result.report?.layers ? readLayers(result.report.layers) : null;
+    // Kept in the page, so that an engine restart does not cost the user the training.
+    state.qat.saved = state.features.keepVariant ? await client.variantState('qat').catch(() => null) : null;
+    if (qatRun !== run) return;
     setQatState('done');
     panes.qat.resetMetrics();
     updatePanes();
-    const how = result.cancelled ? `Stopped after ${result.steps} of ${config.steps} steps (the model keeps what it learned)` : `Trained ${result.steps} steps`;
+    const what = QAT_MODES[result.mode ?? plan.mode] ?? result.mode ?? plan.mode;
+    const total = result.total ?? plan.total;
+    const how = result.cancelled ? `Stopped after ${result.steps} of ${total} steps of ${what} (the model keeps what it learned)` : `Trained ${what} for ${result.steps} steps`;
     notice(field('qat-notice'), `${how} in ${formatDuration(result.ms)}; final loss ${Number(result.loss).toPrecision(4)}.`, result.cancelled ? 'warn' : 'ok');
     renderInsight();
   } catch (err) {

@@ -65,11 +65,24 @@ export const Req = Object.freeze({
   /**
    * Quantization-aware training from the PTQ variant, on the calibration frames. Needs `qat`.
    * The worker steps in small chunks and yields between them, so CANCEL gets through.
-   * Payload: `{config: QatConfig}`. Progress: `{done: step, total: steps, loss, holdoutLoss, elapsedMs}`
-   * per chunk. Result: `{steps: number, loss: number, cancelled: boolean, ms: number, report}`
+   * Payload: `{config: QatConfig}`. Progress: first `{done: 0, total, mode, batchSize}` (the plan,
+   * with the engine's defaults filled in), then `{done: step, total: steps, loss, holdoutLoss,
+   * elapsedMs}` per chunk. Result: `{steps, total, mode, loss, cancelled: boolean, ms, report}`
    * (`report`: what qatFinish returns, if anything); a cancelled run keeps what it learned so far.
    */
   QAT: 'qat',
+  /**
+   * A quantized variant's state, for the page to keep (a restarted worker gets it back through
+   * RESTORE_VARIANT). Needs `keepVariant`. Payload: `{variant: 'qat'}`.
+   * Result: {@link VariantState} (its arrays transferred).
+   */
+  VARIANT_STATE: 'variant-state',
+  /**
+   * Installs a variant from a {@link VariantState}, once the PTQ variant was rebuilt from the same
+   * frames and settings. Needs `keepVariant`. Payload: `{variant: 'qat', state: VariantState}`.
+   * Result: the variant's report (like qatFinish's).
+   */
+  RESTORE_VARIANT: 'restore-variant',
   /**
    * Ask a running request (QAT) to stop. Payload: `{target: number}` (its id).
    * Result: `{found: boolean}`.
@@ -99,6 +112,8 @@ export const FEATURES = Object.freeze({
   exportOnnx: ['exportOnnx'],
   /** Quantization-aware training. */
   qat: ['qatBegin', 'qatStep', 'qatFinish'],
+  /** Keeping the QAT result across an engine restart. */
+  keepVariant: ['variantState', 'restoreVariant'],
 });
 
 /** The name of the error a request gets when the engine build lacks what it needs. */
@@ -190,6 +205,12 @@ export const NOT_AVAILABLE = 'NotAvailableError';
 /** @typedef {'fp32' | 'ptq' | 'qat'} Variant */
 
 /**
+ * Every value of a quantized graph in order: its name, its quantization annotation and, for a
+ * constant (weights, biases), its data.
+ * @typedef {{values: {name: string, quant: object | null, data: Float32Array | null}[]}} VariantState
+ */
+
+/**
  * @typedef {object} VariantResult
  * @property {Variant} variant
  * @property {number} [ms]       time in the engine (preprocessing + inference)
@@ -238,10 +259,12 @@ export const NOT_AVAILABLE = 'NotAvailableError';
  */
 
 /**
+ * Every field is optional: the engine's default recipe fills in what is missing (the mode by
+ * weight width: 8-bit → scales, lower → full; steps by mode: 100 / 300; rates by mode).
  * @typedef {object} QatConfig
- * @property {number} steps
- * @property {number} lr
- * @property {'scales' | 'full'} mode   train the quantization scales only, or weights too
+ * @property {number} [steps]
+ * @property {number} [lr]   Adam's rate of the weights (full mode)
+ * @property {'scales' | 'full'} [mode]   train step sizes and biases only, or the weights too
  */
 
 /** @typedef {ResultReply | ProgressReply | ErrorReply} WorkerReply */

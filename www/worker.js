@@ -51,6 +51,7 @@ const FEATURE_LABELS = {
   histogram: 'activation histograms',
   exportOnnx: 'ONNX export',
   qat: 'quantization-aware training',
+  keepVariant: 'keeping the QAT model across restarts',
 };
 
 /** @param {object} proto  Session.prototype or a session */
@@ -216,7 +217,11 @@ const handlers = {
     const session = requireModel();
     need(session, 'qat');
     const t0 = performance.now();
-    session.qatBegin(config);
+    // The engine fills in what the config leaves out (mode and steps by weight width).
+    const plan = session.qatBegin(config) ?? {};
+    const total = plan.steps ?? config.steps;
+    const mode = plan.mode ?? config.mode ?? null;
+    progress({ done: 0, total, mode, batchSize: plan.batchSize ?? null, loss: null, holdoutLoss: null, elapsedMs: 0 });
     cancellable.add(id);
     let last = { step: 0, loss: NaN, done: false };
     let report = null;
@@ -228,9 +233,9 @@ const handlers = {
       while (!cancelled.has(id) && model?.session === session) {
         const c0 = performance.now();
         const stats = session.qatStep(chunk);
-        last = { ...stats, done: stats.done ?? stats.step >= config.steps };
+        last = { ...stats, done: stats.done ?? stats.step >= total };
         const spent = performance.now() - c0;
-        progress({ done: last.step, total: config.steps, loss: last.loss, holdoutLoss: last.holdoutLoss ?? null, elapsedMs: performance.now() - t0 });
+        progress({ done: last.step, total, loss: last.loss, holdoutLoss: last.holdoutLoss ?? null, elapsedMs: performance.now() - t0 });
         if (last.done) break;
         chunk = Math.max(1, Math.min(64, Math.round((chunk * TARGET_MS) / Math.max(spent, 1))));
         await yieldToEvents();
@@ -241,7 +246,22 @@ const handlers = {
       cancellable.delete(id);
       cancelled.delete(id);
     }
-    return { steps: last.step, loss: last.loss, cancelled: !last.done, ms: performance.now() - t0, report };
+    return { steps: last.step, total, mode, loss: last.loss, cancelled: !last.done, ms: performance.now() - t0, report };
+  },
+
+  async [Req.VARIANT_STATE]({ variant }) {
+    await engine;
+    const session = requireModel();
+    need(session, 'keepVariant');
+    const state = session.variantState(variant);
+    return new Transfer(state, state.values.flatMap((v) => (v.data ? [v.data.buffer] : [])));
+  },
+
+  async [Req.RESTORE_VARIANT]({ variant, state }) {
+    await engine;
+    const session = requireModel();
+    need(session, 'keepVariant');
+    return session.restoreVariant(variant, state) ?? null;
   },
 
   async [Req.CANCEL]({ target }) {

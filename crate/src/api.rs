@@ -244,6 +244,53 @@ impl Session {
         to_js(report)
     }
 
+    /// A variant's state (see `Session::variant_state`) as
+    /// `{values: [{name, quant, data: Float32Array | null}]}`: the page keeps the QAT result's
+    /// so that a restarted engine gets it back through `restoreVariant`.
+    #[wasm_bindgen(js_name = variantState)]
+    pub fn variant_state(&self, variant: &str) -> Result<JsValue, JsError> {
+        let variant: Variant = variant.parse().map_err(err)?;
+        let state = self.session.variant_state(variant).map_err(err)?;
+        let values = Array::new();
+        for v in &state.values {
+            let o = Object::new();
+            set(&o, "name", &JsValue::from_str(&v.name));
+            set(&o, "quant", &to_js(&v.quant)?);
+            set(&o, "data", &v.data.as_ref().map_or(JsValue::NULL, |d| Float32Array::from(&d[..]).into()));
+            values.push(&o);
+        }
+        let out = Object::new();
+        set(&out, "values", &values);
+        Ok(out.into())
+    }
+
+    /// Installs a variant from `variantState` (after the PTQ variant was rebuilt from the same
+    /// frames and settings) and returns its report.
+    #[wasm_bindgen(js_name = restoreVariant)]
+    pub fn restore_variant(&mut self, variant: &str, state: JsValue) -> Result<JsValue, JsError> {
+        let variant: Variant = variant.parse().map_err(err)?;
+        let bad = || JsError::new("a saved variant state is {values: [{name, quant, data}]}");
+        let values = Reflect::get(&state, &JsValue::from_str("values")).map_err(|_| bad())?;
+        if !Array::is_array(&values) {
+            return Err(bad());
+        }
+        let mut saved = Vec::new();
+        for v in Array::from(&values).iter() {
+            let get = |key: &str| Reflect::get(&v, &JsValue::from_str(key)).map_err(|_| bad());
+            let name = get("name")?.as_string().ok_or_else(bad)?;
+            let quant = serde_wasm_bindgen::from_value(get("quant")?)?;
+            let data = get("data")?;
+            let data = if data.is_null() || data.is_undefined() {
+                None
+            } else {
+                Some(data.dyn_into::<Float32Array>().map_err(|_| bad())?.to_vec())
+            };
+            saved.push(session::ValueState { name, quant, data });
+        }
+        let report = self.session.restore_variant(variant, session::VariantState { values: saved }).map_err(err)?;
+        to_js(report)
+    }
+
     /// Per-layer SQNR of a quantized variant on the kept calibration frames.
     #[wasm_bindgen(js_name = layerErrors)]
     pub fn layer_errors(&self, variant: &str) -> Result<JsValue, JsError> {

@@ -94,6 +94,21 @@ impl Quantized {
     }
 }
 
+/// A quantized variant's annotation and constants, value by value in graph order
+/// ([`Session::variant_state`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct VariantState {
+    pub values: Vec<ValueState>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValueState {
+    pub name: String,
+    pub quant: Option<Quant>,
+    /// A constant's data.
+    pub data: Option<Vec<f32>>,
+}
+
 pub struct Session {
     pub model: Model,
     calibrator: Option<Calibrator>,
@@ -246,6 +261,58 @@ impl Session {
 
     pub fn set_qat(&mut self, q: Quantized) {
         self.qat = Some(q);
+    }
+
+    /// What makes a variant what it is, relative to the PTQ graph it was made from: every
+    /// value's annotation and every constant's data (weights and biases, which QAT changes).
+    /// The page keeps it so that a restarted engine gets the QAT result back
+    /// ([`Session::restore_variant`]) instead of the user training again.
+    pub fn variant_state(&self, v: Variant) -> Result<VariantState> {
+        let Some(q) = self.variant(v)? else { return Err(Error::Invalid("the FP32 model has no quantized state".into())) };
+        let values = q
+            .graph
+            .values
+            .iter()
+            .map(|value| ValueState { name: value.name.clone(), quant: value.quant.clone(), data: value.data.as_ref().map(|d| d.to_vec()) })
+            .collect();
+        Ok(VariantState { values })
+    }
+
+    /// Installs a variant from [`Session::variant_state`] taken in another session on the same
+    /// model: the PTQ variant must exist (rebuilt from the same frames and configuration), and
+    /// the state must describe the same graph, value by value (names, constants and their
+    /// lengths). Its report is measured anew on this session's kept frames.
+    pub fn restore_variant(&mut self, v: Variant, state: VariantState) -> Result<&QuantReport> {
+        if v != Variant::Qat {
+            return Err(Error::Invalid(format!("only the QAT variant can be restored from a saved state, not {v:?}")));
+        }
+        let ptq = self.variant(Variant::Ptq)?.expect("ptq is quantized");
+        let mut graph = ptq.graph.clone();
+        if state.values.len() != graph.values.len() {
+            return Err(Error::Invalid(format!(
+                "the saved QAT state describes {} values, the PTQ graph has {}: it belongs to another model or configuration",
+                state.values.len(),
+                graph.values.len()
+            )));
+        }
+        for (value, saved) in graph.values.iter_mut().zip(state.values) {
+            let fits = value.name == saved.name
+                && match (&value.data, &saved.data) {
+                    (Some(d), Some(s)) => d.len() == s.len(),
+                    (None, None) => true,
+                    _ => false,
+                };
+            if !fits {
+                return Err(Error::Invalid(format!("the saved QAT state does not match tensor '{}' of the PTQ graph", value.name)));
+            }
+            value.quant = saved.quant;
+            if let Some(data) = saved.data {
+                value.data = Some(std::sync::Arc::new(data));
+            }
+        }
+        let q = self.make_variant(graph)?;
+        self.qat = Some(q);
+        Ok(&self.variant(Variant::Qat)?.expect("just set").report)
     }
 
     pub fn variant(&self, v: Variant) -> Result<Option<&Quantized>> {

@@ -94,6 +94,26 @@ fn efficientnet_qat_steps_through_the_session() {
     assert!(session.variant(Variant::Qat).unwrap().is_some());
     let out = session.run(Variant::Qat, &[&frames[0][0]]).unwrap();
     assert_eq!(out[0].data.len(), 1000);
+
+    // A restarted engine: a new session rebuilt from the same frames gets the QAT result back
+    // from its saved state, bit for bit; a state that does not fit is refused by name.
+    let state = session.variant_state(Variant::Qat).unwrap();
+    let (model, _) = efficientnet();
+    let mut again = Session::new(model);
+    again.begin_calibration(w4a8()).unwrap();
+    for f in &frames {
+        again.calibrate(&[&f[0]]).unwrap();
+    }
+    assert!(again.restore_variant(Variant::Qat, state.clone()).is_err(), "no PTQ variant yet");
+    again.quantize_ptq().unwrap();
+    let mut wrong = state.clone();
+    wrong.values[3].name = "renamed".into();
+    let e = again.restore_variant(Variant::Qat, wrong).unwrap_err().to_string();
+    assert!(e.contains("does not match tensor"), "{e}");
+    assert!(again.restore_variant(Variant::Qat, quant_playground::session::VariantState { values: vec![] }).is_err());
+    let restored = again.restore_variant(Variant::Qat, state).unwrap().fidelity.outputs[0].classifier.as_ref().unwrap().mean_kl;
+    assert_eq!(restored, qat_kl);
+    assert_eq!(again.run(Variant::Qat, &[&frames[0][0]]).unwrap()[0].data, out[0].data);
 }
 
 /// A few QAT steps on one repeated batch of another model: the loss must fall, and the result

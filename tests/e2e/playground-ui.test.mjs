@@ -119,7 +119,7 @@ test('without a webcam: images, calibration, PTQ, QAT, insight, downloads, and a
     await page.fill('#qat-form input[name="steps"]', '150');
     await page.locator('#qat-run').click();
     await page.waitForSelector('#qat-panel[data-state="done"]', { timeout: 60_000 });
-    assert.match(await field(page, 'qat-notice'), /^Trained 150 steps in \d+ s; final loss 0\.06250\.$/);
+    assert.match(await field(page, 'qat-notice'), /^Trained weights, step sizes and biases for 150 steps in \d+ s; final loss 0\.06250\.$/);
     await page.waitForSelector('#loss-chart canvas');
     await page.waitForSelector('.pane[data-variant="qat"][data-state="ok"]');
     assert.equal((await topLabels(page, 'qat'))[0], 'espresso');
@@ -130,7 +130,7 @@ test('without a webcam: images, calibration, PTQ, QAT, insight, downloads, and a
     await page.waitForFunction(() => /^Training: step \d+ of 20000, loss .*left$/.test(document.querySelector('[data-field="qat-notice"]').textContent));
     await page.locator('#qat-cancel').click();
     await page.waitForSelector('#qat-panel[data-state="done"]', { timeout: 30_000 });
-    assert.match(await field(page, 'qat-notice'), /^Stopped after \d+ of 20000 steps \(the model keeps what it learned\)/);
+    assert.match(await field(page, 'qat-notice'), /^Stopped after \d+ of 20000 steps of weights, step sizes and biases \(the model keeps what it learned\)/);
 
     // Downloads: the PTQ model from the engine, and the report.
     const [ptqFile] = await Promise.all([page.waitForEvent('download'), page.locator('#download-ptq').click()]);
@@ -154,14 +154,15 @@ test('without a webcam: images, calibration, PTQ, QAT, insight, downloads, and a
 
     await page.screenshot({ path: `${ARTIFACTS}/standin-page.png`, fullPage: true });
 
-    // The worker dies: a new one gets the model and the PTQ variant again; QAT is lost.
+    // The worker dies: a new one gets the model, the PTQ variant rebuilt from the frames, and
+    // the QAT model from the state the page kept.
     const firstWorker = page.workers()[0];
     await firstWorker.evaluate(() => setTimeout(() => { throw new Error('simulated crash'); }));
-    await page.waitForFunction(() => /Re-sent: the model, PTQ \(rebuilt from 21 calibration frames\), not QAT/.test(document.querySelector('#engine-notice').textContent), null, { timeout: 60_000 });
+    await page.waitForFunction(() => /Re-sent: the model, PTQ \(rebuilt from 21 calibration frames\), the QAT model/.test(document.querySelector('#engine-notice').textContent), null, { timeout: 60_000 });
     assert.match(await text(page, '#engine-notice'), /The engine stopped \(the engine worker crashed: .*simulated crash\)/);
     assert.equal(await page.locator('#ptq-panel').getAttribute('data-state'), 'done');
-    assert.equal(await page.locator('#qat-panel').getAttribute('data-state'), 'idle');
-    assert.match(await field(page, 'qat-notice'), /QAT model was lost with it: train again/);
+    assert.equal(await page.locator('#qat-panel').getAttribute('data-state'), 'done');
+    assert.match(await field(page, 'qat-notice'), /QAT model was given back to the restarted engine/);
     assert.equal(await field(page, 'model-name'), 'efficientnet_lite0.onnx');
     assert.equal(await field(page, 'frame-count'), '21 frames');
     assert.equal(await page.locator('#ptq-form input[name="weightBits"][value="4"]').isChecked(), true);
@@ -169,7 +170,9 @@ test('without a webcam: images, calibration, PTQ, QAT, insight, downloads, and a
     assert.notEqual(page.workers()[0], firstWorker);
     await page.selectOption('#compare-source', 'sample:chelsea.png');
     await waitForPaneFrames(page, 'ptq');
+    await page.waitForSelector('.pane[data-variant="qat"][data-state="ok"]');
     assert.equal((await topLabels(page, 'fp32'))[0], 'tiger cat');
+    assert.equal((await topLabels(page, 'qat')).length, 5, 'the restored QAT model runs');
     assert.equal(await page.locator('#error-panel').isHidden(), true, await text(page, '#error-panel'));
     await page.screenshot({ path: `${ARTIFACTS}/standin-after-restart.png` });
 

@@ -95,9 +95,14 @@ P.exportOnnx = function (variant) {
 P.qatBegin = function (config) {
   const s = st(this);
   if (!s.ptq) throw new Error('QAT starts from PTQ: quantize first');
-  if (!(config.steps > 0) || !(config.lr > 0) || !['scales', 'full'].includes(config.mode)) throw new Error('bad QAT config ' + JSON.stringify(config));
-  s.training = { steps: config.steps, step: 0 };
+  const bad = ('steps' in config && !(config.steps > 0)) || ('lr' in config && !(config.lr > 0)) || ('mode' in config && !['scales', 'full'].includes(config.mode));
+  if (bad) throw new Error('bad QAT config ' + JSON.stringify(config));
+  // The engine's default recipe: the mode by weight width, the steps by mode.
+  const mode = config.mode ?? (s.config.weightBits < 8 ? 'full' : 'scales');
+  const steps = config.steps ?? (mode === 'full' ? 300 : 100);
+  s.training = { steps, step: 0 };
   s.qat = false;
+  return { steps, mode, batchSize: 8 };
 };
 P.qatStep = function (n) {
   const t = st(this).training;
@@ -113,6 +118,21 @@ P.qatFinish = function () {
   const s = st(this);
   s.training = null;
   s.qat = true;
+};
+// The saved QAT state: the shape of the engine's (one entry per value), with a marker the
+// restore checks, so a state that did not travel intact is refused.
+P.variantState = function (variant) {
+  if (!st(this)[variant]) throw new Error('there is no ' + variant.toUpperCase() + ' model yet');
+  return { values: [{ name: 'stand-in weight', quant: { kind: 'weight' }, data: new Float32Array([1, 2, 3, 4]) }] };
+};
+P.restoreVariant = function (variant, state) {
+  const s = st(this);
+  if (!s.ptq) throw new Error('QAT is restored on top of PTQ: quantize first');
+  const v = state?.values?.[0];
+  if (variant !== 'qat' || v?.name !== 'stand-in weight' || !(v.data instanceof Float32Array) || v.data[3] !== 4) throw new Error('the saved QAT state does not match');
+  const report = P.quantize.call(this); // (a report of the same form; it resets s.qat)
+  s.qat = true;
+  return report;
 };
 `;
 

@@ -18,6 +18,7 @@ use crate::model::{Model, Output};
 use crate::quant::metrics::{Fidelity, FidelityAcc, LayerError, LayerSqnr};
 use crate::quant::observer::Histogram;
 use crate::quant::ptq::{Calibrator, QuantConfig};
+use crate::quant::sensitivity::{sensitivity, Sensitivity};
 use crate::quant::Quant;
 use crate::rng::Rng;
 use crate::{Error, Result};
@@ -75,7 +76,8 @@ pub struct QuantReport {
 }
 
 /// A quantized variant: its annotated graph, the int8 engine that deploys it and the
-/// simulation (the FP32 engine on the same graph, what QAT trains).
+/// simulation (the FP32 engine on the same graph: the int8 engine's integers, computed with
+/// float kernels).
 pub struct Quantized {
     pub graph: Graph,
     pub int8: Int8Engine,
@@ -224,11 +226,28 @@ impl Session {
 
     /// Builds the PTQ variant from the calibration so far and measures it on the kept frames.
     pub fn quantize_ptq(&mut self) -> Result<&QuantReport> {
+        self.quantize_ptq_keeping_float(&[])
+    }
+
+    /// As `quantize_ptq`, with `nodes` kept in float besides the configuration's keep-float
+    /// list (the choice of [`Session::sensitivity`]); the report's configuration lists them.
+    pub fn quantize_ptq_keeping_float(&mut self, nodes: &[String]) -> Result<&QuantReport> {
         let cal = self.calibrator_or_err()?;
-        let graph = cal.quantize()?;
-        let q = self.make_variant(graph)?;
+        let graph = cal.quantize_keeping_float(nodes)?;
+        let mut q = self.make_variant(graph)?;
+        q.report.config.keep_float.extend(nodes.iter().cloned());
+        for f in &mut q.report.float_nodes {
+            if nodes.contains(&f.name) {
+                f.why = "kept in float: among the most sensitive layers".into();
+            }
+        }
         self.qat = None;
         Ok(&self.ptq.insert(q).report)
+    }
+
+    /// Layer sensitivity on the kept calibration frames (see [`crate::quant::sensitivity`]).
+    pub fn sensitivity(&self, progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<Sensitivity> {
+        sensitivity(self.calibrator_or_err()?, &self.kept, progress)
     }
 
     /// Wraps an annotated graph with the same value ids as the calibrator's graph as a variant.

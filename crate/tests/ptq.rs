@@ -102,3 +102,65 @@ fn blazeface_w8a8_ptq_keeps_the_face_present_decision() {
     let presence = f.presence.unwrap();
     assert!(presence.agreement >= 0.97, "{presence:?}");
 }
+
+/// Sensitivity analysis responds to where the error is: a mid-ranked layer given 2-bit
+/// weights moves to the top of the ranking, and keeping the top layer in float (the automatic
+/// keep-float choice) removes much of the model's output error.
+#[test]
+fn sensitivity_finds_the_layer_that_hurts_and_keeping_it_float_helps() {
+    use quant_playground::quant::ptq::LayerOverride;
+    use quant_playground::quant::sensitivity::{sensitivity, Sensitivity};
+    // BlazeFace: raw regressor and score outputs, whose SQNR sees every layer's error (a
+    // 2-class softmax, like PP-OCR's, barely moves with its logits).
+    let model = Model::load(BLAZEFACE, &ImportOptions::default()).unwrap();
+    let p = Preprocess::preset("signed", 128, 128, quant_playground::preprocess::Layout::Nhwc).unwrap();
+    let (images, _) = split_images();
+    let frames: Vec<Vec<Vec<f32>>> = views(&images, 6, 3, &p).into_iter().map(|x| vec![x]).collect();
+    let g = model.engine.graph();
+    let analyse = |config: QuantConfig| -> (Calibrator, Sensitivity) {
+        let mut cal = Calibrator::new(g, config).unwrap();
+        for f in &frames {
+            cal.observe(&[&f[0]]).unwrap();
+        }
+        let mut calls = 0;
+        let s = sensitivity(&cal, &frames, &mut |_, _| {
+            calls += 1;
+            true
+        })
+        .unwrap();
+        assert_eq!(calls, s.layers.len() + 1);
+        assert!(s.layers.windows(2).all(|w| w[0].noise_share >= w[1].noise_share));
+        eprintln!("output SQNR {:.1} dB", s.output_sqnr_db);
+        for l in s.layers.iter().take(4) {
+            eprintln!("{:5.1}%  {:6.1} dB alone  {} ({})", 100.0 * l.noise_share, l.output_sqnr_db, l.node, l.op);
+        }
+        (cal, s)
+    };
+    let (_, before) = analyse(QuantConfig::default());
+    let weighted = |name: &str| g.nodes.iter().any(|n| n.name == name && n.op.has_weights());
+    let (rank0, victim) = before.layers.iter().enumerate().skip(before.layers.len() / 2).find(|(_, l)| weighted(&l.node)).unwrap();
+    let (share0, victim) = (victim.noise_share, victim.node.clone());
+    let mut config = QuantConfig::default();
+    config.overrides.insert(victim.clone(), LayerOverride { weight_bits: Some(2), per_channel: None });
+    let (cal, after) = analyse(config);
+    let rank1 = after.layers.iter().position(|l| l.node == victim).unwrap();
+    eprintln!("{victim}: rank {rank0} -> {rank1}, share {share0:.4} -> {:.4}", after.layers[rank1].noise_share);
+    assert!(rank1 < 3 && after.layers[rank1].noise_share > 3.0 * share0, "rank {rank0} -> {rank1}");
+    // Applying the choice: the output error falls.
+    let top = after.most_sensitive(1, 0.05);
+    assert_eq!(top.len(), 1);
+    let sim_sqnr = |graph| {
+        let (float, sim) = (cal.engine(), Fp32Engine::new(graph));
+        let mut acc = FidelityAcc::for_graph(cal.graph());
+        for f in &frames {
+            acc.add(&float.run(&[&f[0]]).unwrap(), &sim.run(&[&f[0]]).unwrap());
+        }
+        let f = acc.finish();
+        f.outputs.iter().map(|o| o.sqnr_db).sum::<f64>() / f.outputs.len() as f64
+    };
+    let (q0, q1) = (sim_sqnr(cal.quantize().unwrap()), sim_sqnr(cal.quantize_keeping_float(&top).unwrap()));
+    eprintln!("mean output SQNR {q0:.1} dB -> {q1:.1} dB with {top:?} in float");
+    assert!(q1 > q0 + 1.0, "{q0} -> {q1}");
+    // Cancelling stops the analysis with an error.
+    assert!(sensitivity(&cal, &frames, &mut |done, _| done < 2).is_err());
+}

@@ -5,8 +5,20 @@
 //! set of activations, not the sum of all of them. An observer can see every
 //! computed value (calibration and per-layer error use this).
 //!
+//! # The simulation
 //! On a quantized graph (values annotated by PTQ or QDQ import) the same engine is the
-//! fake-quantized simulation: see [`fake_quantize`].
+//! simulation of the int8 engine, still in float: every annotated activation holds values on
+//! its grid, `scale · (q - zero_point)` ([`fake_quantize`]), and every node the int8 engine
+//! runs with integer kernels computes that engine's integers (`engine::sim`: the FP32 kernels
+//! on the integers, exact, then the kernels' own fixed-point requantization). The simulation
+//! and the int8 engine therefore agree bit for bit (`tests/sim_vs_int8.rs`), while the page can
+//! still observe and plot every value in float.
+//!
+//! [`Fp32Engine::fake_quantized`] is the plain fake-quantized float graph instead: each node in
+//! f32, each annotated output rounded once by `quantize_f32`. That is what QAT's training
+//! forward computes (bit for bit); it differs from the simulation where rounding an f32 result
+//! once and requantizing an exact accumulator with a 31-bit multiplier and two roundings land
+//! on different integers, rare one-step flips that then travel through the network.
 
 use crate::ir::{Graph, Node, Op, ValueId};
 use crate::kernels::conv::{Conv2dShape, ConvTranspose2dShape, PackedConv2d, PackedConvTranspose2d};
@@ -16,6 +28,7 @@ use crate::kernels::pool::{avg_pool2d, global_avg_pool, global_max_pool, max_poo
 use crate::kernels::softmax::{log_softmax, softmax};
 use crate::kernels::int8::quantize_f32;
 use crate::kernels::{layout, resize, Activation};
+use super::sim::{self, SimNode};
 use crate::{Error, Result};
 
 /// What a step precomputed at plan time.
@@ -25,6 +38,8 @@ enum Prepared {
     /// Gemm or 2-D MatMul with a constant right operand: B packed, alpha
     /// folded in, C folded into a per-column bias when it is one.
     ConstB { b: PackedB, bias: Option<Vec<f32>>, activation: Activation },
+    /// A node of a quantized graph computed on its integers, as the int8 engine does.
+    Quantized(Box<SimNode>),
     None,
 }
 
@@ -132,8 +147,33 @@ fn prepare(graph: &Graph, node: &Node) -> Prepared {
 }
 
 impl Fp32Engine {
+    /// The plan of `graph`; on an annotated graph, its simulation (see the module docs).
     pub fn new(graph: Graph) -> Fp32Engine {
-        let steps: Vec<Step> = graph.nodes.iter().enumerate().map(|(i, node)| Step { node: i, prepared: prepare(&graph, node) }).collect();
+        let mut integer = sim::plan(&graph).unwrap_or_default();
+        let steps = graph
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| {
+                let prepared = match integer.get_mut(i).and_then(Option::take) {
+                    Some(s) => Prepared::Quantized(Box::new(s)),
+                    None => prepare(&graph, node),
+                };
+                Step { node: i, prepared }
+            })
+            .collect();
+        Self::with_steps(graph, steps)
+    }
+
+    /// The plain fake-quantized graph: float nodes, annotated outputs rounded by
+    /// [`fake_quantize`]. QAT's training forward computes exactly this; see the module docs for
+    /// how it relates to the simulation [`new`](Self::new) plans.
+    pub fn fake_quantized(graph: Graph) -> Fp32Engine {
+        let steps = graph.nodes.iter().enumerate().map(|(i, node)| Step { node: i, prepared: prepare(&graph, node) }).collect();
+        Self::with_steps(graph, steps)
+    }
+
+    fn with_steps(graph: Graph, steps: Vec<Step>) -> Fp32Engine {
         let mut last_use = vec![0usize; graph.values.len()];
         for (s, step) in steps.iter().enumerate() {
             for &i in &graph.nodes[step.node].inputs {
@@ -190,8 +230,12 @@ impl Fp32Engine {
                     execute(g, node, &step.prepared, &args, &mut scratch)?
                 }
             };
+            // Integer nodes give values on their grids already.
+            let on_grid = matches!(step.prepared, Prepared::Quantized(_));
             for (&o, mut data) in node.outputs.iter().zip(outputs) {
-                fake_quantize(g, o, &mut data);
+                if !on_grid {
+                    fake_quantize(g, o, &mut data);
+                }
                 observe(o, &data);
                 buffers[o] = Some(data);
             }
@@ -205,9 +249,12 @@ impl Fp32Engine {
     }
 }
 
-/// The simulation of a quantized graph: an activation annotated `Quant::Tensor` is replaced by
-/// `dequantize(quantize(x))` as soon as it is computed, exactly the values the int8 engine
-/// stores. Weights need nothing here: their data already is dequantized (see `quant`).
+/// Fake quantization of a computed value: an activation annotated `Quant::Tensor` is replaced by
+/// `dequantize(quantize(x))` as soon as it is computed, the grid the int8 engine stores it on.
+/// In the simulation this rounds the outputs of nodes the int8 engine also runs in float (and
+/// of data movement, where it gives the int8 engine's rescale tables exactly); nodes with an
+/// integer form produce their grid values themselves. Weights need nothing here: their data
+/// already is dequantized (see `quant`).
 fn fake_quantize(g: &Graph, id: ValueId, data: &mut [f32]) {
     if let Some(p) = g.values[id].quant.as_ref().and_then(|q| q.tensor()) {
         let (qmin, qmax) = (p.qmin(), p.qmax());
@@ -238,6 +285,9 @@ impl PreparedNode {
 }
 
 fn execute(g: &Graph, node: &Node, prepared: &Prepared, args: &[&[f32]], scratch: &mut Vec<f32>) -> Result<Vec<Vec<f32>>> {
+    if let Prepared::Quantized(s) = prepared {
+        return s.run(g, node, args, scratch);
+    }
     let shape = |i: usize| g.values[node.inputs[i]].shape.as_slice();
     let out_shape = |i: usize| g.values[node.outputs[i]].shape.as_slice();
     let out_len = |i: usize| g.values[node.outputs[i]].len();

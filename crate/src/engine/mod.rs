@@ -4,6 +4,8 @@
 
 pub mod fp32;
 pub mod int8;
+mod qplan;
+mod sim;
 
 pub use fp32::Fp32Engine;
 pub use int8::Int8Engine;

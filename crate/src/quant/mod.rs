@@ -14,6 +14,8 @@
 //! - [`plan`]: which values of a graph are quantized and which follow another's parameters.
 //! - [`ptq`]: calibration over frames and the annotated (quantized) graph it produces.
 //! - [`metrics`]: fidelity between two variants of a model.
+//! - [`sensitivity`]: which layers cost the outputs most when quantized (each kept in float
+//!   alone), and the automatic keep-float choice built on it.
 //!
 //! # The annotation
 //! A quantized model is an ordinary [`Graph`](crate::ir::Graph) whose values carry a
@@ -35,6 +37,7 @@ pub mod observer;
 pub mod params;
 pub mod plan;
 pub mod ptq;
+pub mod sensitivity;
 
 use serde::{Deserialize, Serialize};
 

@@ -155,10 +155,7 @@ impl Calibrator {
         let mut graph = graph.clone();
         split_fused_activations(&mut graph);
         graph.validate()?;
-        let mut plan = plan(&graph, &config.keep_float)?;
-        if config.float_outputs {
-            keep_outputs_float(&graph, &mut plan);
-        }
+        let plan = plan_for(&graph, &config, &[])?;
         let observers = plan.values.iter().map(|p| (*p == ValuePlan::Observed).then(|| Observer::new(config.calibration))).collect();
         let mut means: Vec<Option<ChannelMeans>> = vec![None; graph.values.len()];
         if config.bias_correction {
@@ -227,7 +224,13 @@ impl Calibrator {
 
     /// The calibrated parameters of value `v` (an activation to quantize), else None.
     pub fn activation_params(&self, v: ValueId) -> Option<QuantParams> {
-        let root = self.plan.observed_root(v)?;
+        self.activation_params_in(&self.plan, v)
+    }
+
+    /// As `activation_params`, under another plan: values it observes that calibration did not
+    /// have no parameters (they stay float).
+    fn activation_params_in(&self, plan: &QuantPlan, v: ValueId) -> Option<QuantParams> {
+        let root = plan.observed_root(v)?;
         let observer = self.observers[root].as_ref()?;
         let (bits, symmetric) = (self.config.activation_bits, self.config.activation_symmetric);
         let (lo, hi) = observer.range(bits, symmetric);
@@ -237,14 +240,24 @@ impl Calibrator {
     /// The quantized model: the prepared graph with every planned value annotated, weights
     /// replaced by their dequantized integers, biases put on their int32 grid.
     pub fn quantize(&self) -> Result<Graph> {
+        self.quantize_with(&self.plan)
+    }
+
+    /// The quantized model with `nodes` kept in float too, from the same calibration: what
+    /// sensitivity analysis ([`super::sensitivity`]) compares, and how its choice is applied.
+    pub fn quantize_keeping_float(&self, nodes: &[String]) -> Result<Graph> {
+        self.quantize_with(&plan_for(self.graph(), &self.config, nodes)?)
+    }
+
+    fn quantize_with(&self, plan: &QuantPlan) -> Result<Graph> {
         if self.frames == 0 {
             return Err(Error::Invalid("calibrate on at least one frame before quantizing".into()));
         }
         let mut g = self.graph().clone();
         for v in 0..g.values.len() {
-            if let Some(p) = self.activation_params(v) {
+            if let Some(p) = self.activation_params_in(plan, v) {
                 g.values[v].quant = Some(Quant::Tensor(p));
-            } else if self.plan.values[v] == ValuePlan::Constant {
+            } else if plan.values[v] == ValuePlan::Constant {
                 let data = g.const_data(v).expect("planned constants are constants");
                 let (lo, hi) = data.iter().filter(|x| x.is_finite()).fold((0f32, 0f32), |(a, b), &x| (a.min(x), b.max(x)));
                 let (bits, symmetric) = (self.config.activation_bits, self.config.activation_symmetric);
@@ -257,7 +270,7 @@ impl Calibrator {
         for n in 0..g.nodes.len() {
             let node = &g.nodes[n];
             let Some(&w) = node.inputs.get(1) else { continue };
-            let ValuePlan::Weight { axis } = self.plan.values[w] else { continue };
+            let ValuePlan::Weight { axis } = plan.values[w] else { continue };
             if g.values[w].quant.is_some() {
                 continue; // shared with an earlier node, already quantized
             }
@@ -282,6 +295,16 @@ impl Calibrator {
         g.validate()?;
         Ok(g)
     }
+}
+
+/// The plan of `config` on `graph`, with `extra` nodes kept in float as well.
+fn plan_for(graph: &Graph, config: &QuantConfig, extra: &[String]) -> Result<QuantPlan> {
+    let keep: Vec<String> = config.keep_float.iter().chain(extra).cloned().collect();
+    let mut plan = plan(graph, &keep)?;
+    if config.float_outputs {
+        keep_outputs_float(graph, &mut plan);
+    }
+    Ok(plan)
 }
 
 /// The channel axis of a weighted node's input 0 that its weight contracts over, when bias

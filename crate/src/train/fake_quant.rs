@@ -5,7 +5,7 @@
 //! # Forward (normative: `QuantParams::quantize`, `quantize_f32`)
 //! `x̂ = s · (clamp(round_half_even(x / s) + z, qmin, qmax) - z)` for activations, and
 //! `ŵ = s_c · clamp(round_half_even(w / s_c), -Q, Q)` for the channels `c` of a weight. Both go
-//! through the rounding of [`quantize_f32`](crate::kernels::int8::quantize_f32), so `x̂` is bit for bit what `engine::fp32` computes and `ŵ` what
+//! through the rounding of [`quantize_f32`](crate::kernels::int8::quantize_f32), so `x̂` is bit for bit what `Fp32Engine::fake_quantized` computes and `ŵ` what
 //! `ChannelParams::dequantize` gives for the integers PTQ chose.
 //!
 //! # Backward
@@ -96,7 +96,8 @@ impl FakeQuant {
         FakeQuant { scale: p.scale, zero_point: p.zero_point, qmin: p.qmin(), qmax: p.qmax() }
     }
 
-    /// `x̂` of one value, the expression of `engine::fp32::fake_quantize`.
+    /// `x̂` of one value, the expression of `engine::fp32::fake_quantize`
+    /// (`Fp32Engine::fake_quantized`).
     #[inline(always)]
     pub fn apply(&self, x: f32) -> f32 {
         fake_quant_value(x, self.scale, self.zero_point as f32, self.qmin as f32, self.qmax as f32)

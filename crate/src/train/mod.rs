@@ -9,8 +9,9 @@
 //! ```
 //!
 //! - [`tape`]: the training forward and backward over one graph. The forward runs the FP32
-//!   kernels and fake-quantizes every `Quant::Tensor` activation as the simulation does
-//!   (`engine::fp32`); it keeps each value as its consumers saw it and, for quantized values,
+//!   kernels and fake-quantizes every `Quant::Tensor` activation in float
+//!   (`Fp32Engine::fake_quantized`; the simulation's integer form differs from it by rare
+//!   rounding steps, see `engine::sim`); it keeps each value as its consumers saw it and, for quantized values,
 //!   the value before rounding (what the straight-through estimator needs). The backward walks
 //!   the nodes in reverse and asks each op for the gradients of the inputs that need one.
 //! - [`ops`]: one file per family of ops, each op's backward next to its forward, each checked

@@ -2,8 +2,13 @@
 //!
 //! # Forward
 //! Node by node in graph order, each op's training form (`train::ops`) runs the FP32
-//! kernels; every value with a [`FakeQuant`] is then replaced by its fake quantization, exactly
-//! as `engine::fp32` does, so the training forward *is* the simulation of the annotated graph.
+//! kernels; every value with a [`FakeQuant`] is then replaced by its fake quantization. This is
+//! bit for bit `Fp32Engine::fake_quantized` on the annotated graph: each result computed in f32
+//! and rounded once, which is differentiable (straight-through). The simulation
+//! (`Fp32Engine::new`) instead computes the int8 engine's integers (exact accumulators, then
+//! the kernels' fixed-point requantization), so it can differ from this forward by one step on
+//! a value where the two roundings disagree; later layers carry such flips (a few steps at the
+//! outputs of the shipped models).
 //! Two buffers per quantized value survive the frame: the value as its consumers read it
 //! (`vals`) and the value before rounding (`pre`), which the straight-through estimator and the
 //! step-size gradient need. All buffers are allocated once, at the first frame.

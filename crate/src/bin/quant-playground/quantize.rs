@@ -13,6 +13,7 @@ use quant_playground::preprocess::{preprocess, Preprocess};
 use quant_playground::quant::metrics::Fidelity;
 use quant_playground::quant::observer::CalibrationMethod;
 use quant_playground::quant::ptq::QuantConfig;
+use quant_playground::quant::sensitivity::Sensitivity;
 use quant_playground::rng::Rng;
 use quant_playground::session::{evaluate, QuantReport, Session, Variant};
 use quant_playground::train::qat::{QatConfig, QatMode, StepStats};
@@ -84,6 +85,14 @@ pub struct QuantizeArgs {
     /// Skip bias correction.
     #[arg(long)]
     pub no_bias_correction: bool,
+    /// Rank the quantized layers by sensitivity (the output noise each adds when quantized
+    /// alone, against FP32 on the kept calibration frames) and put the ranking in the report.
+    #[arg(long)]
+    pub sensitivity: bool,
+    /// Keep the N most sensitive layers in float (among those adding at least 5% of the
+    /// noise); implies --sensitivity.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub auto_float: usize,
     /// Quantization-aware fine-tuning steps after PTQ (0: none), distilled from the FP32 model
     /// on fresh random views of the calibration images.
     #[arg(long, default_value_t = 0)]
@@ -94,6 +103,9 @@ pub struct QuantizeArgs {
     /// What QAT trains (default: scales at 8-bit weights, full below).
     #[arg(long, value_enum)]
     pub qat_mode: Option<QatModeArg>,
+    /// Frames per QAT step (default: the recipe's 8).
+    #[arg(long)]
+    pub qat_batch: Option<usize>,
     /// Held-out evaluation data (images or .npy) for the report's fidelity.
     #[arg(long, value_name = "DIR")]
     pub eval: Option<PathBuf>,
@@ -210,6 +222,8 @@ struct Report<'a> {
     model: String,
     preprocess: &'a Preprocess,
     ptq: &'a QuantReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sensitivity: Option<Sensitivity>,
     evaluation: Option<Evaluation>,
     qat: Option<QatSummary<'a>>,
 }
@@ -261,7 +275,29 @@ pub fn quantize(a: &QuantizeArgs) -> Result<()> {
         bar.update(i + 1);
     }
     eprintln!("quantizing and measuring on {} kept calibration frames", session.kept_frames().len());
-    let report = session.quantize_ptq()?.clone();
+    let mut report = session.quantize_ptq()?.clone();
+    let mut analysis = None;
+    if a.sensitivity || a.auto_float > 0 {
+        let mut bar = Progress::new("sensitivity", 1);
+        let s = session.sensitivity(&mut |done, total| {
+            bar.total = total.max(1);
+            bar.update(done);
+            true
+        })?;
+        eprintln!(
+            "output SQNR {:.1} dB quantized ({:.1} dB with only the inputs quantized); the layers adding most output noise:",
+            s.output_sqnr_db, s.inputs_only_sqnr_db
+        );
+        for l in s.layers.iter().take(8) {
+            eprintln!("  {:5.1}%  {:6.1} dB alone  {} ({})", 100.0 * l.noise_share, l.output_sqnr_db, l.node, l.op);
+        }
+        if a.auto_float > 0 {
+            let keep = s.most_sensitive(a.auto_float, 0.05);
+            eprintln!("keeping in float: {}", if keep.is_empty() { "none (no layer adds 5% of the noise)".to_string() } else { keep.join(", ") });
+            report = session.quantize_ptq_keeping_float(&keep)?.clone();
+        }
+        analysis = Some(s);
+    }
     let eval_frames: Option<Vec<Vec<Vec<f32>>>> = match &a.eval {
         None => None,
         // Other views than calibration's: another seed.
@@ -276,6 +312,9 @@ pub fn quantize(a: &QuantizeArgs) -> Result<()> {
         let mut config = QatConfig { steps: Some(a.qat_steps), ..QatConfig::default() };
         if let Some(lr) = a.qat_lr {
             config.lr = lr;
+        }
+        if let Some(b) = a.qat_batch {
+            config.batch_size = b;
         }
         config.mode = a.qat_mode.map(|m| match m {
             QatModeArg::Scales => QatMode::Scales,
@@ -333,7 +372,7 @@ pub fn quantize(a: &QuantizeArgs) -> Result<()> {
     }
     if let Some(path) = &a.report {
         let qat = qat.as_ref().map(|(report, curve, seconds, _)| QatSummary { report, loss_curve: curve.clone(), seconds: *seconds, evaluation: None });
-        let r = Report { model: a.model.display().to_string(), preprocess: &p, ptq: &report, evaluation, qat };
+        let r = Report { model: a.model.display().to_string(), preprocess: &p, ptq: &report, sensitivity: analysis, evaluation, qat };
         let json = serde_json::to_string_pretty(&r).expect("reports serialize");
         fs::write(path, json).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
         eprintln!("wrote {}", path.display());

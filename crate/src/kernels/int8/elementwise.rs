@@ -73,9 +73,9 @@ impl Qs8AddParams {
         }
     }
 
-    /// One output element.
+    /// One output element: the scalar definition every path of [`qs8_add`] computes.
     #[inline]
-    fn add(&self, a: i8, b: i8) -> i8 {
+    pub fn add(&self, a: i8, b: i8) -> i8 {
         let a = self
             .a_requant
             .apply((a as i32 - self.a_zero_point) << ADD_LEFT_SHIFT);
@@ -221,7 +221,10 @@ mod simd {
 mod simd {
     use core::arch::wasm32::*;
 
-    use super::super::requant::simd::{narrow_clamp, requantize, Lanes, OutputLanes};
+    use super::super::requant::simd::{
+        narrow_clamp, prepared_lanes, requantize, requantize_fast, Lanes, OutputLanes,
+    };
+    use super::super::requant::PreparedRequant;
     use super::{Operand, OutputParams, Qs8AddParams, Requantizer, ADD_LEFT_SHIFT};
 
     /// 16 values of an operand from element `i`, minus the zero point, as two i16x8.
@@ -249,7 +252,86 @@ mod simd {
         ]
     }
 
+    /// `Requantizer::apply(x << ADD_LEFT_SHIFT)` for `|x| <= 255` and a requantizer with
+    /// `shift <= 0`, on four i32 lanes without i64 products (`multiplier` split as
+    /// `mh · 2^11 + ml`, see `add`).
+    #[derive(Clone, Copy)]
+    struct InputRescale {
+        mh: v128,
+        ml: v128,
+        right: u32,
+        mask: v128,
+        half: v128,
+    }
+
+    impl InputRescale {
+        fn new(rq: &Requantizer) -> Option<InputRescale> {
+            let (m, shift) = (rq.multiplier(), rq.shift());
+            if shift > 0 || m < 0 {
+                return None;
+            }
+            let right = -shift;
+            let mask = ((1i64 << right) - 1) as i32;
+            Some(InputRescale {
+                mh: i32x4_splat(m >> 11),
+                ml: i32x4_splat(m & 0x7ff),
+                right: right as u32,
+                mask: i32x4_splat(mask),
+                half: i32x4_splat(mask >> 1),
+            })
+        }
+
+        #[inline(always)]
+        fn apply(&self, x: v128) -> v128 {
+            // SaturatingRoundingDoublingHighMul(x · 2^20, m) = floor((x · m · 2^20 + 2^30) / 2^31)
+            // (see `requant::simd::requantize`) = floor((x · m + 2^10) / 2^11)
+            // = x · mh + floor((x · ml + 2^10) / 2^11): |x · mh| < 2^28, |x · ml| < 2^19.
+            let t = i32x4_add(
+                i32x4_mul(x, self.mh),
+                i32x4_shr(
+                    i32x4_add(i32x4_mul(x, self.ml), i32x4_splat(1 << 10)),
+                    11,
+                ),
+            );
+            // RoundingDivideByPOT, as in `requant::simd::requantize`.
+            let remainder = v128_and(t, self.mask);
+            let threshold = i32x4_sub(self.half, i32x4_shr(t, 31));
+            i32x4_sub(i32x4_shr(t, self.right), i32x4_gt(remainder, threshold))
+        }
+    }
+
     pub fn add(a: Operand, b: Operand, p: &Qs8AddParams, out: &mut [i8]) -> usize {
+        const { assert!(ADD_LEFT_SHIFT == 20) };
+        // The usual case: input multipliers of at most 1/2 (they are `s / (2 max(sa, sb))`)
+        // and an output multiplier below 1/2, whose accumulators `|a'| + |b'| <= 255 · 2^20`
+        // allow the single-nudge formula.
+        let out_rq = PreparedRequant::new(&p.out_requant, (255 << ADD_LEFT_SHIFT) + 2);
+        if let (Some(ra), Some(rb), true) = (
+            InputRescale::new(&p.a_requant),
+            InputRescale::new(&p.b_requant),
+            out_rq.fast,
+        ) {
+            let (za, zb) = (
+                i16x8_splat(p.a_zero_point as i16),
+                i16x8_splat(p.b_zero_point as i16),
+            );
+            let o = OutputLanes::new(&p.out);
+            let blocks = out.len() / 16;
+            for i in (0..blocks * 16).step_by(16) {
+                let va = widen(load_centered(a, i, za));
+                let vb = widen(load_centered(b, i, zb));
+                let (m, nudge) = prepared_lanes(&out_rq);
+                let mut sum = [i32x4_splat(0); 4];
+                for (s, (&x, &y)) in sum.iter_mut().zip(va.iter().zip(&vb)) {
+                    let xy = i32x4_add(ra.apply(x), rb.apply(y));
+                    *s = requantize_fast(xy, m, nudge, out_rq.right);
+                }
+                let v = narrow_clamp(sum[0], sum[1], sum[2], sum[3], &o);
+                // SAFETY: i + 16 <= out.len().
+                unsafe { v128_store(out.as_mut_ptr().add(i) as *mut v128, v) };
+            }
+            return blocks * 16;
+        }
         let (za, zb) = (
             i16x8_splat(p.a_zero_point as i16),
             i16x8_splat(p.b_zero_point as i16),
@@ -321,6 +403,37 @@ mod tests {
             0 => -128,
             1 => 127,
             _ => rng.int(-128, 127) as i32,
+        }
+    }
+
+    /// Every pair of int8 values through `qs8_add` (its SIMD path on wasm32) against the scalar
+    /// definition, bit for bit, for scales from 2^-12 to 2^12 apart on either side, output
+    /// scales around and far from the sum, and zero points at both ends.
+    #[test]
+    fn add_every_pair_matches_the_scalar_definition() {
+        let seed = 0xadd2;
+        let mut rng = Rng(seed);
+        let a: Vec<i8> = (0..65536u32).map(|i| (i >> 8) as u8 as i8).collect();
+        let b: Vec<i8> = (0..65536u32).map(|i| i as u8 as i8).collect();
+        let mut out = vec![0i8; a.len()];
+        for case in 0..16 {
+            let (sa, sb) = if case == 0 {
+                (0.25, 0.25)
+            } else {
+                let sa = 2f32.powf(rng.unit() as f32 * 8.0 - 4.0);
+                (sa, sa * 2f32.powf(rng.unit() as f32 * 24.0 - 12.0))
+            };
+            let sy = (sa + sb) * 2f32.powf(rng.unit() as f32 * 6.0 - 3.0);
+            let (za, zb, zy) = match case % 3 {
+                0 => (-128, 127, 0),
+                1 => (127, -128, -128),
+                _ => (zero_point(&mut rng), zero_point(&mut rng), zero_point(&mut rng)),
+            };
+            let p = Qs8AddParams::new(sa, za, sb, zb, sy, zy, -128, 127);
+            qs8_add(&a, &b, &p, &mut out);
+            for (i, &got) in out.iter().enumerate() {
+                assert_eq!(got, p.add(a[i], b[i]), "seed {seed:#x} {p:?}: {} + {}", a[i], b[i]);
+            }
         }
     }
 

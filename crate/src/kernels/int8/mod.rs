@@ -18,7 +18,10 @@
 //!   `RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(acc << left, multiplier), right)`.
 //!   `qmin`/`qmax` carry a fused ReLU/ReLU6/Clip: the caller quantizes the activation's real
 //!   bounds with the output scale and zero point and intersects them with `[-128, 127]`.
-//! - **Simulation**: fake quantization in training uses [`quantize_f32`] (round half to even of
+//! - **Simulation**: the simulation (`engine::sim`) computes these same integers in float: exact
+//!   accumulators from the FP32 kernels on integer operands, then [`requantize_clamped`] with
+//!   the same requantizers, so it equals the int8 engine bit for bit. Fake quantization in
+//!   training instead rounds each f32 result once with [`quantize_f32`] (round half to even of
 //!   `x / scale`, plus the zero point, clamped). For an integer accumulator `acc` at scale
 //!   `sx · sw`, `zy + apply(acc)` and `quantize_f32(acc · sx · sw, sy, zy, ..)` differ by at most
 //!   one step: both round the same real value, one with a multiplier rounded to 31 bits and
@@ -32,7 +35,7 @@
 //! an exact i64 reference followed by the same `Requantizer`, natively and on wasm32.
 //! Names follow XNNPACK: `qs8_gemm_minmax_4x8c2` computes a tile of 4 output channels x 8
 //! pixels of a signed-int8 GEMM with a clamp, consuming k two values at a time (`c2`).
-//! - [`requant`]: [`Requantizer`], [`quantize_f32`], [`channel_requantizers`].
+//! - [`requant`]: [`Requantizer`], [`requantize_clamped`], [`quantize_f32`], [`channel_requantizers`].
 //! - [`gemm`]: [`PackedWeightsQs8`] and [`qs8_gemm`] (fully connected layers); the tile engine
 //!   behind the convolutions.
 //! - [`conv`]: [`PackedQs8Conv2d`] on NCHW int8 images (depthwise, pointwise, im2col).
@@ -52,7 +55,7 @@ pub use elementwise::{qs8_add, qs8_mul, qs8_rescale, Qs8AddParams};
 pub use gemm::{qs8_gemm, PackedWeightsQs8};
 pub use lut::{lut_from_fn, qs8_lut};
 pub use pool::{qs8_global_avg_pool, qs8_max_pool2d, Qs8AvgPool2d};
-pub use requant::{channel_requantizers, quantize_f32, Requantizer};
+pub use requant::{channel_requantizers, quantize_f32, requantize_clamped, Requantizer};
 
 /// Shared by the test modules of the int8 kernels.
 #[cfg(test)]

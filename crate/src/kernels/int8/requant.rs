@@ -11,8 +11,9 @@
 //!   `acc · multiplier / 2^31` to nearest with ties up; the divide rounds to nearest with ties
 //!   away from zero. The result is within one of `round(acc · m)`.
 //! - The kernels produce `clamp(zy + apply(acc), qmin, qmax)`, computed without overflow.
-//! - [`quantize_f32`] is the float quantizer of the simulation (see the module docs of `int8`
-//!   for how the two relate).
+//! - [`quantize_f32`] is the float quantizer of fake quantization (activations between float
+//!   nodes, lookup tables, training); see the module docs of `int8` for how it relates to
+//!   requantization.
 //!
 //! # SIMD128
 //! `simd::requantize` applies one requantizer to four i32 lanes with `i64x2.extmul` for the
@@ -139,6 +140,14 @@ pub(super) fn requantize(acc: i32, rq: &Requantizer, out: &OutputParams) -> i8 {
         .clamp(out.qmin as i32, out.qmax as i32) as i8
 }
 
+/// [`requantize`] with the output parameters spelled out: `clamp(zero_point + rq.apply(acc),
+/// qmin, qmax)`, the output of every int8 kernel for one accumulator. The simulation calls it to
+/// round exactly as the kernels do.
+#[inline]
+pub fn requantize_clamped(acc: i32, rq: &Requantizer, zero_point: i32, qmin: i8, qmax: i8) -> i8 {
+    requantize(acc, rq, &OutputParams { zero_point, qmin, qmax })
+}
+
 /// The zero point and clamp of an int8 output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct OutputParams {
@@ -164,7 +173,8 @@ impl OutputParams {
 }
 
 /// Quantizes a real value: `clamp(round_half_even(x / scale) + zero_point, qmin, qmax)`, in
-/// f32. This is the fake quantization of the simulation; NaN maps to the zero point (clamped).
+/// f32. This is fake quantization (and how the int8 engine quantizes float values); NaN maps
+/// to the zero point (clamped).
 pub fn quantize_f32(x: f32, scale: f32, zero_point: i32, qmin: i32, qmax: i32) -> i32 {
     // `as` saturates out-of-range floats (and maps NaN to 0), so the clamp stays exact.
     ((x / scale).round_ties_even() as i32)

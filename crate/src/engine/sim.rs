@@ -1,0 +1,305 @@
+//! The simulation of a quantized graph's integer nodes: the FP32 engine computes, for every node
+//! the int8 engine runs with integer kernels, the very integers that engine computes, while
+//! staying a float executor (f32 buffers, FP32 kernels, every value observable as f32).
+//!
+//! # How
+//! Each node gets the int8 engine's own integer plan ([`plan_node`]: same weights, biases,
+//! requantizers, clamps and tables, derived by the same code), so the two cannot drift apart.
+//! An annotated input holds values on its grid, `s · (q - z)`, and `quantize` recovers `q`
+//! exactly (the relative error of `s · (q - z) / s` is far below `0.5 / 255`).
+//! - **Conv, Gemm, MatMul**: the FP32 kernels run on integer operands, `q - zx` for the input
+//!   (padding reads 0, the real 0, as the int8 kernels read the zero point) and the weights'
+//!   integers, without bias or activation. Every product and partial sum is an integer; f32
+//!   holds all integers up to `2^24` exactly, and every partial sum of output channel `c`, in
+//!   whatever order a kernel adds, is bounded by `Σ_k |w[c][k]| · max|q - zx|`. Where that bound
+//!   can pass `2^24` for some channel, the reduction is cut at plan time into ranges that keep it
+//!   below (one masked copy of the weights per range, summed in i64): the accumulator is exact
+//!   on every path. The int32 bias is added and [`requantize_clamped`] (the kernels'
+//!   fixed-point multiplier, double rounding and fused clamp) gives the output integer.
+//! - **Add, Sub, Mul, average pools, activations and PRelu as tables**: the int8 kernels'
+//!   scalar definitions on the integers ([`Qs8AddParams::add`], `requantize_clamped` of the
+//!   centred product, [`Qs8AvgPool2d`], [`qs8_global_avg_pool`], table lookups).
+//! - **Max pools, Concat, data movement, nearest Resize** need nothing here: the int8 engine
+//!   moves integers and rescales them with a table of `quantize_f32(sx · (q - zx))`, which is
+//!   the float path's fake quantization of the moved (dequantized, monotonically ordered)
+//!   values, so the plain FP32 node followed by fake quantization gives the same integers.
+//! - Nodes the int8 engine runs in float run the same FP32 kernel on the same dequantized
+//!   values in both.
+//!
+//! Outputs are dequantized with the simulation's expression `s · (q - z)`, which is what the
+//! int8 engine's observer and outputs give too: the two agree bit for bit.
+//!
+//! # Cost
+//! Planned once per graph, and only for an annotated one (an FP32 graph plans and runs exactly
+//! as before): the weights' integers are packed for the FP32 kernels in place of their float
+//! values. A run adds, per integer node, the division of each input element by its scale (to
+//! recover its integer) and a fixed-point requantization per output element, in place of the
+//! fake quantization of each output element; the kernels do the same work. On the shipped
+//! models natively that is within about 15% of the plain fake-quantized graph
+//! (`tests/sim_vs_int8.rs` prints both).
+
+use std::ops::Range;
+
+use super::qplan::{plan_node, quant_params, Broadcast, Clamp, IntOp, IntWeights, Qp};
+use crate::ir::{Activation, Graph, Node};
+use crate::kernels::conv::PackedConv2d;
+use crate::kernels::gemm::{gemm, GemmBias, PackedA, PackedB};
+use crate::kernels::int8::{qs8_global_avg_pool, requantize_clamped, Qs8AvgPool2d, Requantizer};
+use crate::kernels::layout;
+use crate::Result;
+
+/// Integers whose every partial sum stays at most this are exact in f32.
+const F32_EXACT: i64 = 1 << 24;
+
+/// The integer plans of a graph's nodes, by node index: `None` for a node that runs as a plain
+/// FP32 node. `None` overall for a graph without annotations (nothing to simulate) or with
+/// annotations no integer plan holds (the int8 engine rejects those graphs; the float path
+/// still fake-quantizes them value by value).
+pub(super) fn plan(graph: &Graph) -> Option<Vec<Option<SimNode>>> {
+    if graph.values.iter().all(|v| v.quant.is_none()) || graph.validate().is_err() {
+        return None;
+    }
+    let (qparams, _) = quant_params(graph).ok()?;
+    let nodes = graph
+        .nodes
+        .iter()
+        .map(|node| {
+            let op = plan_node(graph, &qparams, node).ok()?;
+            let x = qparams[node.inputs[0]].expect("integer plans have int8 inputs");
+            let y = qparams[node.outputs[0]].expect("integer plans have int8 outputs");
+            let inputs = node.inputs.iter().map(|&i| qparams[i]).collect();
+            let op = match op {
+                IntOp::Conv { shape, w } => SimOp::Conv {
+                    parts: exact_ranges(&w).into_iter().map(|r| PackedConv2d::new(shape, &masked(&w, r), None, Activation::Identity)).collect(),
+                    plane: (shape.out_h * shape.out_w).max(1),
+                    epilogue: Epilogue::new(w),
+                },
+                IntOp::Gemm { w, trans_a, m, k } => SimOp::Gemm {
+                    parts: exact_ranges(&w).into_iter().map(|r| PackedB::pack_transposed(&masked(&w, r), w.k, w.n, w.k)).collect(),
+                    trans_a,
+                    m,
+                    k,
+                    epilogue: Epilogue::new(w),
+                },
+                IntOp::AvgPool { shape, count_include_pad, x, y } => {
+                    SimOp::AvgPool(Box::new(Qs8AvgPool2d::new(shape, count_include_pad, x.scale, x.zero_point, y.scale, y.zero_point, y.qmin, y.qmax)))
+                }
+                op @ (IntOp::Add { .. } | IntOp::Mul { .. } | IntOp::Lut(_) | IntOp::PRelu { .. } | IntOp::GlobalAvg { .. }) => SimOp::Int(op),
+                IntOp::MaxPool { .. } | IntOp::GlobalMax { .. } | IntOp::Concat { .. } | IntOp::Move { .. } | IntOp::ResizeNearest { .. } => return None,
+            };
+            Some(SimNode { op, x, y, inputs })
+        })
+        .collect();
+    Some(nodes)
+}
+
+/// One node simulated on its integers.
+pub(super) struct SimNode {
+    op: SimOp,
+    /// The parameters of input 0 and output 0, and of every input (`None` for f32 ones).
+    x: Qp,
+    y: Qp,
+    inputs: Vec<Option<Qp>>,
+}
+
+enum SimOp {
+    /// One packed FP32 convolution per exact range of the reduction.
+    Conv { parts: Vec<PackedConv2d>, plane: usize, epilogue: Epilogue },
+    /// One packed `[k][n]` weight per exact range of the reduction.
+    Gemm { parts: Vec<PackedB>, trans_a: bool, m: usize, k: usize, epilogue: Epilogue },
+    AvgPool(Box<Qs8AvgPool2d>),
+    /// Add/Sub, Mul, tables and global average pools, straight from the integer plan.
+    Int(IntOp),
+}
+
+/// Bias, requantization and clamp of a Conv or Gemm output channel.
+struct Epilogue {
+    bias: Vec<i32>,
+    requant: Vec<Requantizer>,
+    out: Clamp,
+}
+
+impl Epilogue {
+    fn new(w: IntWeights) -> Epilogue {
+        Epilogue { bias: w.bias, requant: w.requant, out: w.out }
+    }
+
+    /// Replaces the sums `Σ (x - zx) · w` of `out` (in f32, or `sums` when given), channels in
+    /// turn in runs of `run` elements, by their outputs dequantized with `y`.
+    fn finish(&self, out: &mut [f32], sums: Option<Vec<i64>>, run: usize, y: Qp) {
+        let Clamp { zero_point, qmin, qmax } = self.out;
+        for (i, chunk) in out.chunks_mut(run).enumerate() {
+            let c = i % self.bias.len();
+            let (bias, rq) = (self.bias[c] as i64, &self.requant[c]);
+            // The int8 plan checked that the accumulator fits i32 (its kernels hold it there).
+            let output = |sum: i64| y.dequantize(requantize_clamped((bias + sum) as i32, rq, zero_point, qmin, qmax));
+            match &sums {
+                None => chunk.iter_mut().for_each(|v| *v = output(*v as i64)),
+                Some(s) => chunk.iter_mut().zip(&s[i * run..]).for_each(|(v, &s)| *v = output(s)),
+            }
+        }
+    }
+}
+
+/// Contiguous ranges of the reduction index `k` over which `Σ |w[c][k]| · max|x - zx|` stays
+/// within [`F32_EXACT`] for every channel `c`: one range for all but very long reductions of
+/// large weights. A single term is at most `127 · 255 < 2^24`, so every range is non-empty.
+fn exact_ranges(w: &IntWeights) -> Vec<Range<usize>> {
+    let zx = w.x.zero_point as i64;
+    let spread = (w.x.qmax as i64 - zx).max(zx - w.x.qmin as i64);
+    let mut bound = vec![0i64; w.n];
+    let mut ranges = Vec::new();
+    let mut start = 0;
+    for r in 0..w.k {
+        let term = |c: usize| (w.q[c * w.k + r] as i64).abs() * spread;
+        if (0..w.n).any(|c| bound[c] + term(c) > F32_EXACT) {
+            ranges.push(start..r);
+            start = r;
+            bound.fill(0);
+        }
+        for (c, b) in bound.iter_mut().enumerate() {
+            *b += term(c);
+        }
+    }
+    ranges.push(start..w.k);
+    ranges
+}
+
+/// The weights' integers as f32, zero outside the reduction range `keep`.
+fn masked(w: &IntWeights, keep: Range<usize>) -> Vec<f32> {
+    w.q.iter().enumerate().map(|(i, &q)| if keep.contains(&(i % w.k.max(1))) { q as f32 } else { 0.0 }).collect()
+}
+
+/// Runs the FP32 kernels of a reduction over its weight ranges. With one range (the usual
+/// case) `out` holds the exact integer sums; with several, each range's sums are exact in f32
+/// but their total need not be, so it is returned in i64.
+fn sum_parts<P>(parts: &[P], out: &mut [f32], mut run: impl FnMut(&P, &mut [f32])) -> Option<Vec<i64>> {
+    if let [part] = parts {
+        run(part, out);
+        return None;
+    }
+    let mut sums = vec![0i64; out.len()];
+    for part in parts {
+        out.fill(0.0);
+        run(part, out);
+        sums.iter_mut().zip(out.iter()).for_each(|(s, &p)| *s += p as i64);
+    }
+    Some(sums)
+}
+
+/// The integer `q - zero_point` of `v`, a computed value on the grid of `p`. `v / scale` is the
+/// quotient `quantize_f32` rounds, within `2 · 2^-24 · 255` of an integer in `[-255, 255]`
+/// (`v` is `scale · (q - zero_point)` rounded once), so any rounding to nearest gives the same
+/// integer. Adding `1.5 · 2^23` rounds it into the low mantissa bits, which vectorises, where
+/// `round_ties_even` is a library call on targets without a rounding instruction.
+#[inline]
+fn centred(v: f32, p: &Qp) -> i32 {
+    const MAGIC: f32 = 12_582_912.0;
+    ((v / p.scale + MAGIC).to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32)
+}
+
+impl SimNode {
+    /// The node's output on inputs on their grids (or f32 where not quantized), dequantized.
+    pub(super) fn run(&self, g: &Graph, node: &Node, args: &[&[f32]], scratch: &mut Vec<f32>) -> Result<Vec<Vec<f32>>> {
+        let (x, y) = (self.x, self.y);
+        let mut out = vec![0f32; g.values[node.outputs[0]].len()];
+        // The integers of input `i`, exactly those the int8 engine stores: a constant's from
+        // its data as the int8 engine quantizes it, a computed value's from its grid.
+        let q = |i: usize| -> Vec<i8> {
+            let p = self.inputs[i].expect("the integer plan reads int8 inputs");
+            if g.values[node.inputs[i]].is_const() {
+                args[i].iter().map(|&v| p.quantize(v)).collect()
+            } else {
+                args[i].iter().map(|&v| (centred(v, &p) + p.zero_point) as i8).collect()
+            }
+        };
+        // Conv and Gemm read input 0, which is computed (a constant one was folded away).
+        let centred_x = || -> Vec<f32> { args[0].iter().map(|&v| centred(v, &x) as f32).collect() };
+        match &self.op {
+            SimOp::Conv { parts, plane, epilogue } => {
+                let xc = centred_x();
+                let batch = g.values[node.inputs[0]].shape[0].max(1);
+                let (per_x, per_y) = (xc.len() / batch, out.len() / batch);
+                for (xn, yn) in xc.chunks_exact(per_x.max(1)).zip(out.chunks_exact_mut(per_y.max(1))) {
+                    let sums = sum_parts(parts, yn, |p, acc| p.run(xn, acc, scratch));
+                    epilogue.finish(yn, sums, *plane, y);
+                }
+            }
+            SimOp::Gemm { parts, trans_a, m, k, epilogue } => {
+                let xc = centred_x();
+                let a = if *trans_a {
+                    let mut t = vec![0f32; xc.len()];
+                    layout::transpose(&xc, &[*k, *m], &[1, 0], &mut t);
+                    t
+                } else {
+                    xc
+                };
+                let pa = PackedA::pack(&a, *m, *k, *k);
+                let n = epilogue.bias.len();
+                let sums = sum_parts(parts, &mut out, |b, acc| gemm(&pa, b, acc, n, GemmBias::None, Activation::Identity));
+                // Rows of `n` channels: each channel is a run of one element.
+                for (r, row) in out.chunks_exact_mut(n.max(1)).enumerate() {
+                    epilogue.finish(row, sums.as_ref().map(|s| s[r * n..][..n].to_vec()), 1, y);
+                }
+            }
+            SimOp::AvgPool(pool) => {
+                let mut yq = vec![0i8; out.len()];
+                pool.run(&q(0), &mut yq);
+                out.iter_mut().zip(yq).for_each(|(o, v)| *o = y.dequantize(v));
+            }
+            SimOp::Int(op) => {
+                let yq = self.int_op(op, &q, out.len());
+                out.iter_mut().zip(yq).for_each(|(o, v)| *o = y.dequantize(v));
+            }
+        }
+        Ok(vec![out])
+    }
+
+    /// The scalar definitions of the int8 kernels of Add/Sub, Mul, tables and global averages.
+    fn int_op(&self, op: &IntOp, q: &dyn Fn(usize) -> Vec<i8>, len: usize) -> Vec<i8> {
+        let mut y = vec![0i8; len];
+        match op {
+            IntOp::Add { params, broadcast: bc, complement_b } => {
+                let (a, mut b) = (q(0), q(1));
+                if *complement_b {
+                    b.iter_mut().for_each(|v| *v = !*v);
+                }
+                blocks(bc, &a, &b, &mut y, |a, b| params.add(a, b));
+            }
+            IntOp::Mul { requant, zero_points: [za, zb], broadcast: bc, out } => {
+                let (a, b) = (q(0), q(1));
+                blocks(bc, &a, &b, &mut y, |a, b| requantize_clamped((a as i32 - za) * (b as i32 - zb), requant, out.zero_point, out.qmin, out.qmax));
+            }
+            IntOp::Lut(lut) => y.iter_mut().zip(q(0)).for_each(|(y, x)| *y = lut[x as u8 as usize]),
+            IntOp::PRelu { luts, slope_lut, broadcast: bc } => {
+                let x = q(0);
+                let table = |x: i8, t: u16| luts[t as usize][x as u8 as usize];
+                bc.for_each(|o, ix, is| {
+                    let (x, y) = (&x[ix..][..bc.inner], &mut y[o..][..bc.inner]);
+                    match &slope_lut[is..][..bc.b_len] {
+                        [t] => y.iter_mut().zip(x).for_each(|(y, &x)| *y = table(x, *t)),
+                        ts => y.iter_mut().zip(x).zip(ts).for_each(|((y, &x), &t)| *y = table(x, t)),
+                    }
+                });
+            }
+            IntOp::GlobalAvg { channels, spatial, x, y: p } => {
+                qs8_global_avg_pool(*channels, *spatial, &q(0), x.scale, x.zero_point, p.scale, p.zero_point, p.qmin, p.qmax, &mut y)
+            }
+            _ => unreachable!("planned as a plain FP32 node or packed"),
+        }
+        y
+    }
+}
+
+/// `y = f(a, b)` elementwise over the blocks of a broadcast, each operand a slice or one value.
+fn blocks(bc: &Broadcast, a: &[i8], b: &[i8], y: &mut [i8], f: impl Fn(i8, i8) -> i8) {
+    bc.for_each(|o, ia, ib| {
+        let (a, b, y) = (&a[ia..][..bc.a_len], &b[ib..][..bc.b_len], &mut y[o..][..bc.inner]);
+        match (a, b) {
+            (&[a], &[b]) => y.fill(f(a, b)),
+            (&[a], b) => y.iter_mut().zip(b).for_each(|(y, &b)| *y = f(a, b)),
+            (a, &[b]) => y.iter_mut().zip(a).for_each(|(y, &a)| *y = f(a, b)),
+            (a, b) => y.iter_mut().zip(a).zip(b).for_each(|((y, &a), &b)| *y = f(a, b)),
+        }
+    });
+}

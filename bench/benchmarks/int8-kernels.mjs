@@ -165,6 +165,21 @@ export async function run(ctx) {
         note: `f32 median / qs8 median; ${detail}; ${ROUNDS} rounds alternating`,
       });
     }
+    // The two qs8 kernels of depthwise stride 1 (the row ring, the default for 3x3 from 64
+    // outputs per row, and the whole pair plane): same bits, timed against each other.
+    for (const [label, inC, outC, h, k, stride, dw] of EFFICIENTNET_LITE0) {
+      if (!dw || stride !== 1) continue;
+      const r = await page.evaluate((a) => window.qpBench.dwPaths(a), { inC, outC, h, w: h, k, stride, group: inC, rounds: ROUNDS, batchMs: BATCH_MS });
+      const ring = r.median['qs8-ring'];
+      const ratio = r.median['qs8-plane'] / ring;
+      ctx.log(`${label}: qs8 row ring ${r3(ring)} ms, pair plane ${r3(r.median['qs8-plane'])} ms, ring ${ratio.toFixed(2)}x`);
+      out.push({
+        metric: `EfficientNet-Lite0 ${label}: qs8 row ring vs pair plane`,
+        unit: 'x',
+        value: r2(ratio),
+        note: `pair plane median / row ring median: ring ${r3(ring)} ms, plane ${r3(r.median['qs8-plane'])} ms; ${ROUNDS} rounds alternating`,
+      });
+    }
     for (const [kind, label] of [['pw', 'pointwise 1x1'], ['dw', 'depthwise'], ['stem', 'stem'], ['all', 'all conv layers']]) {
       const t = total[kind];
       out.push({

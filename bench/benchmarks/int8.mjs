@@ -13,9 +13,9 @@ export const name = 'int8';
 export const description = 'int8 vs FP32 latency in headless Chromium (1 thread): our engines and onnxruntime-web (FP32, its QDQ int8, our QDQ export)';
 
 const WARMUP = 3;
-const CALIBRATION = ['astronaut.png', 'coffee.png', 'chelsea.png', 'rocket.jpg', 'flower.jpg', 'horse.png', 'china.jpg', 'camera.png'];
+export const CALIBRATION = ['astronaut.png', 'coffee.png', 'chelsea.png', 'rocket.jpg', 'flower.jpg', 'horse.png', 'china.jpg', 'camera.png'];
 
-const MODELS = [
+export const MODELS = [
   {
     id: 'efficientnet_lite0',
     model: 'efficientnet_lite0.onnx',

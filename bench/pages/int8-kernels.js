@@ -38,6 +38,12 @@ async function conv({ inC, outC, h, w, k, stride, group, rounds, batchMs }) {
   return { macs, ...(await pair(f, ['f32', 'qs8'], { rounds, batchMs })) };
 }
 
+/** A depthwise stride-1 shape through the two qs8 paths: the row ring and the whole pair plane. */
+async function dwPaths({ inC, outC, h, w, k, stride, group, rounds, batchMs }) {
+  const f = (kind, it) => benchConv(kind, inC, outC, h, w, k, stride, group, it);
+  return pair(f, ['qs8-ring', 'qs8-plane'], { rounds, batchMs });
+}
+
 /** One GEMM (m channels x n columns x depth k), both kinds. */
 async function gemm({ m, n, k, rounds, batchMs }) {
   const f = (kind, it) => benchGemm(kind, m, n, k, it);
@@ -56,7 +62,7 @@ async function peak({ rounds, iterations }) {
   return out;
 }
 
-window.qpBench = { conv, gemm, peak };
+window.qpBench = { conv, dwPaths, gemm, peak };
 
 (async () => {
   try {

@@ -7,7 +7,7 @@
 // Variants are timed in rounds whose order rotates, so a burst of load hits all of them.
 // Driven by bench/benchmarks/int8.mjs through window.qpBench; body.ready / body.error as in fp32.js.
 
-import init, { Session, engineInfo } from '/pkg/quant_playground.js';
+import init, { Session, engineInfo, profileModel } from '/pkg/quant_playground.js';
 import * as ort from '/ort/ort.wasm.min.mjs';
 
 ort.env.wasm.numThreads = 1;
@@ -101,7 +101,23 @@ async function benchModel({ model, ortInt8, inputShape, inputName, image, calibr
   };
 }
 
-window.qpBench = { benchModel };
+/**
+ * Per-node profiles of our FP32 engine on the model and of our int8 engine on its PTQ export
+ * (calibrated as in benchModel): profileModel (crate/src/bench_api.rs) for each.
+ */
+async function profile({ model, inputShape, image, calibration, runs }) {
+  const bytes = new Uint8Array(await (await fetch(`/models/${model}`)).arrayBuffer());
+  const [width, height] = image.layout === 'nchw' ? [inputShape[3], inputShape[2]] : [inputShape[2], inputShape[1]];
+  const ours = Session.load(bytes, undefined);
+  ours.calibrationBegin({});
+  for (const name of calibration) ours.calibrate([await imageTensor({ ...image, image: name, width, height })]);
+  ours.quantize();
+  const qdq = ours.exportOnnx('ptq');
+  ours.free();
+  return { fp32: JSON.parse(profileModel(bytes, 'fp32', runs)), int8: JSON.parse(profileModel(qdq, 'int8', runs)) };
+}
+
+window.qpBench = { benchModel, profile };
 
 (async () => {
   try {

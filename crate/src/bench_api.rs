@@ -80,7 +80,9 @@ fn time(iterations: u32, mut run: impl FnMut()) -> f64 {
     (performance_now() - start) / n as f64
 }
 
-/// Milliseconds per call of one convolution of `kind` (`"f32"` or `"qs8"`) on a
+/// Milliseconds per call of one convolution of `kind` (`"f32"`, `"qs8"`, or `"qs8-plane"` /
+/// `"qs8-ring"`: qs8 with depthwise stride 1 always through the whole pair plane / the row
+/// ring) on a
 /// `[in_c][in_h][in_w]` image: kernel `kernel x kernel`, `stride`, `group` (`group == in_c`
 /// is depthwise), "SAME" padding. The f32 convolution has a fused ReLU6 (a clamp, as in
 /// EfficientNet-Lite), the qs8 one the matching output clamp.
@@ -115,7 +117,19 @@ pub fn bench_conv(
             let mut scratch = Vec::new();
             Ok(time(iterations, || conv.run(&x, &mut y, &mut scratch)))
         }
-        "qs8" => {
+        "qs8" | "qs8-plane" | "qs8-ring" => {
+            // "qs8-plane" / "qs8-ring": depthwise stride 1 always through the whole pair plane
+            // / the row ring (the same bits; the benchmark compares the two).
+            #[cfg(target_feature = "simd128")]
+            let ring = {
+                use crate::kernels::int8::conv::dw_simd::*;
+                let mode = match kind {
+                    "qs8-plane" => RING_NEVER,
+                    "qs8-ring" => RING_ALWAYS,
+                    _ => RING_AUTO,
+                };
+                ROW_RING.swap(mode, core::sync::atomic::Ordering::Relaxed)
+            };
             let w = rng.i8s(out_c * k, -127, 127);
             let b: Vec<i32> = (0..out_c)
                 .map(|_| rng.int(-20_000, 20_000) as i32)
@@ -128,10 +142,13 @@ pub fn bench_conv(
             let x = rng.i8s(in_c * in_h * in_w, -128, 127);
             let mut y = vec![0i8; out_c * s.out_h * s.out_w];
             let mut scratch = Vec::new();
-            Ok(time(iterations, || conv.run(&x, &mut y, &mut scratch)))
+            let ms = time(iterations, || conv.run(&x, &mut y, &mut scratch));
+            #[cfg(target_feature = "simd128")]
+            crate::kernels::int8::conv::dw_simd::ROW_RING.store(ring, core::sync::atomic::Ordering::Relaxed);
+            Ok(ms)
         }
         other => Err(JsError::new(&format!(
-            "benchConv: unknown kind {other:?} (f32 or qs8)"
+            "benchConv: unknown kind {other:?} (f32, qs8, qs8-plane or qs8-ring)"
         ))),
     }
 }
@@ -221,4 +238,100 @@ pub fn bench_peak(kind: &str, iterations: u32) -> Result<f64, JsError> {
         let _ = (kind, iterations);
         Err(JsError::new("benchPeak needs a SIMD128 build"))
     }
+}
+
+/// Per-node profile of a model (ONNX bytes, a QDQ file for `"int8"`), `runs` runs after 3
+/// warm-up runs on a pseudo-random input in [-1, 1): a JSON string
+/// `{totalMs, nodes: [{name, op, ms, out}]}`, `totalMs` the median of plain runs and `ms` each
+/// node's median, timed through `run_observed` from the end of the previous node's callback to
+/// the start of its own (the first node includes quantizing the input). The int8 engine
+/// dequantizes every output for the observer before calling it: that cost, measured on a
+/// buffer of the same size, is subtracted.
+#[wasm_bindgen(js_name = profileModel)]
+pub fn profile_model(bytes: &[u8], engine: &str, runs: u32) -> Result<String, JsError> {
+    let model = crate::Model::load(bytes, &Default::default()).map_err(|e| JsError::new(&e.to_string()))?;
+    let g = model.engine.graph();
+    let mut rng = Rng::seeded(7);
+    let inputs: Vec<Vec<f32>> = g
+        .inputs
+        .iter()
+        .map(|&i| (0..g.values[i].len()).map(|_| rng.uniform(-1.0, 1.0) as f32).collect())
+        .collect();
+    let refs: Vec<&[f32]> = inputs.iter().map(|v| v.as_slice()).collect();
+    let err = |e: crate::Error| JsError::new(&e.to_string());
+    let int8 = match engine {
+        "int8" => Some(model.int8.as_ref().ok_or_else(|| JsError::new("profileModel: not a QDQ model"))?),
+        "fp32" => None,
+        other => return Err(JsError::new(&format!("profileModel: unknown engine {other:?}"))),
+    };
+    let run = |observe: Option<&mut dyn FnMut(crate::ir::ValueId, &[f32])>| -> Result<(), JsError> {
+        match (int8, observe) {
+            (Some(e), Some(o)) => e.run_observed(&refs, o).map(drop).map_err(err),
+            (Some(e), None) => e.run(&refs).map(drop).map_err(err),
+            (None, Some(o)) => model.run_observed(&refs, o).map(drop).map_err(err),
+            (None, None) => model.run(&refs).map(drop).map_err(err),
+        }
+    };
+    for _ in 0..3 {
+        run(None)?;
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+    };
+    let mut totals = Vec::new();
+    for _ in 0..runs.max(1) {
+        let t = performance_now();
+        run(None)?;
+        totals.push(performance_now() - t);
+    }
+    // Dequantizing for the observer: ms per element.
+    let deq_per_elem = if int8.is_some() {
+        let q = Rng::seeded(3).i8s(1 << 20, -128, 127);
+        let mut observed: Vec<f32> = Vec::new();
+        let t = performance_now();
+        for _ in 0..4 {
+            observed.clear();
+            observed.extend(q.iter().map(|&v| 0.02f32 * (v as i32 - 3) as f32));
+            core::hint::black_box(&observed);
+        }
+        (performance_now() - t) / 4.0 / (1 << 20) as f64
+    } else {
+        0.0
+    };
+    let mut producer = vec![usize::MAX; g.values.len()];
+    for (n, node) in g.nodes.iter().enumerate() {
+        for &o in &node.outputs {
+            producer[o] = n;
+        }
+    }
+    let mut per_node: Vec<Vec<f64>> = vec![Vec::new(); g.nodes.len()];
+    for _ in 0..runs.max(1) {
+        let mut seen = vec![false; g.nodes.len()];
+        let mut last = performance_now();
+        let mut observe = |v: crate::ir::ValueId, d: &[f32]| {
+            let now = performance_now();
+            let n = producer[v];
+            if n != usize::MAX && !seen[n] {
+                seen[n] = true;
+                per_node[n].push((now - last - deq_per_elem * d.len() as f64).max(0.0));
+            }
+            last = performance_now();
+        };
+        run(Some(&mut observe))?;
+    }
+    let nodes: Vec<serde_json::Value> = g
+        .nodes
+        .iter()
+        .zip(per_node)
+        .map(|(node, t)| {
+            serde_json::json!({
+                "name": node.name,
+                "op": node.op.name(),
+                "ms": median(t),
+                "out": g.values[node.outputs[0]].shape,
+            })
+        })
+        .collect();
+    Ok(serde_json::json!({ "totalMs": median(totals), "dequantizeNsPerElem": deq_per_elem * 1e6, "nodes": nodes }).to_string())
 }

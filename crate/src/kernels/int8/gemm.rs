@@ -32,7 +32,12 @@
 //! The driver walks weight panel by weight panel (each stays in L1) over all the columns of the
 //! packed X, which the convolutions size to stay in cache; the microkernel loops over the full
 //! column panels itself, so the per-tile cost is the tile's work, and its 4 output rows are
-//! written sequentially. Partial tiles go through a small buffer.
+//! written sequentially. A partial column panel of up to `NARROW_MAX` columns (the 49th pixel
+//! of a 7x7 image, the single row of a fully connected layer) takes `qs8_gemm_minmax_4x1c2`
+//! column by column, with the 4 channels in the lanes (per k pair: the column's pair
+//! broadcast, one dot with the packed weight step; scalar requantization of the 4 lanes),
+//! about as cheap per column as a full tile; wider partial panels and partial channel panels
+//! go through a small buffer.
 //!
 //! Two V8 pitfalls shape the code (x64, seen in `--print-wasm-code`): runtime-indexed arrays
 //! of v128 live in the shadow stack in linear memory (the epilogue is written without them),
@@ -55,6 +60,9 @@ pub const MR: usize = 4;
 pub const NR: usize = 8;
 /// k values per dot step.
 const KR: usize = 2;
+/// Partial column panels up to this wide take `qs8_gemm_minmax_4x1c2` column by column (as
+/// cheap per column as a full 4x8 tile), wider ones one 4x8 tile through a buffer.
+const NARROW_MAX: usize = 5;
 
 /// Weights `[n][k]` and bias packed for the microkernel (see the module contract).
 #[derive(Clone, Debug, PartialEq)]
@@ -360,9 +368,21 @@ pub(super) fn gemm_packed(
             let col = j * NR;
             let width = NR.min(cols - col);
             let b = &x[j * NR * kc..][..NR * kc];
+            let at = row * row_stride + col * col_stride;
+            if width <= NARROW_MAX {
+                // A few columns (the 49th pixel of a 7x7 image, the one row of a fully
+                // connected layer): one column at a time, no wasted lanes.
+                for c in 0..width {
+                    let mut o = [0i8; MR];
+                    qs8_gemm_minmax_4x1c2(a, b, c, bias, &rq, params, &mut o);
+                    for (r, &v) in o.iter().enumerate().take(rows) {
+                        out[at + r * row_stride + c * col_stride] = v;
+                    }
+                }
+                continue;
+            }
             let mut edge = [0i8; MR * NR];
             qs8_gemm_minmax_4x8c2(a, b, 1, bias, &rq, params, &mut edge, NR);
-            let at = row * row_stride + col * col_stride;
             for r in 0..rows {
                 for c in 0..width {
                     out[at + r * row_stride + c * col_stride] = edge[r * NR + c];
@@ -392,6 +412,86 @@ pub(super) fn check_matrix(name: &str, len: usize, rows: usize, cols: usize, ld:
 use qs8_gemm_minmax_4x8c2_scalar as qs8_gemm_minmax_4x8c2;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 use qs8_gemm_minmax_4x8c2_simd128 as qs8_gemm_minmax_4x8c2;
+
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+use qs8_gemm_minmax_4x1c2_scalar as qs8_gemm_minmax_4x1c2;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+use qs8_gemm_minmax_4x1c2_simd128 as qs8_gemm_minmax_4x1c2;
+
+/// One column `col` of an X panel `b` against a weight panel `a`:
+/// `out[r] = requantize(bias[r] + Σ_p a(r, p) · b(p, col), rq[r])` for the 4 channels.
+#[cfg(any(test, not(all(target_arch = "wasm32", target_feature = "simd128"))))]
+fn qs8_gemm_minmax_4x1c2_scalar(
+    a: &[i16],
+    b: &[i8],
+    col: usize,
+    bias: &[i32],
+    rq: &[PreparedRequant; MR],
+    params: &OutputParams,
+    out: &mut [i8; MR],
+) {
+    use super::requant::requantize;
+    let steps = a.len() / (MR * KR);
+    assert!(
+        a.len() == steps * MR * KR && b.len() == steps * NR * KR && bias.len() == MR && col < NR
+    );
+    let mut acc = [0i32; MR];
+    acc.copy_from_slice(bias);
+    for (ap, bp) in a.chunks_exact(MR * KR).zip(b.chunks_exact(NR * KR)) {
+        let (x0, x1) = (bp[col * KR] as i32, bp[col * KR + 1] as i32);
+        for (v, wp) in acc.iter_mut().zip(ap.chunks_exact(KR)) {
+            *v += wp[0] as i32 * x0 + wp[1] as i32 * x1;
+        }
+    }
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = requantize(acc[r], &rq[r].rq, params);
+    }
+}
+
+/// The simd128 version of `qs8_gemm_minmax_4x1c2_scalar`, bit for bit the same results. The
+/// lanes are the 4 channels: per k pair, the column's pair is broadcast (a 16-bit splat load,
+/// widened) and dotted with the weight step (4 channel pairs, 16 bytes as packed); the 4
+/// accumulators are requantized in scalar code, each with its own channel's requantizer.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+fn qs8_gemm_minmax_4x1c2_simd128(
+    a: &[i16],
+    b: &[i8],
+    col: usize,
+    bias: &[i32],
+    rq: &[PreparedRequant; MR],
+    params: &OutputParams,
+    out: &mut [i8; MR],
+) {
+    use super::requant::requantize;
+    use core::arch::wasm32::*;
+    let steps = a.len() / (MR * KR);
+    assert!(
+        a.len() == steps * MR * KR && b.len() == steps * NR * KR && bias.len() == MR && col < NR
+    );
+    let mut acc = [0i32; MR];
+    // SAFETY: step s reads a[s * 8 ..][..8] (16 bytes) and b[s * 16 + 2 col ..][..2], in
+    // bounds per the assert; the store writes the 16-byte `acc`.
+    unsafe {
+        let (mut ap, mut bp) = (a.as_ptr(), b.as_ptr().add(col * KR));
+        let mut acc0 = v128_load(bias.as_ptr() as *const v128);
+        let mut acc1 = i32x4_splat(0);
+        for s in 0..steps {
+            let x = i16x8_extend_low_i8x16(v128_load16_splat(bp as *const u16));
+            let d = i32x4_dot_i16x8(v128_load(ap as *const v128), x);
+            if s % 2 == 0 {
+                acc0 = i32x4_add(acc0, d);
+            } else {
+                acc1 = i32x4_add(acc1, d);
+            }
+            ap = ap.add(MR * KR);
+            bp = bp.add(NR * KR);
+        }
+        v128_store(acc.as_mut_ptr() as *mut v128, i32x4_add(acc0, acc1));
+    }
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = requantize(acc[r], &rq[r].rq, params);
+    }
+}
 
 /// `panels` consecutive `MR x NR` tiles of one weight panel `a` (`kc / 2` steps) and the X
 /// panels `b` (`panels * NR * kc` bytes): tile `j` writes
@@ -764,6 +864,18 @@ mod tests {
                 qs8_gemm_minmax_4x8c2_scalar(&a, &b, panels, &bias, &rq, &params, &mut want, ldc);
                 qs8_gemm_minmax_4x8c2_simd128(&a, &b, panels, &bias, &rq, &params, &mut got, ldc);
                 assert_eq!(got, want, "seed {seed} steps={steps} panels={panels}");
+                // The one-column kernel on every column of the first panel.
+                let b0 = &b[..steps * NR * KR];
+                for col in 0..NR {
+                    let (mut want1, mut got1) = ([0i8; MR], [1i8; MR]);
+                    qs8_gemm_minmax_4x1c2_scalar(&a, b0, col, &bias, &rq, &params, &mut want1);
+                    qs8_gemm_minmax_4x1c2_simd128(&a, b0, col, &bias, &rq, &params, &mut got1);
+                    assert_eq!(got1, want1, "seed {seed} steps={steps} 4x1 col={col}");
+                    assert_eq!(
+                        &want1[..],
+                        &(0..MR).map(|r| want[r * ldc + col]).collect::<Vec<_>>()[..]
+                    );
+                }
             }
         }
     }

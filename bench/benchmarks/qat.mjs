@@ -1,0 +1,205 @@
+// QAT speed in headless Chromium, one thread (bench/pages/qat.html), on the release wasm in
+// www/pkg. Issue #5: "time of one QAT step against one forward pass (target <= 3.5x)" and "the
+// default recipe is 'short': EfficientNet-Lite0 finishes in about a minute in the tab on a
+// 2-core machine".
+//
+// Per model and weight width (PTQ with the page's default settings, W8A8 and W4A8, calibrated
+// on the bundled sample images with the bundled model's preprocessing):
+// - one FP32 forward and one int8 forward (runVariant), medians;
+// - one QAT step (batch 8, the recipe's) in each mode, median after warm-up steps; per frame of
+//   the batch = step / batch size. The 3.5x target is compared with the step *per frame* (a
+//   step trains on a whole batch; per frame is the like-for-like cost); the whole step over one
+//   forward is reported beside it. The default mode also at batch 1, which splits a step into a
+//   per-frame slope and a fixed cost per step (weight packing, the update);
+// - the training forward (the fake-quantized simulation on the tape) from steps that also
+//   measure the held-out loss (4 forwards, no backward): (that step - the plain step before
+//   it) / 4, median over the pairs; the rest of a frame's share of the step is the backward,
+//   the loss and the update;
+// - the page's default recipe, as the page runs it: www/worker.js through
+//   www/engine-client.js with the QAT form's defaults (www/index.html), wall time from the
+//   request to its result, and steps/s. A run whose projection passes RECIPE_BUDGET_MS is
+//   cancelled after a few steps and its full length extrapolated (labelled so).
+
+import path from 'node:path';
+import { statSync } from 'node:fs';
+
+import { startServer } from '../../scripts/serve.mjs';
+
+export const name = 'qat';
+export const description = 'QAT step vs forward pass and the default recipe wall time in headless Chromium (1 thread), EfficientNet-Lite0 and BlazeFace, W8A8 and W4A8';
+
+/** A default-recipe run projected past this is cancelled and extrapolated. */
+const RECIPE_BUDGET_MS = 10 * 60_000;
+
+const MODELS = [
+  {
+    id: 'efficientnet_lite0',
+    file: 'efficientnet_lite0.onnx',
+    forwardRuns: 12,
+    warmup: 3,
+    timed: 12,
+    warmupBatch1: 40,
+  },
+  {
+    id: 'blazeface_front_128',
+    file: 'blazeface_front_128.onnx',
+    forwardRuns: 40,
+    warmup: 6,
+    timed: 40,
+    warmupBatch1: 60,
+  },
+];
+
+const BITS = [8, 4];
+const MODES = ['scales', 'full'];
+/** The engine's recipe by weight width (crate/src/train/qat.rs QatConfig): what qatBegin({}) picks. */
+const ENGINE_DEFAULT = { 8: { mode: 'scales', steps: 100 }, 4: { mode: 'full', steps: 300 } };
+const HOLDOUT = 4; // api.rs QAT_HOLDOUT
+
+const r2 = (x) => Math.round(x * 100) / 100;
+const r3 = (x) => Math.round(x * 1000) / 1000;
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
+
+/** Step timings split into plain steps, and (eval step - the plain step before it) / HOLDOUT. */
+function splitSteps(steps) {
+  const plain = steps.filter((s) => !s.eval).map((s) => s.ms);
+  const forwards = [];
+  for (let i = 1; i < steps.length; i++) {
+    if (steps[i].eval && !steps[i - 1].eval) forwards.push((steps[i].ms - steps[i - 1].ms) / HOLDOUT);
+  }
+  return { plain, forwards };
+}
+
+/** Wall time of a recipe run, measured or extrapolated from the steps it did. */
+function recipeTime(r) {
+  const p = r.progress;
+  const first = p[0];
+  const last = p[p.length - 1];
+  const rate = (last.elapsedMs - first.elapsedMs) / Math.max(1, last.done - first.done); // ms per step in the loop
+  const finishMs = r.workerMs - last.elapsedMs;
+  const beginMs = first.elapsedMs - first.done * rate; // qatBegin and the first steps' extra (held-out start, teacher misses)
+  const extrapolated = r.cancelled || r.steps < r.total;
+  const wallMs = extrapolated ? r.wallMs + (r.total - r.steps) * rate : r.wallMs;
+  return { wallMs, rate, finishMs, beginMs, extrapolated };
+}
+
+export async function run(ctx) {
+  const server = await startServer({
+    port: 0,
+    mounts: [
+      ['/bench/', path.join(ctx.root, 'bench', 'pages')],
+      ['/app/', path.join(ctx.root, 'www')],
+      ['/models/', path.join(ctx.root, 'models')],
+    ],
+  });
+  const wasm = statSync(path.join(ctx.root, 'www', 'pkg', 'quant_playground_bg.wasm'));
+  const build = `www/pkg wasm ${(wasm.size / 2 ** 20).toFixed(2)} MiB, built ${wasm.mtime.toISOString()}`;
+  const browser = await ctx.browser();
+  const context = await browser.newContext();
+  const origin = server.url.replace(/\/$/, '');
+  const foreign = [];
+  const pageErrors = [];
+  context.on('request', (req) => {
+    if (!req.url().startsWith(origin) && !req.url().startsWith('data:') && !req.url().startsWith('blob:')) foreign.push(req.url());
+  });
+  try {
+    const page = await context.newPage();
+    page.on('pageerror', (err) => pageErrors.push(err.message));
+    page.on('console', (msg) => {
+      if (msg.type() === 'error') pageErrors.push(`console: ${msg.text()}`);
+    });
+    page.on('response', (res) => {
+      if (res.status() >= 400) pageErrors.push(`HTTP ${res.status()} ${res.url()}`);
+    });
+    await page.goto(`${server.url}bench/qat.html`);
+    await page.waitForSelector('body.ready, body.error', { timeout: 60_000 });
+    const info = await page.evaluate(() => window.qpBench.info ?? { error: window.qpBench.error });
+    if (info.error) throw new Error(`bench page failed: ${info.error}`);
+    if (!info.ours.simd128) throw new Error('www/pkg is not a SIMD128 build');
+    const pageQat = info.defaults.qat;
+    ctx.log(`${build}; page defaults: PTQ ${JSON.stringify(info.defaults.ptq)}, QAT ${JSON.stringify(pageQat)}`);
+    const out = [];
+    // QAT_BENCH_MODELS=blazeface_front_128 (comma-separated ids) runs only those models.
+    const only = process.env.QAT_BENCH_MODELS?.split(',').filter(Boolean);
+    for (const m of MODELS.filter((x) => !only || only.includes(x.id))) {
+      // --- step vs forward, on the bench page's main thread ---
+      const runs = [];
+      for (const bits of BITS) {
+        const qat = MODES.map((mode) => ({ label: mode, config: { mode }, warmup: m.warmup, timed: m.timed }));
+        // The default mode at batch 1 too: step(8) - 8 x (step(8) - step(1)) / 7 is the fixed cost of a step
+        // (packing the fake-quantized weights, the update). Batch 1 meets new views for longer: more warm-up.
+        qat.push({ label: `${ENGINE_DEFAULT[bits].mode} batch 1`, config: { mode: ENGINE_DEFAULT[bits].mode, batchSize: 1 }, warmup: m.warmupBatch1, timed: m.timed });
+        const r = await page.evaluate((args) => window.qpBench.timeModel(args), { file: m.file, bits, forwardRuns: m.forwardRuns, qat });
+        runs.push({ bits, r });
+        ctx.log(`${m.id} W${bits}A8: PTQ on ${r.calibrationFrames} frames ${(r.ptqMs / 1000).toFixed(1)} s; fp32 ${r.forwardMedian.fp32.toFixed(2)} ms, int8 ${r.forwardMedian.int8.toFixed(2)} ms`);
+      }
+      const fp32Samples = runs.flatMap(({ r }) => r.forward.fp32);
+      const fp32 = median(fp32Samples);
+      out.push({ metric: `${m.id}: FP32 forward`, unit: 'ms', value: r2(fp32), samples: fp32Samples.map(r2), note: `runVariant('fp32') on one preprocessed image; 3 warm-up, ${m.forwardRuns} timed in each of the W8 and W4 sessions` });
+      for (const { bits, r } of runs) {
+        out.push({ metric: `${m.id}: int8 forward (PTQ W${bits}A8)`, unit: 'ms', value: r2(r.forwardMedian.int8), samples: r.forward.int8.map(r2), note: `runVariant('ptq'); page-default PTQ ${JSON.stringify(r.ptqConfig)} on ${r.calibrationFrames} sample images` });
+        const batch1 = r.trainers.find((t) => t.batchSize === 1);
+        for (const t of r.trainers) {
+          if (t === batch1) continue;
+          const { plain, forwards } = splitSteps(t.steps);
+          const step = median(plain);
+          const perFrame = step / t.batchSize;
+          const sim = median(forwards);
+          const roles = [ENGINE_DEFAULT[bits].mode === t.mode ? `engine default at W${bits}` : null, (pageQat.mode ?? ENGINE_DEFAULT[bits].mode) === t.mode ? 'page default' : null].filter(Boolean);
+          const tag = `${m.id} W${bits}A8 ${t.mode}${roles.length ? ` (${roles.join(', ')})` : ''}`;
+          const how = `batch ${t.batchSize}; ${t.warm.length} warm-up steps, median of ${plain.length} plain steps (qatStep(1)); qatBegin ${r2(t.beginMs)} ms`;
+          out.push(
+            { metric: `${tag}: QAT step`, unit: 'ms', value: r2(step), samples: plain.map(r2), note: how },
+            { metric: `${tag}: QAT step per frame (step / batch)`, unit: 'ms', value: r2(perFrame), note: how },
+            { metric: `${tag}: training forward (fake-quantized simulation)`, unit: 'ms', value: r2(sim), samples: forwards.map(r2), note: `(held-out step - plain step before it) / ${HOLDOUT}, median of ${forwards.length} pairs` },
+            { metric: `${tag}: backward + loss + update, per frame`, unit: 'ms', value: r2(perFrame - sim), note: 'step per frame - training forward' },
+            { metric: `${tag}: QAT step per frame / FP32 forward`, unit: 'x', value: r2(perFrame / fp32), note: 'the 3.5x target (issue #5) is compared with this one' },
+            { metric: `${tag}: QAT step (batch) / FP32 forward`, unit: 'x', value: r2(step / fp32), note: `a whole step trains on ${t.batchSize} frames` },
+          );
+          if (batch1 && batch1.mode === t.mode && t.batchSize > 1) {
+            const one = median(splitSteps(batch1.steps).plain);
+            const slope = (step - one) / (t.batchSize - 1);
+            const fixed = step - t.batchSize * slope;
+            out.push(
+              { metric: `${tag}: QAT step at batch 1`, unit: 'ms', value: r2(one), samples: splitSteps(batch1.steps).plain.map(r2), note: `${batch1.warm.length} warm-up steps` },
+              { metric: `${tag}: fixed cost per step (batch 1 vs ${t.batchSize})`, unit: 'ms', value: r2(fixed), note: `step(${t.batchSize}) - ${t.batchSize} x (step(${t.batchSize}) - step(1)) / ${t.batchSize - 1}; the per-frame slope is ${r2(slope)} ms` },
+            );
+            ctx.log(`${tag}: step at batch 1 ${one.toFixed(1)} ms; per frame ${slope.toFixed(1)} ms + fixed ${fixed.toFixed(1)} ms per step`);
+          }
+          ctx.log(
+            `${tag}: step ${step.toFixed(1)} ms (${perFrame.toFixed(1)} ms/frame, x${(perFrame / fp32).toFixed(2)} FP32), training forward ${sim.toFixed(1)} ms, ` +
+              `backward+rest ${(perFrame - sim).toFixed(1)} ms/frame`,
+          );
+        }
+      }
+
+      // --- the default recipe, in the page's worker ---
+      for (const bits of BITS) {
+        const r = await page.evaluate((args) => window.qpBench.defaultRecipe(args), { file: m.file, bits, budgetMs: RECIPE_BUDGET_MS, minSteps: 10 });
+        const t = recipeTime(r);
+        const c = r.config;
+        const tag = `${m.id} W${bits}A8 default recipe (${r.mode}, ${r.total} steps)`;
+        const label = t.extrapolated ? ` (extrapolated from ${r.steps} steps)` : '';
+        const note =
+          `${t.extrapolated ? `EXTRAPOLATED: cancelled after ${r.steps} of ${r.total} steps, measured ${r2(r.wallMs / 1000)} s + ${r.total - r.steps} x ${r2(t.rate)} ms; ` : ''}` +
+          `the page's QAT form defaults ${JSON.stringify(c)} sent to www/worker.js via engine-client.js; request to result: qatBegin + first steps' extra ${r2(t.beginMs / 1000)} s, ` +
+          `${r2(t.rate)} ms/step in the loop, qatFinish (report) ${r2(t.finishMs / 1000)} s; PTQ before it ${r2(r.ptqWallMs / 1000)} s (${r.calibrationFrames} frames); ${build}`;
+        out.push(
+          { metric: `${tag}: wall time${label}`, unit: 's', value: r2(t.wallMs / 1000), note },
+          { metric: `${tag}: steps/s${label}`, unit: 'steps/s', value: r3(1000 / t.rate), note: 'in the worker loop, from its progress replies' },
+        );
+        ctx.log(`${tag}: ${(t.wallMs / 1000).toFixed(1)} s${label}, ${(1000 / t.rate).toFixed(2)} steps/s; final loss ${r.loss}`);
+      }
+    }
+    if (foreign.length) throw new Error(`the bench page requested other origins: ${foreign.join(', ')}`);
+    if (pageErrors.length) throw new Error(`the bench page logged errors: ${pageErrors.join('; ')}`);
+    return out;
+  } finally {
+    await context.close();
+    await server.close();
+  }
+}

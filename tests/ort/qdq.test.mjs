@@ -10,8 +10,8 @@
 //
 // Quantized outputs are compared in quantization steps (the output's scale, from
 // `inspect --json`). onnxruntime runs a QDQ file two ways: graph optimisations off (each
-// DequantizeLinear -> float op -> QuantizeLinear, the arithmetic of our FP32 simulation) and
-// on (fused integer kernels). A float sum landing on a rounding tie flips one step, and the
+// DequantizeLinear -> float op -> QuantizeLinear, the arithmetic of our `--engine fake-quant`)
+// and on (fused integer kernels, where the wasm backend has them). A float sum landing on a rounding tie flips one step, and the
 // flip spreads through later layers, so two correct runtimes agree exactly only where no tie
 // occurs; elsewhere we require our distance to onnxruntime to stay within the distance
 // between onnxruntime's own two executions (see `withinSpread`).
@@ -67,9 +67,12 @@ function summary(file, m) {
   return summaries.get(file);
 }
 
-/** Our engine on `file` and an image: the input it fed and its outputs, by name. The FP32
- * engine (the simulation of a quantized model) unless `engine` is 'int8'. */
-function ours(file, m, image, engine = 'fp32') {
+/** Our engine on `file` and an image: the input it fed and its outputs, by name. By default
+ * the FP32 engine on a float model and the float fake quantization on a quantized one (the
+ * arithmetic of onnxruntime's unfused QDQ graph: this checks what import and export mean);
+ * 'int8' for the int8 engine, which equals our simulation bit for bit. */
+function ours(file, m, image, engine = null) {
+  engine ??= summary(file, m).quantized ? 'fake-quant' : 'fp32';
   const dir = path.join(OUT, 'runs', `${path.basename(file)}.${image}.${engine}`);
   cli('run', file, '--image', path.join(ROOT, 'models/images', image), '--out', dir, '--save-inputs', '--engine', engine, ...m.args);
   const input = readNpy(path.join(dir, `${fileNameFor(m.input)}.input.npy`));

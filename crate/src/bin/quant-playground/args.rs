@@ -39,8 +39,10 @@ pub enum Command {
         /// Also write each input tensor as OUT/<name>.input.npy (what the model was fed).
         #[arg(long)]
         save_inputs: bool,
-        /// The engine: fp32 (on a quantized model, its fake-quantized simulation) or int8
-        /// (quantized models only). Default: the model's own (`Model::run`).
+        /// The engine: fp32 (on a quantized model, its simulation: the int8 engine's integers
+        /// computed in float), int8, or fake-quant (each quantized tensor rounded once in
+        /// float, as onnxruntime runs a QDQ graph without fusion). int8 and fake-quant need a
+        /// quantized model. Default: the model's own (`Model::run`).
         #[arg(long, value_enum)]
         engine: Option<EngineArg>,
     },
@@ -95,6 +97,7 @@ pub struct ShapeArgs {
 pub enum EngineArg {
     Fp32,
     Int8,
+    FakeQuant,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -416,8 +416,8 @@ fn bench(args: &BenchArgs) -> Result<()> {
 
 /// The outputs of the engine chosen by `--engine`.
 fn run_on(model: &Model, named: &[(String, Vec<f32>)], engine: EngineArg) -> Result<Vec<quant_playground::model::Output>> {
-    if engine == EngineArg::Int8 && !model.is_quantized() {
-        return Err(Error::Invalid("--engine int8 needs a quantized model (a QDQ file)".into()));
+    if engine != EngineArg::Fp32 && !model.is_quantized() {
+        return Err(Error::Invalid("--engine int8 and --engine fake-quant need a quantized model (a QDQ file)".into()));
     }
     let g = model.engine.graph();
     let ordered = g
@@ -431,6 +431,7 @@ fn run_on(model: &Model, named: &[(String, Vec<f32>)], engine: EngineArg) -> Res
     let results = match engine {
         EngineArg::Fp32 => model.engine.run(&ordered)?,
         EngineArg::Int8 => quant_playground::engine::Int8Engine::new(g.clone())?.run(&ordered)?,
+        EngineArg::FakeQuant => quant_playground::engine::Fp32Engine::fake_quantized(g.clone()).run(&ordered)?,
     };
     Ok(g.outputs
         .iter()

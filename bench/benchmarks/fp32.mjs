@@ -13,6 +13,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 
 import { startServer } from '../../scripts/serve.mjs';
+import { benchContext } from '../lib/page.mjs';
 
 export const name = 'fp32';
 export const description = 'FP32 latency in headless Chromium (1 thread): ours vs onnxruntime-web on the shipped models, same page, same input';
@@ -67,22 +68,9 @@ export async function run(ctx) {
     ],
   });
   const browser = await ctx.browser();
-  const context = await browser.newContext();
-  const origin = server.url.replace(/\/$/, '');
-  const foreign = [];
-  const pageErrors = [];
-  context.on('request', (req) => {
-    if (!req.url().startsWith(origin) && !req.url().startsWith('data:') && !req.url().startsWith('blob:')) foreign.push(req.url());
-  });
+  const { context, newPage, assertClean } = await benchContext(browser, server);
   try {
-    const page = await context.newPage();
-    page.on('pageerror', (err) => pageErrors.push(err.message));
-    page.on('response', (res) => {
-      if (res.status() >= 400) pageErrors.push(`HTTP ${res.status()} ${res.url()}`);
-    });
-    page.on('console', (msg) => {
-      if (msg.type() === 'error') pageErrors.push(msg.text());
-    });
+    const page = await newPage({ consolePrefix: '' });
     await page.goto(`${server.url}bench/fp32.html`);
     await page.waitForSelector('body.ready, body.error', { timeout: 60_000 });
     const info = await page.evaluate(() => window.qpBench.info ?? { error: window.qpBench.error });
@@ -126,8 +114,7 @@ export async function run(ctx) {
         },
       );
     }
-    if (foreign.length) throw new Error(`the bench page requested other origins: ${foreign.join(', ')}`);
-    if (pageErrors.length) throw new Error(`the bench page logged errors: ${pageErrors.join('; ')}`);
+    assertClean();
     return out;
   } finally {
     await context.close();

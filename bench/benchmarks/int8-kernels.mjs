@@ -14,6 +14,7 @@
 import path from 'node:path';
 
 import { startServer } from '../../scripts/serve.mjs';
+import { benchContext } from '../lib/page.mjs';
 
 export const name = 'int8-kernels';
 export const description =
@@ -88,22 +89,9 @@ export async function run(ctx) {
     ],
   });
   const browser = await ctx.browser();
-  const context = await browser.newContext();
-  const origin = server.url.replace(/\/$/, '');
-  const foreign = [];
-  const pageErrors = [];
-  context.on('request', (req) => {
-    if (!req.url().startsWith(origin) && !req.url().startsWith('data:') && !req.url().startsWith('blob:')) foreign.push(req.url());
-  });
+  const { context, newPage, assertClean } = await benchContext(browser, server);
   try {
-    const page = await context.newPage();
-    page.on('pageerror', (err) => pageErrors.push(err.message));
-    page.on('response', (res) => {
-      if (res.status() >= 400) pageErrors.push(`HTTP ${res.status()} ${res.url()}`);
-    });
-    page.on('console', (msg) => {
-      if (msg.type() === 'error') pageErrors.push(msg.text());
-    });
+    const page = await newPage({ consolePrefix: '' });
     await page.goto(`${server.url}bench/int8-kernels.html`);
     await page.waitForSelector('body.ready, body.error', { timeout: 120_000 });
     const info = await page.evaluate(() => window.qpBench.info ?? { error: window.qpBench.error });
@@ -165,21 +153,6 @@ export async function run(ctx) {
         note: `f32 median / qs8 median; ${detail}; ${ROUNDS} rounds alternating`,
       });
     }
-    // The two qs8 kernels of depthwise stride 1 (the row ring, the default for 3x3 from 64
-    // outputs per row, and the whole pair plane): same bits, timed against each other.
-    for (const [label, inC, outC, h, k, stride, dw] of EFFICIENTNET_LITE0) {
-      if (!dw || stride !== 1) continue;
-      const r = await page.evaluate((a) => window.qpBench.dwPaths(a), { inC, outC, h, w: h, k, stride, group: inC, rounds: ROUNDS, batchMs: BATCH_MS });
-      const ring = r.median['qs8-ring'];
-      const ratio = r.median['qs8-plane'] / ring;
-      ctx.log(`${label}: qs8 row ring ${r3(ring)} ms, pair plane ${r3(r.median['qs8-plane'])} ms, ring ${ratio.toFixed(2)}x`);
-      out.push({
-        metric: `EfficientNet-Lite0 ${label}: qs8 row ring vs pair plane`,
-        unit: 'x',
-        value: r2(ratio),
-        note: `pair plane median / row ring median: ring ${r3(ring)} ms, plane ${r3(r.median['qs8-plane'])} ms; ${ROUNDS} rounds alternating`,
-      });
-    }
     for (const [kind, label] of [['pw', 'pointwise 1x1'], ['dw', 'depthwise'], ['stem', 'stem'], ['all', 'all conv layers']]) {
       const t = total[kind];
       out.push({
@@ -194,8 +167,7 @@ export async function run(ctx) {
       { metric: 'EfficientNet-Lite0 all conv layers, sum: qs8', unit: 'ms', value: r2(total.all.qs8), note: 'kernels only (no other ops, no quantize/dequantize)' },
     );
     ctx.log(`sum of conv layers: f32 ${total.all.f32.toFixed(2)} ms, qs8 ${total.all.qs8.toFixed(2)} ms, ${(total.all.f32 / total.all.qs8).toFixed(2)}x`);
-    if (foreign.length) throw new Error(`the bench page requested other origins: ${foreign.join(', ')}`);
-    if (pageErrors.length) throw new Error(`the bench page logged errors: ${pageErrors.join('; ')}`);
+    assertClean();
     return out;
   } finally {
     await context.close();

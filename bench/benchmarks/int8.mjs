@@ -8,6 +8,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 
 import { startServer } from '../../scripts/serve.mjs';
+import { benchContext } from '../lib/page.mjs';
 
 export const name = 'int8';
 export const description = 'int8 vs FP32 latency in headless Chromium (1 thread): our engines and onnxruntime-web (FP32, its QDQ int8, our QDQ export)';
@@ -52,19 +53,9 @@ export async function run(ctx) {
     ],
   });
   const browser = await ctx.browser();
-  const context = await browser.newContext();
-  const origin = server.url.replace(/\/$/, '');
-  const foreign = [];
-  const pageErrors = [];
-  context.on('request', (req) => {
-    if (!req.url().startsWith(origin) && !req.url().startsWith('data:') && !req.url().startsWith('blob:')) foreign.push(req.url());
-  });
+  const { context, newPage, assertClean } = await benchContext(browser, server);
   try {
-    const page = await context.newPage();
-    page.on('pageerror', (err) => pageErrors.push(err.message));
-    page.on('response', (res) => {
-      if (res.status() >= 400) pageErrors.push(`HTTP ${res.status()} ${res.url()}`);
-    });
+    const page = await newPage();
     await page.goto(`${server.url}bench/int8.html`);
     await page.waitForSelector('body.ready, body.error', { timeout: 60_000 });
     const info = await page.evaluate(() => window.qpBench.info ?? { error: window.qpBench.error });
@@ -91,8 +82,7 @@ export async function run(ctx) {
         { metric: `${m.id}: speed-up ours int8 vs onnxruntime-web int8`, unit: 'x', value: round(t.ortInt8 / t.oursInt8), note: 'target >= 2 on EfficientNet-Lite0' },
       );
     }
-    if (foreign.length) throw new Error(`the bench page requested other origins: ${foreign.join(', ')}`);
-    if (pageErrors.length) throw new Error(`the bench page logged errors: ${pageErrors.join('; ')}`);
+    assertClean();
     return out;
   } finally {
     await context.close();

@@ -6,7 +6,7 @@
 // Per model and weight width (PTQ with the page's default settings, W8A8 and W4A8, calibrated
 // on the bundled sample images with the bundled model's preprocessing):
 // - one FP32 forward and one int8 forward (runVariant), medians;
-// - one QAT step (batch 8, the recipe's) in each mode, median after warm-up steps; per frame of
+// - one QAT step (the recipe's batch: 4 in scales mode, 8 in full) in each mode, median after warm-up steps; per frame of
 //   the batch = step / batch size. The 3.5x target is compared with the step *per frame* (a
 //   step trains on a whole batch; per frame is the like-for-like cost); the whole step over one
 //   forward is reported beside it. The default mode also at batch 1, which splits a step into a
@@ -24,6 +24,7 @@ import path from 'node:path';
 import { statSync } from 'node:fs';
 
 import { startServer } from '../../scripts/serve.mjs';
+import { benchContext } from '../lib/page.mjs';
 
 export const name = 'qat';
 export const description = 'QAT step vs forward pass and the default recipe wall time in headless Chromium (1 thread), EfficientNet-Lite0 and BlazeFace, W8A8 and W4A8';
@@ -99,22 +100,9 @@ export async function run(ctx) {
   const wasm = statSync(path.join(ctx.root, 'www', 'pkg', 'quant_playground_bg.wasm'));
   const build = `www/pkg wasm ${(wasm.size / 2 ** 20).toFixed(2)} MiB, built ${wasm.mtime.toISOString()}`;
   const browser = await ctx.browser();
-  const context = await browser.newContext();
-  const origin = server.url.replace(/\/$/, '');
-  const foreign = [];
-  const pageErrors = [];
-  context.on('request', (req) => {
-    if (!req.url().startsWith(origin) && !req.url().startsWith('data:') && !req.url().startsWith('blob:')) foreign.push(req.url());
-  });
+  const { context, newPage, assertClean } = await benchContext(browser, server);
   try {
-    const page = await context.newPage();
-    page.on('pageerror', (err) => pageErrors.push(err.message));
-    page.on('console', (msg) => {
-      if (msg.type() === 'error') pageErrors.push(`console: ${msg.text()}`);
-    });
-    page.on('response', (res) => {
-      if (res.status() >= 400) pageErrors.push(`HTTP ${res.status()} ${res.url()}`);
-    });
+    const page = await newPage({ consolePrefix: 'console: ' });
     await page.goto(`${server.url}bench/qat.html`);
     await page.waitForSelector('body.ready, body.error', { timeout: 60_000 });
     const info = await page.evaluate(() => window.qpBench.info ?? { error: window.qpBench.error });
@@ -130,7 +118,7 @@ export async function run(ctx) {
       const runs = [];
       for (const bits of BITS) {
         const qat = MODES.map((mode) => ({ label: mode, config: { mode }, warmup: m.warmup, timed: m.timed }));
-        // The default mode at batch 1 too: step(8) - 8 x (step(8) - step(1)) / 7 is the fixed cost of a step
+        // The default mode at batch 1 too: step(B) - B x (step(B) - step(1)) / (B - 1) is the fixed cost of a step
         // (packing the fake-quantized weights, the update). Batch 1 meets new views for longer: more warm-up.
         qat.push({ label: `${ENGINE_DEFAULT[bits].mode} batch 1`, config: { mode: ENGINE_DEFAULT[bits].mode, batchSize: 1 }, warmup: m.warmupBatch1, timed: m.timed });
         const r = await page.evaluate((args) => window.qpBench.timeModel(args), { file: m.file, bits, forwardRuns: m.forwardRuns, qat });
@@ -195,8 +183,7 @@ export async function run(ctx) {
         ctx.log(`${tag}: ${(t.wallMs / 1000).toFixed(1)} s${label}, ${(1000 / t.rate).toFixed(2)} steps/s; final loss ${r.loss}`);
       }
     }
-    if (foreign.length) throw new Error(`the bench page requested other origins: ${foreign.join(', ')}`);
-    if (pageErrors.length) throw new Error(`the bench page logged errors: ${pageErrors.join('; ')}`);
+    assertClean();
     return out;
   } finally {
     await context.close();

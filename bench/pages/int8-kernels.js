@@ -5,11 +5,8 @@
 
 import init, { benchConv, benchGemm, benchPeak, convMacs, engineInfo } from '/pkg/quant_playground.js';
 
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-};
+import { median } from './shared.js';
+
 const pause = () => new Promise((resolve) => setTimeout(resolve, 0));
 
 /**
@@ -38,12 +35,6 @@ async function conv({ inC, outC, h, w, k, stride, group, rounds, batchMs }) {
   return { macs, ...(await pair(f, ['f32', 'qs8'], { rounds, batchMs })) };
 }
 
-/** A depthwise stride-1 shape through the two qs8 paths: the row ring and the whole pair plane. */
-async function dwPaths({ inC, outC, h, w, k, stride, group, rounds, batchMs }) {
-  const f = (kind, it) => benchConv(kind, inC, outC, h, w, k, stride, group, it);
-  return pair(f, ['qs8-ring', 'qs8-plane'], { rounds, batchMs });
-}
-
 /** One GEMM (m channels x n columns x depth k), both kinds. */
 async function gemm({ m, n, k, rounds, batchMs }) {
   const f = (kind, it) => benchGemm(kind, m, n, k, it);
@@ -62,7 +53,7 @@ async function peak({ rounds, iterations }) {
   return out;
 }
 
-window.qpBench = { conv, dwPaths, gemm, peak };
+window.qpBench = { conv, gemm, peak };
 
 (async () => {
   try {

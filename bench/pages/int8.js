@@ -10,36 +10,13 @@
 import init, { Session, engineInfo, profileModel } from '/pkg/quant_playground.js';
 import * as ort from '/ort/ort.wasm.min.mjs';
 
+import { imageTensor, median } from './shared.js';
+
 ort.env.wasm.numThreads = 1;
 ort.env.wasm.simd = true;
 ort.env.wasm.proxy = false;
 ort.env.wasm.wasmPaths = new URL('/ort/', location.href).href;
 ort.env.logLevel = 'error';
-
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-};
-
-/** A bundled image, stretched to w x h and normalised: (v - mean) / std. */
-async function imageTensor({ image, width, height, layout, mean, std, bgr }) {
-  const blob = await (await fetch(`/models/images/${image}`)).blob();
-  const bitmap = await createImageBitmap(blob);
-  const canvas = new OffscreenCanvas(width, height);
-  const g = canvas.getContext('2d');
-  g.imageSmoothingQuality = 'high';
-  g.drawImage(bitmap, 0, 0, width, height);
-  const rgba = g.getImageData(0, 0, width, height).data;
-  const out = new Float32Array(3 * width * height);
-  const plane = width * height;
-  for (let p = 0; p < plane; p++) {
-    for (let c = 0; c < 3; c++) {
-      out[layout === 'nchw' ? c * plane + p : 3 * p + c] = (rgba[4 * p + (bgr ? 2 - c : c)] - mean) / std;
-    }
-  }
-  return out;
-}
 
 const argmax = (xs) => xs.reduce((best, v, i) => (v > xs[best] ? i : best), 0);
 

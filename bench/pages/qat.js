@@ -26,12 +26,7 @@ import { CALIBRATION_SIDE, decodeImage, fitBitmap } from '/app/frames.js';
 import { BUNDLED, SAMPLE_IMAGES } from '/app/models.js';
 import * as pre from '/app/preprocess.js';
 
-const median = (xs) => {
-  if (!xs.length) return NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-};
+import { median, normalizedTensor } from './shared.js';
 
 /** The defaults of the page's PTQ and QAT forms, read as main.js's readPtqConfig / readQatConfig read them. */
 async function pageDefaults() {
@@ -97,25 +92,6 @@ function rgbaOf(bitmap) {
   return { rgba: new Uint8Array(data.buffer, data.byteOffset, data.byteLength), width, height };
 }
 
-/** A bundled image stretched to the input size and normalised with the preset's mean/std (timing input). */
-function inputTensor(bitmap, p) {
-  const { width, height } = p;
-  const canvas = new OffscreenCanvas(width, height);
-  const g = canvas.getContext('2d');
-  g.imageSmoothingQuality = 'high';
-  g.drawImage(bitmap, 0, 0, width, height);
-  const rgba = g.getImageData(0, 0, width, height).data;
-  const out = new Float32Array(3 * width * height);
-  const plane = width * height;
-  for (let i = 0; i < plane; i++) {
-    for (let c = 0; c < 3; c++) {
-      const v = (rgba[4 * i + (p.bgr ? 2 - c : c)] - p.mean[c]) / p.std[c];
-      out[p.layout === 'nchw' ? c * plane + i : 3 * i + c] = v;
-    }
-  }
-  return out;
-}
-
 function bundled(file) {
   const m = BUNDLED.find((b) => b.file === file);
   if (!m) throw new Error(`${file} is not a bundled model (www/models.js)`);
@@ -152,7 +128,7 @@ async function timeModel({ file, bits, forwardRuns, qat }) {
     const report = session.quantize();
     const ptqMs = performance.now() - t0;
 
-    const x = inputTensor(frames[SAMPLE_IMAGES.findIndex(([f]) => f === m.image)] ?? frames[0], preprocess);
+    const x = normalizedTensor(frames[SAMPLE_IMAGES.findIndex(([f]) => f === m.image)] ?? frames[0], preprocess);
     const fwd = { fp32: [], int8: [] };
     const runners = { fp32: () => session.runVariant('fp32', [x]), int8: () => session.runVariant('ptq', [x]) };
     for (let i = 0; i < 3; i++) for (const r of Object.values(runners)) r();

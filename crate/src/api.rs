@@ -201,7 +201,7 @@ impl Session {
         if kept.len() > 2 * QAT_HOLDOUT {
             trainer.set_holdout(&kept[kept.len() - QAT_HOLDOUT..]).map_err(err)?;
         }
-        let reply = serde_json::json!({ "steps": trainer.steps(), "mode": trainer.mode(), "batchSize": trainer.config().batch_size });
+        let reply = serde_json::json!({ "steps": trainer.steps(), "mode": trainer.mode(), "batchSize": trainer.batch_size() });
         self.trainer = Some(trainer);
         to_js(&reply)
     }
@@ -222,7 +222,7 @@ impl Session {
             if trainer.steps_done() >= trainer.steps() {
                 break;
             }
-            let batch: Vec<Vec<Vec<f32>>> = (0..trainer.config().batch_size.max(1))
+            let batch: Vec<Vec<Vec<f32>>> = (0..trainer.batch_size())
                 .map(|_| {
                     let frame = &train[(self.rng.next_u64() % train.len() as u64) as usize];
                     let flip = self.rng.next_u64() & 1 == 1;

@@ -80,9 +80,7 @@ fn time(iterations: u32, mut run: impl FnMut()) -> f64 {
     (performance_now() - start) / n as f64
 }
 
-/// Milliseconds per call of one convolution of `kind` (`"f32"`, `"qs8"`, or `"qs8-plane"` /
-/// `"qs8-ring"`: qs8 with depthwise stride 1 always through the whole pair plane / the row
-/// ring) on a
+/// Milliseconds per call of one convolution of `kind` (`"f32"` or `"qs8"`) on a
 /// `[in_c][in_h][in_w]` image: kernel `kernel x kernel`, `stride`, `group` (`group == in_c`
 /// is depthwise), "SAME" padding. The f32 convolution has a fused ReLU6 (a clamp, as in
 /// EfficientNet-Lite), the qs8 one the matching output clamp.
@@ -117,19 +115,7 @@ pub fn bench_conv(
             let mut scratch = Vec::new();
             Ok(time(iterations, || conv.run(&x, &mut y, &mut scratch)))
         }
-        "qs8" | "qs8-plane" | "qs8-ring" => {
-            // "qs8-plane" / "qs8-ring": depthwise stride 1 always through the whole pair plane
-            // / the row ring (the same bits; the benchmark compares the two).
-            #[cfg(target_feature = "simd128")]
-            let ring = {
-                use crate::kernels::int8::conv::dw_simd::*;
-                let mode = match kind {
-                    "qs8-plane" => RING_NEVER,
-                    "qs8-ring" => RING_ALWAYS,
-                    _ => RING_AUTO,
-                };
-                ROW_RING.swap(mode, core::sync::atomic::Ordering::Relaxed)
-            };
+        "qs8" => {
             let w = rng.i8s(out_c * k, -127, 127);
             let b: Vec<i32> = (0..out_c)
                 .map(|_| rng.int(-20_000, 20_000) as i32)
@@ -142,13 +128,10 @@ pub fn bench_conv(
             let x = rng.i8s(in_c * in_h * in_w, -128, 127);
             let mut y = vec![0i8; out_c * s.out_h * s.out_w];
             let mut scratch = Vec::new();
-            let ms = time(iterations, || conv.run(&x, &mut y, &mut scratch));
-            #[cfg(target_feature = "simd128")]
-            crate::kernels::int8::conv::dw_simd::ROW_RING.store(ring, core::sync::atomic::Ordering::Relaxed);
-            Ok(ms)
+            Ok(time(iterations, || conv.run(&x, &mut y, &mut scratch)))
         }
         other => Err(JsError::new(&format!(
-            "benchConv: unknown kind {other:?} (f32, qs8, qs8-plane or qs8-ring)"
+            "benchConv: unknown kind {other:?} (f32 or qs8)"
         ))),
     }
 }

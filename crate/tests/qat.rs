@@ -79,7 +79,7 @@ fn efficientnet_qat_steps_through_the_session() {
         session.calibrate(&[&f[0]]).unwrap();
     }
     let ptq_kl = session.quantize_ptq().unwrap().fidelity.outputs[0].classifier.as_ref().unwrap().mean_kl;
-    let config = QatConfig { steps: Some(4), batch_size: 2, ..QatConfig::default() };
+    let config = QatConfig { steps: Some(4), batch_size: Some(2), ..QatConfig::default() };
     let mut trainer = session.qat_trainer(config).unwrap();
     assert_eq!(trainer.mode(), quant_playground::train::QatMode::Full);
     // The same two frames every step: the loss of a batch it trains on must fall.
@@ -190,8 +190,8 @@ fn efficientnet_w4a8_qat_beats_ptq_on_held_out_views() {
     let steps: usize = std::env::var("QAT_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(default_steps);
     let config = config_from_env(steps);
     eprintln!("{config:?}");
-    let batch_size = config.batch_size;
     let mut trainer = Trainer::new(cal.graph(), &ptq, config).unwrap();
+    let batch_size = trainer.batch_size();
     trainer.set_holdout(&views(&seen, 8, 4, &p)).unwrap();
     let mut rng = Rng::seeded(5);
     let start = Instant::now();
@@ -389,7 +389,7 @@ fn config_from_env(steps: usize) -> QatConfig {
         c.bias_lr = Some(v);
     }
     if let Some(v) = get("QAT_BATCH") {
-        c.batch_size = v as usize;
+        c.batch_size = Some(v as usize);
     }
     if let Ok(v) = std::env::var("QAT_WEIGHT_SCALES") {
         c.learn_weight_scales = Some(v == "1");

@@ -102,7 +102,7 @@ P.qatBegin = function (config) {
   const steps = config.steps ?? (mode === 'full' ? 300 : 100);
   s.training = { steps, step: 0 };
   s.qat = false;
-  return { steps, mode, batchSize: 8 };
+  return { steps, mode, batchSize: mode === 'full' ? 8 : 4 };
 };
 P.qatStep = function (n) {
   const t = st(this).training;

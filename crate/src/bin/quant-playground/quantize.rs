@@ -103,7 +103,7 @@ pub struct QuantizeArgs {
     /// What QAT trains (default: scales at 8-bit weights, full below).
     #[arg(long, value_enum)]
     pub qat_mode: Option<QatModeArg>,
-    /// Frames per QAT step (default: the recipe's 8).
+    /// Frames per QAT step (default: the recipe's, 4 in scales mode and 8 in full mode).
     #[arg(long)]
     pub qat_batch: Option<usize>,
     /// Held-out evaluation data (images or .npy) for the report's fidelity.
@@ -314,7 +314,7 @@ pub fn quantize(a: &QuantizeArgs) -> Result<()> {
             config.lr = lr;
         }
         if let Some(b) = a.qat_batch {
-            config.batch_size = b;
+            config.batch_size = Some(b);
         }
         config.mode = a.qat_mode.map(|m| match m {
             QatModeArg::Scales => QatMode::Scales,
@@ -322,10 +322,10 @@ pub fn quantize(a: &QuantizeArgs) -> Result<()> {
         });
         let mut trainer = session.qat_trainer(config)?;
         trainer.set_holdout(session.kept_frames())?;
-        eprintln!("QAT: {} steps, mode {:?}, batch {}", trainer.steps(), trainer.mode(), trainer.config().batch_size);
+        eprintln!("QAT: {} steps, mode {:?}, batch {}", trainer.steps(), trainer.mode(), trainer.batch_size());
         let source = load_folder(&a.calib, &session.model)?;
         let mut rng = Rng::seeded(a.seed.wrapping_add(0x7a7));
-        let batch = trainer.config().batch_size;
+        let batch = trainer.batch_size();
         let start = Instant::now();
         let mut bar = Progress::new("training", a.qat_steps);
         let mut curve = Vec::new();

@@ -16,9 +16,7 @@
 //!   (stride 1: element `x` is `(v[x], v[x + 1])`; stride 2: the row widened), so the inputs of
 //!   two horizontally adjacent taps for 4 outputs are one 16-byte load, multiplied by the
 //!   weight pair with `i32x4.dot_i16x8_s`; blocks of 8 outputs, requantized with the
-//!   channel's `PreparedRequant` (see `dw_simd` for the layout and costs). 3x3 stride 1 with
-//!   channel multiplier 1 and at least 64 outputs per row keeps only a ring of `K + 1` pair
-//!   rows (in L1) and computes two output rows per pass (`dw_simd::run_k_rows`). Elsewhere (other
+//!   channel's `PreparedRequant` (see `dw_simd` for the layout and costs). Elsewhere (other
 //!   kernels, dilations, and every shape natively) each input plane is copied into `scratch`
 //!   with a border of the input zero point and `qs8_dwconv2d_chw_minmax_kxk_scalar` (3x3, 5x5)
 //!   or `qs8_dwconv2d_chw_minmax_scalar` computes each output plane.
@@ -37,8 +35,8 @@
 //! grouped, dilated, strided, asymmetric pads) with non-zero and extreme zero points, against an
 //! exact i64 convolution and the same requantizers; natively and on wasm32 with simd128, where
 //! the pair-plane depthwise path is also compared bit for bit with the scalar kernels on every
-//! output width from 1 to 19 and more, all pads, multiplier 2, and requantizers on both sides
-//! of the single-nudge formula.
+//! output width from 1 to 19 and more, all pads, multipliers 1 and 2, and requantizers on both
+//! sides of the single-nudge formula.
 
 use super::super::conv::Conv2dShape;
 use super::gemm::{self, PackedWeightsQs8, NR};
@@ -346,10 +344,10 @@ impl PackedQs8Conv2d {
 /// `v` is the input row with the zero point around it, `zx` also past the padded width, so
 /// the last block of a row may compute (and discard) outputs past `out_w`.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-pub(crate) mod dw_simd {
+mod dw_simd {
     use super::super::super::conv::Conv2dShape;
     use super::super::requant::simd::{
-        narrow_clamp, prepared_lanes, requantize, requantize_fast, Lanes, OutputLanes,
+        prepared_lanes, requantize, requantize_fast, Lanes, OutputLanes,
     };
     use super::super::requant::{OutputParams, PreparedRequant};
     use super::gemm;
@@ -357,19 +355,6 @@ pub(crate) mod dw_simd {
 
     /// Outputs of a row per block (two i32x4 accumulators, one 8-byte store).
     const BLOCK: usize = 8;
-
-    /// Which 3x3 stride-1 convolutions with channel multiplier 1 take the row-ring kernel
-    /// (`run_k_rows`) rather than the whole pair plane (`run_k`): `RING_AUTO` (the default)
-    /// from `RING_MIN_OUT_W` outputs per row, `RING_NEVER`, `RING_ALWAYS`. Both give the same
-    /// bits; the switch is for the tests and the kernel benchmarks (`bench_api`), which compare
-    /// the two. Measured in Chromium (int8-kernels): the ring is 1.07x the plane at 112x112,
-    /// even at 56x56 and slower below (0.9x at 14x14: the per-row work no longer amortises);
-    /// the same for 5x5, which therefore always takes the plane.
-    pub static ROW_RING: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(RING_AUTO);
-    pub const RING_NEVER: u8 = 0;
-    pub const RING_AUTO: u8 = 1;
-    pub const RING_ALWAYS: u8 = 2;
-    const RING_MIN_OUT_W: usize = 64;
 
     /// Runs the depthwise convolution if its shape has a pair-plane kernel; false otherwise.
     #[allow(clippy::too_many_arguments)]
@@ -390,19 +375,7 @@ pub(crate) mod dw_simd {
         {
             return false;
         }
-        let rows = s.out_c == s.in_c
-            && match ROW_RING.load(core::sync::atomic::Ordering::Relaxed) {
-                RING_NEVER => false,
-                RING_ALWAYS => true,
-                _ => s.out_w >= RING_MIN_OUT_W && s.kernel_h == 3,
-            };
         match (s.kernel_h, s.stride_h) {
-            (3, 1) if rows => run_k_rows::<3>(
-                s, zx, weight, bias, prepared, params, input, output, scratch,
-            ),
-            (5, 1) if rows => run_k_rows::<5>(
-                s, zx, weight, bias, prepared, params, input, output, scratch,
-            ),
             (3, 1) => run_k::<3, 1>(
                 s, zx, weight, bias, prepared, params, input, output, scratch,
             ),
@@ -483,8 +456,9 @@ pub(crate) mod dw_simd {
 
     /// Writes the pair plane of one input plane `x` (see the module docs): `ph` rows of
     /// `pitch` bytes, padded row `y` being input row `y - pad_top` or the zero point.
-    /// `rowbuf` (`elems + 32` bytes) holds the padded row: its bytes outside
-    /// `pad_left..pad_left + in_w` must be `zx` on entry and stay so.
+    /// `rowbuf` (`elems + 32` bytes) holds the padded row; it must be all `zx` on entry and is
+    /// left so. No `memory.copy`/`memory.fill` (V8 calls out of line for them): 16-byte
+    /// vector copies, the overshoot past the row repaired with one store of `zx`.
     fn build_plane<const S: usize>(
         plane: &mut [i8],
         pitch: usize,
@@ -494,286 +468,58 @@ pub(crate) mod dw_simd {
         s: &Conv2dShape,
         zx: i8,
     ) {
-        for (y, row) in plane.chunks_exact_mut(pitch).enumerate() {
-            build_row::<S>(row, elems, rowbuf, x, s, zx, y);
-        }
-    }
-
-    /// Writes padded row `y` of the pair plane of input plane `x` into `row` (one pitch,
-    /// at least `elems * 4 / S` bytes, a multiple of 16). `rowbuf` as in `build_plane`. No
-    /// `memory.copy`/`memory.fill` (V8 calls out of line for them): 16-byte vector copies, the
-    /// overshoot past the row repaired with one store of `zx`.
-    #[inline(always)]
-    fn build_row<const S: usize>(
-        row: &mut [i8],
-        elems: usize,
-        rowbuf: &mut [i8],
-        x: &[i8],
-        s: &Conv2dShape,
-        zx: i8,
-        y: usize,
-    ) {
         let (top, in_w) = (s.pad_top, s.in_w);
         // Input columns past the padded row are never read (a shape may ask for fewer outputs
         // than its input allows).
         let left = s.pad_left.min(elems);
         let w = in_w.min(elems - left);
-        let pitch = row.len();
-        assert!(
-            rowbuf.len() >= elems + 32
-                && left + w + 16 <= rowbuf.len()
-                && pitch % 16 == 0
-                && pitch >= elems * 4 / S
-        );
+        assert!(rowbuf.len() >= elems + 32 && left + w + 16 <= rowbuf.len());
+        let zx8 = i8x16_splat(zx);
+        let zx16 = i16x8_splat(zx as i16);
         let rb = rowbuf.as_mut_ptr();
-        let rp = row.as_mut_ptr();
-        let Some(iy) = y.checked_sub(top).filter(|&iy| iy < s.in_h) else {
-            let zx16 = i16x8_splat(zx as i16);
-            // SAFETY: `pitch` is a multiple of 16 bytes.
+        for (y, row) in plane.chunks_exact_mut(pitch).enumerate() {
+            let rp = row.as_mut_ptr();
+            let Some(iy) = y.checked_sub(top).filter(|&iy| iy < s.in_h) else {
+                // SAFETY: `pitch` is a multiple of 16 bytes (`elems` is a multiple of 8).
+                unsafe {
+                    for i in (0..pitch).step_by(16) {
+                        v128_store(rp.add(i) as *mut v128, zx16);
+                    }
+                }
+                continue;
+            };
+            let src = &x[iy * in_w..][..w];
+            // SAFETY: 16-byte copies of src[i..i + 16] to rb[left + i..] while they fit in
+            // `x` (the plane may end right after this row), then bytes one by one;
+            // `rowbuf` has room for left + w + 16. Then reads of 8 bytes at rb + e and
+            // rb + e + 1 for e < elems, within elems + 32; stores of 32 bytes (stride 1) or
+            // 16 (stride 2) at element e, within `pitch`.
             unsafe {
-                for i in (0..pitch).step_by(16) {
-                    v128_store(rp.add(i) as *mut v128, zx16);
+                let sp = src.as_ptr();
+                let room = x.len() - iy * in_w;
+                let mut i = 0;
+                while i < w && i + 16 <= room {
+                    v128_store(
+                        rb.add(left + i) as *mut v128,
+                        v128_load(sp.add(i) as *const v128),
+                    );
+                    i += 16;
                 }
-            }
-            return;
-        };
-        let src = &x[iy * in_w..][..w];
-        // SAFETY: 16-byte copies of src[i..i + 16] to rb[left + i..] while they fit in
-        // `x` (the plane may end right after this row), then bytes one by one;
-        // `rowbuf` has room for left + w + 16. Then reads of 8 bytes at rb + e and
-        // rb + e + 1 for e < elems, within elems + 32; stores of 32 bytes (stride 1) or
-        // 16 (stride 2) at element e, within `pitch` (checked above).
-        unsafe {
-            let sp = src.as_ptr();
-            let room = x.len() - iy * in_w;
-            let mut i = 0;
-            while i < w && i + 16 <= room {
-                v128_store(
-                    rb.add(left + i) as *mut v128,
-                    v128_load(sp.add(i) as *const v128),
-                );
-                i += 16;
-            }
-            while i < w {
-                *rb.add(left + i) = *sp.add(i);
-                i += 1;
-            }
-            v128_store(rb.add(left + w) as *mut v128, i8x16_splat(zx));
-            for e in (0..elems).step_by(8) {
-                let a = i16x8_load_extend_i8x8(rb.add(e));
-                if S == 1 {
-                    let b = i16x8_load_extend_i8x8(rb.add(e + 1));
-                    let lo = i16x8_shuffle::<0, 8, 1, 9, 2, 10, 3, 11>(a, b);
-                    let hi = i16x8_shuffle::<4, 12, 5, 13, 6, 14, 7, 15>(a, b);
-                    v128_store(rp.add(4 * e) as *mut v128, lo);
-                    v128_store(rp.add(4 * e + 16) as *mut v128, hi);
-                } else {
-                    v128_store(rp.add(2 * e) as *mut v128, a);
+                while i < w {
+                    *rb.add(left + i) = *sp.add(i);
+                    i += 1;
                 }
-            }
-        }
-    }
-
-    /// Stride 1, channel multiplier 1: per channel, the pair rows are built into a ring of
-    /// `K + 1` rows (a few KiB, in L1, instead of a whole pair plane that can exceed it) and
-    /// output rows are computed two at a time (`qs8_dwconv2d_chw_rows_simd128`), each pair
-    /// row loaded once for both output rows it feeds.
-    #[allow(clippy::too_many_arguments)]
-    fn run_k_rows<const K: usize>(
-        s: &Conv2dShape,
-        zx: i8,
-        weight: &[i8],
-        bias: &[i32],
-        prepared: &[PreparedRequant],
-        params: &OutputParams,
-        input: &[i8],
-        output: &mut [i8],
-        scratch: &mut Vec<i8>,
-    ) {
-        let elems = row_elems::<K, 1>(s.out_w);
-        let pitch = elems * 4;
-        let rowbuf_len = elems + 32;
-        let buf = gemm::grow(scratch, (K + 1) * pitch + rowbuf_len);
-        let (rows, rowbuf) = buf.split_at_mut((K + 1) * pitch);
-        let (in_plane, out_plane) = (s.in_h * s.in_w, s.out_h * s.out_w);
-        let o = OutputLanes::new(params);
-        rowbuf.fill(zx);
-        for c in 0..s.in_c {
-            qs8_dwconv2d_chw_rows_simd128::<K>(
-                &input[c * in_plane..][..in_plane],
-                rows,
-                rowbuf,
-                s,
-                zx,
-                &weight[c * K * K..][..K * K],
-                bias[c],
-                &prepared[c],
-                &o,
-                &mut output[c * out_plane..][..out_plane],
-            );
-        }
-    }
-
-    /// One channel of the stride-1 ring path: input plane `x`, output plane `out`; `rows` is
-    /// the ring (`K + 1` pair rows of `4 row_elems` bytes), `rowbuf` as in `build_plane`.
-    #[allow(clippy::too_many_arguments)]
-    fn qs8_dwconv2d_chw_rows_simd128<const K: usize>(
-        x: &[i8],
-        rows: &mut [i8],
-        rowbuf: &mut [i8],
-        s: &Conv2dShape,
-        zx: i8,
-        weight: &[i8],
-        bias: i32,
-        rq: &PreparedRequant,
-        o: &OutputLanes,
-        out: &mut [i8],
-    ) {
-        let pairs = K.div_ceil(2);
-        let (out_h, out_w) = (s.out_h, s.out_w);
-        let elems = row_elems::<K, 1>(out_w);
-        let pitch = elems * 4;
-        let ring = K + 1;
-        assert!(weight.len() == K * K && out.len() == out_h * out_w && rows.len() == ring * pitch);
-        // The weight pairs (w[ky][2j], w[ky][2j + 1] or 0) splatted as i32 lanes of two i16.
-        let mut wp = [[i32x4_splat(0); 3]; 5];
-        for ky in 0..K {
-            for j in 0..pairs {
-                let w0 = weight[ky * K + 2 * j];
-                let w1 = if 2 * j + 1 < K {
-                    weight[ky * K + 2 * j + 1]
-                } else {
-                    0
-                };
-                let pair = (w0 as i16 as u16 as u32) | ((w1 as i16 as u16 as u32) << 16);
-                wp[ky][j] = i32x4_splat(pair as i32);
-            }
-        }
-        let lanes = Lanes::new(&rq.rq);
-        let bias = i32x4_splat(bias);
-        let mut built = 0;
-        for oy in (0..out_h).step_by(2) {
-            let two = oy + 1 < out_h;
-            while built < oy + K + two as usize {
-                let slot = built % ring;
-                build_row::<1>(
-                    &mut rows[slot * pitch..][..pitch],
-                    elems,
-                    rowbuf,
-                    x,
-                    s,
-                    zx,
-                    built,
-                );
-                built += 1;
-            }
-            let mut at = [0usize; 6];
-            for (i, a) in at.iter_mut().enumerate().take(ring) {
-                *a = (oy + i) % ring * pitch;
-            }
-            let dst = &mut out[oy * out_w..];
-            if two {
-                rows_block::<K, 2>(rows, at, pitch, &wp, bias, rq, &lanes, o, dst, out_w);
-            } else {
-                rows_block::<K, 1>(rows, at, pitch, &wp, bias, rq, &lanes, o, dst, out_w);
-            }
-        }
-    }
-
-    /// `R` (1 or 2) consecutive output rows (`out`, rows of `out_w`) from stride-1 pair rows:
-    /// row `i` of the window (input row `oy + i`) at byte `at[i]` of `rows`. Blocks of 8
-    /// outputs; per block, each of the `K + R - 1` pair rows is loaded once (`ceil(K / 2)`
-    /// pairs, two halves) and dotted with the weight pairs `wp` of every output row it feeds;
-    /// the `R` rows are requantized together and stored 8 bytes each (a partial last block
-    /// through a buffer, so no store leaves the row).
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    fn rows_block<const K: usize, const R: usize>(
-        rows: &[i8],
-        at: [usize; 6],
-        pitch: usize,
-        wp: &[[v128; 3]; 5],
-        bias: v128,
-        rq: &PreparedRequant,
-        lanes: &Lanes,
-        o: &OutputLanes,
-        out: &mut [i8],
-        out_w: usize,
-    ) {
-        const { assert!((K == 3 || K == 5) && (R == 1 || R == 2)) };
-        let pairs = K.div_ceil(2);
-        let fast = rq.fast;
-        assert!(out.len() >= R * out_w);
-        assert!(pitch >= row_elems::<K, 1>(out_w) * 4);
-        assert!(at.iter().take(K + R - 1).all(|&a| a + pitch <= rows.len()));
-        // SAFETY: block ox < out_w reads 32 bytes at at[i] + 4 ox + 8 j for j < pairs, which
-        // ends within the pair row (`pitch` covers `row_elems`: 4 (ox + 8 + 2 j) <= 4 (out_w
-        // rounded up to 8, + K - 1)), inside `rows` (checked above). Stores: 8 bytes at
-        // r * out_w + ox only when ox + 8 <= out_w, else byte by byte within the row.
-        unsafe {
-            let rp = rows.as_ptr();
-            let op = out.as_mut_ptr();
-            for ox in (0..out_w).step_by(BLOCK) {
-                let mut acc = [[bias; 2]; R];
-                for i in 0..K + R - 1 {
-                    let row = rp.add(at[i] + 4 * ox);
-                    for j in 0..pairs {
-                        let p = row.add(8 * j);
-                        let lo = v128_load(p as *const v128);
-                        let hi = v128_load(p.add(16) as *const v128);
-                        for (r, acc) in acc.iter_mut().enumerate() {
-                            // Input row i feeds output row r through weight row i - r.
-                            if i >= r && i - r < K {
-                                let w = wp[i - r][j];
-                                acc[0] = i32x4_add(acc[0], i32x4_dot_i16x8(lo, w));
-                                acc[1] = i32x4_add(acc[1], i32x4_dot_i16x8(hi, w));
-                            }
-                        }
-                    }
-                }
-                // Written out for each R: a loop over the rows here stays a loop (the
-                // requantization is long), with the accumulators in the shadow stack.
-                let q = if R == 2 {
-                    let (a, b, c, d) = (acc[0][0], acc[0][1], acc[R - 1][0], acc[R - 1][1]);
-                    if fast {
-                        let (m, nudge) = prepared_lanes(rq);
-                        narrow_clamp(
-                            requantize_fast(a, m, nudge, rq.right),
-                            requantize_fast(b, m, nudge, rq.right),
-                            requantize_fast(c, m, nudge, rq.right),
-                            requantize_fast(d, m, nudge, rq.right),
-                            o,
-                        )
+                v128_store(rb.add(left + w) as *mut v128, zx8);
+                for e in (0..elems).step_by(8) {
+                    let a = i16x8_load_extend_i8x8(rb.add(e));
+                    if S == 1 {
+                        let b = i16x8_load_extend_i8x8(rb.add(e + 1));
+                        let lo = i16x8_shuffle::<0, 8, 1, 9, 2, 10, 3, 11>(a, b);
+                        let hi = i16x8_shuffle::<4, 12, 5, 13, 6, 14, 7, 15>(a, b);
+                        v128_store(rp.add(4 * e) as *mut v128, lo);
+                        v128_store(rp.add(4 * e + 16) as *mut v128, hi);
                     } else {
-                        narrow_clamp(
-                            requantize(a, lanes),
-                            requantize(b, lanes),
-                            requantize(c, lanes),
-                            requantize(d, lanes),
-                            o,
-                        )
-                    }
-                } else if fast {
-                    let (m, nudge) = prepared_lanes(rq);
-                    o.narrow_clamp8(
-                        requantize_fast(acc[0][0], m, nudge, rq.right),
-                        requantize_fast(acc[0][1], m, nudge, rq.right),
-                    )
-                } else {
-                    o.narrow_clamp8(requantize(acc[0][0], lanes), requantize(acc[0][1], lanes))
-                };
-                if ox + BLOCK <= out_w {
-                    v128_store64_lane::<0>(q, op.add(ox) as *mut u64);
-                    if R == 2 {
-                        v128_store64_lane::<1>(q, op.add(out_w + ox) as *mut u64);
-                    }
-                } else {
-                    let mut last = [0i8; 16];
-                    v128_store(last.as_mut_ptr() as *mut v128, q);
-                    for r in 0..R {
-                        for (i, &b) in last[r * BLOCK..][..out_w - ox].iter().enumerate() {
-                            *op.add(r * out_w + ox + i) = b;
-                        }
+                        v128_store(rp.add(2 * e) as *mut v128, a);
                     }
                 }
             }
@@ -1419,8 +1165,7 @@ mod tests {
 
     /// The pair-plane depthwise path (`dw_simd`) against the scalar kernels, bit for bit: every
     /// output width from 1 to 19 and a few wider ones (blocks of 8, the last one partial), one to
-    /// five rows, every pad combination, channel multipliers 1 and 2 (stride 1 with multiplier
-    /// 1 takes the row-ring kernel, two output rows at a time), zero points at both ends,
+    /// five rows, every pad combination, channel multipliers 1 and 2, zero points at both ends,
     /// requantizers that take the single-nudge formula and ones that cannot (multipliers of 1/2
     /// and more, accumulator bounds too large), and a clamp.
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
@@ -1431,8 +1176,7 @@ mod tests {
         let mut cases = 0;
         for (k, st, mult) in [(3usize, 1usize, 1usize), (3, 1, 2), (3, 2, 1), (3, 2, 2), (5, 1, 1), (5, 1, 2), (5, 2, 1), (5, 2, 2)] {
             for out_w in (1..=19usize).chain([23, 31, 32, 33, 40]) {
-                // Up to 5 rows: odd and even counts, and the row ring of the stride-1 path
-                // (multiplier 1) wrapping around.
+                // Up to 5 rows: odd and even counts.
                 let out_h = 1 + (out_w + mult) % 5;
                 let pads = [
                     rng.int(0, k as i64 / 2) as usize,
@@ -1488,30 +1232,24 @@ mod tests {
                     panic!("not depthwise")
                 };
                 let n = c * mult * out_h * out_w;
-                let mut scalar = vec![0x22i8; n];
+                let (mut simd, mut scalar) = (vec![0x11i8; n], vec![0x22i8; n]);
                 let mut scratch = Vec::new();
+                assert!(dw_simd::run(
+                    &sh,
+                    zx as i8,
+                    weight,
+                    bias,
+                    prepared,
+                    &conv.params,
+                    &x,
+                    &mut simd,
+                    &mut scratch
+                ));
                 conv.run_depthwise(weight, bias, *kernel, &x, &mut scalar, &mut scratch);
-                // Both stride-1 kernels (row ring, pair plane) where the shape allows the ring.
-                for mode in [dw_simd::RING_ALWAYS, dw_simd::RING_NEVER] {
-                    dw_simd::ROW_RING.store(mode, core::sync::atomic::Ordering::Relaxed);
-                    let mut simd = vec![0x11i8; n];
-                    assert!(dw_simd::run(
-                        &sh,
-                        zx as i8,
-                        weight,
-                        bias,
-                        prepared,
-                        &conv.params,
-                        &x,
-                        &mut simd,
-                        &mut scratch
-                    ));
-                    assert_eq!(
-                        simd, scalar,
-                        "seed {seed:#x} {k}x{k} s{st} {sh:?} zx={zx} zy={zy} ring mode {mode}"
-                    );
-                }
-                dw_simd::ROW_RING.store(dw_simd::RING_AUTO, core::sync::atomic::Ordering::Relaxed);
+                assert_eq!(
+                    simd, scalar,
+                    "seed {seed:#x} {k}x{k} s{st} {sh:?} zx={zx} zy={zy}"
+                );
                 cases += 1;
             }
         }

@@ -431,6 +431,7 @@ function hideLoadError() {
   $('#load-error').hidden = true;
   $('#shape-request').hidden = true;
 }
+$('#load-error-close').addEventListener('click', hideLoadError);
 
 $('#shape-request').addEventListener('submit', (event) => {
   event.preventDefault();
@@ -1066,6 +1067,7 @@ function readPtqConfig() {
     calibration,
     keepFloat: [...$('#layer-list').querySelectorAll('input:checked')].map((el) => el.value),
     biasCorrection: els.biasCorrection.checked,
+    equalize: els.equalize.checked,
   };
 }
 
@@ -1131,7 +1133,7 @@ function finishPtq(built, config, frames) {
     ? `${r.quantizedWeights} weight tensors and ${r.quantizedTensors} activations quantized`
     : `${layers.length} tensors quantized`;
   const method = config.calibration.method + (config.calibration.percentile ? ` ${config.calibration.percentile}` : '');
-  field('ptq-layers').textContent = `${what}; ${config.weightBits}-bit weights ${config.perChannel ? 'per channel' : 'per tensor'}, ${method}${config.biasCorrection ? ', bias corrected' : ''}`;
+  field('ptq-layers').textContent = `${what}; ${config.weightBits}-bit weights ${config.perChannel ? 'per channel' : 'per tensor'}, ${method}${config.biasCorrection ? ', bias corrected' : ''}${config.equalize ? ', equalized' : ''}`;
   field('ptq-float').textContent = (r.floatNodes ?? []).length ? r.floatNodes.map((n) => `${n.name} (${n.op}: ${n.why})`).join('; ') : 'nothing';
   field('ptq-fidelity').textContent = fidelityLine(r.fidelity) || '–';
   for (const v of ['ptq', 'qat']) panes[v].resetMetrics();

@@ -210,6 +210,10 @@ test('BlazeFace from the file input draws a face box; broken files give errors a
     assert.deepEqual(await page.locator('[data-field="unsupported"] li').allTextContents(), ["Foo (node 'foo_1')", "com.example::Bar (node 'bar_1')"]);
     assert.match(await field(page, 'load-error-title'), /^unsupported\.onnx uses 2 operators the engine does not support yet:$/);
     await page.screenshot({ path: `${ARTIFACTS}/playground-load-error.png` });
+    // It floats over the page (nothing moved) and closes.
+    assert.equal(await page.locator('#load-error').evaluate((e) => getComputedStyle(e).position), 'absolute');
+    await page.locator('#load-error-close').click();
+    assert.equal(await page.locator('#load-error').isHidden(), true);
 
     // A model the page does not know: its output is a spatial map, shown as a heatmap.
     await page.setInputFiles('#model-file', { name: 'relu.onnx', mimeType: 'application/octet-stream', buffer: onnxSpatialMap() });

@@ -11,6 +11,8 @@
 //!   time, in fixed memory (a 2048-bin histogram whose range grows by merging bins), and picks
 //!   a clip range by a [`CalibrationMethod`](observer::CalibrationMethod): MinMax, moving
 //!   average MinMax, Percentile, Entropy (TensorRT's KL search) or MSE.
+//! - [`equalize`]: cross-layer equalization of consecutive convolutions (optional, before
+//!   calibration).
 //! - [`plan`]: which values of a graph are quantized and which follow another's parameters.
 //! - [`ptq`]: calibration over frames and the annotated (quantized) graph it produces.
 //! - [`metrics`]: fidelity between two variants of a model.
@@ -32,6 +34,7 @@
 //! int32 at scale `s_x · s_w[c]` and holds `s_x · s_w[c] · q` likewise, without annotation.
 
 
+pub mod equalize;
 pub mod metrics;
 pub mod observer;
 pub mod params;

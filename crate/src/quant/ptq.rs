@@ -54,6 +54,9 @@ pub struct QuantConfig {
     /// Correct each output channel's bias by the mean error its quantized weights add on the
     /// calibration frames (Nagel et al. 2019, with measured input means).
     pub bias_correction: bool,
+    /// Cross-layer equalization of consecutive convolutions before calibration (see
+    /// [`super::equalize`]).
+    pub equalize: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -77,6 +80,7 @@ impl Default for QuantConfig {
             overrides: BTreeMap::new(),
             bias_correction: true,
             float_outputs: false,
+            equalize: false,
         }
     }
 }
@@ -154,6 +158,9 @@ impl Calibrator {
         }
         let mut graph = graph.clone();
         split_fused_activations(&mut graph);
+        if config.equalize {
+            super::equalize::equalize(&mut graph);
+        }
         graph.validate()?;
         let plan = plan_for(&graph, &config, &[])?;
         let observers = plan.values.iter().map(|p| (*p == ValuePlan::Observed).then(|| Observer::new(config.calibration))).collect();

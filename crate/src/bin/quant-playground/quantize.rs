@@ -85,6 +85,10 @@ pub struct QuantizeArgs {
     /// Skip bias correction.
     #[arg(long)]
     pub no_bias_correction: bool,
+    /// Cross-layer equalization of consecutive convolutions (no activation or a ReLU between)
+    /// before calibration.
+    #[arg(long)]
+    pub equalize: bool,
     /// Rank the quantized layers by sensitivity (the output noise each adds when quantized
     /// alone, against FP32 on the kept calibration frames) and put the ranking in the report.
     #[arg(long)]
@@ -263,6 +267,7 @@ pub fn quantize(a: &QuantizeArgs) -> Result<()> {
         calibration,
         keep_float: a.keep_float.clone(),
         bias_correction: !a.no_bias_correction,
+        equalize: a.equalize,
         float_outputs: a.float_outputs,
         ..QuantConfig::default()
     };

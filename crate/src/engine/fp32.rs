@@ -21,14 +21,15 @@
 //! on different integers, rare one-step flips that then travel through the network.
 
 use crate::ir::{Graph, Node, Op, ValueId};
-use crate::kernels::conv::{Conv2dShape, ConvTranspose2dShape, PackedConv2d, PackedConvTranspose2d};
+use crate::kernels::conv::{ConvTranspose2dShape, PackedConv2d, PackedConvTranspose2d};
 use crate::kernels::elementwise::{binary, prelu, unary};
 use crate::kernels::gemm::{gemm, GemmBias, PackedA, PackedB};
-use crate::kernels::pool::{avg_pool2d, global_avg_pool, global_max_pool, max_pool2d, reduce, Pool2dShape};
+use crate::kernels::pool::{avg_pool2d, global_avg_pool, global_max_pool, max_pool2d, reduce};
 use crate::kernels::softmax::{log_softmax, softmax};
 use crate::kernels::int8::quantize_f32;
 use crate::kernels::{layout, resize, Activation};
 use super::sim::{self, SimNode};
+use super::{conv_shape, pool_shape};
 use crate::{Error, Result};
 
 /// What a step precomputed at plan time.
@@ -55,50 +56,6 @@ pub struct Fp32Engine {
     last_use: Vec<usize>,
 }
 
-/// The kernels' geometry of a Conv or ConvTranspose node (for the latter
-/// `in_*` is the small input and `out_*` the large output, as the kernel expects).
-fn conv_shape(node: &Node, graph: &Graph, w: &crate::ir::Window2d, group: usize) -> Conv2dShape {
-    let x = &graph.values[node.inputs[0]].shape;
-    let y = &graph.values[node.outputs[0]].shape;
-    Conv2dShape {
-        in_c: x[1],
-        in_h: x[2],
-        in_w: x[3],
-        out_c: y[1],
-        out_h: y[2],
-        out_w: y[3],
-        kernel_h: w.kernel[0],
-        kernel_w: w.kernel[1],
-        stride_h: w.strides[0],
-        stride_w: w.strides[1],
-        dilation_h: w.dilations[0],
-        dilation_w: w.dilations[1],
-        pad_top: w.pads[0],
-        pad_left: w.pads[1],
-        group,
-    }
-}
-
-fn pool_shape(x: &[usize], y: &[usize], w: &crate::ir::Window2d) -> Pool2dShape {
-    Pool2dShape {
-        channels: x[0] * x[1],
-        in_h: x[2],
-        in_w: x[3],
-        out_h: y[2],
-        out_w: y[3],
-        kernel_h: w.kernel[0],
-        kernel_w: w.kernel[1],
-        stride_h: w.strides[0],
-        stride_w: w.strides[1],
-        dilation_h: w.dilations[0],
-        dilation_w: w.dilations[1],
-        pad_top: w.pads[0],
-        pad_left: w.pads[1],
-        pad_bottom: w.pads[2],
-        pad_right: w.pads[3],
-    }
-}
-
 /// Bias of a Gemm's C when it is constant and broadcasts along rows.
 fn per_column_bias(graph: &Graph, node: &Node, n: usize, beta: f32) -> Option<Option<Vec<f32>>> {
     let Some(&c) = node.inputs.get(2) else { return Some(None) };
@@ -112,12 +69,12 @@ fn prepare(graph: &Graph, node: &Node) -> Prepared {
     let konst = |i: usize| node.inputs.get(i).and_then(|&v| graph.const_data(v));
     match &node.op {
         Op::Conv(c) => match konst(1) {
-            Some(w) => Prepared::Conv(PackedConv2d::new(conv_shape(node, graph, &c.window, c.group), w, konst(2), c.activation)),
+            Some(w) => Prepared::Conv(PackedConv2d::new(conv_shape(graph, node, &c.window, c.group), w, konst(2), c.activation)),
             None => Prepared::None,
         },
         Op::ConvTranspose(c) => {
             let Some(w) = konst(1) else { return Prepared::None };
-            let shape: ConvTranspose2dShape = conv_shape(node, graph, &c.window, c.group);
+            let shape: ConvTranspose2dShape = conv_shape(graph, node, &c.window, c.group);
             Prepared::ConvTranspose(PackedConvTranspose2d::new(shape, w, konst(2), c.activation))
         }
         Op::Gemm { trans_b, alpha, beta, activation, .. } => {

@@ -8,13 +8,14 @@
 //! for its kernels (`engine::int8`), the simulation runs the FP32 kernels on them
 //! (`engine::sim`). Both start from [`quant_params`], the parameters of every value.
 
-use crate::ir::{activation_name, Activation, BinaryOp, Conv, Graph, Node, Op, PadMode, Quant, ReduceOp, ResizeMode, ValueId, Window2d};
+use crate::ir::{activation_name, Activation, BinaryOp, Conv, Graph, Node, Op, PadMode, Quant, ReduceOp, ResizeMode, ValueId};
 use crate::kernels::conv::Conv2dShape;
 use crate::kernels::int8::elementwise::ADD_LEFT_SHIFT;
 use crate::kernels::int8::{channel_requantizers, lut_from_fn, quantize_f32, Qs8AddParams, Requantizer};
 use crate::kernels::pool::Pool2dShape;
 use crate::kernels::{layout, resize};
 use crate::quant::params::{check_bits, ChannelParams, QuantParams};
+use super::{conv_shape, pool_shape};
 use crate::{Error, Result};
 
 /// The int8 form of a value's [`QuantParams`]: int8 storage, the width's integer range.
@@ -363,48 +364,6 @@ fn channel_biases(wq: &[i8], k: usize, bias: Option<&[f32]>, acc_scales: &[f32],
         out.push(b as i32);
     }
     Ok(out)
-}
-
-fn conv_shape(g: &Graph, node: &Node, w: &Window2d, group: usize) -> Conv2dShape {
-    let x = &g.values[node.inputs[0]].shape;
-    let y = &g.values[node.outputs[0]].shape;
-    Conv2dShape {
-        in_c: x[1],
-        in_h: x[2],
-        in_w: x[3],
-        out_c: y[1],
-        out_h: y[2],
-        out_w: y[3],
-        kernel_h: w.kernel[0],
-        kernel_w: w.kernel[1],
-        stride_h: w.strides[0],
-        stride_w: w.strides[1],
-        dilation_h: w.dilations[0],
-        dilation_w: w.dilations[1],
-        pad_top: w.pads[0],
-        pad_left: w.pads[1],
-        group,
-    }
-}
-
-pub(crate) fn pool_shape(x: &[usize], y: &[usize], w: &Window2d) -> Pool2dShape {
-    Pool2dShape {
-        channels: x[0] * x[1],
-        in_h: x[2],
-        in_w: x[3],
-        out_h: y[2],
-        out_w: y[3],
-        kernel_h: w.kernel[0],
-        kernel_w: w.kernel[1],
-        stride_h: w.strides[0],
-        stride_w: w.strides[1],
-        dilation_h: w.dilations[0],
-        dilation_w: w.dilations[1],
-        pad_top: w.pads[0],
-        pad_left: w.pads[1],
-        pad_bottom: w.pads[2],
-        pad_right: w.pads[3],
-    }
 }
 
 /// The integer form of `node`, or why it runs in float. `qparams` are the values' parameters

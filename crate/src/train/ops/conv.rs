@@ -27,9 +27,10 @@
 //! and output swapped.
 
 use super::{activation_backward, buf, derivable_from_output, sum, zeroed, Bwd, Fwd, Scratch, TrainOp};
-use crate::ir::{Activation, Graph, Node, Op, Window2d};
+use crate::ir::{Activation, Graph, Node, Op};
 use crate::kernels::conv::{Conv2dShape, PackedConv2d, PackedConvTranspose2d};
 use crate::kernels::gemm::{gemm, GemmBias, PackedA};
+use crate::engine::conv_shape;
 use crate::{Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,30 +48,6 @@ fn kind(s: &Conv2dShape) -> Kind {
         Kind::Pointwise
     } else {
         Kind::Im2col
-    }
-}
-
-/// The kernels' geometry of a Conv or ConvTranspose node (for the latter `in_*` is the small
-/// input and `out_*` the large output), as `engine::fp32` builds it.
-fn conv_shape(g: &Graph, node: &Node, w: &Window2d, group: usize) -> Conv2dShape {
-    let x = &g.values[node.inputs[0]].shape;
-    let y = &g.values[node.outputs[0]].shape;
-    Conv2dShape {
-        in_c: x[1],
-        in_h: x[2],
-        in_w: x[3],
-        out_c: y[1],
-        out_h: y[2],
-        out_w: y[3],
-        kernel_h: w.kernel[0],
-        kernel_w: w.kernel[1],
-        stride_h: w.strides[0],
-        stride_w: w.strides[1],
-        dilation_h: w.dilations[0],
-        dilation_w: w.dilations[1],
-        pad_top: w.pads[0],
-        pad_left: w.pads[1],
-        group,
     }
 }
 

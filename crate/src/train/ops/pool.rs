@@ -9,6 +9,7 @@
 //!   Prod `dy · y / x`, SumSquare `2x·dy`, L2 `dy · x / y`.
 
 use super::{broadcast_strides, for_each_broadcast, strides, Bwd, Fwd, TrainOp};
+use crate::engine::pool_shape;
 use crate::ir::{ReduceOp, Window2d};
 use crate::kernels::pool::{avg_pool2d, global_avg_pool, global_max_pool, max_pool2d, reduce, Pool2dShape};
 
@@ -27,23 +28,7 @@ pub struct PoolNode {
 
 impl PoolNode {
     pub fn new(x: &[usize], y: &[usize], w: &Window2d, kind: Kind) -> PoolNode {
-        let s = Pool2dShape {
-            channels: x[0] * x[1],
-            in_h: x[2],
-            in_w: x[3],
-            out_h: y[2],
-            out_w: y[3],
-            kernel_h: w.kernel[0],
-            kernel_w: w.kernel[1],
-            stride_h: w.strides[0],
-            stride_w: w.strides[1],
-            dilation_h: w.dilations[0],
-            dilation_w: w.dilations[1],
-            pad_top: w.pads[0],
-            pad_left: w.pads[1],
-            pad_bottom: w.pads[2],
-            pad_right: w.pads[3],
-        };
+        let s = pool_shape(x, y, w);
         let divisors = match kind {
             Kind::Max => Vec::new(),
             Kind::Average { count_include_pad } => {

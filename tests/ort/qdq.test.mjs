@@ -215,32 +215,39 @@ test('our PTQ exports run in onnxruntime like in our engine', async () => {
   console.log(report.join('\n'));
 });
 
-// The int8 engine against onnxruntime's integer kernels (graph optimisations on). Marked todo:
-// it runs, and is reported, but it does not yet stay within onnxruntime's own spread (see the
-// report it prints); when it does, drop the todo.
-test("QDQ files (onnxruntime's and our PTQ exports) run on our int8 engine as in onnxruntime", { todo: 'the int8 engine is not yet within onnxruntime\'s spread' }, async () => {
+// The int8 engine (what the page and `run` deploy) against onnxruntime: onnxruntime's QDQ files
+// within 1 output step and our exports within 2 (issue #7 items 2 and 3), with the same top-1.
+// onnxruntime's two executions of one file (fused integer kernels and the unfused float graph)
+// differ from each other by up to 19 steps on BlazeFace's outputs and 3 on EfficientNet's: a
+// float sum landing next to a rounding boundary flips one step and later layers carry it. So
+// the bound applies to the nearer of the two executions, and grows to onnxruntime's own spread
+// where that is larger.
+test("QDQ files (onnxruntime's and our PTQ exports) run on our int8 engine as in onnxruntime", async () => {
   const report = [];
-  let ok = true;
+  const failures = [];
   for (const m of MODELS) {
     for (const s of [...STORAGES, 'ptq']) {
       const file = s === 'ptq' ? path.join(OUT, `${m.name}.ptq.onnx`) : path.join(FIXTURES, `${m.name}.${s}.onnx`);
+      const bound = s === 'ptq' ? 2 : 1;
       for (const image of IMAGES) {
         const run = ours(file, m, image, 'int8');
         const plain = await onnxruntime(file, m, run.input, 'disabled');
         const fused = await onnxruntime(file, m, run.input, 'all');
         for (const o of summary(file, m).outputs) {
           const step = outputStep(o, fused.get(o.name));
-          const d = steps(run.outputs.get(o.name), fused.get(o.name), step);
+          const mine = run.outputs.get(o.name);
+          const [toPlain, toFused] = [steps(mine, plain.get(o.name), step), steps(mine, fused.get(o.name), step)];
           const spread = steps(fused.get(o.name), plain.get(o.name), step);
-          const top1 = !m.classifier || argmax(run.outputs.get(o.name)) === argmax(fused.get(o.name));
-          report.push(`${m.name}.${s} ${image} ${o.name}: int8-ort max ${d.max.toFixed(1)} mean ${d.mean.toFixed(3)} steps (spread max ${spread.max.toFixed(1)}), top-1 ${top1 ? 'same' : 'DIFFERS'}`);
-          ok &&= top1 && withinSpread(d, spread);
+          const nearest = Math.min(toPlain.max, toFused.max);
+          const top1 = !m.classifier || (argmax(mine) === argmax(plain.get(o.name)) && argmax(mine) === argmax(fused.get(o.name)));
+          report.push(`${m.name}.${s} ${image} ${o.name}: int8 to ort unfused max ${toPlain.max.toFixed(1)}, fused max ${toFused.max.toFixed(1)} steps (ort's own spread ${spread.max.toFixed(1)}; bound ${bound}), top-1 ${top1 ? 'same' : 'DIFFERS'}`);
+          if (!top1 || nearest > Math.max(bound, spread.max) + 1e-3) failures.push(report.at(-1));
         }
       }
     }
   }
   console.log(report.join('\n'));
-  assert.ok(ok, 'the int8 engine is outside onnxruntime\'s spread somewhere (see the report)');
+  assert.deepEqual(failures, [], 'the int8 engine is further from onnxruntime than allowed');
 });
 
 test('our re-export of QDQ files runs in onnxruntime as the original does', async () => {

@@ -17,8 +17,8 @@
 //! [`Fp32Engine::fake_quantized`] is the plain fake-quantized float graph instead: each node in
 //! f32, each annotated output rounded once by `quantize_f32`. That is what QAT's training
 //! forward computes (bit for bit); it differs from the simulation where rounding an f32 result
-//! once and requantizing an exact accumulator with a 31-bit multiplier and two roundings land
-//! on different integers, rare one-step flips that then travel through the network.
+//! once and requantizing an exact accumulator with a 31-bit multiplier land on different
+//! integers, rare one-step flips that then travel through the network.
 
 use crate::ir::{Graph, Node, Op, ValueId};
 use crate::kernels::conv::{ConvTranspose2dShape, PackedConv2d, PackedConvTranspose2d};

@@ -15,7 +15,7 @@
 //!   can pass `2^24` for some channel, the reduction is cut at plan time into ranges that keep it
 //!   below (one masked copy of the weights per range, summed in i64): the accumulator is exact
 //!   on every path. The int32 bias is added and [`requantize_clamped`] (the kernels'
-//!   fixed-point multiplier, double rounding and fused clamp) gives the output integer.
+//!   fixed-point multiplier, single rounding and fused clamp) gives the output integer.
 //! - **Add, Sub, Mul, average pools, activations and PRelu as tables**: the int8 kernels'
 //!   scalar definitions on the integers ([`Qs8AddParams::add`], `requantize_clamped` of the
 //!   centred product, [`Qs8AvgPool2d`], [`qs8_global_avg_pool`], table lookups).

@@ -36,7 +36,7 @@
 //! exact i64 convolution and the same requantizers; natively and on wasm32 with simd128, where
 //! the pair-plane depthwise path is also compared bit for bit with the scalar kernels on every
 //! output width from 1 to 19 and more, all pads, multipliers 1 and 2, and requantizers on both
-//! sides of the single-nudge formula.
+//! sides of the split-shift formula.
 
 use super::super::conv::Conv2dShape;
 use super::gemm::{self, PackedWeightsQs8, NR};
@@ -1166,7 +1166,7 @@ mod tests {
     /// The pair-plane depthwise path (`dw_simd`) against the scalar kernels, bit for bit: every
     /// output width from 1 to 19 and a few wider ones (blocks of 8, the last one partial), one to
     /// five rows, every pad combination, channel multipliers 1 and 2, zero points at both ends,
-    /// requantizers that take the single-nudge formula and ones that cannot (multipliers of 1/2
+    /// requantizers that take the split-shift formula and ones that cannot (multipliers of 1
     /// and more, accumulator bounds too large), and a clamp.
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     #[test]

@@ -254,14 +254,15 @@ mod simd {
 
     /// `Requantizer::apply(x << ADD_LEFT_SHIFT)` for `|x| <= 255` and a requantizer with
     /// `shift <= 0`, on four i32 lanes without i64 products (`multiplier` split as
-    /// `mh · 2^11 + ml`, see `add`).
+    /// `mh · 2^11 + ml`, see `apply`).
     #[derive(Clone, Copy)]
     struct InputRescale {
         mh: v128,
         ml: v128,
+        /// `2^10` when `right = 0`, else 0; `2^(right - 1)` when `right >= 1`, else 0.
+        low_nudge: v128,
+        high_nudge: v128,
         right: u32,
-        mask: v128,
-        half: v128,
     }
 
     impl InputRescale {
@@ -270,33 +271,30 @@ mod simd {
             if shift > 0 || m < 0 {
                 return None;
             }
-            let right = -shift;
-            let mask = ((1i64 << right) - 1) as i32;
+            let right = (-shift) as u32;
             Some(InputRescale {
                 mh: i32x4_splat(m >> 11),
                 ml: i32x4_splat(m & 0x7ff),
-                right: right as u32,
-                mask: i32x4_splat(mask),
-                half: i32x4_splat(mask >> 1),
+                low_nudge: i32x4_splat(if right == 0 { 1 << 10 } else { 0 }),
+                high_nudge: i32x4_splat(if right == 0 { 0 } else { 1 << (right - 1) }),
+                right,
             })
         }
 
         #[inline(always)]
         fn apply(&self, x: v128) -> v128 {
-            // SaturatingRoundingDoublingHighMul(x · 2^20, m) = floor((x · m · 2^20 + 2^30) / 2^31)
-            // (see `requant::simd::requantize`) = floor((x · m + 2^10) / 2^11)
-            // = x · mh + floor((x · ml + 2^10) / 2^11): |x · mh| < 2^28, |x · ml| < 2^19.
+            // apply(x · 2^20) = floor((x · m · 2^20 + 2^(30 + r)) / 2^(31 + r))
+            //                 = floor((x · m + 2^(10 + r)) / 2^(11 + r)), and with
+            // x · m = x · mh · 2^11 + x · ml, dividing by 2^11 first (floors of power-of-two
+            // divisions compose):
+            //   r >= 1: floor((x · mh + 2^(r - 1) + floor(x · ml / 2^11)) / 2^r)
+            //   r  = 0: x · mh + floor((x · ml + 2^10) / 2^11).
+            // |x · mh| < 2^28 and |x · ml| < 2^19, so nothing leaves i32.
             let t = i32x4_add(
                 i32x4_mul(x, self.mh),
-                i32x4_shr(
-                    i32x4_add(i32x4_mul(x, self.ml), i32x4_splat(1 << 10)),
-                    11,
-                ),
+                i32x4_shr(i32x4_add(i32x4_mul(x, self.ml), self.low_nudge), 11),
             );
-            // RoundingDivideByPOT, as in `requant::simd::requantize`.
-            let remainder = v128_and(t, self.mask);
-            let threshold = i32x4_sub(self.half, i32x4_shr(t, 31));
-            i32x4_sub(i32x4_shr(t, self.right), i32x4_gt(remainder, threshold))
+            i32x4_shr(i32x4_add(t, self.high_nudge), self.right)
         }
     }
 
@@ -304,7 +302,7 @@ mod simd {
         const { assert!(ADD_LEFT_SHIFT == 20) };
         // The usual case: input multipliers of at most 1/2 (they are `s / (2 max(sa, sb))`)
         // and an output multiplier below 1/2, whose accumulators `|a'| + |b'| <= 255 · 2^20`
-        // allow the single-nudge formula.
+        // allow the split-shift formula.
         let out_rq = PreparedRequant::new(&p.out_requant, (255 << ADD_LEFT_SHIFT) + 2);
         if let (Some(ra), Some(rb), true) = (
             InputRescale::new(&p.a_requant),

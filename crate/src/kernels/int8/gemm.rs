@@ -25,7 +25,7 @@
 //! columns with `i16x8.load8x8_s` (two vectors), broadcasts each channel's weight pair with
 //! `v128.load32_splat` (no shuffle) and issues 8 `i32x4.dot_i16x8_s` (2 MACs per lane) and 8
 //! adds: 18 vector operations per 64 MACs, against a peak of 16 for `dot_i16x8` + add. The
-//! epilogue requantizes with the channels' [`PreparedRequant`] (the single-nudge formula when
+//! epilogue requantizes with the channels' [`PreparedRequant`] (the split-shift formula when
 //! all 4 channels allow it, about 14 vector operations per 4 outputs), narrows with saturation
 //! and stores 8 bytes per row.
 //!
@@ -50,7 +50,7 @@
 //! output scales come from the accumulator range so every output code occurs. The tests run
 //! natively and on wasm32 with simd128, where the whole GEMM is the simd128 microkernel, which
 //! is also compared bit for bit with the scalar one on 1 and 3 panels, with requantizers that
-//! take the single-nudge formula and ones that cannot.
+//! take the split-shift formula and ones that cannot.
 
 use super::requant::{OutputParams, PreparedRequant, Requantizer};
 
@@ -541,7 +541,7 @@ fn qs8_gemm_minmax_4x8c2_scalar(
 /// The simd128 version of `qs8_gemm_minmax_4x8c2_scalar`, bit for bit the same results.
 /// Per k pair: two `i16x8.load8x8_s` of X (8 columns), one broadcast load per channel of its
 /// weight pair (no shuffles), 8 `i32x4.dot_i16x8_s` and 8 adds. The epilogue requantizes with
-/// the single-nudge formula of `PreparedRequant` when all 4 channels allow it (else per
+/// the split-shift formula of `PreparedRequant` when all 4 channels allow it (else per
 /// channel), narrows with saturation and stores 8 bytes per row.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 #[allow(clippy::too_many_arguments)]

@@ -12,10 +12,11 @@
 //!   `bias_q` in i32 at scale `sx · sw[c]`. The packers fold the zero point into the bias,
 //!   `bias_q[c] - zx · Σ_k w_q[c][k]`, so inner loops compute a plain `Σ x_q · w_q`; padding
 //!   reads the input zero point (a real 0), never the integer 0.
-//! - **Requantization** is TFLite/gemmlowp's: the real multiplier `M = sx · sw[c] / sy` becomes a
-//!   Q31 multiplier and a shift ([`Requantizer::from_real`], TFLite's `QuantizeMultiplier`), and
-//!   `out = clamp(zy + Requantizer::apply(acc), qmin, qmax)` with `apply` =
-//!   `RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(acc << left, multiplier), right)`.
+//! - **Requantization** is TFLite's: the real multiplier `M = sx · sw[c] / sy` becomes a Q31
+//!   multiplier and a shift ([`Requantizer::from_real`], TFLite's `QuantizeMultiplier`), and
+//!   `out = clamp(zy + Requantizer::apply(acc), qmin, qmax)` with `apply` TFLite's
+//!   single-rounding `MultiplyByQuantizedMultiplier`: `(acc · multiplier + 2^(t-1)) >> t`,
+//!   `t = 31 - shift` (see `requant.rs` for why not the double-rounding build).
 //!   `qmin`/`qmax` carry a fused ReLU/ReLU6/Clip: the caller quantizes the activation's real
 //!   bounds with the output scale and zero point and intersects them with `[-128, 127]`.
 //! - **Simulation**: the simulation (`engine::sim`) computes these same integers in float: exact
@@ -24,8 +25,8 @@
 //!   training instead rounds each f32 result once with [`quantize_f32`] (round half to even of
 //!   `x / scale`, plus the zero point, clamped). For an integer accumulator `acc` at scale
 //!   `sx · sw`, `zy + apply(acc)` and `quantize_f32(acc · sx · sw, sy, zy, ..)` differ by at most
-//!   one step: both round the same real value, one with a multiplier rounded to 31 bits and
-//!   rounding twice (half away from zero), the other in f32 with ties to even. `requant.rs` tests
+//!   one step: both round the same real value once, one with a multiplier rounded to 31 bits
+//!   (ties up), the other in f32 (ties to even). `requant.rs` tests
 //!   this bound on random data.
 //!
 //! # Kernels and paths

@@ -1,28 +1,32 @@
 //! Requantization: an i32 accumulator to an int8 output, and the float quantizer it stands for.
 //!
 //! # Contract
-//! - [`Requantizer::from_real`] is TFLite's `QuantizeMultiplier` (double-rounding build): the
-//!   real multiplier `m = q · 2^shift` with `q` in `[0.5, 1)` is stored as
-//!   `multiplier = round(q · 2^31)` (half away from zero; a carry to `2^31` halves it and bumps
-//!   `shift`), and multipliers below `2^-32` (shift < -31 after rounding) flush to zero.
-//! - [`Requantizer::apply`] is TFLite's `MultiplyByQuantizedMultiplier`:
-//!   `RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(acc · 2^left, multiplier), right)`
-//!   with `left = max(shift, 0)`, `right = max(-shift, 0)`. The high multiply rounds
-//!   `acc · multiplier / 2^31` to nearest with ties up; the divide rounds to nearest with ties
-//!   away from zero. The result is within one of `round(acc · m)`.
+//! - [`Requantizer::from_real`] is TFLite's `QuantizeMultiplier`: the real multiplier
+//!   `m = q · 2^shift` with `q` in `[0.5, 1)` is stored as `multiplier = round(q · 2^31)` (half
+//!   away from zero; a carry to `2^31` halves it and bumps `shift`), and multipliers below
+//!   `2^-32` (shift < -31 after rounding) flush to zero.
+//! - [`Requantizer::apply`] is TFLite's `MultiplyByQuantizedMultiplier` in its single-rounding
+//!   build (`TFLITE_SINGLE_ROUNDING`): `(acc · multiplier + 2^(t - 1)) >> t` in i64 with
+//!   `t = 31 - shift`, that is `acc · m` rounded to nearest once, ties toward +inf.
+//!   Why not the double-rounding build (a rounding high multiply, then a rounding shift): its
+//!   first rounding moves values that lie just below a half onto it, so it misses the nearest
+//!   integer far more often than one rounding does. Those one-step misses travel through the
+//!   layers: on BlazeFace-128 the int8 engine was up to 59 output steps from the same graph
+//!   computed in float (what onnxruntime runs for a QDQ file), and 15 with one rounding.
+//!   One rounding is also cheaper in SIMD128.
 //! - The kernels produce `clamp(zy + apply(acc), qmin, qmax)`, computed without overflow.
 //! - [`quantize_f32`] is the float quantizer of fake quantization (activations between float
 //!   nodes, lookup tables, training); see the module docs of `int8` for how it relates to
 //!   requantization.
 //!
 //! # SIMD128
-//! `simd::requantize` applies one requantizer to four i32 lanes with `i64x2.extmul` for the
-//! high multiply, and `simd::narrow_clamp` adds the zero point and clamps with saturating
-//! narrows; `simd128_requantize_matches_scalar` checks them bit for bit on wasm32. The GEMM
-//! and depthwise kernels use [`PreparedRequant`] instead: the same result with one rounding
-//! nudge instead of two (`simd::requantize_fast`, proved in its docs, checked exhaustively on
-//! ties and randomly natively, and bit for bit against `apply` on wasm32), about 14 vector
-//! operations per 4 lanes on x64 against about 20.
+//! `simd::requantize` applies one requantizer to four i32 lanes with `i64x2.extmul` and an
+//! arithmetic i64 shift, and `simd::narrow_clamp` adds the zero point and clamps with
+//! saturating narrows; `simd128_requantize_matches_scalar` checks them bit for bit on wasm32.
+//! The GEMM, depthwise and Add kernels use [`PreparedRequant`] when the accumulator bound allows:
+//! a logical i64 shift by 31 and an i32 shift instead of the arithmetic i64 shift, which x64
+//! engines emulate with several instructions (`simd::requantize_fast`, proved in its docs,
+//! checked on ties and randomly natively, and bit for bit against `apply` on wasm32).
 //!
 //! # Tests
 //! Published TFLite examples, `round(acc · m)` within 1 over random multipliers and
@@ -41,8 +45,8 @@ pub struct Requantizer {
 
 impl Requantizer {
     /// The exclusive upper bound of `from_real`'s argument: it keeps `shift <= 30` (29 from the
-    /// exponent, plus a rounding carry), so `2^left` fits an i32, as TFLite's double-rounding
-    /// build assumes.
+    /// exponent, plus a rounding carry), so the rounding shift `31 - shift` is at least 1, as
+    /// TFLite assumes.
     pub const MAX_REAL: f64 = (1u64 << 29) as f64;
 
     /// Quantizes `m` in `[0, MAX_REAL)`. Conv multipliers `sx · sw / sy` are usually below 1;
@@ -90,45 +94,16 @@ impl Requantizer {
         self.multiplier as f64 * 2f64.powi(self.shift - 31)
     }
 
-    /// `acc · m`, rounded as TFLite does (see the module contract). Requires
-    /// `|acc| · 2^max(shift, 0) < 2^31`, which TFLite also assumes; beyond it the shifted value
-    /// wraps, as in the SIMD path (debug builds panic instead).
+    /// `acc · m`, rounded as TFLite does (see the module contract). Requires the result to fit
+    /// an i32 (`|acc · m| < 2^31`), which TFLite also assumes; beyond it the result wraps to its
+    /// low 32 bits, as in the SIMD path (debug builds panic instead).
     #[inline]
     pub fn apply(&self, acc: i32) -> i32 {
-        let left = self.shift.max(0);
-        let right = (-self.shift).max(0);
-        debug_assert!(
-            acc.checked_mul(1 << left).is_some(),
-            "accumulator {acc} overflows the left shift {left}"
-        );
-        rounding_divide_by_pot(
-            saturating_rounding_doubling_high_mul(acc.wrapping_mul(1 << left), self.multiplier),
-            right,
-        )
+        let total = 31 - self.shift;
+        let y = (acc as i64 * self.multiplier as i64 + (1i64 << (total - 1))) >> total;
+        debug_assert!(i32::try_from(y).is_ok(), "requantized accumulator {acc} · {self:?} overflows i32");
+        y as i32
     }
-}
-
-/// gemmlowp's `SaturatingRoundingDoublingHighMul`: `a · b / 2^31` rounded to nearest (ties
-/// toward +inf), saturating the single overflow case `a = b = i32::MIN`.
-#[inline]
-fn saturating_rounding_doubling_high_mul(a: i32, b: i32) -> i32 {
-    if a == i32::MIN && b == i32::MIN {
-        return i32::MAX;
-    }
-    let ab = a as i64 * b as i64;
-    let nudge = if ab >= 0 { 1 << 30 } else { 1 - (1 << 30) };
-    // Rust's integer division truncates toward zero, like C's.
-    ((ab + nudge) / (1i64 << 31)) as i32
-}
-
-/// gemmlowp's `RoundingDivideByPOT`: `x / 2^exponent` rounded to nearest, ties away from zero.
-#[inline]
-fn rounding_divide_by_pot(x: i32, exponent: i32) -> i32 {
-    debug_assert!((0..=31).contains(&exponent));
-    let mask = ((1i64 << exponent) - 1) as i32;
-    let remainder = x & mask;
-    let threshold = (mask >> 1) + (x < 0) as i32;
-    (x >> exponent) + (remainder > threshold) as i32
 }
 
 /// `clamp(zero_point + rq.apply(acc), qmin, qmax)`: the output of every int8 kernel.
@@ -198,19 +173,18 @@ pub fn channel_requantizers(
 /// A [`Requantizer`] prepared for the epilogue of a kernel whose accumulators are bounded by
 /// `max_abs_acc` (known at pack time: `|bias| + 128 · Σ|w|`).
 ///
-/// When the shift is negative (`r = -shift >= 1`, every convolution multiplier below 1/2) and
-/// the bound allows it, the two roundings of `apply` fold into one i64 nudge:
-/// `apply(x) = (T + (x >> 31)) >> r` with `T = floor((x · multiplier + 2^30 + 2^(30 + r)) / 2^31)`.
-/// Proof: `SaturatingRoundingDoublingHighMul` is `t = floor((x · multiplier + 2^30) / 2^31)`,
-/// so `T = t + 2^(r-1)`; `RoundingDivideByPOT` is `floor((t + 2^(r-1) - [t < 0]) / 2^r)`, and
-/// `[t < 0]` may be replaced by `[x < 0]` since they differ only when `x < 0 <= t`, where
-/// `t = 0` and both give 0. `T` fits an i32 when `max_abs_acc · multiplier + 2^30 + 2^(30+r)
-/// < 2^62` ([`PreparedRequant::fast`]); otherwise (and for shifts >= 0) the kernels use the
-/// general [`simd::requantize`].
+/// When the shift is not positive (`r = -shift >= 0`, every convolution multiplier below 1) and
+/// the bound allows it, the i64 shift by `31 + r` of `apply` splits into a logical i64 shift by
+/// 31 that keeps the low 32 bits and an i32 shift by `r`:
+/// `apply(x) = T >> r` with `T = floor((x · multiplier + 2^(30 + r)) / 2^31)`, since
+/// `floor(floor(a / 2^31) / 2^r) = floor(a / 2^(31 + r))`. The low 32 bits of the logical shift
+/// are `T` when `T` fits an i32, that is when `max_abs_acc · multiplier + 2^(30+r) < 2^62`
+/// ([`PreparedRequant::fast`]); otherwise (and for positive shifts) the kernels use the general
+/// [`simd::requantize`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C, align(16))]
 pub(super) struct PreparedRequant {
-    /// `nudge = 2^30 + 2^(30 + r)` as two i64 lanes.
+    /// `nudge = 2^(30 + r)` as two i64 lanes.
     pub nudge: [i64; 2],
     /// The multiplier in four i32 lanes. Stored splatted rather than splatted in the kernel:
     /// LLVM rewrites `i64x2.extmul` of a known splat into `i64x2.mul` of sign-extended
@@ -225,8 +199,8 @@ pub(super) struct PreparedRequant {
 impl PreparedRequant {
     pub fn new(rq: &Requantizer, max_abs_acc: u32) -> PreparedRequant {
         let right = (-rq.shift).max(0) as u32;
-        let nudge = (1i64 << 30) + (1i64 << (30 + right.min(31)));
-        let fast = rq.shift < 0
+        let nudge = 1i64 << (30 + right.min(31));
+        let fast = rq.shift <= 0
             && (max_abs_acc as i128) * (rq.multiplier as i128) + (nudge as i128) < (1i128 << 62);
         PreparedRequant {
             nudge: [nudge; 2],
@@ -242,7 +216,7 @@ impl PreparedRequant {
     pub fn apply_fast(&self, x: i32) -> i32 {
         assert!(self.fast);
         let t = ((x as i64 * self.multiplier[0] as i64 + self.nudge[0]) >> 31) as i32;
-        (t + (x >> 31)) >> self.right
+        t >> self.right
     }
 }
 
@@ -258,73 +232,46 @@ pub(super) mod simd {
     pub struct Lanes {
         /// Read with a volatile load in `requantize` (see `prepared_lanes`).
         multiplier: [i32; 4],
-        left: u32,
-        right: u32,
-        /// `2^right - 1` and `(2^right - 1) >> 1`: the remainder mask and the rounding
-        /// threshold of a non-negative value.
-        mask: v128,
-        half: v128,
+        /// The rounding shift `31 - shift` and its nudge `2^(total - 1)` in two i64 lanes.
+        total: u32,
+        nudge: v128,
     }
 
     impl Lanes {
         #[inline(always)]
         pub fn new(rq: &Requantizer) -> Lanes {
-            let right = (-rq.shift).max(0);
-            let mask = ((1i64 << right) - 1) as i32;
+            let total = (31 - rq.shift) as u32;
             Lanes {
                 multiplier: [rq.multiplier; 4],
-                left: rq.shift.max(0) as u32,
-                right: right as u32,
-                mask: i32x4_splat(mask),
-                half: i32x4_splat(mask >> 1),
+                total,
+                nudge: i64x2_splat(1 << (total - 1)),
             }
         }
     }
 
-    /// `Requantizer::apply` on four lanes, bit for bit.
+    /// `Requantizer::apply` on four lanes, bit for bit: the i64 products, the nudge, an
+    /// arithmetic shift (emulated with several instructions on x64, hence `requantize_fast`
+    /// where a bound allows), and the low 32 bits of each lane.
     #[inline(always)]
     pub fn requantize(acc: v128, l: &Lanes) -> v128 {
-        // Wraps like the scalar `wrapping_mul(1 << left)`. Conv multipliers are below 1, so
-        // the (uniform, predictable) branch usually skips a shift by a variable count, which
-        // costs three instructions on x64.
-        let x = if l.left != 0 {
-            i32x4_shl(acc, l.left)
-        } else {
-            acc
-        };
-        // SaturatingRoundingDoublingHighMul. Scalar: trunc((ab + nudge) / 2^31) with nudge
-        // 2^30 for ab >= 0 and 1 - 2^30 otherwise. For ab < 0 the sum is negative and
-        // truncation is floor((ab + 1 - 2^30 + 2^31 - 1) / 2^31) = floor((ab + 2^30) / 2^31);
-        // for ab >= 0 it is the same floor. So it is (ab + 2^30) >> 31, which fits an i32
-        // because the multiplier is never i32::MIN (the saturating case). Only the low 32 bits
-        // of each shifted i64 are kept, so a logical shift does (x64 has no arithmetic i64
-        // shift before AVX-512, and engines emulate it with several instructions).
-        let nudge = i64x2_splat(1 << 30);
         // SAFETY: a 16-byte read of a 16-byte field.
         let multiplier = unsafe { core::ptr::read_volatile(l.multiplier.as_ptr() as *const v128) };
-        let lo = i64x2_add(i64x2_extmul_low_i32x4(x, multiplier), nudge);
-        let hi = i64x2_add(i64x2_extmul_high_i32x4(x, multiplier), nudge);
-        let (lo, hi) = (u64x2_shr(lo, 31), u64x2_shr(hi, 31));
-        let t = i32x4_shuffle::<0, 2, 4, 6>(lo, hi);
-        // RoundingDivideByPOT, as in scalar: the threshold is `half + (t < 0)`, and
-        // `t >> 31` is -1 exactly for negative lanes; a true comparison is -1, so subtracting
-        // it adds the rounding increment.
-        let remainder = v128_and(t, l.mask);
-        let threshold = i32x4_sub(l.half, i32x4_shr(t, 31));
-        i32x4_sub(i32x4_shr(t, l.right), i32x4_gt(remainder, threshold))
+        let lo = i64x2_shr(i64x2_add(i64x2_extmul_low_i32x4(acc, multiplier), l.nudge), l.total);
+        let hi = i64x2_shr(i64x2_add(i64x2_extmul_high_i32x4(acc, multiplier), l.nudge), l.total);
+        i32x4_shuffle::<0, 2, 4, 6>(lo, hi)
     }
 
-    /// `Requantizer::apply` on four lanes by the single-nudge formula of [`PreparedRequant`]
-    /// (only for a prepared requantizer with `fast` set): `multiplier` is its i32 splat,
-    /// `nudge` its i64 splat.
+    /// `Requantizer::apply` on four lanes by the split shift of [`PreparedRequant`] (only for
+    /// a prepared requantizer with `fast` set): `multiplier` is its i32 splat, `nudge` its i64
+    /// splat.
     #[inline(always)]
     pub fn requantize_fast(acc: v128, multiplier: v128, nudge: v128, right: u32) -> v128 {
         let lo = i64x2_add(i64x2_extmul_low_i32x4(acc, multiplier), nudge);
         let hi = i64x2_add(i64x2_extmul_high_i32x4(acc, multiplier), nudge);
-        // Bits 31..63 of each i64 (which fit an i32 by the `fast` condition): a logical
+        // Bits 31..62 of each i64 (which fit an i32 by the `fast` condition): a logical
         // shift, since only the low 32 bits are kept.
         let t = i32x4_shuffle::<0, 2, 4, 6>(u64x2_shr(lo, 31), u64x2_shr(hi, 31));
-        i32x4_shr(i32x4_add(t, i32x4_shr(acc, 31)), right)
+        i32x4_shr(t, right)
     }
 
     /// The multiplier and nudge lanes of a prepared requantizer, loaded from memory.
@@ -443,21 +390,17 @@ mod tests {
     }
 
     #[test]
-    fn rounding_primitives_follow_gemmlowp() {
-        // Ties: the high multiply rounds up, the divide rounds away from zero.
-        assert_eq!(saturating_rounding_doubling_high_mul(1 << 30, 1), 1); // +0.5 -> 1
-        assert_eq!(saturating_rounding_doubling_high_mul(-(1 << 30), 1), 0); // -0.5 -> 0
-        assert_eq!(
-            saturating_rounding_doubling_high_mul(i32::MIN, i32::MIN),
-            i32::MAX
-        );
-        assert_eq!(rounding_divide_by_pot(5, 1), 3);
-        assert_eq!(rounding_divide_by_pot(-5, 1), -3);
-        assert_eq!(rounding_divide_by_pot(-6, 2), -2);
-        assert_eq!(rounding_divide_by_pot(7, 0), 7);
-        assert_eq!(rounding_divide_by_pot(i32::MIN, 31), -1);
-        assert_eq!(rounding_divide_by_pot(i32::MAX, 31), 1);
-        assert_eq!(rounding_divide_by_pot((1 << 30) - 1, 31), 0);
+    fn apply_rounds_once_with_ties_up() {
+        let half = Requantizer::from_real(0.5);
+        assert_eq!([1, -1, 3, -3, 4, -4].map(|x| half.apply(x)), [1, 0, 2, -1, 2, -2]);
+        let quarter = Requantizer::from_real(0.25);
+        assert_eq!([2, -2, 6, -6, 5, -5, 7, -7].map(|x| quarter.apply(x)), [1, 0, 2, -1, 1, -1, 2, -2]);
+        // A value just below a half stays below: the double-rounding build rounds
+        // acc · multiplier / 2^31 first and would carry it onto the tie.
+        let r = Requantizer { multiplier: (1 << 30) + 1, shift: -1 }; // just above 1/4
+        assert_eq!(r.apply(-2), -1); // -0.5000000005 -> -1
+        let r = Requantizer { multiplier: (1 << 30) + 1, shift: -2 }; // just above 1/8
+        assert_eq!(r.apply(3), 0); // 0.3750000003 -> 0
     }
 
     /// A random multiplier spanning conv (tiny) to Add (above 1) ranges.
@@ -481,11 +424,10 @@ mod tests {
                 (got - exact.round()).abs() <= 1.0,
                 "seed {seed:#x} case {i}: acc={acc} m={m} got {got}, want {exact}"
             );
-            // Away from ties the result is exactly round(acc · m): the first rounding moves the
-            // value by at most 2^-(right + 1) and the 31-bit multiplier by |exact| · 2^-30.
-            let right = (-r.shift()).max(0);
+            // Away from ties the result is exactly round(acc · m): one rounding, of a product
+            // whose 31-bit multiplier moves it by at most |exact| · 2^-30.
             let from_tie = (exact - exact.floor() - 0.5).abs();
-            if from_tie > 2f64.powi(-right - 1) + exact.abs() * 2f64.powi(-30) + 1e-9 {
+            if from_tie > exact.abs() * 2f64.powi(-30) + 1e-9 {
                 assert_eq!(
                     got,
                     exact.round(),
@@ -566,7 +508,7 @@ mod tests {
         Requantizer::from_real(-0.5);
     }
 
-    /// The single-nudge formula of `PreparedRequant` equals `apply` wherever it is enabled:
+    /// The split-shift formula of `PreparedRequant` equals `apply` wherever it is enabled:
     /// random and extreme accumulators within the bound, every right shift.
     #[test]
     fn prepared_fast_formula_equals_apply() {
@@ -578,7 +520,7 @@ mod tests {
                 0 => Requantizer::from_real(2f64.powf(-33.0 + 33.0 * rng.unit())),
                 _ => Requantizer {
                     multiplier: rng.int(1 << 30, i32::MAX as i64) as i32,
-                    shift: rng.int(-31, -1) as i32,
+                    shift: rng.int(-31, 0) as i32,
                 },
             };
             let bound = match i % 4 {
@@ -589,7 +531,7 @@ mod tests {
             let p = PreparedRequant::new(&rq, bound);
             if !p.fast {
                 assert!(
-                    rq.shift() >= 0
+                    rq.shift() > 0
                         || bound as i128 * rq.multiplier() as i128 + p.nudge[0] as i128 >= 1 << 62
                 );
                 continue;
@@ -616,14 +558,14 @@ mod tests {
         }
         assert!(fast > 100_000);
         // Ties: accumulators whose product lands exactly on a rounding boundary.
-        for shift in -31..=-1 {
+        for shift in -31..=0 {
             let rq = Requantizer {
                 multiplier: 1 << 30,
                 shift,
             };
             let p = PreparedRequant::new(&rq, 1 << 30);
             assert!(p.fast);
-            let unit = 1i64 << (-shift); // acc · 2^-1 · 2^shift = ±1/2 · unit multiples
+            let unit = 1i64 << (-shift); // acc = k · unit gives acc · m = k / 2: a tie for odd k
             for k in -4..=4i64 {
                 for d in [-1, 0, 1] {
                     let acc = (k * unit + d).clamp(-(1 << 30), 1 << 30) as i32;
@@ -642,7 +584,7 @@ mod tests {
         for i in 0..20000 {
             let rq = Requantizer {
                 multiplier: rng.int(1 << 30, i32::MAX as i64) as i32,
-                shift: rng.int(-31, -1) as i32,
+                shift: rng.int(-31, 0) as i32,
             };
             let bound = if i % 2 == 0 {
                 1 << 30

@@ -188,6 +188,18 @@ export class EngineClient extends EventTarget {
     return { promise, cancel };
   }
 
+  /**
+   * Starts the sensitivity analysis on the kept calibration frames. Returns the request's
+   * promise and a `cancel()` that asks the worker to stop after the current slice (the promise
+   * then resolves with `cancelled: true` and no ranking). The timeout applies to the whole run.
+   * @param {{timeoutMs?: number, onProgress?: (p: import('./protocol.js').ProgressReply & import('./protocol.js').SensitivityProgress) => void}} [options]
+   */
+  sensitivity({ timeoutMs = 3_600_000, onProgress } = {}) {
+    const { id, promise } = this.#send(Req.SENSITIVITY, {}, { timeoutMs, onProgress });
+    const cancel = () => this.request(Req.CANCEL, { target: id }).catch(() => ({ found: false }));
+    return { promise, cancel };
+  }
+
   /** Stops the worker now; pending requests are rejected, the next request starts a new one. */
   restart(reason = 'restarted') {
     this.#replace(new EngineError(reason, { kind: 'crash', fatal: true }));

@@ -33,7 +33,7 @@ const SIMD_PROBE = new Uint8Array([
   0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 10, 1, 8, 0, 65, 0, 253, 15, 253, 98, 11,
 ]);
 
-const FEATURE_NAMES = { ptq: 'PTQ', qat: 'QAT', runVariant: 'int8 inference', layerErrors: 'layer errors', histogram: 'histograms', exportOnnx: 'ONNX export' };
+const FEATURE_NAMES = { ptq: 'PTQ', qat: 'QAT', runVariant: 'int8 inference', layerErrors: 'layer errors', histogram: 'histograms', exportOnnx: 'ONNX export', sensitivity: 'sensitivity analysis' };
 const NOT_IN_BUILD = 'not available in this build';
 
 const client = new EngineClient();
@@ -60,6 +60,11 @@ const state = {
   /** layers: reports.js Layer[] (per quantized tensor, SQNR against FP32) */
   ptq: { state: 'idle', config: null, report: null, layers: null, frameIds: [], stale: false },
   qat: { state: 'idle', config: null, result: null, layers: null, losses: [], saved: null },
+  /**
+   * The sensitivity analysis: state 'idle' | 'running' | 'done' | 'cancelled' | 'error' |
+   * 'unavailable'; ranking: protocol.js Sensitivity; stale: a PTQ was built since.
+   */
+  sensitivity: { state: 'idle', ranking: null, stale: false },
   /** 'webcam' | 'sample:FILE' | 'frame:ID' */
   source: `sample:${DEFAULT_MODEL.image}`,
   /** @type {Promise<string[]> | null} */
@@ -192,7 +197,11 @@ function restore(reason) {
         if (frames.length && state.ptq.config) {
           setPtqState('running');
           const built = await buildPtq(frames, state.ptq.config, { job: { cancelled: false } });
+          // The same frames and settings: a ranking made on them still holds.
+          const { stale } = state.sensitivity;
           finishPtq(built, state.ptq.config, frames);
+          state.sensitivity.stale = stale;
+          renderSensitivity();
           done.push(`PTQ (rebuilt from ${frames.length} calibration frames)`);
         } else {
           resetPtq('The engine restarted: quantize again.');
@@ -1084,13 +1093,15 @@ function setPtqState(s) {
   field('ptq-badge').textContent = { idle: 'not run', running: 'running', done: 'done', error: 'failed', unavailable: NOT_IN_BUILD, cancelled: 'cancelled' }[s] ?? s;
   updatePtqButton();
   updateQatButton();
+  updateSensitivityButtons();
   updatePanes();
   updateDownloads();
 }
 
 function updatePtqButton() {
   const button = $('#ptq-run');
-  button.disabled = !state.features.ptq || !state.model?.image || state.ptq.state === 'running' || state.qat.state === 'running' || store.size === 0;
+  button.disabled =
+    !state.features.ptq || !state.model?.image || state.ptq.state === 'running' || state.qat.state === 'running' || state.sensitivity.state === 'running' || store.size === 0;
   button.title = !state.features.ptq ? NOT_IN_BUILD : store.size === 0 ? 'Add calibration frames first' : '';
 }
 
@@ -1102,6 +1113,7 @@ function resetPtq(message) {
   for (const name of ['ptq-weights', 'ptq-layers', 'ptq-float', 'ptq-fidelity']) field(name).textContent = '–';
   setPtqState(state.features.ptq ? 'idle' : 'unavailable');
   if (state.features.ptq) notice(field('ptq-notice'), message);
+  resetSensitivity('');
   renderInsight();
 }
 
@@ -1139,17 +1151,27 @@ function finishPtq(built, config, frames) {
   for (const v of ['ptq', 'qat']) panes[v].resetMetrics();
   setPtqState('done');
   resetQat('');
+  if (state.sensitivity.ranking) {
+    state.sensitivity.stale = true;
+    renderSensitivity();
+  }
   renderLayerList();
   renderInsight();
   checkPreprocess();
 }
 
-ptqForm.addEventListener('submit', async (event) => {
+ptqForm.addEventListener('submit', (event) => {
   event.preventDefault();
-  if (!state.features.ptq || state.ptq.state === 'running') return;
+  runPtq();
+});
+
+/** Calibrates on every frame of the strip with the form's settings and quantizes. Resolves
+ * true when the PTQ variant was built. */
+async function runPtq() {
+  if (!state.features.ptq || state.ptq.state === 'running' || state.sensitivity.state === 'running') return false;
   if (!store.size) {
     notice(field('ptq-notice'), 'Add calibration frames first (4).', 'warn');
-    return;
+    return false;
   }
   await ready();
   const config = readPtqConfig();
@@ -1173,17 +1195,18 @@ ptqForm.addEventListener('submit', async (event) => {
         panes.ptq.setState('empty', what ?? `Calibrating: frame ${done} of ${total}…`);
       },
     });
-    if (ptqJob !== job) return; // superseded (new model, restart)
+    if (ptqJob !== job) return false; // superseded (new model, restart)
     if (!built) {
       state.ptq.frameIds = [];
       setPtqState('cancelled');
       notice(field('ptq-notice'), 'Cancelled: nothing was quantized.', 'warn');
-      return;
+      return false;
     }
     finishPtq(built, config, frames);
     notice(field('ptq-notice'), `Quantized from ${frames.length} frames in ${formatDuration(performance.now() - t0)}.`, 'ok');
+    return true;
   } catch (err) {
-    if (ptqJob !== job) return;
+    if (ptqJob !== job) return false;
     if (err.notAvailable) {
       state.features.ptq = false;
       setPtqState('unavailable');
@@ -1195,11 +1218,12 @@ ptqForm.addEventListener('submit', async (event) => {
       setPtqState('error');
       notice(field('ptq-notice'), `Quantization failed: ${err.message}`, 'error');
     }
+    return false;
   } finally {
     if (ptqJob === job) ptqJob = null;
     kick();
   }
-});
+}
 
 $('#ptq-cancel').addEventListener('click', () => {
   if (ptqJob) ptqJob.cancelled = true;
@@ -1213,15 +1237,20 @@ function renderLayerList() {
   if (!m) return list.replaceChildren();
   const kept = new Set(state.ptq.config?.keepFloat ?? [...list.querySelectorAll('input:checked')].map((el) => el.value));
   const sqnr = sqnrByNode(state.ptq.layers ?? []);
+  // Layers without weights (Add, activations, pools...) are listed once the PTQ settings keep
+  // them in float (the sensitivity analysis's choice); not from the ticks alone, which may be
+  // another model's.
+  const weighted = new Set(m.summary.quantizable.map((l) => l.name));
+  const extra = (state.ptq.config?.keepFloat ?? []).filter((name) => !weighted.has(name)).map((name) => ({ name, op: opOfNode(name), weightShape: null }));
   list.replaceChildren(
-    ...m.summary.quantizable.map((layer) => {
+    ...[...m.summary.quantizable, ...extra].map((layer) => {
       const s = sqnr.get(layer.name);
       return h(
         'li',
         { dataset: { layer: layer.name } },
         h(
           'label',
-          { title: `${layer.name}: ${layer.op}, weights ${formatShape(layer.weightShape)}` },
+          { title: layer.weightShape ? `${layer.name}: ${layer.op}, weights ${formatShape(layer.weightShape)}` : `${layer.name}: ${layer.op} (no weights)` },
           h('input', { type: 'checkbox', value: layer.name, checked: kept.has(layer.name), disabled: !state.features.ptq }),
           h('span', { class: 'layer-name' }, layer.name),
           h('span', { class: `sqnr${Number.isFinite(s) && s < 20 ? ' bad' : ''}` }, Number.isFinite(s) ? `${s.toFixed(1)} dB` : s === Infinity ? 'lossless' : layer.op),
@@ -1232,6 +1261,13 @@ function renderLayerList() {
   updateKeepCount();
   $('#keep-worst').disabled = !sqnr.size || !state.features.ptq;
   filterLayers();
+}
+
+/** A node's op as the engine reported it (sensitivity ranking, PTQ float nodes), else ''. */
+function opOfNode(name) {
+  const ranked = state.sensitivity.ranking?.layers.find((l) => l.node === name);
+  const float = state.ptq.report?.floatNodes?.find((n) => n.name === name);
+  return ranked?.op ?? float?.op ?? '';
 }
 
 function updateKeepCount() {
@@ -1258,6 +1294,172 @@ $('#keep-worst').addEventListener('click', () => {
   notice(field('ptq-notice'), `Keeping ${[...worst].join(', ')} in float: quantize again to see the difference.`);
 });
 
+// --- sensitivity analysis -----------------------------------------------------------------------
+
+let sensitivityRun = null;
+
+function setSensitivityState(s) {
+  state.sensitivity.state = s;
+  $('#sensitivity').dataset.state = s;
+  $('#sensitivity-progress').classList.toggle('active', s === 'running');
+  updateSensitivityButtons();
+  updatePtqButton();
+  updateQatButton();
+}
+
+function updateSensitivityButtons() {
+  const f = state.features;
+  const running = state.sensitivity.state === 'running';
+  const run = $('#sensitivity-run');
+  run.disabled = !f.sensitivity || running || state.ptq.state !== 'done' || state.qat.state === 'running';
+  run.title = !f.sensitivity ? NOT_IN_BUILD : state.ptq.state !== 'done' ? 'Quantize first: the analysis uses the calibration' : '';
+  $('#sensitivity-cancel').disabled = !running;
+  const ranking = state.sensitivity.ranking;
+  $('#sensitivity-keep').disabled =
+    !ranking || state.sensitivity.stale || running || !f.ptq || state.ptq.state === 'running' || state.qat.state === 'running' || !ranking.layers.length;
+}
+
+function resetSensitivity(message) {
+  if (sensitivityRun) sensitivityRun.cancel();
+  sensitivityRun = null;
+  state.sensitivity = { state: 'idle', ranking: null, stale: false };
+  setSensitivityState(state.features.sensitivity ? 'idle' : 'unavailable');
+  renderSensitivity();
+  if (state.features.sensitivity) notice(field('sensitivity-notice'), message);
+}
+
+/** The ranking: rank, layer, op, share of the output noise as a bar and a percentage. */
+function renderSensitivity() {
+  const { ranking, stale } = state.sensitivity;
+  const list = $('#sensitivity-list');
+  $('#sensitivity').dataset.stale = String(!!stale);
+  list.hidden = !ranking;
+  field('sensitivity-keep-row').hidden = !ranking;
+  if (!ranking) {
+    list.replaceChildren();
+    updateSensitivityButtons();
+    return;
+  }
+  const kept = new Set(state.ptq.config?.keepFloat ?? []);
+  const most = Math.max(...ranking.layers.map((l) => l.noiseShare), 1e-12);
+  list.replaceChildren(
+    ...ranking.layers.map((l, i) => {
+      const bar = h('span', { class: 'meter', 'aria-hidden': 'true' }, h('span'));
+      bar.firstChild.style.setProperty('--p', String(l.noiseShare / most));
+      return h(
+        'li',
+        { dataset: { layer: l.node }, class: kept.has(l.node) ? 'kept' : null, title: `${l.node} (${l.op}) quantized alone: outputs at ${l.outputSqnrDb.toFixed(1)} dB SQNR` },
+        h('span', { class: 'rank' }, `${i + 1}`),
+        h('span', { class: 'layer-name' }, l.node),
+        h('span', { class: 'op' }, l.op),
+        bar,
+        h('span', { class: 'share' }, `${(100 * l.noiseShare).toFixed(1)}%`),
+      );
+    }),
+  );
+  const n = $('#sensitivity-n');
+  n.max = String(Math.max(1, ranking.layers.length));
+  updateSensitivityButtons();
+}
+
+$('#sensitivity-run').addEventListener('click', async () => {
+  if (!state.features.sensitivity || state.sensitivity.state === 'running' || state.ptq.state !== 'done') return;
+  await ready();
+  state.sensitivity = { state: 'running', ranking: null, stale: false };
+  setSensitivityState('running');
+  renderSensitivity();
+  const bar = $('#sensitivity-progress');
+  bar.max = 1;
+  bar.value = 0;
+  notice(field('sensitivity-notice'), 'Finding sensitive layers: starting…');
+  const run = client.sensitivity({
+    onProgress: (p) => {
+      bar.max = p.total;
+      bar.value = p.done;
+      if (!p.layer) {
+        notice(field('sensitivity-notice'), `Finding sensitive layers: ${p.layers} layers to measure on the calibration frames; first the reference outputs…`);
+        return;
+      }
+      const eta = p.done ? (p.elapsedMs / p.done) * (p.total - p.done) : NaN;
+      notice(field('sensitivity-notice'), `Finding sensitive layers: layer ${p.layersDone + 1} of ${p.layers} (${p.layer}), about ${formatDuration(eta)} left…`);
+    },
+  });
+  sensitivityRun = run;
+  try {
+    const result = await run.promise;
+    if (sensitivityRun !== run) return;
+    if (result.cancelled) {
+      setSensitivityState('cancelled');
+      const p = result.progress;
+      notice(field('sensitivity-notice'), `Cancelled after ${p.layersDone} of ${p.layers} layers: no ranking.`, 'warn');
+      return;
+    }
+    const r = result.ranking;
+    state.sensitivity.ranking = r;
+    setSensitivityState('done');
+    renderSensitivity();
+    const top = r.layers[0];
+    notice(
+      field('sensitivity-notice'),
+      r.layers.length
+        ? `Ranked ${r.layers.length} layers on ${r.frames} calibration frames in ${formatDuration(result.ms)}: outputs at ${r.outputSqnrDb.toFixed(1)} dB SQNR with every layer quantized; ${top.node} (${top.op}) alone adds ${(100 * top.noiseShare).toFixed(1)}% of the noise.`
+        : 'No layer is quantized: there is nothing to rank.',
+      'ok',
+    );
+  } catch (err) {
+    if (sensitivityRun !== run) return;
+    if (err.notAvailable) {
+      state.features.sensitivity = false;
+      setSensitivityState('unavailable');
+      notice(field('sensitivity-notice'), `The sensitivity analysis is ${NOT_IN_BUILD} of the engine: ${err.message}`, 'warn');
+    } else if (err.kind === 'crash' || err.kind === 'timeout') {
+      setSensitivityState('error');
+      notice(field('sensitivity-notice'), `The engine stopped during the analysis (${err.message}); it was restarted with your frames: run it again.`, 'error');
+    } else {
+      setSensitivityState('error');
+      notice(field('sensitivity-notice'), `The sensitivity analysis failed: ${err.message}`, 'error');
+    }
+  } finally {
+    if (sensitivityRun === run) sensitivityRun = null;
+  }
+});
+
+$('#sensitivity-cancel').addEventListener('click', () => {
+  sensitivityRun?.cancel();
+  notice(field('sensitivity-notice'), 'Cancelling after the current step…');
+});
+
+// "Keep the N most sensitive": ticks them in the keep-in-float list (the page's one choice of
+// float layers, kept in the PTQ settings, so an engine restart rebuilds the same model) and
+// quantizes again.
+$('#sensitivity-keep').addEventListener('click', async () => {
+  const ranking = state.sensitivity.ranking;
+  if (!ranking || state.sensitivity.stale) return;
+  const n = Math.max(1, Math.min(ranking.layers.length, Math.round(Number($('#sensitivity-n').value) || 1)));
+  const chosen = ranking.layers.slice(0, n).map((l) => l.node);
+  const list = $('#layer-list');
+  const ticked = new Set([...list.querySelectorAll('input:checked')].map((el) => el.value));
+  // renderLayerList takes the ticks from the last PTQ's settings when there is one: give it the
+  // list as it will be.
+  state.ptq.config = { ...(state.ptq.config ?? readPtqConfig()), keepFloat: [...new Set([...ticked, ...chosen])] };
+  renderLayerList();
+  for (const el of list.querySelectorAll('input')) if (chosen.includes(el.value)) el.checked = true;
+  updateKeepCount();
+  $('.keep-float').open = true;
+  notice(field('sensitivity-notice'), `Keeping the ${n} most sensitive in float (${chosen.join(', ')}); quantizing again…`);
+  const before = state.ptq.report?.fidelity;
+  if (await runPtq()) {
+    const now = state.ptq.report.fidelity;
+    notice(
+      field('sensitivity-notice'),
+      `Kept ${chosen.join(', ')} in float and quantized again. ${fidelityLine(now) || ''}${before ? ` (before: ${fidelityLine(before)})` : ''}`.trim(),
+      'ok',
+    );
+  } else if (state.ptq.state === 'error') {
+    notice(field('sensitivity-notice'), `Quantizing again failed: see above.`, 'error');
+  }
+});
+
 // --- QAT ------------------------------------------------------------------------------------------
 
 const qatForm = $('#qat-form');
@@ -1273,13 +1475,14 @@ function setQatState(s) {
   field('qat-badge').textContent = { idle: 'not run', running: 'training', done: 'done', error: 'failed', unavailable: NOT_IN_BUILD, lost: 'lost' }[s] ?? s;
   updateQatButton();
   updatePtqButton();
+  updateSensitivityButtons();
   updatePanes();
   updateDownloads();
 }
 
 function updateQatButton() {
   const button = $('#qat-run');
-  button.disabled = !state.features.qat || state.ptq.state !== 'done' || state.qat.state === 'running';
+  button.disabled = !state.features.qat || state.ptq.state !== 'done' || state.qat.state === 'running' || state.sensitivity.state === 'running';
   button.title = !state.features.qat ? NOT_IN_BUILD : state.ptq.state !== 'done' ? 'Quantize first (5): QAT starts from PTQ' : '';
 }
 
@@ -1304,6 +1507,21 @@ function readQatConfig() {
 }
 
 const QAT_MODES = { scales: 'step sizes and biases', full: 'weights, step sizes and biases' };
+
+/** What QAT trains on, from qatBegin's `augmentation` (protocol.js QatAugmentation). */
+function augmentationText({ augment: a, frames, images, heldOut = 0 }) {
+  const pct = (x) => `${Math.round(100 * x)}%`;
+  const views =
+    `random views of ${images === frames ? `the ${frames}` : `${images} of the ${frames}`} training frames, as the command line trains: ` +
+    `a crop of ${pct(a.minArea)}–100% of the image (width/height ${a.aspect[0].toFixed(2)}–${a.aspect[1].toFixed(2)}) scaled to the input` +
+    `${a.flip ? ', mirrored half the time' : ''}, brightness ±${Math.round(a.brightness)}, contrast ±${pct(a.contrast)}; ` +
+    'each made from the frame\'s image and preprocessed as for calibration';
+  const tensors = frames - images;
+  const mirrored = `${tensors} frame${tensors === 1 ? ' was' : 's were'} given as tensors, without an image: ${tensors === 1 ? 'it is' : 'they are'} only mirrored`;
+  const body = images === 0 ? `the ${frames} training frames as given: they came as tensors, without an image, so they are only mirrored` : tensors ? `${views}. ${mirrored}` : views;
+  const held = heldOut ? ` ${heldOut} more frame${heldOut === 1 ? ' is' : 's are'} held out, unchanged, to keep the best weights.` : ' No frame is held out: with so few, all of them train.';
+  return `Trains on ${body}.${held}`;
+}
 
 qatForm.addEventListener('submit', async (event) => {
   event.preventDefault();
@@ -1336,6 +1554,7 @@ qatForm.addEventListener('submit', async (event) => {
         // The plan: what the engine chose where the form said "auto".
         plan = { total: p.total, mode: p.mode };
         bar.max = p.total;
+        if (p.augmentation) field('qat-augment').textContent = augmentationText(p.augmentation);
         const why = config.mode ? '' : ` (chosen for ${state.ptq.config?.weightBits ?? '?'}-bit weights)`;
         notice(field('qat-notice'), `Training: step 0 of ${p.total}, learning ${QAT_MODES[p.mode] ?? p.mode}${why}, ${p.batchSize ?? '?'} frames a step…`);
         return;
@@ -1462,6 +1681,7 @@ function report() {
     calibration: { frames: state.ptq.frameIds.length, sources },
     ptq: state.ptq.report ? { ...state.ptq.report, config: state.ptq.config, layers: state.ptq.layers, preprocessChangedSince: state.ptq.stale } : null,
     qat: state.qat.result ? { config: state.qat.config, ...state.qat.result, losses: state.qat.losses, layers: state.qat.layers } : null,
+    sensitivity: state.sensitivity.ranking ? { ...state.sensitivity.ranking, rankedBeforeTheLastPtq: state.sensitivity.stale } : null,
     comparison: {
       input: state.source,
       ...Object.fromEntries(VARIANTS.map((v) => [v, panes[v].frames ? panes[v].metrics() : null])),
@@ -1515,9 +1735,17 @@ function applyFeatures() {
     setQatState('idle');
     notice(field('qat-notice'), '');
   }
+  if (!f.sensitivity) {
+    setSensitivityState('unavailable');
+    notice(field('sensitivity-notice'), `The sensitivity analysis is ${NOT_IN_BUILD} of the engine.`, 'warn');
+  } else if (state.sensitivity.state === 'unavailable') {
+    setSensitivityState('idle');
+    notice(field('sensitivity-notice'), '');
+  }
   renderLayerList();
   updatePtqButton();
   updateQatButton();
+  updateSensitivityButtons();
   updatePanes();
   updateDownloads();
   renderInsight();

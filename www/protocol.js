@@ -65,12 +65,23 @@ export const Req = Object.freeze({
   /**
    * Quantization-aware training from the PTQ variant, on the calibration frames. Needs `qat`.
    * The worker steps in small chunks and yields between them, so CANCEL gets through.
-   * Payload: `{config: QatConfig}`. Progress: first `{done: 0, total, mode, batchSize}` (the plan,
-   * with the engine's defaults filled in), then `{done: step, total: steps, loss, holdoutLoss,
+   * Training examples are random views of the kept frames ({@link QatAugmentation}).
+   * Payload: `{config: QatConfig}`. Progress: first `{done: 0, total, mode, batchSize,
+   * augmentation}` (the plan, with the engine's defaults filled in), then `{done: step, total: steps, loss, holdoutLoss,
    * elapsedMs}` per chunk. Result: `{steps, total, mode, loss, cancelled: boolean, ms, report}`
    * (`report`: what qatFinish returns, if anything); a cancelled run keeps what it learned so far.
    */
   QAT: 'qat',
+  /**
+   * Sensitivity analysis on the kept calibration frames: each quantized layer quantized alone
+   * (the rest in float), ranked by its share of the output noise that the layers add one by
+   * one (quant/sensitivity.rs). Needs `sensitivity` and a calibration (QUANTIZE done). The
+   * worker steps in slices of about 150 ms and yields between them, so CANCEL gets through.
+   * Payload: none. Progress: {@link SensitivityProgress} plus `elapsedMs`, first at `done: 0`.
+   * Result: `{cancelled: boolean, ms, progress: SensitivityProgress, ranking: Sensitivity | null}`
+   * (`ranking` null when cancelled).
+   */
+  SENSITIVITY: 'sensitivity',
   /**
    * A quantized variant's state, for the page to keep (a restarted worker gets it back through
    * RESTORE_VARIANT). Needs `keepVariant`. Payload: `{variant: 'qat'}`.
@@ -84,7 +95,7 @@ export const Req = Object.freeze({
    */
   RESTORE_VARIANT: 'restore-variant',
   /**
-   * Ask a running request (QAT) to stop. Payload: `{target: number}` (its id).
+   * Ask a running request (QAT, SENSITIVITY) to stop. Payload: `{target: number}` (its id).
    * Result: `{found: boolean}`.
    */
   CANCEL: 'cancel',
@@ -112,6 +123,8 @@ export const FEATURES = Object.freeze({
   exportOnnx: ['exportOnnx'],
   /** Quantization-aware training. */
   qat: ['qatBegin', 'qatStep', 'qatFinish'],
+  /** Ranking layers by how much their quantization costs the outputs. */
+  sensitivity: ['sensitivityBegin', 'sensitivityStep', 'sensitivityResult'],
   /** Keeping the QAT result across an engine restart. */
   keepVariant: ['variantState', 'restoreVariant'],
 });
@@ -139,7 +152,7 @@ export const NOT_AVAILABLE = 'NotAvailableError';
  * @property {string} [message]  what is being done, for the page
  * @property {number} [loss]     QAT: the training loss of the last step
  * @property {number | null} [holdoutLoss]  QAT: the held-out loss, when measured at that step
- * @property {number} [elapsedMs] QAT: time since the request started
+ * @property {number} [elapsedMs] QAT, SENSITIVITY: time since the request started
  */
 
 /**
@@ -265,6 +278,37 @@ export const NOT_AVAILABLE = 'NotAvailableError';
  * @property {number} [steps]
  * @property {number} [lr]   Adam's rate of the weights (full mode)
  * @property {'scales' | 'full'} [mode]   train step sizes and biases only, or the weights too
+ */
+
+/**
+ * session.rs `SensitivityProgress`: where a sensitivity analysis is. A step is one simulated
+ * run on one frame or one quantization of the model.
+ * @typedef {object} SensitivityProgress
+ * @property {number} done
+ * @property {number} total
+ * @property {number} layersDone   layers measured so far
+ * @property {number} layers       layers to measure (Compute nodes whose output is quantized)
+ * @property {string | null} layer the layer being measured (null before the first)
+ * @property {boolean} finished
+ */
+
+/**
+ * quant/sensitivity.rs `Sensitivity`: most sensitive layer first.
+ * @typedef {object} Sensitivity
+ * @property {number} frames             kept calibration frames it ran on
+ * @property {number} outputSqnrDb       the outputs' SQNR with every layer quantized
+ * @property {number} inputsOnlySqnrDb   with only the inputs quantized (the floor)
+ * @property {{node: string, op: string, outputSqnrDb: number, noiseShare: number}[]} layers
+ *   `noiseShare`: the output noise the layer adds alone, as a fraction of what all add one by one
+ */
+
+/**
+ * qatBegin's `augmentation`: QAT trains on random views of the kept frames (augment.rs).
+ * @typedef {object} QatAugmentation
+ * @property {{minArea: number, aspect: [number, number], flip: boolean, brightness: number, contrast: number}} augment
+ * @property {number} frames   training frames (the held-out ones excluded)
+ * @property {number} images   of them, those with an image (the others were tensors: only mirrored)
+ * @property {number} heldOut  kept frames held out, unaugmented, to keep the best weights
  */
 
 /** @typedef {ResultReply | ProgressReply | ErrorReply} WorkerReply */

@@ -52,6 +52,7 @@ const FEATURE_LABELS = {
   exportOnnx: 'ONNX export',
   qat: 'quantization-aware training',
   keepVariant: 'keeping the QAT model across restarts',
+  sensitivity: 'the sensitivity analysis',
 };
 
 /** @param {object} proto  Session.prototype or a session */
@@ -221,7 +222,7 @@ const handlers = {
     const plan = session.qatBegin(config) ?? {};
     const total = plan.steps ?? config.steps;
     const mode = plan.mode ?? config.mode ?? null;
-    progress({ done: 0, total, mode, batchSize: plan.batchSize ?? null, loss: null, holdoutLoss: null, elapsedMs: 0 });
+    progress({ done: 0, total, mode, batchSize: plan.batchSize ?? null, augmentation: plan.augmentation ?? null, loss: null, holdoutLoss: null, elapsedMs: 0 });
     cancellable.add(id);
     let last = { step: 0, loss: NaN, done: false };
     let report = null;
@@ -247,6 +248,37 @@ const handlers = {
       cancelled.delete(id);
     }
     return { steps: last.step, total, mode, loss: last.loss, cancelled: !last.done, ms: performance.now() - t0, report };
+  },
+
+  async [Req.SENSITIVITY]({ id }, progress) {
+    await engine;
+    const session = requireModel();
+    need(session, 'sensitivity');
+    const t0 = performance.now();
+    let p = session.sensitivityBegin();
+    progress({ ...p, elapsedMs: 0 });
+    cancellable.add(id);
+    // Slices of about TARGET_MS (a step is one simulated run or one quantization), so that
+    // cancel gets through.
+    const TARGET_MS = 150;
+    let chunk = 1;
+    try {
+      // Stops when cancelled, or when another model replaced this one (its session is freed).
+      while (!p.finished && !cancelled.has(id) && model?.session === session) {
+        const c0 = performance.now();
+        p = session.sensitivityStep(chunk);
+        const spent = performance.now() - c0;
+        progress({ ...p, elapsedMs: performance.now() - t0 });
+        chunk = Math.max(1, Math.min(256, Math.round((chunk * TARGET_MS) / Math.max(spent, 1))));
+        await yieldToEvents();
+      }
+      if (model?.session !== session) throw new Error('the model was replaced during the sensitivity analysis');
+    } finally {
+      cancellable.delete(id);
+      cancelled.delete(id);
+    }
+    const ranking = p.finished ? session.sensitivityResult() : null;
+    return { cancelled: !p.finished, ms: performance.now() - t0, progress: p, ranking };
   },
 
   async [Req.VARIANT_STATE]({ variant }) {

@@ -11,6 +11,7 @@ use js_sys::{Array, Float32Array, Object, Reflect};
 use wasm_bindgen::prelude::*;
 use web_sys::ImageData;
 
+use crate::augment::Augment;
 use crate::model::{Model, Output};
 use crate::onnx::ImportOptions;
 use crate::preprocess::{preprocess, Preprocess};
@@ -167,11 +168,13 @@ impl Session {
         self.session.begin_calibration(config).map_err(err)
     }
 
-    /// Feeds one RGBA frame to calibration; returns `{frames}`.
+    /// Feeds one RGBA frame to calibration; returns `{frames}`. The engine keeps the image of
+    /// each kept frame (at most `KEPT_FRAMES` of them: the page sends frames of at most 480
+    /// pixels a side, so under 30 MB) so that QAT trains on random views of it.
     #[wasm_bindgen(js_name = calibrateRgba)]
     pub fn calibrate_rgba(&mut self, rgba: &[u8], width: usize, height: usize, preprocess_options: JsValue) -> Result<JsValue, JsError> {
-        let x = self.frame(rgba, width, height, preprocess_options)?;
-        let frames = self.session.calibrate(&[&x]).map_err(err)?;
+        let p = self.preprocessing(preprocess_options)?;
+        let frames = self.session.calibrate_image(rgba, width, height, &p).map_err(err)?;
         to_js(&serde_json::json!({ "frames": frames }))
     }
 
@@ -190,9 +193,12 @@ impl Session {
         to_js(report)
     }
 
-    /// Starts QAT from the PTQ variant, distilling from the FP32 model on the kept calibration
-    /// frames (a few held out to keep the best weights). `config` as `QatConfig` (`{}`: the
-    /// default recipe, mode chosen by weight width). Returns `{steps, mode, batchSize}`.
+    /// Starts QAT from the PTQ variant, distilling from the FP32 model on random views of the
+    /// kept calibration frames (a few held out, unaugmented, to keep the best weights).
+    /// `config` as `QatConfig` (`{}`: the default recipe, mode chosen by weight width). Returns
+    /// `{steps, mode, batchSize, augmentation: {augment, frames, images, heldOut}}`: the views'
+    /// ranges (augment.rs `Augment`), the training frames, how many of them have an image (the
+    /// others, given as tensors, are only mirrored) and the held-out frames.
     #[wasm_bindgen(js_name = qatBegin)]
     pub fn qat_begin(&mut self, config: JsValue) -> Result<JsValue, JsError> {
         let config: QatConfig = optional(config)?;
@@ -201,7 +207,11 @@ impl Session {
         if kept.len() > 2 * QAT_HOLDOUT {
             trainer.set_holdout(&kept[kept.len() - QAT_HOLDOUT..]).map_err(err)?;
         }
-        let reply = serde_json::json!({ "steps": trainer.steps(), "mode": trainer.mode(), "batchSize": trainer.batch_size() });
+        let train = self.training_frames();
+        let images = train.clone().filter(|&i| self.session.kept_has_image(i)).count();
+        let held_out = kept.len() - train.len();
+        let augmentation = serde_json::json!({ "augment": Augment::default(), "frames": train.len(), "images": images, "heldOut": held_out });
+        let reply = serde_json::json!({ "steps": trainer.steps(), "mode": trainer.mode(), "batchSize": trainer.batch_size(), "augmentation": augmentation });
         self.trainer = Some(trainer);
         to_js(&reply)
     }
@@ -210,13 +220,12 @@ impl Session {
     /// returns the last step's `{step, loss, lr, holdoutLoss, bestLoss, done}`.
     #[wasm_bindgen(js_name = qatStep)]
     pub fn qat_step(&mut self, n: usize) -> Result<JsValue, JsError> {
+        let train = self.training_frames();
         let trainer = self.trainer.as_mut().ok_or_else(|| JsError::new("QAT has not started: call qatBegin first"))?;
-        let kept = self.session.kept_frames();
-        let train = if kept.len() > 2 * QAT_HOLDOUT { &kept[..kept.len() - QAT_HOLDOUT] } else { kept };
         if train.is_empty() {
             return Err(JsError::new("QAT needs calibration frames: calibrate first"));
         }
-        let shapes: Vec<Vec<usize>> = self.session.model.meta.inputs.iter().map(|i| i.shape.clone()).collect();
+        let augment = Augment::default();
         let mut last = None;
         for _ in 0..n.max(1) {
             if trainer.steps_done() >= trainer.steps() {
@@ -224,11 +233,11 @@ impl Session {
             }
             let batch: Vec<Vec<Vec<f32>>> = (0..trainer.batch_size())
                 .map(|_| {
-                    let frame = &train[(self.rng.next_u64() % train.len() as u64) as usize];
-                    let flip = self.rng.next_u64() & 1 == 1;
-                    frame.iter().zip(&shapes).map(|(x, shape)| if flip { flip_width(x, shape) } else { x.clone() }).collect()
+                    let i = train.start + (self.rng.next_u64() % train.len() as u64) as usize;
+                    self.session.training_frame(i, &mut self.rng, &augment)
                 })
-                .collect();
+                .collect::<crate::Result<_>>()
+                .map_err(err)?;
             last = Some(trainer.step(&batch).map_err(err)?);
         }
         let done = trainer.steps_done() >= trainer.steps();
@@ -299,6 +308,30 @@ impl Session {
         to_js(&q.report.layers)
     }
 
+    /// Starts a sensitivity analysis on the kept calibration frames (each quantized layer
+    /// quantized alone, ranked by its share of the output noise; see quant/sensitivity.rs),
+    /// to be stepped with `sensitivityStep`. Returns the progress
+    /// `{done, total, layersDone, layers, layer, finished}`.
+    #[wasm_bindgen(js_name = sensitivityBegin)]
+    pub fn sensitivity_begin(&mut self) -> Result<JsValue, JsError> {
+        to_js(&self.session.sensitivity_begin().map_err(err)?)
+    }
+
+    /// Does up to `n` steps of the analysis (a step: one simulated run on one frame, or one
+    /// quantization; the worker calls it in small slices so cancel gets through); returns the
+    /// progress as `sensitivityBegin` does.
+    #[wasm_bindgen(js_name = sensitivityStep)]
+    pub fn sensitivity_step(&mut self, n: usize) -> Result<JsValue, JsError> {
+        to_js(&self.session.sensitivity_step(n).map_err(err)?)
+    }
+
+    /// The finished analysis: `{frames, outputSqnrDb, inputsOnlySqnrDb, layers: [{node, op,
+    /// outputSqnrDb, noiseShare}]}`, most sensitive first.
+    #[wasm_bindgen(js_name = sensitivityResult)]
+    pub fn sensitivity_result(&self) -> Result<JsValue, JsError> {
+        to_js(&self.session.sensitivity_result().map_err(err)?)
+    }
+
     /// The calibration histogram of a tensor and the clip range chosen for it:
     /// `{start, binWidth, counts, min, max, clip: [lo, hi] | null}`.
     pub fn histogram(&self, tensor: &str) -> Result<JsValue, JsError> {
@@ -307,27 +340,16 @@ impl Session {
     }
 }
 
-/// An image tensor mirrored left-right (NCHW: width last; NHWC: width before channels); other
-/// inputs are returned unchanged.
-fn flip_width(x: &[f32], shape: &[usize]) -> Vec<f32> {
-    let (w, inner) = match shape {
-        [_, 3, _, w] => (*w, 1),
-        [_, _, w, 3] => (*w, 3),
-        _ => return x.to_vec(),
-    };
-    let mut out = vec![0f32; x.len()];
-    for (row_in, row_out) in x.chunks(w * inner).zip(out.chunks_mut(w * inner)) {
-        for i in 0..w {
-            row_out[i * inner..(i + 1) * inner].copy_from_slice(&row_in[(w - 1 - i) * inner..(w - i) * inner]);
-        }
-    }
-    out
-}
-
 impl Session {
-    /// Preprocesses an RGBA frame for a single-image-input model (`preprocess` undefined: the
-    /// guess from the input shape).
-    fn frame(&self, rgba: &[u8], width: usize, height: usize, preprocess_options: JsValue) -> Result<Vec<f32>, JsError> {
+    /// The kept frames QAT trains on: all but the held-out ones (when there are enough).
+    fn training_frames(&self) -> std::ops::Range<usize> {
+        let kept = self.session.kept_frames().len();
+        0..if kept > 2 * QAT_HOLDOUT { kept - QAT_HOLDOUT } else { kept }
+    }
+
+    /// The preprocessing of a single-image-input model: `preprocess` as given, or (undefined)
+    /// the guess from the input shape; it must give the input's shape.
+    fn preprocessing(&self, preprocess_options: JsValue) -> Result<Preprocess, JsError> {
         let inputs = &self.session.model.meta.inputs;
         if inputs.len() != 1 {
             return Err(JsError::new(&format!("running on an image needs a model with one input; this one has {}", inputs.len())));
@@ -347,6 +369,12 @@ impl Session {
                 inputs[0].shape
             )));
         }
+        Ok(p)
+    }
+
+    /// Preprocesses an RGBA frame for a single-image-input model (see `preprocessing`).
+    fn frame(&self, rgba: &[u8], width: usize, height: usize, preprocess_options: JsValue) -> Result<Vec<f32>, JsError> {
+        let p = self.preprocessing(preprocess_options)?;
         preprocess(rgba, width, height, &p).map_err(err)
     }
 }

@@ -1,6 +1,11 @@
 //! Views of an image: random crops, flips, scales and colour changes of an RGBA frame, made
 //! before preprocessing. Fidelity is measured on many such views of a few images, and QAT
 //! distills on them, so that neither sees the same pixels twice.
+//!
+//! A view is made on the image, before preprocessing, so that it is right for every fit,
+//! layout and normalisation: the page keeps the images of its kept calibration frames for
+//! this (`Session::training_frame`). A frame that only exists as a tensor (a .npy) can only be
+//! mirrored ([`mirror_width`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -82,6 +87,23 @@ impl View {
         }
         (out, w, h)
     }
+}
+
+/// An image tensor mirrored left-right (NCHW: width last; NHWC: width before the channels);
+/// tensors of other shapes are returned unchanged.
+pub fn mirror_width(x: &[f32], shape: &[usize]) -> Vec<f32> {
+    let (w, inner) = match shape {
+        [_, 3, _, w] => (*w, 1),
+        [_, _, w, 3] => (*w, 3),
+        _ => return x.to_vec(),
+    };
+    let mut out = vec![0f32; x.len()];
+    for (row_in, row_out) in x.chunks(w * inner).zip(out.chunks_mut(w * inner)) {
+        for i in 0..w {
+            row_out[i * inner..(i + 1) * inner].copy_from_slice(&row_in[(w - 1 - i) * inner..(w - i) * inner]);
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -9,16 +9,24 @@
 //!   .quantize_ptq()                 the PTQ variant + its report (fidelity, per-layer SQNR)
 //!   .run(Variant::Ptq, frame)       any variant on any frame
 //! ```
+//!
+//! Frames given as images ([`Session::calibrate_image`]) keep their RGBA with the kept tensor,
+//! so that QAT can train on random views of them ([`Session::training_frame`]), preprocessed
+//! as calibration was: the same augmentation as the CLI's. Frames given as tensors are only
+//! mirrored. The sensitivity analysis can run at once ([`Session::sensitivity`]) or in steps
+//! ([`Session::sensitivity_begin`], [`Session::sensitivity_step`]) that the page's worker slices.
 
 use serde::Serialize;
 
+use crate::augment::{mirror_width, Augment, View};
 use crate::engine::{Fp32Engine, Int8Engine};
 use crate::ir::{Graph, ValueId};
 use crate::model::{Model, Output};
 use crate::quant::metrics::{Fidelity, FidelityAcc, LayerError, LayerSqnr};
 use crate::quant::observer::Histogram;
 use crate::quant::ptq::{Calibrator, QuantConfig};
-use crate::quant::sensitivity::{sensitivity, Sensitivity};
+use crate::preprocess::{preprocess, Preprocess};
+use crate::quant::sensitivity::{sensitivity, Sensitivity, SensitivityRun};
 use crate::quant::Quant;
 use crate::rng::Rng;
 use crate::{Error, Result};
@@ -111,13 +119,40 @@ pub struct ValueState {
     pub data: Option<Vec<f32>>,
 }
 
+/// The image a kept calibration frame was made from, and how it was preprocessed.
+#[derive(Clone, Debug)]
+pub struct FrameSource {
+    pub rgba: Vec<u8>,
+    pub width: usize,
+    pub height: usize,
+    pub preprocess: Preprocess,
+}
+
+/// Where a stepped sensitivity analysis is ([`Session::sensitivity_step`]).
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SensitivityProgress {
+    /// Steps done and in all (a step: one simulated run on one frame, or one quantization).
+    pub done: usize,
+    pub total: usize,
+    pub layers_done: usize,
+    pub layers: usize,
+    /// The layer being measured, once past the references.
+    pub layer: Option<String>,
+    pub finished: bool,
+}
+
 pub struct Session {
     pub model: Model,
     calibrator: Option<Calibrator>,
     kept: Vec<Vec<Vec<f32>>>,
+    /// Per kept frame: its image, when it was given as one.
+    sources: Vec<Option<FrameSource>>,
     rng: Rng,
     ptq: Option<Quantized>,
     qat: Option<Quantized>,
+    /// A stepped sensitivity analysis; dropped when the calibration changes.
+    sensitivity: Option<SensitivityRun>,
 }
 
 /// Fidelity and per-layer SQNR of `candidate` against `reference` (same value ids) on frames.
@@ -183,13 +218,15 @@ fn weight_bytes(g: &Graph, quantized: bool) -> usize {
 
 impl Session {
     pub fn new(model: Model) -> Session {
-        Session { model, calibrator: None, kept: Vec::new(), rng: Rng::seeded(0x5eed), ptq: None, qat: None }
+        Session { model, calibrator: None, kept: Vec::new(), sources: Vec::new(), rng: Rng::seeded(0x5eed), ptq: None, qat: None, sensitivity: None }
     }
 
     /// Starts (or restarts) calibration with `config`; drops the frames seen so far.
     pub fn begin_calibration(&mut self, config: QuantConfig) -> Result<()> {
         self.calibrator = Some(Calibrator::new(self.model.engine.graph(), config)?);
         self.kept.clear();
+        self.sources.clear();
+        self.sensitivity = None;
         Ok(())
     }
 
@@ -203,21 +240,63 @@ impl Session {
 
     /// Feeds one frame (one tensor per model input) to calibration. Returns the frame count.
     pub fn calibrate(&mut self, inputs: &[&[f32]]) -> Result<u64> {
+        self.calibrate_from(inputs, None)
+    }
+
+    /// Feeds one RGBA image to calibration (a single-input model), preprocessed by `p`; the
+    /// image is kept with the frame if the frame is kept (for QAT's random views). Returns the
+    /// frame count.
+    pub fn calibrate_image(&mut self, rgba: &[u8], width: usize, height: usize, p: &Preprocess) -> Result<u64> {
+        let x = preprocess(rgba, width, height, p)?;
+        let source = FrameSource { rgba: rgba.to_vec(), width, height, preprocess: p.clone() };
+        self.calibrate_from(&[&x], Some(source))
+    }
+
+    fn calibrate_from(&mut self, inputs: &[&[f32]], source: Option<FrameSource>) -> Result<u64> {
         let cal = self.calibrator.as_mut().ok_or_else(|| Error::Invalid("calibration has not started: begin calibration first".into()))?;
         check_inputs(cal.graph(), inputs)?;
         cal.observe(inputs)?;
+        self.sensitivity = None;
         let frame: Vec<Vec<f32>> = inputs.iter().map(|x| x.to_vec()).collect();
         let n = cal.frames() as usize;
         // Reservoir sampling: every frame seen has the same chance to be kept.
         if self.kept.len() < KEPT_FRAMES {
             self.kept.push(frame);
+            self.sources.push(source);
         } else {
             let j = (self.rng.next_u64() % n as u64) as usize;
             if j < KEPT_FRAMES {
                 self.kept[j] = frame;
+                self.sources[j] = source;
             }
         }
         Ok(cal.frames())
+    }
+
+    /// Whether kept frame `i` was given as an image (else as tensors).
+    pub fn kept_has_image(&self, i: usize) -> bool {
+        matches!(self.sources.get(i), Some(Some(_)))
+    }
+
+    /// Kept frame `i` as seen through `view`: its image viewed and preprocessed as it was for
+    /// calibration, or, for a frame given as tensors, the tensors mirrored when the view flips
+    /// (the only change that needs no image).
+    pub fn view_of_kept(&self, i: usize, view: &View) -> Result<Vec<Vec<f32>>> {
+        let frame = self.kept.get(i).ok_or_else(|| Error::Invalid(format!("there is no kept frame {i}: {} are kept", self.kept.len())))?;
+        match &self.sources[i] {
+            Some(s) => {
+                let (px, w, h) = view.apply(&s.rgba, s.width, s.height);
+                Ok(vec![preprocess(&px, w, h, &s.preprocess)?])
+            }
+            None if view.flip => Ok(frame.iter().zip(&self.model.meta.inputs).map(|(x, input)| mirror_width(x, &input.shape)).collect()),
+            None => Ok(frame.clone()),
+        }
+    }
+
+    /// A training example from kept frame `i`: a random view (crop and scale, flip,
+    /// brightness, contrast), as the CLI's QAT trains on.
+    pub fn training_frame(&self, i: usize, rng: &mut Rng, augment: &Augment) -> Result<Vec<Vec<f32>>> {
+        self.view_of_kept(i, &View::random(rng, augment))
     }
 
     pub fn kept_frames(&self) -> &[Vec<Vec<f32>>] {
@@ -248,6 +327,33 @@ impl Session {
     /// Layer sensitivity on the kept calibration frames (see [`crate::quant::sensitivity`]).
     pub fn sensitivity(&self, progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<Sensitivity> {
         sensitivity(self.calibrator_or_err()?, &self.kept, progress)
+    }
+
+    /// Starts a stepped sensitivity analysis on the kept frames (replacing one in progress).
+    pub fn sensitivity_begin(&mut self) -> Result<SensitivityProgress> {
+        let run = SensitivityRun::new(self.calibrator_or_err()?, &self.kept)?;
+        Ok((&*self.sensitivity.insert(run)).into())
+    }
+
+    /// Does up to `n` steps of the analysis begun by [`Session::sensitivity_begin`].
+    pub fn sensitivity_step(&mut self, n: usize) -> Result<SensitivityProgress> {
+        let run = self.sensitivity.as_mut().ok_or_else(|| {
+            Error::Invalid("no sensitivity analysis is running (it was never started, or the calibration changed since): start it again".into())
+        })?;
+        let cal = self.calibrator.as_ref().expect("a running analysis has its calibrator");
+        for _ in 0..n.max(1) {
+            if run.finished() {
+                break;
+            }
+            run.step(cal, &self.kept)?;
+        }
+        Ok((&*run).into())
+    }
+
+    /// The ranking of a finished stepped analysis.
+    pub fn sensitivity_result(&self) -> Result<Sensitivity> {
+        let run = self.sensitivity.as_ref().ok_or_else(|| Error::Invalid("no sensitivity analysis was run on this calibration".into()))?;
+        run.result(self.calibrator_or_err()?)
     }
 
     /// Wraps an annotated graph with the same value ids as the calibrator's graph as a variant.
@@ -361,6 +467,19 @@ impl Session {
     }
 }
 
+impl From<&SensitivityRun> for SensitivityProgress {
+    fn from(run: &SensitivityRun) -> SensitivityProgress {
+        SensitivityProgress {
+            done: run.done(),
+            total: run.total(),
+            layers_done: run.layers_done(),
+            layers: run.layers(),
+            layer: run.current_layer().map(str::to_string),
+            finished: run.finished(),
+        }
+    }
+}
+
 fn check_inputs(g: &Graph, inputs: &[&[f32]]) -> Result<()> {
     if inputs.len() != g.inputs.len() {
         return Err(Error::Invalid(format!("the model takes {} inputs, {} were given", g.inputs.len(), inputs.len())));
@@ -372,4 +491,119 @@ fn check_inputs(g: &Graph, inputs: &[&[f32]]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::ImportOptions;
+    use crate::preprocess::Layout;
+
+    const BLAZEFACE: &[u8] = include_bytes!("../../models/blazeface_front_128.onnx");
+    const PPOCR: &[u8] = include_bytes!("../../models/ppocr_cls_mobile_v2.onnx");
+
+    /// A small RGBA image with a pattern of its own (`seed`), not square.
+    fn image(seed: u64, w: usize, h: usize) -> Vec<u8> {
+        let mut rng = Rng::seeded(seed);
+        let (a, b) = (rng.uniform(0.05, 0.3), rng.uniform(0.05, 0.3));
+        (0..w * h).flat_map(|i| {
+            let (x, y) = ((i % w) as f64, (i / w) as f64);
+            let v = |c: f64| (127.5 + 120.0 * (a * x + b * y + c).sin()) as u8;
+            [v(0.0), v(1.0), v(2.0), 255]
+        })
+        .collect()
+    }
+
+    /// The kept frames' images stay with their tensors through the reservoir; a view of a kept
+    /// frame is its image viewed, then preprocessed as calibration did (NHWC BlazeFace with a
+    /// stretch, NCHW BGR PP-OCR padded right); frames given as tensors are only mirrored.
+    #[test]
+    fn views_of_kept_frames_are_their_images_viewed_then_preprocessed() {
+        let ppocr_options = ImportOptions { input_shapes: [("x".to_string(), vec![1, 3, 48, 192])].into(), ..ImportOptions::default() };
+        let cases = [
+            (BLAZEFACE, ImportOptions::default(), Preprocess::preset("signed", 128, 128, Layout::Nhwc).unwrap()),
+            (PPOCR, ppocr_options, Preprocess::preset("ppocr", 192, 48, Layout::Nchw).unwrap()),
+        ];
+        for (bytes, options, p) in cases {
+            let mut s = Session::new(Model::load(bytes, &options).unwrap());
+            s.begin_calibration(QuantConfig::default()).unwrap();
+            let sizes: Vec<(usize, usize)> = (0..KEPT_FRAMES as u64 + 8).map(|i| (40 + (i as usize % 7) * 5, 30 + (i as usize % 5) * 4)).collect();
+            for (i, &(w, h)) in sizes.iter().enumerate() {
+                s.calibrate_image(&image(i as u64, w, h), w, h, &p).unwrap();
+            }
+            assert_eq!(s.kept_frames().len(), KEPT_FRAMES);
+            for i in 0..KEPT_FRAMES {
+                assert!(s.kept_has_image(i));
+                assert_eq!(s.view_of_kept(i, &View::identity()).unwrap(), s.kept_frames()[i], "frame {i}: its image is another frame's");
+            }
+            let mut rng = Rng::seeded(5);
+            for i in [0, 7, KEPT_FRAMES - 1] {
+                let view = View::random(&mut rng, &Augment::default());
+                let source = s.sources[i].as_ref().unwrap();
+                let (px, w, h) = view.apply(&source.rgba, source.width, source.height);
+                let expected = preprocess(&px, w, h, &p).unwrap();
+                assert_eq!(s.view_of_kept(i, &view).unwrap(), vec![expected]);
+                assert_ne!(s.view_of_kept(i, &view).unwrap(), s.kept_frames()[i]);
+            }
+            // A training frame is one random view.
+            let mut a = Rng::seeded(9);
+            let mut b = Rng::seeded(9);
+            let view = View::random(&mut b, &Augment::default());
+            assert_eq!(s.training_frame(3, &mut a, &Augment::default()).unwrap(), s.view_of_kept(3, &view).unwrap());
+
+            // Tensors have no image: a flip mirrors them, nothing else changes them.
+            s.begin_calibration(QuantConfig::default()).unwrap();
+            let x = preprocess(&image(1, 50, 40), 50, 40, &p).unwrap();
+            s.calibrate(&[&x]).unwrap();
+            assert!(!s.kept_has_image(0));
+            let shape = &s.model.meta.inputs[0].shape;
+            let crop = View { crop: [0.1, 0.2, 0.5, 0.5], brightness: 30.0, contrast: 1.2, ..View::identity() };
+            assert_eq!(s.view_of_kept(0, &crop).unwrap(), vec![x.clone()]);
+            let mirrored = s.view_of_kept(0, &View { flip: true, ..crop }).unwrap();
+            assert_eq!(mirrored, vec![mirror_width(&x, shape)]);
+            assert_eq!(mirror_width(&mirrored[0], shape), x);
+            assert_ne!(mirrored[0], x);
+            // Mirroring the tensor of a stretched image is preprocessing the mirrored image
+            // (BlazeFace: a stretch; PP-OCR's right padding is not symmetric, so only there).
+            if shape[3] == 3 {
+                let flipped = View { flip: true, ..View::identity() }.apply(&image(1, 50, 40), 50, 40).0;
+                let direct = preprocess(&flipped, 50, 40, &p).unwrap();
+                let diff = direct.iter().zip(&mirrored[0]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(diff < 1e-5, "{diff}");
+            }
+            assert!(s.view_of_kept(1, &crop).unwrap_err().to_string().contains("there is no kept frame 1: 1 are kept"));
+        }
+    }
+
+    /// The stepped analysis is dropped when the calibration changes, and gives the one-shot
+    /// ranking when run through.
+    #[test]
+    fn stepped_sensitivity_follows_the_calibration() {
+        let p = Preprocess::preset("signed", 128, 128, Layout::Nhwc).unwrap();
+        let mut s = Session::new(Model::load(BLAZEFACE, &ImportOptions::default()).unwrap());
+        assert!(s.sensitivity_begin().unwrap_err().to_string().contains("calibration has not started"));
+        s.begin_calibration(QuantConfig::default()).unwrap();
+        for i in 0..2 {
+            s.calibrate_image(&image(i, 64, 48), 64, 48, &p).unwrap();
+        }
+        let start = s.sensitivity_begin().unwrap();
+        assert_eq!((start.done, start.finished, start.layer), (0, false, None));
+        assert!(start.layers > 10, "{} layers", start.layers);
+        assert_eq!(start.total, 2 + (start.layers + 2) * 3);
+        let mid = s.sensitivity_step(start.total / 2).unwrap();
+        assert_eq!(mid.done, start.total / 2);
+        assert!(mid.layer.is_some() && mid.layers_done > 0 && !mid.finished);
+        assert!(s.sensitivity_result().unwrap_err().to_string().contains("not finished yet"));
+        let end = s.sensitivity_step(start.total).unwrap();
+        assert!(end.finished && end.done == end.total && end.layers_done == end.layers);
+        let ranking = s.sensitivity_result().unwrap();
+        assert_eq!(ranking, s.sensitivity(&mut |_, _| true).unwrap());
+        // The page keeps the top layers in float: the next PTQ lists them.
+        let top = ranking.most_sensitive(2, 0.0);
+        let report = s.quantize_ptq_keeping_float(&top).unwrap();
+        assert!(top.iter().all(|n| report.float_nodes.iter().any(|f| &f.name == n)));
+        // A new frame changes the calibration: the analysis must start again.
+        s.calibrate_image(&image(7, 64, 48), 64, 48, &p).unwrap();
+        assert!(s.sensitivity_step(1).unwrap_err().to_string().contains("start it again"));
+    }
 }

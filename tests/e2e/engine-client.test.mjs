@@ -3,9 +3,10 @@
 // delivered, errors become EngineError, and a crashed or hung worker is replaced.
 
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
-import { SECURITY_HEADERS, startServer } from '../../scripts/serve.mjs';
-import { launchChromium, openWatchedPage } from '../support/chromium.mjs';
+import { test } from 'node:test';
+import { SECURITY_HEADERS } from '../../scripts/serve.mjs';
+import { openWatchedPage } from '../support/chromium.mjs';
+import { serverAndBrowser } from '../support/harness.mjs';
 
 // A stand-in worker speaking the protocol: 'echo' answers (after a progress reply), 'fail'
 // answers with an error, 'fatal' with a fatal error, 'throw' crashes the worker, 'hang'
@@ -27,26 +28,17 @@ const FAKE_WORKER = `
   };
 `;
 
-let server;
-let browser;
-before(async () => {
-  server = await startServer({ port: 0 });
-  browser = await launchChromium();
-});
-after(async () => {
-  await browser?.close();
-  await server?.close();
-});
+const env = serverAndBrowser();
 
 test('requests, progress, errors, crashes and timeouts', async () => {
-  const origin = server.url.replace(/\/$/, '');
-  const { context, page, problems } = await openWatchedPage(browser, origin);
+  const origin = env.server.url.replace(/\/$/, '');
+  const { context, page, problems } = await openWatchedPage(env.browser, origin);
   try {
     await context.route('**/test-fake-worker.js', (route) =>
-      // With the server's headers: a COEP page only runs workers that send COEP too.
+      // With the env.server's headers: a COEP page only runs workers that send COEP too.
       route.fulfill({ status: 200, headers: SECURITY_HEADERS, contentType: 'text/javascript', body: FAKE_WORKER }),
     );
-    await page.goto(server.url);
+    await page.goto(env.server.url);
     await page.waitForSelector('body.ready, body.error');
 
     const outcome = await page.evaluate(async () => {

@@ -4,28 +4,20 @@
 
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
-import { after, before, test } from 'node:test';
-import { REPO_ROOT, startServer } from '../../scripts/serve.mjs';
-import { launchChromium, openWatchedPage } from '../support/chromium.mjs';
+import { test } from 'node:test';
+import { REPO_ROOT } from '../../scripts/serve.mjs';
+import { openWatchedPage } from '../support/chromium.mjs';
+import { serverAndBrowser } from '../support/harness.mjs';
 
 const ARTIFACTS = `${REPO_ROOT}/tests/artifacts`;
 
-let server;
-let browser;
-before(async () => {
-  server = await startServer({ port: 0 });
-  browser = await launchChromium();
-});
-after(async () => {
-  await browser?.close();
-  await server?.close();
-});
+const env = serverAndBrowser();
 
 test('the engine loads in a Web Worker with SIMD128 and the page shows it', async () => {
-  const origin = server.url.replace(/\/$/, '');
-  const { context, page, problems } = await openWatchedPage(browser, origin);
+  const origin = env.server.url.replace(/\/$/, '');
+  const { context, page, problems } = await openWatchedPage(env.browser, origin);
   try {
-    await page.goto(server.url);
+    await page.goto(env.server.url);
     await page.waitForSelector('body.ready, body.error', { timeout: 60_000 });
     const errorText = await page.locator('#error-panel').textContent();
     assert.ok(await page.evaluate(() => document.body.classList.contains('ready')), `page in error: ${errorText}`);
@@ -67,7 +59,7 @@ test('the engine loads in a Web Worker with SIMD128 and the page shows it', asyn
     await page.screenshot({ path: `${ARTIFACTS}/page-ready.png` });
 
     assert.ok(problems.requests.some((url) => url.endsWith('/pkg/quant_playground_bg.wasm')), 'the wasm was fetched');
-    assert.deepEqual(problems.foreignRequests, [], 'requests that left the local server');
+    assert.deepEqual(problems.foreignRequests, [], 'requests that left the local env.server');
     assert.deepEqual([...problems.consoleErrors, ...problems.pageErrors], [], 'console errors');
   } finally {
     await context.close();
@@ -75,11 +67,11 @@ test('the engine loads in a Web Worker with SIMD128 and the page shows it', asyn
 });
 
 test('a missing engine build is reported in the page, not only on the console', async () => {
-  const origin = server.url.replace(/\/$/, '');
-  const { context, page } = await openWatchedPage(browser, origin);
+  const origin = env.server.url.replace(/\/$/, '');
+  const { context, page } = await openWatchedPage(env.browser, origin);
   try {
     await page.route('**/pkg/quant_playground.js', (route) => route.fulfill({ status: 404, body: 'not found' }));
-    await page.goto(server.url);
+    await page.goto(env.server.url);
     await page.waitForSelector('body.error', { timeout: 30_000 });
     assert.equal(await page.locator('#error-panel').isVisible(), true);
     assert.match(await page.locator('[data-field="error-message"]').textContent(), /engine could not start: .+/);
@@ -99,11 +91,11 @@ test('a missing engine build is reported in the page, not only on the console', 
 });
 
 test("a page module that fails to load is reported in the page (watchdog.js)", async () => {
-  const origin = server.url.replace(/\/$/, '');
-  const { context, page } = await openWatchedPage(browser, origin);
+  const origin = env.server.url.replace(/\/$/, '');
+  const { context, page } = await openWatchedPage(env.browser, origin);
   try {
     await page.route('**/decode.js', (route) => route.fulfill({ status: 404, body: 'not found' }));
-    await page.goto(server.url);
+    await page.goto(env.server.url);
     await page.waitForSelector('body.error', { timeout: 30_000 });
     assert.equal(await page.locator('#error-panel').isVisible(), true);
     assert.match(await page.locator('[data-field="error-message"]').textContent(), /^The page's scripts could not start/);

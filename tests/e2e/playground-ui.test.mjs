@@ -8,28 +8,19 @@
 
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { after, before, test } from 'node:test';
-import { REPO_ROOT, SECURITY_HEADERS, startServer } from '../../scripts/serve.mjs';
-import { launchChromium } from '../support/chromium.mjs';
+import { test } from 'node:test';
+import { REPO_ROOT, SECURITY_HEADERS } from '../../scripts/serve.mjs';
+import { serverAndBrowser } from '../support/harness.mjs';
 import { ARTIFACTS, openPlayground, topLabels, waitForModel, waitForPaneFrames } from '../support/playground.mjs';
 import { installStandinEngine } from '../support/standin-engine.mjs';
 
-let server;
-let browser;
-before(async () => {
-  server = await startServer({ port: 0 });
-  browser = await launchChromium();
-});
-after(async () => {
-  await browser?.close();
-  await server?.close();
-});
+const env = serverAndBrowser();
 
 const text = (page, selector) => page.locator(selector).innerText();
 const field = (page, name) => page.locator(`[data-field="${name}"]`).innerText();
 
 test('without a webcam: images, calibration, PTQ, QAT, insight, downloads, and a worker crash', async () => {
-  const { context, page, problems } = await openPlayground(browser, server, {
+  const { context, page, problems } = await openPlayground(env.browser, env.server, {
     noWebcam: true,
     setup: (ctx) => installStandinEngine(ctx, SECURITY_HEADERS),
   });
@@ -176,7 +167,7 @@ test('without a webcam: images, calibration, PTQ, QAT, insight, downloads, and a
     assert.equal(await page.locator('#error-panel').isHidden(), true, await text(page, '#error-panel'));
     await page.screenshot({ path: `${ARTIFACTS}/standin-after-restart.png` });
 
-    assert.deepEqual(problems.foreignRequests, [], 'requests that left the local server');
+    assert.deepEqual(problems.foreignRequests, [], 'requests that left the local env.server');
     assert.deepEqual([...problems.consoleErrors, ...problems.pageErrors], [], 'console errors');
   } finally {
     await context.close();
@@ -184,7 +175,7 @@ test('without a webcam: images, calibration, PTQ, QAT, insight, downloads, and a
 });
 
 test('drop anywhere: images join the calibration set, an ONNX file becomes the model; a folder too', async () => {
-  const { context, page, problems } = await openPlayground(browser, server, { noWebcam: true });
+  const { context, page, problems } = await openPlayground(env.browser, env.server, { noWebcam: true });
   try {
     await waitForModel(page, 'efficientnet_lite0.onnx');
     const drop = (files) =>

@@ -7,9 +7,9 @@
 
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { after, before, test } from 'node:test';
-import { REPO_ROOT, startServer } from '../../scripts/serve.mjs';
-import { launchChromium } from '../support/chromium.mjs';
+import { test } from 'node:test';
+import { REPO_ROOT } from '../../scripts/serve.mjs';
+import { serverAndBrowser } from '../support/harness.mjs';
 import {
   ARTIFACTS,
   boxPixels,
@@ -26,16 +26,7 @@ import {
 // A dev build of the engine is several times slower than a release build.
 const SLOW = 300_000;
 
-let server;
-let browser;
-before(async () => {
-  server = await startServer({ port: 0 });
-  browser = await launchChromium({ extraArgs: [`--use-file-for-fake-video-capture=${fakeWebcam()}`] });
-});
-after(async () => {
-  await browser?.close();
-  await server?.close();
-});
+const env = serverAndBrowser({ extraArgs: [`--use-file-for-fake-video-capture=${fakeWebcam()}`] });
 
 const field = (page, name) => page.locator(`[data-field="${name}"]`).innerText();
 const NOT_AVAILABLE = /not available in this build/;
@@ -47,7 +38,7 @@ async function startWebcam(page) {
 }
 
 test('EfficientNet-Lite0: card, top-5, webcam calibration, PTQ and QAT (or "not available")', async () => {
-  const { context, page, problems } = await openPlayground(browser, server);
+  const { context, page, problems } = await openPlayground(env.browser, env.server);
   try {
     await waitForModel(page, 'efficientnet_lite0.onnx');
     assert.equal(await page.locator('#error-panel').isHidden(), true, await page.locator('#error-panel').innerText());
@@ -149,7 +140,7 @@ test('EfficientNet-Lite0: card, top-5, webcam calibration, PTQ and QAT (or "not 
     await page.evaluate(() => window.scrollTo(0, 0));
     await page.screenshot({ path: `${ARTIFACTS}/playground-efficientnet.png` });
     await page.screenshot({ path: `${ARTIFACTS}/playground-efficientnet-full.png`, fullPage: true });
-    assert.deepEqual(problems.foreignRequests, [], 'requests that left the local server');
+    assert.deepEqual(problems.foreignRequests, [], 'requests that left the local env.server');
     assert.deepEqual([...problems.consoleErrors, ...problems.pageErrors], [], 'console errors');
   } finally {
     await context.close();
@@ -157,7 +148,7 @@ test('EfficientNet-Lite0: card, top-5, webcam calibration, PTQ and QAT (or "not 
 });
 
 test('BlazeFace from the file input draws a face box; broken files give errors and the page goes on', async () => {
-  const { context, page, problems } = await openPlayground(browser, server);
+  const { context, page, problems } = await openPlayground(env.browser, env.server);
   try {
     await waitForModel(page, 'efficientnet_lite0.onnx');
     await page.setInputFiles('#model-file', `${REPO_ROOT}/models/blazeface_front_128.onnx`);
@@ -241,7 +232,7 @@ test('BlazeFace from the file input draws a face box; broken files give errors a
     assert.equal(await page.locator('.pane[data-variant="fp32"]').getAttribute('data-state'), 'ok');
     assert.equal(await page.locator('#error-panel').isHidden(), true);
 
-    assert.deepEqual(problems.foreignRequests, [], 'requests that left the local server');
+    assert.deepEqual(problems.foreignRequests, [], 'requests that left the local env.server');
     assert.deepEqual([...problems.consoleErrors, ...problems.pageErrors], [], 'console errors');
   } finally {
     await context.close();

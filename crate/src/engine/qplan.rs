@@ -10,7 +10,6 @@
 
 use crate::ir::{activation_name, Activation, BinaryOp, Conv, Graph, Node, Op, PadMode, Quant, ReduceOp, ResizeMode, ValueId};
 use crate::kernels::conv::Conv2dShape;
-use crate::kernels::int8::elementwise::ADD_LEFT_SHIFT;
 use crate::kernels::int8::{channel_requantizers, lut_from_fn, quantize_f32, Qs8AddParams, Requantizer};
 use crate::kernels::pool::Pool2dShape;
 use crate::kernels::{layout, resize};
@@ -299,13 +298,17 @@ pub(crate) fn requantizer(m: f64, max_acc: i64) -> std::result::Result<Requantiz
         return Err(format!("requantization multiplier {m:e} is out of range"));
     }
     let rq = Requantizer::from_real(m);
-    check_shift(&rq, max_acc)?;
+    check_range(&rq, max_acc)?;
     Ok(rq)
 }
 
-fn check_shift(rq: &Requantizer, max_acc: i64) -> std::result::Result<(), String> {
-    if max_acc.saturating_mul(1i64 << rq.shift().max(0)) > i32::MAX as i64 {
-        return Err(format!("requantization multiplier {:e} overflows int32 accumulators", rq.real()));
+fn check_range(rq: &Requantizer, max_acc: i64) -> std::result::Result<(), String> {
+    if max_acc > i32::MAX as i64 {
+        return Err(format!("its int32 accumulators may overflow (up to {max_acc} in magnitude)"));
+    }
+    // `Requantizer::apply` returns an i32.
+    if max_acc as f64 * rq.real() >= i32::MAX as f64 {
+        return Err(format!("requantization multiplier {:e} takes accumulators of up to {max_acc} past int32", rq.real()));
     }
     Ok(())
 }
@@ -360,7 +363,7 @@ fn channel_biases(wq: &[i8], k: usize, bias: Option<&[f32]>, acc_scales: &[f32],
         let sum: i64 = row.iter().map(|&w| w as i64).sum();
         let abs_sum: i64 = row.iter().map(|&w| (w as i64).abs()).sum();
         // The packers fold the zero point into the bias; inputs then are in [-128, 127].
-        check_shift(&requant[c], (b - zx as i64 * sum).abs() + 128 * abs_sum)?;
+        check_range(&requant[c], (b - zx as i64 * sum).abs() + 128 * abs_sum)?;
         out.push(b as i32);
     }
     Ok(out)
@@ -490,10 +493,10 @@ pub(crate) fn plan_node(g: &Graph, qparams: &[Option<Qp>], node: &Node) -> std::
             } else {
                 let complement_b = *op == BinaryOp::Sub;
                 let zb = if complement_b { -b.zero_point - 1 } else { b.zero_point };
-                // The output requantizer of `Qs8AddParams` sees sums of two inputs rescaled by
-                // at most 1/2 with ADD_LEFT_SHIFT fractional bits.
-                let twice_max = 2.0 * x.scale.max(b.scale) as f64;
-                requantizer(twice_max / ((1u64 << ADD_LEFT_SHIFT) as f64 * y.scale as f64), (255 << ADD_LEFT_SHIFT) + 2)?;
+                let ratio = x.scale.max(b.scale) as f64 / y.scale as f64;
+                if ratio.is_nan() || ratio >= Qs8AddParams::MAX_RATIO {
+                    return Err(format!("an input scale is {ratio:e} times the output scale (below 2^19 for the int8 Add)"));
+                }
                 let params = Qs8AddParams::new(x.scale, x.zero_point, b.scale, zb, y.scale, y.zero_point, y.qmin, y.qmax);
                 IntOp::Add { params, broadcast, complement_b }
             }

@@ -1,10 +1,12 @@
 //! Quantization-aware training (QAT): reverse-mode autodiff over the IR, fake quantization
-//! with learned step sizes, label-free distillation from the float model, AdamW.
+//! with learned step sizes, label-free distillation from the float model (optionally with
+//! intermediate-feature matching, and cross-entropy to labels where the user has them), AdamW.
 //!
 //! ```text
 //! Trainer::new(float graph, PTQ graph, config)   params from the PTQ annotation (qat.rs)
 //!   .step(batch) x N     per frame: teacher forward (cached by frame), student forward on the
-//!                        tape, distillation loss (loss.rs), backward; then one AdamW update
+//!                        tape, distillation loss (loss.rs) [+ features (features.rs)]
+//!                        [+ cross-entropy to a label], backward; then one AdamW update
 //!   .best_graph()        an annotated graph (the invariants of `quant`), same value ids
 //! ```
 //!
@@ -20,7 +22,11 @@
 //!   quantizer, with the straight-through estimator and the LSQ step-size gradient
 //!   (Esser et al. 2020).
 //! - [`loss`]: distillation from the float model's outputs: KL of softmax distributions for
-//!   classifier scores, per-anchor Bernoulli KL for detector scores, normalised MSE otherwise.
+//!   classifier scores, per-anchor Bernoulli KL for detector scores, normalised MSE otherwise;
+//!   the cross-entropy to a label for classifiers.
+//! - [`features`]: optional matching of intermediate values to the teacher's (normalised MSE
+//!   at the narrowest cut point of each resolution by default).
+//! - [`labels`]: class folders to output indices (by index, or by the names of a labels file).
 //! - [`optim`]: AdamW with linear warm-up and cosine decay.
 //! - [`qat`]: the [`Trainer`]: parameters, the step, the best weights so far,
 //!   export to an annotated graph.
@@ -31,6 +37,8 @@
 //! one frame's activations whatever the batch size.
 
 pub mod fake_quant;
+pub mod features;
+pub mod labels;
 pub mod loss;
 pub mod ops;
 pub mod optim;

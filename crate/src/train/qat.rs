@@ -35,9 +35,29 @@
 //!   1.04 → 0.23, confident-view top-1 0.31 → 1.0, all-view 0.28 → 0.64. Half these rates
 //!   reached 0.26; three times them (at 100 steps) spiked early and overfit.
 //!
+//! # The objective
+//! Per frame: `distill_weight ·` the output distillation (`loss::Distillation`), plus
+//! `feature_weight ·` the intermediate-feature matching when on (`train::features`), plus
+//! `label_weight ·` the cross-entropy to the frame's label when it has one
+//! ([`Trainer::step_labelled`], a classifier only); the mean over the batch. Each term's
+//! gradient is seeded into the tape at the values it reads (outputs, matched features, logits)
+//! and one backward sums them.
+//!
+//! # The teacher cache
+//! The float model's targets of the last `teacher_cache` frames are kept by a hash of the
+//! frame (a pool of views seen again costs no teacher forward). With feature matching each
+//! entry also holds the matched features (EfficientNet-Lite0's default: 1.33 MB a frame), so the
+//! cache then keeps at most [`FEATURE_CACHE_BYTES`] of them (50 frames of EfficientNet-Lite0)
+//! rather than growing to hundreds of MB; a frame that fell out costs a teacher forward again
+//! (a fifth to a quarter of a training step). The student side costs nothing more: the tape
+//! already holds every value of the frame, and seeds at intermediate values add no backward
+//! work.
+//!
 //! # The best weights
 //! With held-out frames ([`Trainer::set_holdout`]) the trainer measures the loss on them every
 //! `eval_every` steps and keeps the parameters of the best measure (the PTQ start included);
+//! that measure is the output distillation alone, unweighted (fidelity to the float model is
+//! what the result is for; features and labels are means to it);
 //! without, it keeps those with the best running (exponential) mean of the training loss. So a
 //! cancelled run still exports its best point.
 //!
@@ -51,7 +71,8 @@ use std::collections::{HashMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use super::fake_quant::{self, grad_scale, ChannelLayout, FakeQuant};
-use super::loss::Distillation;
+use super::features::{self, FeatureMatch};
+use super::loss::{Distillation, LabelLoss};
 use super::optim::{AdamW, Moments, Schedule};
 use super::tape::{Tape, TapeSpec};
 use crate::engine::Fp32Engine;
@@ -108,9 +129,24 @@ pub struct QatConfig {
     /// Held-out loss every this many steps (with held-out frames).
     pub eval_every: usize,
     /// Frames whose teacher outputs are remembered (a pool of views seen again costs no
-    /// teacher forward).
+    /// teacher forward). With feature matching, also at most [`FEATURE_CACHE_BYTES`] of
+    /// features.
     pub teacher_cache: usize,
+    /// Weight of the output distillation (0: train on the other terms alone).
+    pub distill_weight: f32,
+    /// Weight of intermediate-feature matching (0: off): the mean normalised MSE between the
+    /// student's and the float teacher's values at `feature_values` (see `train::features`).
+    pub feature_weight: f32,
+    /// The values to match, by value or node name. Empty: the default choice, the narrowest
+    /// quantized cut point at each spatial resolution (`features::default_values`).
+    pub feature_values: Vec<String>,
+    /// Weight of the cross-entropy to the label, relative to distillation, on frames that have
+    /// one ([`Trainer::step_labelled`]).
+    pub label_weight: f32,
 }
+
+/// Bytes of teacher features the cache may hold (see the module docs).
+pub const FEATURE_CACHE_BYTES: usize = 64 << 20;
 
 impl Default for QatConfig {
     fn default() -> Self {
@@ -129,6 +165,10 @@ impl Default for QatConfig {
             min_lr_ratio: 0.05,
             eval_every: 10,
             teacher_cache: 256,
+            distill_weight: 1.0,
+            feature_weight: 0.0,
+            feature_values: Vec::new(),
+            label_weight: 1.0,
         }
     }
 }
@@ -139,8 +179,17 @@ impl Default for QatConfig {
 pub struct StepStats {
     /// Steps done, this one included.
     pub step: usize,
-    /// Mean distillation loss of the batch (before this step's update).
+    /// Mean loss of the batch (before this step's update): the weighted sum of the terms in
+    /// use (the output distillation alone by default).
     pub loss: f64,
+    /// Mean output distillation of the batch, unweighted.
+    pub distill_loss: f64,
+    /// Mean feature-matching loss of the batch, unweighted (with feature matching).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feature_loss: Option<f64>,
+    /// Mean cross-entropy of the batch's labelled frames, unweighted (when it has some).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_loss: Option<f64>,
     /// The weights' learning rate of this step.
     pub lr: f32,
     /// Loss on the held-out frames, when measured at this step (after its update).
@@ -184,11 +233,21 @@ struct State {
     act_scales: Vec<f32>,
 }
 
-/// Teacher outputs of recent frames, keyed by a hash of the frame.
+/// What the float model gives for one frame: its outputs and the matched features.
+#[derive(Clone, Debug, PartialEq)]
+struct Targets {
+    outputs: Vec<Vec<f32>>,
+    features: Vec<Vec<f32>>,
+}
+
+/// Teacher targets of recent frames, keyed by a hash of the frame.
 struct TeacherCache {
-    map: HashMap<u64, Vec<Vec<f32>>>,
+    map: HashMap<u64, Targets>,
     order: VecDeque<u64>,
     capacity: usize,
+    /// The values whose teacher data each entry keeps, in order; per value, its index there.
+    features: Vec<ValueId>,
+    feature_of: Vec<Option<usize>>,
 }
 
 impl TeacherCache {
@@ -204,10 +263,32 @@ impl TeacherCache {
         h
     }
 
-    fn get(&mut self, teacher: &Fp32Engine, inputs: &[&[f32]]) -> Result<&Vec<Vec<f32>>> {
+    /// A cache of `capacity` frames, each with the teacher's data of `features`
+    /// (`feature_bytes` a frame), capped at [`FEATURE_CACHE_BYTES`] of features.
+    fn new(capacity: usize, g: &Graph, features: Vec<ValueId>, feature_bytes: usize) -> TeacherCache {
+        let capacity = FEATURE_CACHE_BYTES.checked_div(feature_bytes).map_or(capacity, |n| capacity.min(n.max(1)));
+        let mut feature_of = vec![None; g.values.len()];
+        for (k, &v) in features.iter().enumerate() {
+            feature_of[v] = Some(k);
+        }
+        TeacherCache { map: HashMap::new(), order: VecDeque::new(), capacity, features, feature_of }
+    }
+
+    /// The teacher's targets of a frame: its outputs and the features.
+    fn run(&self, teacher: &Fp32Engine, inputs: &[&[f32]]) -> Result<Targets> {
+        let mut features = vec![Vec::new(); self.features.len()];
+        let outputs = teacher.run_observed(inputs, &mut |v, d| {
+            if let Some(k) = self.feature_of.get(v).copied().flatten() {
+                features[k] = d.to_vec();
+            }
+        })?;
+        Ok(Targets { outputs, features })
+    }
+
+    fn get(&mut self, teacher: &Fp32Engine, inputs: &[&[f32]]) -> Result<&Targets> {
         let key = Self::key(inputs);
         if !self.map.contains_key(&key) {
-            let out = teacher.run(inputs)?;
+            let out = self.run(teacher, inputs)?;
             if self.capacity == 0 {
                 self.map.clear();
                 self.order.clear();
@@ -244,6 +325,11 @@ pub struct Trainer {
     opt: AdamW,
     schedule: Schedule,
     loss: Distillation,
+    features: Option<FeatureMatch>,
+    /// The label loss of a classifier (else the reason labels cannot be used).
+    labels: std::result::Result<LabelLoss, String>,
+    /// Labelled frames trained on so far.
+    labelled_frames: usize,
     cache: TeacherCache,
     step: usize,
     ema: Option<f64>,
@@ -275,6 +361,11 @@ impl Trainer {
         });
         if batch_size == 0 {
             return Err(Error::Invalid("QAT batch size must be at least 1".into()));
+        }
+        for (what, w) in [("distillation", config.distill_weight), ("feature", config.feature_weight), ("label", config.label_weight)] {
+            if !(w.is_finite() && w >= 0.0) {
+                return Err(Error::Invalid(format!("the QAT {what} weight must be a number ≥ 0, not {w}")));
+            }
         }
         let learn_scales = !config.freeze_scales;
         let learn_weight_scales = learn_scales && config.learn_weight_scales.unwrap_or(mode == QatMode::Full);
@@ -388,7 +479,28 @@ impl Trainer {
         }
         let tape = Tape::new(ptq.clone(), spec)?;
         let schedule = Schedule { steps, warmup: ((steps as f32 * config.warmup).ceil() as usize).min(steps), min_ratio: config.min_lr_ratio };
-        let cache = TeacherCache { map: HashMap::new(), order: VecDeque::new(), capacity: config.teacher_cache };
+        let features = if config.feature_weight > 0.0 {
+            let values = if config.feature_values.is_empty() {
+                let v = features::default_values(ptq);
+                if v.is_empty() {
+                    return Err(Error::Invalid(
+                        "QAT feature matching: the model has no quantized 4-D activation with a spatial extent to match by default; name the values to match".into(),
+                    ));
+                }
+                v
+            } else {
+                features::resolve(ptq, &config.feature_values, float.values.len())?
+            };
+            Some(FeatureMatch::new(ptq, &values))
+        } else {
+            None
+        };
+        let cache = TeacherCache::new(
+            config.teacher_cache,
+            ptq,
+            features.as_ref().map_or(Vec::new(), |f| f.values()),
+            features.as_ref().map_or(0, |f| f.bytes_per_frame()),
+        );
         let mut t = Trainer {
             mode,
             steps,
@@ -406,6 +518,9 @@ impl Trainer {
             opt: AdamW::default(),
             schedule,
             loss: Distillation::new(ptq),
+            features,
+            labels: LabelLoss::new(ptq).map_err(|e| e.to_string()),
+            labelled_frames: 0,
             cache,
             step: 0,
             ema: None,
@@ -449,9 +564,35 @@ impl Trainer {
         &self.history
     }
 
-    /// What each output is distilled with (`kl`, `anchor-kl`, `mse`).
+    /// The loss terms in use: what each output is distilled with (`kl`, `anchor-kl`, `mse`;
+    /// none when its weight is 0), then `feature-mse` with feature matching and
+    /// `cross-entropy` once labelled frames have been trained on (with a weight above 0).
     pub fn losses(&self) -> Vec<&'static str> {
-        self.loss.describe()
+        let mut l = if self.config.distill_weight > 0.0 { self.loss.describe() } else { Vec::new() };
+        if self.features.is_some() {
+            l.push("feature-mse");
+        }
+        if self.labelled_frames > 0 && self.config.label_weight > 0.0 {
+            l.push("cross-entropy");
+        }
+        l
+    }
+
+    /// The names of the matched feature values (empty without feature matching).
+    pub fn feature_values(&self) -> Vec<String> {
+        let g = self.tape.graph();
+        self.features.as_ref().map_or(Vec::new(), |f| f.values().iter().map(|&v| g.values[v].name.clone()).collect())
+    }
+
+    /// Frames of the teacher cache (fewer than `teacher_cache` with feature matching).
+    pub fn teacher_cache_frames(&self) -> usize {
+        self.cache.capacity
+    }
+
+    /// Number of classes labels can take: the classifier's, or the reason the model takes no
+    /// labels (its outputs are not a classifier's).
+    pub fn label_classes(&self) -> Result<usize> {
+        self.labels.as_ref().map(|l| l.classes()).map_err(|e| Error::Invalid(e.clone()))
     }
 
     /// The tape (profiling, inspection).
@@ -521,14 +662,30 @@ impl Trainer {
         Ok(())
     }
 
-    /// One optimizer step on `batch` (frames of one tensor per model input): distillation
-    /// loss and gradients frame by frame, then one AdamW update.
+    /// One optimizer step on `batch` (frames of one tensor per model input): loss and
+    /// gradients frame by frame, then one AdamW update.
     pub fn step(&mut self, batch: &[Vec<Vec<f32>>]) -> Result<StepStats> {
+        self.step_labelled(batch, &[])
+    }
+
+    /// [`step`](Self::step) with a label per frame (`labels` empty, or one per frame; `None`
+    /// for an unlabelled frame): labelled frames add the cross-entropy to their class. Labels
+    /// need a classifier ([`label_classes`](Self::label_classes)).
+    pub fn step_labelled(&mut self, batch: &[Vec<Vec<f32>>], labels: &[Option<usize>]) -> Result<StepStats> {
         if batch.is_empty() {
             return Err(Error::Invalid("a QAT step needs at least one frame".into()));
         }
+        if !labels.is_empty() && labels.len() != batch.len() {
+            return Err(Error::Invalid(format!("a QAT step got {} labels for {} frames", labels.len(), batch.len())));
+        }
         for f in batch {
             self.check_frame(f)?;
+        }
+        if labels.iter().any(Option::is_some) {
+            let classes = self.label_classes()?;
+            if let Some(bad) = labels.iter().flatten().find(|&&y| y >= classes) {
+                return Err(Error::Invalid(format!("label {bad} is not a class: the classifier has {classes} (0..{})", classes - 1)));
+            }
         }
         if self.best.is_none() && !self.holdout.is_empty() {
             let l = self.holdout_loss()?;
@@ -536,17 +693,35 @@ impl Trainer {
         }
         self.tape.zero_grads();
         let weight = 1.0 / batch.len() as f32;
-        let mut total = 0f64;
-        for frame in batch {
+        let c = &self.config;
+        let (wd, wf, wl) = (c.distill_weight, c.feature_weight, c.label_weight);
+        let (mut distill, mut feature, mut label, mut labelled) = (0f64, 0f64, 0f64, 0usize);
+        for (k, frame) in batch.iter().enumerate() {
             let inputs: Vec<&[f32]> = frame.iter().map(|v| v.as_slice()).collect();
             let targets = self.cache.get(&self.teacher, &inputs)?;
             self.tape.forward(&inputs)?;
             let tape = &self.tape;
-            total += self.loss.frame(|v| tape.value(v), targets, weight, true);
-            let seeds = self.loss.seeds();
+            // Every term is computed (and reported) even at weight 0; only weighted ones seed.
+            distill += self.loss.frame(|v| tape.value(v), &targets.outputs, weight * wd, true);
+            let mut seeds = if wd > 0.0 { self.loss.seeds() } else { Vec::new() };
+            if let Some(f) = self.features.as_mut() {
+                feature += f.frame(|v| tape.value(v), &targets.features, weight * wf, true);
+                seeds.extend(f.seeds());
+            }
+            if let (Some(Some(y)), Ok(l)) = (labels.get(k), self.labels.as_mut()) {
+                label += l.frame(|v| tape.value(v), *y, weight * wl)?;
+                labelled += 1;
+                if wl > 0.0 {
+                    seeds.push(l.seed());
+                }
+            }
             self.tape.backward(&seeds);
         }
-        let loss = total / batch.len() as f64;
+        self.labelled_frames += labelled;
+        let n = batch.len() as f64;
+        let (distill_loss, feature_loss) = (distill / n, self.features.as_ref().map(|_| feature / n));
+        let label_loss = (labelled > 0).then(|| label / labelled as f64);
+        let loss = wd as f64 * distill_loss + wf as f64 * feature_loss.unwrap_or(0.0) + wl as f64 * label / n;
         if !loss.is_finite() {
             return Err(Error::Invalid(format!("the QAT loss diverged ({loss}) at step {}; lower the learning rates", self.step + 1)));
         }
@@ -571,7 +746,16 @@ impl Trainer {
                 self.best = Some((l, self.state.clone()));
             }
         }
-        let stats = StepStats { step: self.step, loss, lr: self.config.lr * factor, holdout_loss, best_loss: self.best.as_ref().map(|b| b.0) };
+        let stats = StepStats {
+            step: self.step,
+            loss,
+            distill_loss,
+            feature_loss,
+            label_loss,
+            lr: self.config.lr * factor,
+            holdout_loss,
+            best_loss: self.best.as_ref().map(|b| b.0),
+        };
         self.history.push(stats.clone());
         Ok(stats)
     }
@@ -643,7 +827,7 @@ impl Trainer {
         Ok(total / self.holdout.len().max(1) as f64)
     }
 
-    /// The mean distillation loss of the current parameters on `frames` (no training).
+    /// The mean output distillation of the current parameters on `frames` (no training).
     pub fn evaluate(&mut self, frames: &[Vec<Vec<f32>>]) -> Result<f64> {
         let mut total = 0f64;
         for frame in frames {
@@ -652,7 +836,7 @@ impl Trainer {
             let targets = self.cache.get(&self.teacher, &inputs)?;
             self.tape.forward(&inputs)?;
             let tape = &self.tape;
-            total += self.loss.frame(|v| tape.value(v), targets, 1.0, false);
+            total += self.loss.frame(|v| tape.value(v), &targets.outputs, 1.0, false);
         }
         Ok(total / frames.len().max(1) as f64)
     }
@@ -810,6 +994,9 @@ mod tests {
     }
 
     /// Smooth random images: a few random gradients and blobs, as natural images are smooth.
+    // 6.28 is the range of a random phase, kept as written: the tests' thresholds were measured
+    // on exactly these frames (with τ instead, the W4 test's loss ratio ends at 0.60, above its 0.5).
+    #[allow(clippy::approx_constant)]
     fn frame(rng: &mut Rng) -> Vec<Vec<f32>> {
         let (a, bx, by, c) = (rng.uniform(-1.0, 1.0), rng.uniform(-0.2, 0.2), rng.uniform(-0.2, 0.2), rng.uniform(0.0, 6.28));
         let data = (0..3 * 144)
@@ -901,7 +1088,7 @@ mod tests {
         let inputs: Vec<&[f32]> = pool[0].iter().map(|v| v.as_slice()).collect();
         let a = t.cache.get(&t.teacher, &inputs).unwrap().clone();
         assert_eq!(&a, t.cache.get(&t.teacher, &inputs).unwrap());
-        assert_eq!(a, t.teacher(&pool[0]).unwrap());
+        assert_eq!(a.outputs, t.teacher(&pool[0]).unwrap());
         assert!(t.step(&[]).is_err());
         assert!(t.step(&[vec![vec![0.0; 3]]]).is_err());
     }

@@ -16,6 +16,7 @@ use quant_playground::quant::ptq::QuantConfig;
 use quant_playground::quant::sensitivity::Sensitivity;
 use quant_playground::rng::Rng;
 use quant_playground::session::{evaluate, QuantReport, Session, Variant};
+use quant_playground::train::labels::ClassMap;
 use quant_playground::train::qat::{QatConfig, QatMode, StepStats};
 use quant_playground::{npy, Error, Result};
 use serde::Serialize;
@@ -110,6 +111,27 @@ pub struct QuantizeArgs {
     /// Frames per QAT step (default: the recipe's, 4 in scales mode and 8 in full mode).
     #[arg(long)]
     pub qat_batch: Option<usize>,
+    /// QAT: also match intermediate features to the FP32 model's, with this weight relative
+    /// to the output distillation (normalised MSE; default values: the narrowest quantized
+    /// cut point at each resolution). Default 0 (off), or 1 with --qat-feature-layers.
+    #[arg(long, value_name = "W")]
+    pub qat_features: Option<f32>,
+    /// QAT: the values (or nodes) whose features are matched: NAME,NAME,...
+    #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
+    pub qat_feature_layers: Vec<String>,
+    /// QAT with labels: a folder holding one subfolder per class, named by the class (see
+    /// --labels) or by its output index, with images or .npy tensors inside. A classifier
+    /// only. Labelled frames add the cross-entropy to their class and are trained on too,
+    /// augmented like the calibration images.
+    #[arg(long, value_name = "DIR")]
+    pub qat_labels: Option<PathBuf>,
+    /// Class names, one per line (line i names output index i), matched to the --qat-labels
+    /// folder names ignoring case, '_' as a space.
+    #[arg(long, value_name = "FILE", requires = "qat_labels")]
+    pub labels: Option<PathBuf>,
+    /// Weight of the cross-entropy to labels, relative to the distillation.
+    #[arg(long, value_name = "W", default_value_t = 1.0)]
+    pub qat_label_weight: f32,
     /// Held-out evaluation data (images or .npy) for the report's fidelity.
     #[arg(long, value_name = "DIR")]
     pub eval: Option<PathBuf>,
@@ -165,6 +187,19 @@ fn load_folder(dir: &Path, model: &Model) -> Result<Source> {
         return Err(Error::Invalid(format!("{} holds no images (.png, .jpg) and no .npy tensors", dir.display())));
     }
     Ok(Source::Images(images.into_iter().map(|p| load_rgba(p)).collect::<Result<_>>()?))
+}
+
+/// One image or tensor of a source.
+enum Item<'a> {
+    Image(&'a (Vec<u8>, usize, usize)),
+    Tensor(&'a [f32]),
+}
+
+fn items(source: &Source) -> Vec<Item<'_>> {
+    match source {
+        Source::Images(i) => i.iter().map(Item::Image).collect(),
+        Source::Tensors(t) => t.iter().map(|t| Item::Tensor(t)).collect(),
+    }
 }
 
 /// The frames of a source: each image or tensor once, or `views` random views of the images.
@@ -235,11 +270,84 @@ struct Report<'a> {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct QatSummary<'a> {
+    /// The recipe as given (`None` fields: chosen by the trainer; see `mode`, `batchSize`).
+    config: &'a QatConfig,
+    mode: QatMode,
+    batch_size: usize,
+    /// The loss terms used: per output `kl`, `anchor-kl` or `mse`, then `feature-mse`,
+    /// `cross-entropy`.
+    losses: Vec<&'static str>,
+    /// The values whose features were matched.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    feature_values: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    labels: Option<&'a LabelSummary>,
     report: &'a QuantReport,
-    /// Per step: the distillation loss (and the held-out loss where measured).
-    loss_curve: Vec<StepStats>,
+    /// Per step: the loss and its terms (and the held-out distillation where measured).
+    loss_curve: &'a [StepStats],
+    seconds: f64,
+    evaluation: Option<&'a Evaluation>,
+}
+
+/// The labelled frames QAT trained with.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LabelSummary {
+    dir: String,
+    frames: usize,
+    classes: Vec<ClassFolder>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ClassFolder {
+    folder: String,
+    class: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    frames: usize,
+}
+
+/// What a QAT run leaves for the report.
+struct QatRun {
+    config: QatConfig,
+    mode: QatMode,
+    batch_size: usize,
+    losses: Vec<&'static str>,
+    feature_values: Vec<String>,
+    labels: Option<LabelSummary>,
+    report: QuantReport,
+    curve: Vec<StepStats>,
     seconds: f64,
     evaluation: Option<Evaluation>,
+}
+
+/// The class folders of `dir` (see `--qat-labels`): each folder's frames with its class.
+fn load_labelled(dir: &Path, model: &Model, map: &ClassMap) -> Result<(Vec<(Source, usize)>, LabelSummary)> {
+    let mut folders: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(|source| Error::Io { path: dir.display().to_string(), source })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir() && !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')))
+        .collect();
+    folders.sort();
+    if folders.is_empty() {
+        return Err(Error::Invalid(format!("{}: --qat-labels needs one subfolder per class (named by the class), and it holds none", dir.display())));
+    }
+    let mut sets = Vec::new();
+    let mut classes = Vec::new();
+    for folder in folders {
+        let name = folder.file_name().and_then(|n| n.to_str()).ok_or_else(|| Error::Invalid(format!("{}: a class folder name must be UTF-8", folder.display())))?;
+        let class = map.class_of(name).map_err(|e| Error::Invalid(format!("{}: {e}", dir.display())))?;
+        let source = load_folder(&folder, model)?;
+        let frames = match &source {
+            Source::Images(i) => i.len(),
+            Source::Tensors(t) => t.len(),
+        };
+        classes.push(ClassFolder { folder: name.to_string(), class, name: map.name(class).map(String::from), frames });
+        sets.push((source, class));
+    }
+    let frames = classes.iter().map(|c| c.frames).sum();
+    Ok((sets, LabelSummary { dir: dir.display().to_string(), frames, classes }))
 }
 
 #[derive(Serialize)]
@@ -270,6 +378,19 @@ pub fn quantize(a: &QuantizeArgs) -> Result<()> {
         equalize: a.equalize,
         float_outputs: a.float_outputs,
         ..QuantConfig::default()
+    };
+    let feature_weight = a.qat_features.unwrap_or(if a.qat_feature_layers.is_empty() { 0.0 } else { 1.0 });
+    if a.qat_steps == 0 && (a.qat_labels.is_some() || feature_weight > 0.0) {
+        return Err(Error::Invalid("--qat-labels and --qat-features shape QAT: give --qat-steps N too".into()));
+    }
+    // Labels first: a model that cannot take them fails before calibration.
+    let labelled = match &a.qat_labels {
+        None => None,
+        Some(dir) => {
+            let names = a.labels.as_ref().map(|f| read(f).map(|b| String::from_utf8_lossy(&b).into_owned())).transpose()?;
+            let map = ClassMap::new(model.engine.graph(), names.as_deref()).map_err(|e| Error::Invalid(format!("{}: {e}", a.model.display())))?;
+            Some(load_labelled(dir, &model, &map)?)
+        }
     };
     let calib = frames(&load_folder(&a.calib, &model)?, a.calib_views, a.seed, &p)?;
     let mut session = Session::new(model);
@@ -325,47 +446,72 @@ pub fn quantize(a: &QuantizeArgs) -> Result<()> {
             QatModeArg::Scales => QatMode::Scales,
             QatModeArg::Full => QatMode::Full,
         });
-        let mut trainer = session.qat_trainer(config)?;
+        config.feature_weight = feature_weight;
+        config.feature_values = a.qat_feature_layers.clone();
+        config.label_weight = a.qat_label_weight;
+        let mut trainer = session.qat_trainer(config.clone())?;
         trainer.set_holdout(session.kept_frames())?;
         eprintln!("QAT: {} steps, mode {:?}, batch {}", trainer.steps(), trainer.mode(), trainer.batch_size());
-        let source = load_folder(&a.calib, &session.model)?;
+        let features = trainer.feature_values();
+        if !features.is_empty() {
+            eprintln!("QAT: matching the features of {} (teacher cache: {} frames)", features.join(", "), trainer.teacher_cache_frames());
+        }
+        // Each step draws its frames uniformly from the calibration images and the labelled
+        // ones together, each a fresh random view; labelled frames carry their class.
+        let calib_source = load_folder(&a.calib, &session.model)?;
+        let mut pool: Vec<(Item, Option<usize>)> = items(&calib_source).into_iter().map(|i| (i, None)).collect();
+        if let Some((sets, summary)) = &labelled {
+            eprintln!("QAT: {} labelled frames in {} classes from {}", summary.frames, summary.classes.len(), summary.dir);
+            for (source, class) in sets {
+                pool.extend(items(source).into_iter().map(|i| (i, Some(*class))));
+            }
+        }
         let mut rng = Rng::seeded(a.seed.wrapping_add(0x7a7));
         let batch = trainer.batch_size();
         let start = Instant::now();
         let mut bar = Progress::new("training", a.qat_steps);
         let mut curve = Vec::new();
-        trainer.train(
-            a.qat_steps,
-            &mut |_| {
-                (0..batch)
-                    .map(|_| match &source {
-                        Source::Images(images) => {
-                            let (px, w, h) = &images[(rng.next_u64() % images.len() as u64) as usize];
-                            let (v, vw, vh) = View::random(&mut rng, &Augment::default()).apply(px, *w, *h);
-                            Ok(vec![preprocess(&v, vw, vh, &p)?])
-                        }
-                        Source::Tensors(t) => Ok(vec![t[(rng.next_u64() % t.len() as u64) as usize].clone()]),
-                    })
-                    .collect()
-            },
-            &mut |stats| {
-                curve.push(stats.clone());
-                bar.update(stats.step);
-                true
-            },
-        )?;
+        for _ in 0..a.qat_steps {
+            let mut frames = Vec::with_capacity(batch);
+            let mut labels = Vec::with_capacity(batch);
+            for _ in 0..batch {
+                let (item, label) = &pool[(rng.next_u64() % pool.len() as u64) as usize];
+                frames.push(vec![match item {
+                    Item::Image((px, w, h)) => {
+                        let (v, vw, vh) = View::random(&mut rng, &Augment::default()).apply(px, *w, *h);
+                        preprocess(&v, vw, vh, &p)?
+                    }
+                    Item::Tensor(t) => t.to_vec(),
+                }]);
+                labels.push(*label);
+            }
+            let stats = trainer.step_labelled(&frames, &labels)?;
+            bar.update(stats.step);
+            curve.push(stats);
+        }
         let seconds = start.elapsed().as_secs_f64();
         let report = session.finish_qat(&trainer)?.clone();
         let evaluation = match &eval_frames {
             None => None,
             Some(f) => Some(evaluate_variant(&session, Variant::Qat, f)?),
         };
-        qat = Some((report, curve, seconds, evaluation));
+        qat = Some(QatRun {
+            config,
+            mode: trainer.mode(),
+            batch_size: trainer.batch_size(),
+            losses: trainer.losses(),
+            feature_values: features,
+            labels: labelled.map(|(_, summary)| summary),
+            report,
+            curve,
+            seconds,
+            evaluation,
+        });
     }
     print_report(&report, evaluation.as_ref());
-    if let Some((r, _, seconds, e)) = &qat {
-        println!("QAT ({seconds:.1} s):");
-        print_report(r, e.as_ref());
+    if let Some(q) = &qat {
+        println!("QAT ({:.1} s; losses: {}):", q.seconds, q.losses.join(", "));
+        print_report(&q.report, q.evaluation.as_ref());
     }
     if let Some(out) = &a.out {
         // The QAT result when there is one.
@@ -376,7 +522,18 @@ pub fn quantize(a: &QuantizeArgs) -> Result<()> {
         eprintln!("wrote {} ({} bytes)", out.display(), bytes.len());
     }
     if let Some(path) = &a.report {
-        let qat = qat.as_ref().map(|(report, curve, seconds, _)| QatSummary { report, loss_curve: curve.clone(), seconds: *seconds, evaluation: None });
+        let qat = qat.as_ref().map(|q| QatSummary {
+            config: &q.config,
+            mode: q.mode,
+            batch_size: q.batch_size,
+            losses: q.losses.clone(),
+            feature_values: q.feature_values.clone(),
+            labels: q.labels.as_ref(),
+            report: &q.report,
+            loss_curve: &q.curve,
+            seconds: q.seconds,
+            evaluation: q.evaluation.as_ref(),
+        });
         let r = Report { model: a.model.display().to_string(), preprocess: &p, ptq: &report, sensitivity: analysis, evaluation, qat };
         let json = serde_json::to_string_pretty(&r).expect("reports serialize");
         fs::write(path, json).map_err(|source| Error::Io { path: path.display().to_string(), source })?;

@@ -91,7 +91,7 @@ impl Exec {
                 Exec::Conv(Box::new(PackedQs8Conv2d::new(shape, &q, Some(&bias), x.zero_point, requant, out.zero_point, out.qmin, out.qmax)))
             }
             IntOp::Gemm { w: IntWeights { q, n, k: wk, bias, x, requant, out }, trans_a, m, k } => {
-                Exec::Gemm { w: PackedWeightsQs8::new(&q, n, wk, Some(&bias), x.zero_point), requant, trans_a, m, k, out }
+                Exec::Gemm { w: PackedWeightsQs8::for_rows(m, &q, n, wk, Some(&bias), x.zero_point), requant, trans_a, m, k, out }
             }
             IntOp::AvgPool { shape, count_include_pad, x, y } => {
                 Exec::AvgPool(Box::new(Qs8AvgPool2d::new(shape, count_include_pad, x.scale, x.zero_point, y.scale, y.zero_point, y.qmin, y.qmax)))

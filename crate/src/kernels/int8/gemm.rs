@@ -33,11 +33,16 @@
 //! packed X, which the convolutions size to stay in cache; the microkernel loops over the full
 //! column panels itself, so the per-tile cost is the tile's work, and its 4 output rows are
 //! written sequentially. A partial column panel of up to `NARROW_MAX` columns (the 49th pixel
-//! of a 7x7 image, the single row of a fully connected layer) takes `qs8_gemm_minmax_4x1c2`
-//! column by column, with the 4 channels in the lanes (per k pair: the column's pair
-//! broadcast, one dot with the packed weight step; scalar requantization of the 4 lanes),
-//! about as cheap per column as a full tile; wider partial panels and partial channel panels
-//! go through a small buffer.
+//! of a 7x7 image) takes `qs8_gemm_minmax_4x1c2` column by column, with the 4 channels in the
+//! lanes (per k pair: the column's pair broadcast, one dot with the packed weight step; scalar
+//! requantization of the 4 lanes), about as cheap per column as a full tile; wider partial
+//! panels and partial channel panels go through a small buffer.
+//!
+//! A fully connected layer on one image (up to `NARROW_MAX` rows, `PackedWeightsQs8::for_rows`)
+//! reads each weight once per row, so its cost is the weight bytes: it keeps the weights as
+//! int8 rows (`new_rows`, half the bytes of the i16 panels) and `qs8_gemm_4x1c16` dots 16 k
+//! values of 4 channels per step (one x load widened once, each channel's 16 weights widened
+//! in registers, four independent accumulators, one transpose-and-add at the end).
 //!
 //! Two V8 pitfalls shape the code (x64, seen in `--print-wasm-code`): runtime-indexed arrays
 //! of v128 live in the shadow stack in linear memory (the epilogue is written without them),
@@ -50,7 +55,7 @@
 //! output scales come from the accumulator range so every output code occurs. The tests run
 //! natively and on wasm32 with simd128, where the whole GEMM is the simd128 microkernel, which
 //! is also compared bit for bit with the scalar one on 1 and 3 panels, with requantizers that
-//! take the split-shift formula and ones that cannot.
+//! take the split-shift formula and ones that cannot; every case also runs on the row layout.
 
 use super::requant::{OutputParams, PreparedRequant, Requantizer};
 
@@ -61,15 +66,20 @@ pub const NR: usize = 8;
 /// k values per dot step.
 const KR: usize = 2;
 /// Partial column panels up to this wide take `qs8_gemm_minmax_4x1c2` column by column (as
-/// cheap per column as a full 4x8 tile), wider ones one 4x8 tile through a buffer.
+/// cheap per column as a full 4x8 tile), wider ones one 4x8 tile through a buffer. Fully
+/// connected layers on up to this many rows take the row layout (`new_rows`).
 const NARROW_MAX: usize = 5;
+/// k values per block of the row layout: one i8x16 load.
+const ROW_BLOCK: usize = 16;
 
-/// Weights `[n][k]` and bias packed for the microkernel (see the module contract).
+/// Weights `[n][k]` and bias packed for the microkernels (see the module contract).
 #[derive(Clone, Debug, PartialEq)]
 pub struct PackedWeightsQs8 {
     n: usize,
     k: usize,
+    /// The panels of the 4x8 tiles (`new`), or the rows of `qs8_gemm_minmax_4x1c16` (`new_rows`).
     w: Vec<i16>,
+    rows: Vec<i8>,
     /// `n` rounded up to `MR` values: the zero-point-corrected bias, 0 for padding channels.
     bias: Vec<i32>,
     /// Per channel, a bound of `|accumulator|`: `|bias| + 128 · Σ|w|` (fits an i32).
@@ -89,6 +99,74 @@ impl PackedWeightsQs8 {
         bias: Option<&[i32]>,
         input_zero_point: i32,
     ) -> PackedWeightsQs8 {
+        let mut p = PackedWeightsQs8::unpacked(weights, n, k, bias, input_zero_point);
+        let kc = k.next_multiple_of(KR);
+        p.w = vec![0i16; n.div_ceil(MR) * MR * kc];
+        if k > 0 {
+            for (c, row) in weights.chunks_exact(k).enumerate() {
+                let panel = &mut p.w[c / MR * MR * kc..][..MR * kc];
+                let r = c % MR;
+                for (q, &v) in row.iter().enumerate() {
+                    panel[q / KR * MR * KR + r * KR + q % KR] = v as i16;
+                }
+            }
+        }
+        p
+    }
+
+    /// As `new`, laid out for inputs of at most `NARROW_MAX` rows (a fully connected layer on
+    /// one image): per panel of `MR` channels, blocks of `ROW_BLOCK` k values, each the
+    /// channels' `ROW_BLOCK` int8 weights one after the other:
+    /// `rows[((i · blocks + b) · MR + r) · ROW_BLOCK + j] = W[i · MR + r][b · ROW_BLOCK + j]`,
+    /// zero past `k` and `n`. Half the bytes of the i16 panels: such a layer reads every
+    /// weight once per input row, so it is bound by those reads.
+    pub fn new_rows(
+        weights: &[i8],
+        n: usize,
+        k: usize,
+        bias: Option<&[i32]>,
+        input_zero_point: i32,
+    ) -> PackedWeightsQs8 {
+        let mut p = PackedWeightsQs8::unpacked(weights, n, k, bias, input_zero_point);
+        let blocks = k.div_ceil(ROW_BLOCK);
+        p.rows = vec![0i8; n.div_ceil(MR) * blocks * MR * ROW_BLOCK];
+        if k > 0 {
+            for (c, row) in weights.chunks_exact(k).enumerate() {
+                let (i, r) = (c / MR, c % MR);
+                for (b, chunk) in row.chunks(ROW_BLOCK).enumerate() {
+                    let at = ((i * blocks + b) * MR + r) * ROW_BLOCK;
+                    p.rows[at..][..chunk.len()].copy_from_slice(chunk);
+                }
+            }
+        }
+        p
+    }
+
+    /// The layout for a fully connected layer on `m` input rows: `new_rows` up to
+    /// `NARROW_MAX` rows, `new` beyond.
+    pub fn for_rows(
+        m: usize,
+        weights: &[i8],
+        n: usize,
+        k: usize,
+        bias: Option<&[i32]>,
+        input_zero_point: i32,
+    ) -> PackedWeightsQs8 {
+        if m <= NARROW_MAX {
+            PackedWeightsQs8::new_rows(weights, n, k, bias, input_zero_point)
+        } else {
+            PackedWeightsQs8::new(weights, n, k, bias, input_zero_point)
+        }
+    }
+
+    /// The checks and the zero-point-corrected bias shared by both layouts, no weights yet.
+    fn unpacked(
+        weights: &[i8],
+        n: usize,
+        k: usize,
+        bias: Option<&[i32]>,
+        input_zero_point: i32,
+    ) -> PackedWeightsQs8 {
         assert_eq!(weights.len(), n * k, "qs8 weights are not {n}x{k}");
         if let Some(b) = bias {
             assert_eq!(b.len(), n, "qs8 bias size for {n} channels");
@@ -97,20 +175,8 @@ impl PackedWeightsQs8 {
             (-128..=127).contains(&input_zero_point),
             "input zero point {input_zero_point} outside int8"
         );
-        let kc = k.next_multiple_of(KR);
-        let panels = n.div_ceil(MR);
-        let mut w = vec![0i16; panels * MR * kc];
-        let mut packed_bias = vec![0i32; panels * MR];
+        let mut packed_bias = vec![0i32; n.div_ceil(MR) * MR];
         let mut max_abs_acc = vec![0u32; n];
-        if k > 0 {
-            for (c, row) in weights.chunks_exact(k).enumerate() {
-                let panel = &mut w[c / MR * MR * kc..][..MR * kc];
-                let r = c % MR;
-                for (p, &v) in row.iter().enumerate() {
-                    panel[p / KR * MR * KR + r * KR + p % KR] = v as i16;
-                }
-            }
-        }
         for c in 0..n {
             let row = &weights[c * k..][..k];
             let sum: i64 = row.iter().map(|&v| v as i64).sum();
@@ -126,7 +192,8 @@ impl PackedWeightsQs8 {
         PackedWeightsQs8 {
             n,
             k,
-            w,
+            w: Vec::new(),
+            rows: Vec::new(),
             bias: packed_bias,
             max_abs_acc,
         }
@@ -188,6 +255,20 @@ pub fn qs8_gemm(
     let (n, k) = (w.n, w.k);
     check_matrix("qs8_gemm input", input.len(), m, k, lda);
     check_matrix("qs8_gemm output", out.len(), m, n, ldc);
+    if w.w.is_empty() && n * k > 0 {
+        let params = OutputParams::new(output_zero_point, qmin, qmax);
+        for i in 0..m {
+            gemm_rows(
+                w,
+                &input[i * lda..][..k],
+                requant,
+                &params,
+                &mut out[i * ldc..][..n],
+                scratch,
+            );
+        }
+        return;
+    }
     let dst = grow(scratch, packed_x_len(k, m));
     pack_x_transposed(dst, input, k, m, lda);
     let params = OutputParams::new(output_zero_point, qmin, qmax);
@@ -323,6 +404,7 @@ pub(super) fn gemm_packed(
         requant.len()
     );
     assert_eq!(x.len(), packed_x_len(w.k, cols), "qs8 gemm: packed X size");
+    assert!(w.rows.is_empty(), "qs8 gemm: weights packed by new_rows");
     if n == 0 || cols == 0 {
         return;
     }
@@ -392,6 +474,100 @@ pub(super) fn gemm_packed(
     }
 }
 
+/// One input row `x` (`k` values) against weights in the row layout: `out[c]` for every
+/// channel, 4 channels per `qs8_gemm_minmax_4x1c16` call. `x` is copied into `scratch`,
+/// padded with zeros to whole blocks (the padding meets zero weights).
+fn gemm_rows(
+    w: &PackedWeightsQs8,
+    x: &[i8],
+    requant: &[Requantizer],
+    params: &OutputParams,
+    out: &mut [i8],
+    scratch: &mut Vec<i8>,
+) {
+    let (n, blocks) = (w.n, w.k.div_ceil(ROW_BLOCK));
+    assert_eq!(
+        requant.len(),
+        n,
+        "qs8 gemm: {} requantizers for {n} channels",
+        requant.len()
+    );
+    let xp = grow(scratch, blocks * ROW_BLOCK);
+    xp[..x.len()].copy_from_slice(x);
+    xp[x.len()..].fill(0);
+    for (i, panel) in w.rows.chunks_exact(blocks * MR * ROW_BLOCK).enumerate() {
+        let acc = qs8_gemm_4x1c16(panel, xp, &w.bias[i * MR..][..MR]);
+        for (r, &a) in acc.iter().enumerate().take(MR.min(n - i * MR)) {
+            out[i * MR + r] = super::requant::requantize(a, &requant[i * MR + r], params);
+        }
+    }
+}
+
+/// The accumulators `bias[r] + Σ_p W[r][p] · x[p]` of one row-layout panel (`blocks` blocks of
+/// `MR` x `ROW_BLOCK` weights) and `x` (`blocks · ROW_BLOCK` values): the portable reference.
+#[cfg(any(test, not(all(target_arch = "wasm32", target_feature = "simd128"))))]
+fn qs8_gemm_4x1c16_scalar(panel: &[i8], x: &[i8], bias: &[i32]) -> [i32; MR] {
+    assert!(panel.len() == x.len() * MR && bias.len() == MR);
+    let mut acc = [0i32; MR];
+    acc.copy_from_slice(bias);
+    for (block, xb) in panel
+        .chunks_exact(MR * ROW_BLOCK)
+        .zip(x.chunks_exact(ROW_BLOCK))
+    {
+        for (a, wr) in acc.iter_mut().zip(block.chunks_exact(ROW_BLOCK)) {
+            *a += wr
+                .iter()
+                .zip(xb)
+                .map(|(&w, &x)| w as i32 * x as i32)
+                .sum::<i32>();
+        }
+    }
+    acc
+}
+
+/// The simd128 version of `qs8_gemm_4x1c16_scalar`, the same sums: per block, `x` as two
+/// i16x8, each channel's 16 weights loaded once and widened, two `i32x4.dot_i16x8_s` into
+/// that channel's accumulator (four independent chains), then one transpose-and-add.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+fn qs8_gemm_4x1c16_simd128(panel: &[i8], x: &[i8], bias: &[i32]) -> [i32; MR] {
+    use core::arch::wasm32::*;
+    assert!(panel.len() == x.len() * MR && bias.len() == MR && x.len() % ROW_BLOCK == 0);
+    let mut out = [0i32; MR];
+    // SAFETY: block b reads x[16 b..][..16] and panel[64 b..][..64], in bounds per the
+    // assert; the loads of `bias` and the store to `out` are 16 bytes.
+    unsafe {
+        let (wp, xp) = (panel.as_ptr(), x.as_ptr());
+        let mut acc = [i32x4_splat(0); MR];
+        for b in 0..x.len() / ROW_BLOCK {
+            let xv = v128_load(xp.add(b * ROW_BLOCK) as *const v128);
+            let (x0, x1) = (i16x8_extend_low_i8x16(xv), i16x8_extend_high_i8x16(xv));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let wv = v128_load(wp.add((b * MR + r) * ROW_BLOCK) as *const v128);
+                let d0 = i32x4_dot_i16x8(i16x8_extend_low_i8x16(wv), x0);
+                let d1 = i32x4_dot_i16x8(i16x8_extend_high_i8x16(wv), x1);
+                *a = i32x4_add(*a, i32x4_add(d0, d1));
+            }
+        }
+        // Lane sums of the 4 accumulators as one vector: [Σa, Σb, Σc, Σd].
+        let [a, b, c, d] = acc;
+        let ab = i32x4_add(
+            i32x4_shuffle::<0, 4, 1, 5>(a, b),
+            i32x4_shuffle::<2, 6, 3, 7>(a, b),
+        );
+        let cd = i32x4_add(
+            i32x4_shuffle::<0, 4, 1, 5>(c, d),
+            i32x4_shuffle::<2, 6, 3, 7>(c, d),
+        );
+        let sums = i32x4_add(
+            i32x4_shuffle::<0, 1, 4, 5>(ab, cd),
+            i32x4_shuffle::<2, 3, 6, 7>(ab, cd),
+        );
+        let total = i32x4_add(sums, v128_load(bias.as_ptr() as *const v128));
+        v128_store(out.as_mut_ptr() as *mut v128, total);
+    }
+    out
+}
+
 /// Panics unless a `rows x cols` row-major matrix with row stride `ld` fits in `len` bytes.
 pub(super) fn check_matrix(name: &str, len: usize, rows: usize, cols: usize, ld: usize) {
     if rows == 0 || cols == 0 {
@@ -413,6 +589,10 @@ use qs8_gemm_minmax_4x8c2_scalar as qs8_gemm_minmax_4x8c2;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 use qs8_gemm_minmax_4x8c2_simd128 as qs8_gemm_minmax_4x8c2;
 
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+use qs8_gemm_4x1c16_scalar as qs8_gemm_4x1c16;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+use qs8_gemm_4x1c16_simd128 as qs8_gemm_4x1c16;
 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
 use qs8_gemm_minmax_4x1c2_scalar as qs8_gemm_minmax_4x1c2;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
@@ -704,36 +884,47 @@ mod tests {
                 })
                 .collect();
             let rq = range_requantizers(&ranges, self.zy);
-            let w = PackedWeightsQs8::new(&self.w, self.n, self.k, self.bias.as_deref(), self.zx);
-            let mut out = vec![SENTINEL; self.m * self.ldc + 3];
-            let mut scratch = Vec::new();
-            qs8_gemm(
-                &self.x,
-                self.m,
-                self.lda,
-                &w,
-                &rq,
-                self.zy,
-                self.qmin,
-                self.qmax,
-                &mut out,
-                self.ldc,
-                &mut scratch,
-            );
-            for (idx, &got) in out.iter().enumerate() {
-                let (i, c) = (idx / self.ldc, idx % self.ldc);
-                if i >= self.m || c >= self.n {
-                    assert_eq!(got, SENTINEL, "{what}: wrote out[{i}][{c}]");
-                    continue;
-                }
-                let want =
-                    reference_output(acc[i * self.n + c], &rq[c], self.zy, self.qmin, self.qmax);
-                assert_eq!(
-                    got,
-                    want,
-                    "{what}: out[{i}][{c}] (acc {})",
-                    acc[i * self.n + c]
+            let panels =
+                PackedWeightsQs8::new(&self.w, self.n, self.k, self.bias.as_deref(), self.zx);
+            let rows =
+                PackedWeightsQs8::new_rows(&self.w, self.n, self.k, self.bias.as_deref(), self.zx);
+            for (w, layout) in [(panels, "panels"), (rows, "rows")] {
+                let what = format!("{what} ({layout})");
+                let mut out = vec![SENTINEL; self.m * self.ldc + 3];
+                let mut scratch = Vec::new();
+                qs8_gemm(
+                    &self.x,
+                    self.m,
+                    self.lda,
+                    &w,
+                    &rq,
+                    self.zy,
+                    self.qmin,
+                    self.qmax,
+                    &mut out,
+                    self.ldc,
+                    &mut scratch,
                 );
+                for (idx, &got) in out.iter().enumerate() {
+                    let (i, c) = (idx / self.ldc, idx % self.ldc);
+                    if i >= self.m || c >= self.n {
+                        assert_eq!(got, SENTINEL, "{what}: wrote out[{i}][{c}]");
+                        continue;
+                    }
+                    let want = reference_output(
+                        acc[i * self.n + c],
+                        &rq[c],
+                        self.zy,
+                        self.qmin,
+                        self.qmax,
+                    );
+                    assert_eq!(
+                        got,
+                        want,
+                        "{what}: out[{i}][{c}] (acc {})",
+                        acc[i * self.n + c]
+                    );
+                }
             }
         }
     }
@@ -788,6 +979,39 @@ mod tests {
         let mut rng = Rng(seed);
         let case = Case::new(&mut rng, 19, 70, 1000, 1);
         case.check(&format!("seed {seed} large weights"));
+    }
+
+    #[test]
+    fn row_layout() {
+        // k = 17, n = 5: two blocks of 16; channel 4 lands in the second panel.
+        let w: Vec<i8> = (0..85).map(|v| v as i8).collect();
+        let p = PackedWeightsQs8::new_rows(&w, 5, 17, None, 0);
+        assert_eq!(p.rows.len(), 2 * 2 * MR * ROW_BLOCK);
+        assert_eq!(&p.rows[..16], &w[..16]); // channel 0, block 0
+        assert_eq!(&p.rows[16..32], &w[17..33]); // channel 1, block 0
+        assert_eq!(&p.rows[64..66], &[16, 0]); // channel 0, block 1: k = 16, then padding
+        assert_eq!(&p.rows[128..144], &w[68..84]); // channel 4, block 0
+        assert!(p.rows[144..]
+            .iter()
+            .enumerate()
+            .all(|(i, &v)| v == if i == 48 { 84 } else { 0 }));
+    }
+
+    /// The simd128 row kernel against the scalar one on random panels, bit for bit.
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    #[test]
+    fn simd128_row_kernel_matches_scalar() {
+        let mut rng = Rng(0x4c16);
+        for blocks in [1, 2, 5, 80] {
+            let panel = rng.i8s(blocks * MR * ROW_BLOCK, -128, 127);
+            let x = rng.i8s(blocks * ROW_BLOCK, -128, 127);
+            let bias: Vec<i32> = (0..MR).map(|_| rng.int(-1 << 20, 1 << 20) as i32).collect();
+            assert_eq!(
+                qs8_gemm_4x1c16_simd128(&panel, &x, &bias),
+                qs8_gemm_4x1c16_scalar(&panel, &x, &bias),
+                "{blocks} blocks"
+            );
+        }
     }
 
     #[test]

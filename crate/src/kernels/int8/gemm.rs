@@ -40,7 +40,7 @@
 //!
 //! A fully connected layer on one image (up to `NARROW_MAX` rows, `PackedWeightsQs8::for_rows`)
 //! reads each weight once per row, so its cost is the weight bytes: it keeps the weights as
-//! int8 rows (`new_rows`, half the bytes of the i16 panels) and `qs8_gemm_4x1c16` dots 16 k
+//! int8 rows (half the bytes of the i16 panels) and `qs8_gemm_4x1c16` dots 16 k
 //! values of 4 channels per step (one x load widened once, each channel's 16 weights widened
 //! in registers, four independent accumulators, one transpose-and-add at the end).
 //!
@@ -67,7 +67,7 @@ pub const NR: usize = 8;
 const KR: usize = 2;
 /// Partial column panels up to this wide take `qs8_gemm_minmax_4x1c2` column by column (as
 /// cheap per column as a full 4x8 tile), wider ones one 4x8 tile through a buffer. Fully
-/// connected layers on up to this many rows take the row layout (`new_rows`).
+/// connected layers on up to this many rows take the row layout (`for_rows`).
 const NARROW_MAX: usize = 5;
 /// k values per block of the row layout: one i8x16 load.
 const ROW_BLOCK: usize = 16;
@@ -77,7 +77,7 @@ const ROW_BLOCK: usize = 16;
 pub struct PackedWeightsQs8 {
     n: usize,
     k: usize,
-    /// The panels of the 4x8 tiles (`new`), or the rows of `qs8_gemm_minmax_4x1c16` (`new_rows`).
+    /// The panels of the 4x8 tiles, or the rows of `qs8_gemm_4x1c16` (see `for_rows`).
     w: Vec<i16>,
     rows: Vec<i8>,
     /// `n` rounded up to `MR` values: the zero-point-corrected bias, 0 for padding channels.
@@ -99,10 +99,41 @@ impl PackedWeightsQs8 {
         bias: Option<&[i32]>,
         input_zero_point: i32,
     ) -> PackedWeightsQs8 {
+        PackedWeightsQs8::for_rows(usize::MAX, weights, n, k, bias, input_zero_point)
+    }
+
+    /// As `new`, for a fully connected layer on `m` input rows. Up to `NARROW_MAX` rows the
+    /// weights are laid out as int8 rows: such a layer reads every weight once per input row,
+    /// so its cost is the weight bytes, half those of the i16 panels. Per panel of `MR`
+    /// channels, blocks of `ROW_BLOCK` k values, each the channels' `ROW_BLOCK` weights one
+    /// after the other,
+    /// `rows[((i · blocks + b) · MR + r) · ROW_BLOCK + j] = W[i · MR + r][b · ROW_BLOCK + j]`,
+    /// zero past `k` and `n`.
+    pub fn for_rows(
+        m: usize,
+        weights: &[i8],
+        n: usize,
+        k: usize,
+        bias: Option<&[i32]>,
+        input_zero_point: i32,
+    ) -> PackedWeightsQs8 {
         let mut p = PackedWeightsQs8::unpacked(weights, n, k, bias, input_zero_point);
-        let kc = k.next_multiple_of(KR);
-        p.w = vec![0i16; n.div_ceil(MR) * MR * kc];
-        if k > 0 {
+        if k == 0 {
+            return p;
+        }
+        if m <= NARROW_MAX {
+            let blocks = k.div_ceil(ROW_BLOCK);
+            p.rows = vec![0i8; n.div_ceil(MR) * blocks * MR * ROW_BLOCK];
+            for (c, row) in weights.chunks_exact(k).enumerate() {
+                let (i, r) = (c / MR, c % MR);
+                for (b, chunk) in row.chunks(ROW_BLOCK).enumerate() {
+                    let at = ((i * blocks + b) * MR + r) * ROW_BLOCK;
+                    p.rows[at..][..chunk.len()].copy_from_slice(chunk);
+                }
+            }
+        } else {
+            let kc = k.next_multiple_of(KR);
+            p.w = vec![0i16; n.div_ceil(MR) * MR * kc];
             for (c, row) in weights.chunks_exact(k).enumerate() {
                 let panel = &mut p.w[c / MR * MR * kc..][..MR * kc];
                 let r = c % MR;
@@ -112,51 +143,6 @@ impl PackedWeightsQs8 {
             }
         }
         p
-    }
-
-    /// As `new`, laid out for inputs of at most `NARROW_MAX` rows (a fully connected layer on
-    /// one image): per panel of `MR` channels, blocks of `ROW_BLOCK` k values, each the
-    /// channels' `ROW_BLOCK` int8 weights one after the other:
-    /// `rows[((i · blocks + b) · MR + r) · ROW_BLOCK + j] = W[i · MR + r][b · ROW_BLOCK + j]`,
-    /// zero past `k` and `n`. Half the bytes of the i16 panels: such a layer reads every
-    /// weight once per input row, so it is bound by those reads.
-    pub fn new_rows(
-        weights: &[i8],
-        n: usize,
-        k: usize,
-        bias: Option<&[i32]>,
-        input_zero_point: i32,
-    ) -> PackedWeightsQs8 {
-        let mut p = PackedWeightsQs8::unpacked(weights, n, k, bias, input_zero_point);
-        let blocks = k.div_ceil(ROW_BLOCK);
-        p.rows = vec![0i8; n.div_ceil(MR) * blocks * MR * ROW_BLOCK];
-        if k > 0 {
-            for (c, row) in weights.chunks_exact(k).enumerate() {
-                let (i, r) = (c / MR, c % MR);
-                for (b, chunk) in row.chunks(ROW_BLOCK).enumerate() {
-                    let at = ((i * blocks + b) * MR + r) * ROW_BLOCK;
-                    p.rows[at..][..chunk.len()].copy_from_slice(chunk);
-                }
-            }
-        }
-        p
-    }
-
-    /// The layout for a fully connected layer on `m` input rows: `new_rows` up to
-    /// `NARROW_MAX` rows, `new` beyond.
-    pub fn for_rows(
-        m: usize,
-        weights: &[i8],
-        n: usize,
-        k: usize,
-        bias: Option<&[i32]>,
-        input_zero_point: i32,
-    ) -> PackedWeightsQs8 {
-        if m <= NARROW_MAX {
-            PackedWeightsQs8::new_rows(weights, n, k, bias, input_zero_point)
-        } else {
-            PackedWeightsQs8::new(weights, n, k, bias, input_zero_point)
-        }
     }
 
     /// The checks and the zero-point-corrected bias shared by both layouts, no weights yet.
@@ -404,7 +390,7 @@ pub(super) fn gemm_packed(
         requant.len()
     );
     assert_eq!(x.len(), packed_x_len(w.k, cols), "qs8 gemm: packed X size");
-    assert!(w.rows.is_empty(), "qs8 gemm: weights packed by new_rows");
+    assert!(w.rows.is_empty(), "qs8 gemm: weights in the row layout");
     if n == 0 || cols == 0 {
         return;
     }
@@ -887,7 +873,7 @@ mod tests {
             let panels =
                 PackedWeightsQs8::new(&self.w, self.n, self.k, self.bias.as_deref(), self.zx);
             let rows =
-                PackedWeightsQs8::new_rows(&self.w, self.n, self.k, self.bias.as_deref(), self.zx);
+                PackedWeightsQs8::for_rows(1, &self.w, self.n, self.k, self.bias.as_deref(), self.zx);
             for (w, layout) in [(panels, "panels"), (rows, "rows")] {
                 let what = format!("{what} ({layout})");
                 let mut out = vec![SENTINEL; self.m * self.ldc + 3];
@@ -985,7 +971,7 @@ mod tests {
     fn row_layout() {
         // k = 17, n = 5: two blocks of 16; channel 4 lands in the second panel.
         let w: Vec<i8> = (0..85).map(|v| v as i8).collect();
-        let p = PackedWeightsQs8::new_rows(&w, 5, 17, None, 0);
+        let p = PackedWeightsQs8::for_rows(1, &w, 5, 17, None, 0);
         assert_eq!(p.rows.len(), 2 * 2 * MR * ROW_BLOCK);
         assert_eq!(&p.rows[..16], &w[..16]); // channel 0, block 0
         assert_eq!(&p.rows[16..32], &w[17..33]); // channel 1, block 0

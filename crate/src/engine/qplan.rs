@@ -495,7 +495,7 @@ pub(crate) fn plan_node(g: &Graph, qparams: &[Option<Qp>], node: &Node) -> std::
                 let zb = if complement_b { -b.zero_point - 1 } else { b.zero_point };
                 let ratio = x.scale.max(b.scale) as f64 / y.scale as f64;
                 if ratio.is_nan() || ratio >= Qs8AddParams::MAX_RATIO {
-                    return Err(format!("an input scale is {ratio:e} times the output scale (below 2^19 for the int8 Add)"));
+                    return Err(format!("requantization multiplier {ratio:e} (input over output scale) is out of range for the int8 Add (below 2^19)"));
                 }
                 let params = Qs8AddParams::new(x.scale, x.zero_point, b.scale, zb, y.scale, y.zero_point, y.qmin, y.qmax);
                 IntOp::Add { params, broadcast, complement_b }

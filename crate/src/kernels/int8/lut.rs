@@ -7,7 +7,10 @@
 //!   Fake quantization of `f` in training computes the same values, so the int8 engine and the
 //!   simulation agree exactly on these ops (given the same f32 `f`).
 //! - [`qs8_lut`] maps each byte through the table. The table is indexed by the byte's bits
-//!   (`q as u8`), so the SIMD path uses the raw input as an index.
+//!   (`q as u8`), so the SIMD path uses the raw input as an index. A table that is a clamp,
+//!   `lut[q] = clamp(q, lo, hi)` for every `q` (ReLU, ReLU6 or Clip between equal input and
+//!   output quantizations; the identity), is applied as one min and one max per 16 lanes
+//!   instead of 16 lookups: the same outputs, checked on the table at each call.
 //!
 //! # SIMD128
 //! `i8x16.swizzle` looks up 16 lanes in a 16-byte table and gives 0 for indices >= 16. The
@@ -50,16 +53,46 @@ pub fn lut_from_fn(
 /// `out[i] = lut[x[i] as u8]`; `x` and `out` have the same length.
 pub fn qs8_lut(x: &[i8], lut: &[i8; 256], out: &mut [i8]) {
     assert_eq!(x.len(), out.len(), "qs8_lut: input and output lengths");
-    let done = lut_simd(x, lut, out);
+    let done = match as_clamp(lut) {
+        Some((lo, hi)) => clamp_simd(x, lo, hi, out),
+        None => lut_simd(x, lut, out),
+    };
     for (o, &v) in out[done..].iter_mut().zip(&x[done..]) {
         *o = lut[v as u8 as usize];
     }
+}
+
+/// `(lo, hi)` when `lut[q] = clamp(q, lo, hi)` for every int8 `q`.
+fn as_clamp(lut: &[i8; 256]) -> Option<(i8, i8)> {
+    let (lo, hi) = (lut[(-128i8) as u8 as usize], lut[127]);
+    (lo <= hi && (-128i8..=127).all(|q| lut[q as u8 as usize] == q.clamp(lo, hi))).then_some((lo, hi))
 }
 
 /// Without simd128 the scalar loop handles every element.
 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
 fn lut_simd(_: &[i8], _: &[i8; 256], _: &mut [i8]) -> usize {
     0
+}
+
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+fn clamp_simd(_: &[i8], _: i8, _: i8, _: &mut [i8]) -> usize {
+    0
+}
+
+/// Whole blocks of 16 elements of `clamp(x, lo, hi)`; returns how many were written.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+fn clamp_simd(x: &[i8], lo: i8, hi: i8, out: &mut [i8]) -> usize {
+    use core::arch::wasm32::*;
+    let blocks = x.len() / 16;
+    let (lo, hi) = (i8x16_splat(lo), i8x16_splat(hi));
+    // SAFETY: 16-byte loads and stores at i + 16 <= len of x and out (same length).
+    unsafe {
+        for i in (0..blocks * 16).step_by(16) {
+            let v = v128_load(x.as_ptr().add(i) as *const v128);
+            v128_store(out.as_mut_ptr().add(i) as *mut v128, i8x16_max(i8x16_min(v, hi), lo));
+        }
+    }
+    blocks * 16
 }
 
 /// Whole blocks of 16 elements (see the module docs); returns how many were written.
@@ -130,5 +163,30 @@ mod tests {
         let mut out = vec![0i8; 256];
         qs8_lut(&every, &lut, &mut out);
         assert_eq!(&out[..], &lut[..], "every index");
+    }
+
+    /// Clamp tables (ReLU, ReLU6, the identity) take the min/max path with the same outputs;
+    /// a table that is a clamp but for one entry does not.
+    #[test]
+    fn clamp_tables_match_indexing() {
+        let mut rng = Rng(0xc1a);
+        let relu = lut_from_fn(|v| v.max(0.0), 0.1, -7, 0.1, -7, -128, 127);
+        assert_eq!(as_clamp(&relu), Some((-7, 127)));
+        let relu6 = lut_from_fn(|v| v.clamp(0.0, 6.0), 0.05, -128, 0.05, -128, -128, 127);
+        assert_eq!(as_clamp(&relu6), Some((-128, -8)));
+        let identity: [i8; 256] = core::array::from_fn(|i| i as u8 as i8);
+        assert_eq!(as_clamp(&identity), Some((-128, 127)));
+        let mut almost = relu;
+        almost[5] = 4;
+        assert_eq!(as_clamp(&almost), None);
+        for lut in [relu, relu6, identity, almost] {
+            for len in [0, 1, 15, 16, 17, 33, 300] {
+                let x = rng.i8s(len, -128, 127);
+                let mut out = vec![0i8; len];
+                qs8_lut(&x, &lut, &mut out);
+                let want: Vec<i8> = x.iter().map(|&v| lut[v as u8 as usize]).collect();
+                assert_eq!(out, want, "len={len}");
+            }
+        }
     }
 }

@@ -632,6 +632,15 @@ fn im2col_packed(dst: &mut [i8], x: &[i8], s: &Conv2dShape, zx: i8, n0: usize, n
     assert_eq!(dst.len(), gemm::packed_x_len(k, nc));
     assert!(x.len() >= icg * s.in_h * s.in_w);
     let plane_len = s.in_h * s.in_w;
+    // Per row p of the im2col matrix: its input plane's offset and its tap's offset from the
+    // receptive field's top-left corner. Worked out once: the divisions by run-time sizes
+    // cost more than the copies they index.
+    let rows: Vec<(usize, isize, isize)> = (0..k)
+        .map(|p| {
+            let (ci, tap) = (p / taps, p % taps);
+            (ci * plane_len, (tap / s.kernel_w) as isize * dh, (tap % s.kernel_w) as isize * dw)
+        })
+        .collect();
     let at = |plane: &[i8], y: isize, xi: isize| {
         if (0..ih).contains(&y) && (0..iw).contains(&xi) {
             plane[(y * iw + xi) as usize]
@@ -644,12 +653,16 @@ fn im2col_packed(dst: &mut [i8], x: &[i8], s: &Conv2dShape, zx: i8, n0: usize, n
         let cols = NR.min(n0 + nc - col);
         // Top-left input position of each lane's receptive field; None for padding lanes.
         let mut origin = [None; NR];
-        for (c, o) in origin.iter_mut().enumerate().take(cols) {
-            let (oy, ox) = ((col + c) / s.out_w, (col + c) % s.out_w);
+        let (mut oy, mut ox) = (col / s.out_w, col % s.out_w);
+        for o in origin.iter_mut().take(cols) {
             *o = Some((
                 (oy * s.stride_h) as isize - s.pad_top as isize,
                 (ox * s.stride_w) as isize - s.pad_left as isize,
             ));
+            ox += 1;
+            if ox == s.out_w {
+                (oy, ox) = (oy + 1, 0);
+            }
         }
         // All lanes on one output row: one input row per tap, lanes `sw` apart.
         let one_row = cols == NR && col % s.out_w + NR <= s.out_w;
@@ -663,10 +676,9 @@ fn im2col_packed(dst: &mut [i8], x: &[i8], s: &Conv2dShape, zx: i8, n0: usize, n
                 if p >= k {
                     return i8x16_splat(0);
                 }
-                let (ci, tap) = (p / taps, p % taps);
-                let (ky, kx) = ((tap / s.kernel_w) as isize, (tap % s.kernel_w) as isize);
-                let plane = &x[ci * plane_len..][..plane_len];
-                let (y, xs) = (y0 + ky * dh, x0 + kx * dw);
+                let (offset, dy, dx) = rows[p];
+                let plane = &x[offset..][..plane_len];
+                let (y, xs) = (y0 + dy, x0 + dx);
                 let start = y * iw + xs;
                 if (0..ih).contains(&y)
                     && xs >= 0
@@ -701,16 +713,14 @@ fn im2col_packed(dst: &mut [i8], x: &[i8], s: &Conv2dShape, zx: i8, n0: usize, n
             let last = &mut panel[(kc / 2 - 1) * 2 * NR..];
             last.iter_mut().skip(1).step_by(2).for_each(|v| *v = 0);
         }
-        for p in 0..k {
-            let (ci, tap) = (p / taps, p % taps);
-            let (ky, kx) = ((tap / s.kernel_w) as isize, (tap % s.kernel_w) as isize);
-            let plane = &x[ci * plane_len..][..plane_len];
+        for (p, &(offset, dy, dx)) in rows.iter().enumerate() {
+            let plane = &x[offset..][..plane_len];
             // Lane c of row p is at step[2 * c + p % 2] of its k pair.
             let step = &mut panel[p / 2 * 2 * NR..][p % 2..2 * NR];
             let lanes = step.iter_mut().step_by(2);
             match (one_row, origin[0]) {
                 (true, Some((y0, x0))) => {
-                    let (y, xs) = (y0 + ky * dh, x0 + kx * dw);
+                    let (y, xs) = (y0 + dy, x0 + dx);
                     if (0..ih).contains(&y) && xs >= 0 && xs + (NR as isize - 1) * sw < iw {
                         let src = &plane[(y * iw + xs) as usize..];
                         let src = src.iter().step_by(sw as usize);
@@ -723,7 +733,7 @@ fn im2col_packed(dst: &mut [i8], x: &[i8], s: &Conv2dShape, zx: i8, n0: usize, n
                 }
                 _ => {
                     for (v, o) in lanes.zip(&origin) {
-                        *v = o.map_or(0, |(y0, x0)| at(plane, y0 + ky * dh, x0 + kx * dw));
+                        *v = o.map_or(0, |(y0, x0)| at(plane, y0 + dy, x0 + dx));
                     }
                 }
             }

@@ -235,10 +235,18 @@ fn efficientnet_w4a8_qat_beats_ptq_on_held_out_views() {
 #[test]
 #[ignore]
 fn qat_step_time_against_a_forward() {
-    let (model, p) = efficientnet();
+    // QAT_MODEL=blazeface times BlazeFace instead; QAT_BITS=8 (or 4) one weight width.
+    let (model, p) = match std::env::var("QAT_MODEL").as_deref() {
+        Ok("blazeface") => (Model::load(BLAZEFACE, &ImportOptions::default()).unwrap(), Preprocess::preset("signed", 128, 128, quant_playground::preprocess::Layout::Nhwc).unwrap()),
+        _ => efficientnet(),
+    };
     let (train_imgs, _) = split_images();
     let repeats: usize = std::env::var("QAT_REPEATS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let bits = std::env::var("QAT_BITS").ok();
     for (name, config) in [("W8A8", QuantConfig::default()), ("W4A8", w4a8())] {
+        if bits.as_deref().is_some_and(|b| !name.starts_with(&format!("W{b}"))) {
+            continue;
+        }
         let mut cal = Calibrator::new(model.engine.graph(), config).unwrap();
         let frames = views(&train_imgs, 8, 1, &p);
         for f in &frames {

@@ -216,6 +216,11 @@ impl PackedConv2d {
         &self.shape
     }
 
+    /// Replaces the bias (`None`: zeros) without repacking the weights.
+    pub fn set_bias(&mut self, bias: Option<&[f32]>) {
+        set_bias(&mut self.bias, bias);
+    }
+
     /// Convolves one image. `scratch` is grown as needed and reused across calls, so a warm call
     /// does not allocate; its contents on entry do not matter.
     pub fn run(&self, input: &[f32], output: &mut [f32], scratch: &mut Vec<f32>) {
@@ -461,6 +466,17 @@ type DwKernel = fn(&mut DwArgs);
 
 /// The depthwise kernel for a shape: specialised for the common 3x3 and 5x5 with stride 1 or
 /// 2, generic otherwise.
+/// `dst = bias` (`None`: zeros), the bias of a packed conv, which keeps its length.
+fn set_bias(dst: &mut [f32], bias: Option<&[f32]>) {
+    match bias {
+        Some(b) => {
+            assert_eq!(b.len(), dst.len(), "conv bias size");
+            dst.copy_from_slice(b);
+        }
+        None => dst.fill(0.0),
+    }
+}
+
 fn dw_kernel_for(s: &Conv2dShape) -> DwKernel {
     match (
         s.kernel_h,
@@ -623,6 +639,11 @@ pub struct PackedConvTranspose2d {
 }
 
 impl PackedConvTranspose2d {
+    /// Replaces the bias (`None`: zeros) without repacking the weights.
+    pub fn set_bias(&mut self, bias: Option<&[f32]>) {
+        set_bias(&mut self.bias, bias);
+    }
+
     /// Packs `weight` (`[in_c][out_c / group][kh][kw]`) and `bias` (`[out_c]`) for `shape`.
     pub fn new(
         shape: ConvTranspose2dShape,

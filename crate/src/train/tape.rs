@@ -17,7 +17,9 @@
 //! Seeds (the loss gradients of some values) are added, then nodes run in reverse: the
 //! gradients of a node's outputs first go through their fake quantization's backward (which
 //! also accumulates `∂L/∂s` per value), then the op adds into zeroed buffers for the inputs
-//! that need a gradient, and the tape sums those into each input's gradient. Gradient buffers of
+//! that need a gradient (or writes them whole, unzeroed, where it says it overwrites them:
+//! pointwise convs, elementwise ops, copies), and the tape sums those into each
+//! input's gradient. Gradient buffers of
 //! activations come from a pool and go back to it once their producer has run, so memory is the
 //! activations of one frame plus a few gradients.
 //!
@@ -67,6 +69,10 @@ pub struct Tape {
     scratch: Scratch,
     zeros: Vec<f32>,
     prepared: bool,
+    /// Per value: a trainable constant changed since the last [`prepare`](Tape::prepare)
+    /// (all of them count as changed until the first).
+    dirty: Vec<bool>,
+    packed_once: bool,
     /// Per node: seconds in forward, in the fake-quant backward of its outputs, in its backward.
     profile: Option<Vec<[f64; 3]>>,
 }
@@ -146,6 +152,8 @@ impl Tape {
             scratch: Scratch::default(),
             zeros: vec![0.0; max_out],
             prepared: false,
+            dirty: vec![false; nv],
+            packed_once: false,
             profile: None,
             g,
         })
@@ -179,6 +187,7 @@ impl Tape {
     /// [`prepare`](Self::prepare) (the next forward prepares if needed).
     pub fn const_data_mut(&mut self, v: ValueId) -> &mut [f32] {
         self.prepared = false;
+        self.dirty[v] = true;
         self.consts[v].as_deref_mut().expect("only trainable constants change")
     }
 
@@ -202,13 +211,21 @@ impl Tape {
         self.needs[v]
     }
 
-    /// Packs every op's constants (weights): once per optimizer step.
+    /// Packs the ops' constants (weights) that changed since the last call (every op's at
+    /// the first): once per optimizer step, and only what the step changed (in scales mode the
+    /// biases, not the weights).
     pub fn prepare(&mut self) {
-        let Tape { g, ops, consts, .. } = self;
+        let Tape { g, ops, consts, dirty, packed_once, .. } = self;
         for (node, op) in g.nodes.iter().zip(ops.iter_mut()) {
+            let changed: Vec<bool> = node.inputs.iter().map(|&i| !*packed_once || dirty[i]).collect();
+            if !changed.iter().any(|&c| c) {
+                continue;
+            }
             let data: Vec<Option<&[f32]>> = node.inputs.iter().map(|&i| consts[i].as_deref().or_else(|| g.const_data(i))).collect();
-            op.prepare(&data);
+            op.prepare(&data, &changed);
         }
+        dirty.fill(false);
+        *packed_once = true;
         self.prepared = true;
     }
 
@@ -309,10 +326,15 @@ impl Tape {
         self.scale_grads[v]
     }
 
-    fn acquire(pool: &mut Vec<Vec<f32>>, len: usize) -> Vec<f32> {
+    /// A buffer of `len` from the pool, zeroed when `zero` (else its contents are stale).
+    fn acquire(pool: &mut Vec<Vec<f32>>, len: usize, zero: bool) -> Vec<f32> {
         let i = pool.iter().position(|b| b.capacity() >= len).or(if pool.is_empty() { None } else { Some(pool.len() - 1) });
         let mut b = i.map(|i| pool.swap_remove(i)).unwrap_or_default();
-        b.clear();
+        if zero {
+            b.clear();
+        } else {
+            b.truncate(len);
+        }
         b.resize(len, 0.0);
         b
     }
@@ -333,7 +355,7 @@ impl Tape {
         let Tape { g, ops, quant, scale_grad, needs, keep, consts, vals, pre, aux, grads, scale_grads, pool, scratch, zeros, profile, .. } = self;
         for &(v, s) in seeds {
             if needs[v] {
-                let mut b = Self::acquire(pool, s.len());
+                let mut b = Self::acquire(pool, s.len(), false);
                 b.copy_from_slice(s);
                 Self::accumulate(grads, pool, v, b);
             }
@@ -353,7 +375,9 @@ impl Tape {
             }
             let t1 = if profile.is_some() { clock() } else { 0.0 };
             if node.inputs.iter().any(|&i| needs[i]) {
-                let mut dx: Vec<Option<Vec<f32>>> = node.inputs.iter().map(|&i| needs[i].then(|| Self::acquire(pool, g.values[i].len()))).collect();
+                let op = &ops[n];
+                let mut dx: Vec<Option<Vec<f32>>> =
+                    node.inputs.iter().enumerate().map(|(k, &i)| needs[i].then(|| Self::acquire(pool, g.values[i].len(), !op.overwrites_dx(k)))).collect();
                 {
                     let args: Vec<&[f32]> = node.inputs.iter().map(|&i| consts[i].as_deref().or_else(|| g.const_data(i)).unwrap_or(&vals[i])).collect();
                     let ys: Vec<&[f32]> = node.outputs.iter().map(|&o| if quant[o].is_some() { &pre[o][..] } else { &vals[o][..] }).collect();
@@ -414,6 +438,56 @@ mod tests {
         let c2 = b.conv("c2", a, w, None, [1, 1], 1, [0; 4], 1, 1, Activation::Identity);
         let (g, inputs) = b.finish(&[c2, t]);
         check_graph(&g, &inputs, 1e-2, 2e-3, 0);
+    }
+
+    #[test]
+    fn changed_constants_are_repacked_and_the_forward_follows_them() {
+        // Pointwise, depthwise and a Gemm: after a change of
+        // only the biases (what a scales-mode step changes), then of the weights, the forward
+        // is the engine's on the changed graph and the input gradient matches the engine's
+        // finite differences.
+        let mut b = Builder::new(31);
+        let x = b.input("x", &[1, 3, 6, 5]);
+        let w1 = b.konst("w1", &[4, 3, 1, 1]);
+        let b1 = b.konst("b1", &[4]);
+        let c1 = b.conv("c1", x, w1, Some(b1), [1, 1], 1, [0; 4], 1, 1, Activation::Identity);
+        let w2 = b.konst("w2", &[4, 1, 3, 3]);
+        let b2 = b.konst("b2", &[4]);
+        let c2 = b.conv("c2", c1, w2, Some(b2), [3, 3], 1, [1; 4], 1, 4, Activation::Identity);
+        let flat = b.one("flat", Op::Reshape { shape: vec![1, 120] }, &[c2]);
+        let w3 = b.konst("w3", &[5, 120]);
+        let b3 = b.konst("b3", &[5]);
+        let y = b.one("fc", Op::Gemm { trans_a: false, trans_b: true, alpha: 1.0, beta: 1.0, activation: Activation::Identity }, &[flat, w3, b3]);
+        let (mut g, inputs) = b.finish(&[y]);
+        let mut trainable = vec![false; g.values.len()];
+        for v in [b1, b2, b3, w1, w2, w3] {
+            trainable[v] = true;
+        }
+        let mut tape = Tape::new(g.clone(), TapeSpec { trainable, input_grads: true, ..Default::default() }).unwrap();
+        let x0 = &inputs[0];
+        tape.forward(&[x0]).unwrap();
+        for (round, changed) in [[b1, b2, b3], [w1, w2, w3]].iter().enumerate() {
+            for &v in changed {
+                let d = tape.const_data_mut(v);
+                d.iter_mut().enumerate().for_each(|(i, e)| *e += 0.05 * (i % 3) as f32 - 0.04 * round as f32);
+                g.values[v].data = Some(std::sync::Arc::new(d.to_vec()));
+            }
+            tape.forward(&[x0]).unwrap();
+            let engine = crate::engine::Fp32Engine::new(g.clone());
+            assert_eq!(tape.outputs()[0], &engine.run(&[x0]).unwrap()[0][..], "round {round}");
+            tape.zero_grads();
+            let seed: Vec<f32> = (0..5).map(|i| i as f32 - 2.0).collect();
+            tape.backward(&[(y, &seed)]);
+            let dx = tape.grad(x).unwrap().to_vec();
+            let loss = |xs: &[f32]| engine.run(&[xs]).unwrap()[0].iter().zip(&seed).map(|(a, b)| (a * b) as f64).sum::<f64>();
+            for e in [0, 7, 29, 41, 89] {
+                let (mut up, mut down) = (x0.clone(), x0.clone());
+                up[e] += 1e-2;
+                down[e] -= 1e-2;
+                let numeric = (loss(&up) - loss(&down)) / 2e-2;
+                assert!((dx[e] as f64 - numeric).abs() < 3e-3 * numeric.abs().max(1.0), "round {round} dx[{e}]: {} vs {numeric}", dx[e]);
+            }
+        }
     }
 
     #[test]

@@ -46,13 +46,24 @@ impl TrainOp for BinaryNode {
             }
         };
         if self.a == self.y && self.b == self.y {
-            for i in 0..dy.len() {
-                let (pa, pb) = partials(xa[i], xb[i], y[i]);
-                if let Some(d) = da.as_deref_mut() {
-                    d[i] += dy[i] * pa;
+            // Each element once: written, not added (`overwrites_dx`).
+            match (da.as_deref_mut(), db.as_deref_mut(), op) {
+                (Some(d), None, BinaryOp::Add | BinaryOp::Sub) => d.copy_from_slice(dy),
+                (None, Some(d), BinaryOp::Add) => d.copy_from_slice(dy),
+                (Some(d0), Some(d1), BinaryOp::Add) => {
+                    d0.copy_from_slice(dy);
+                    d1.copy_from_slice(dy);
                 }
-                if let Some(d) = db.as_deref_mut() {
-                    d[i] += dy[i] * pb;
+                _ => {
+                    for i in 0..dy.len() {
+                        let (pa, pb) = partials(xa[i], xb[i], y[i]);
+                        if let Some(d) = da.as_deref_mut() {
+                            d[i] = dy[i] * pa;
+                        }
+                        if let Some(d) = db.as_deref_mut() {
+                            d[i] = dy[i] * pb;
+                        }
+                    }
                 }
             }
         } else {
@@ -69,6 +80,10 @@ impl TrainOp for BinaryNode {
         }
         b.dx[0] = da;
         b.dx[1] = db;
+    }
+
+    fn overwrites_dx(&self, _i: usize) -> bool {
+        self.a == self.y && self.b == self.y
     }
 }
 
@@ -125,11 +140,15 @@ impl TrainOp for ActivationNode {
         let act = self.act;
         let Some(dx) = b.dx(0) else { return };
         match act {
-            Activation::Identity => super::add_into(dx, dy),
-            Activation::Relu => dx.iter_mut().zip(x.iter().zip(dy)).for_each(|(d, (&x, &g))| *d += super::keep_if(g, x > 0.0)),
-            Activation::Clip { min, max } => dx.iter_mut().zip(x.iter().zip(dy)).for_each(|(d, (&x, &g))| *d += super::keep_if(g, (x > min) & (x < max))),
-            _ => dx.iter_mut().zip(x.iter().zip(dy)).for_each(|(d, (&x, &g))| *d += g * activation_derivative(act, x)),
+            Activation::Identity => dx.copy_from_slice(dy),
+            Activation::Relu => dx.iter_mut().zip(x.iter().zip(dy)).for_each(|(d, (&x, &g))| *d = super::keep_if(g, x > 0.0)),
+            Activation::Clip { min, max } => dx.iter_mut().zip(x.iter().zip(dy)).for_each(|(d, (&x, &g))| *d = super::keep_if(g, (x > min) & (x < max))),
+            _ => dx.iter_mut().zip(x.iter().zip(dy)).for_each(|(d, (&x, &g))| *d = g * activation_derivative(act, x)),
         }
+    }
+
+    fn overwrites_dx(&self, _i: usize) -> bool {
+        true
     }
 }
 

@@ -26,8 +26,12 @@ impl TrainOp for ReshapeNode {
     fn backward(&self, b: &mut Bwd) {
         let dy = b.dy[0];
         if let Some(dx) = b.dx(0) {
-            add_into(dx, dy);
+            dx.copy_from_slice(dy);
         }
+    }
+
+    fn overwrites_dx(&self, _i: usize) -> bool {
+        true
     }
 }
 
@@ -127,11 +131,15 @@ impl TrainOp for ConcatNode {
         for (i, &block) in self.blocks.iter().enumerate() {
             if let Some(dx) = b.dx(i) {
                 for o in 0..self.outer {
-                    add_into(&mut dx[o * block..][..block], &dy[o * total + at..][..block]);
+                    dx[o * block..][..block].copy_from_slice(&dy[o * total + at..][..block]);
                 }
             }
             at += block;
         }
+    }
+
+    fn overwrites_dx(&self, _i: usize) -> bool {
+        true
     }
 }
 

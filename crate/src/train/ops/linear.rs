@@ -76,13 +76,21 @@ impl GemmOp {
 }
 
 impl TrainOp for GemmOp {
-    fn prepare(&mut self, consts: &[Option<&[f32]>]) {
-        if let (true, Some(b)) = (self.need_da, consts[1]) {
+    fn prepare(&mut self, consts: &[Option<&[f32]>], changed: &[bool]) {
+        // Unchanged B (scales mode: only the bias trains) keeps its packings.
+        let b_changed = changed[1];
+        if let (true, true, Some(b)) = (b_changed, self.need_da, consts[1]) {
             // op(B)ᵀ is n x k: B itself when stored transposed, else B (k x n) read transposed.
             let (k, n) = (self.k, self.n);
             self.packed_bt = Some(if self.trans_b { PackedB::pack(b, n, k, k) } else { PackedB::pack_transposed(b, n, k, n) });
         }
         if !self.const_path() {
+            return;
+        }
+        if changed.get(2).copied().unwrap_or(false) {
+            self.bias = consts.get(2).copied().flatten().map(|c| (0..self.n).map(|j| self.beta * c[if c.len() == 1 { 0 } else { j }]).collect());
+        }
+        if !b_changed {
             return;
         }
         let b = consts[1].expect("constant B");
@@ -95,7 +103,6 @@ impl TrainOp for GemmOp {
         };
         let (k, n) = (self.k, self.n);
         self.packed_b = Some(if self.trans_b { PackedB::pack_transposed(b, k, n, k) } else { PackedB::pack(b, k, n, n) });
-        self.bias = consts.get(2).copied().flatten().map(|c| (0..n).map(|j| self.beta * c[if c.len() == 1 { 0 } else { j }]).collect());
     }
 
     fn forward(&self, f: &mut Fwd) {
@@ -258,8 +265,8 @@ impl MatMulOp {
 }
 
 impl TrainOp for MatMulOp {
-    fn prepare(&mut self, consts: &[Option<&[f32]>]) {
-        if self.const_b {
+    fn prepare(&mut self, consts: &[Option<&[f32]>], changed: &[bool]) {
+        if self.const_b && changed[1] {
             self.packed_b = Some(PackedB::pack(consts[1].expect("constant B"), self.k, self.n, self.n));
         }
     }

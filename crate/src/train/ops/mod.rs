@@ -3,11 +3,14 @@
 //! to it.
 //!
 //! An op is built once per graph node ([`build`]), told the current constant inputs once per
-//! optimizer step ([`TrainOp::prepare`]: weights packed there, never per frame), then runs
+//! optimizer step in which one of them changed ([`TrainOp::prepare`], with which ones: weights
+//! packed there, never per frame, and not again when only a bias changed), then runs
 //! [`forward`](TrainOp::forward) and [`backward`](TrainOp::backward) per frame. The tape does
 //! the bookkeeping: it hands each backward the inputs as the forward read them, the outputs
 //! before fake quantization, the output gradients (already through the straight-through
-//! estimator) and zeroed buffers for the input gradients it wants; the op adds into them.
+//! estimator) and zeroed buffers for the input gradients it wants; the op adds into them, or,
+//! where [`TrainOp::overwrites_dx`] says so, gets them unzeroed and writes every element (a
+//! pass over each such gradient saved: GEMM outputs, copies, elementwise ops).
 //!
 //! Files by family: [`conv`] (Conv, ConvTranspose), [`linear`] (Gemm, MatMul),
 //! [`elementwise`] (binary with broadcasting, unary, activations, PRelu, Softmax),
@@ -43,7 +46,9 @@ pub struct Bwd<'a> {
     pub aux: &'a [f32],
     /// Gradients of the outputs (zeros for an output nobody differentiates).
     pub dy: &'a [&'a [f32]],
-    /// Per input: a zeroed buffer when its gradient is wanted. Ops add into it.
+    /// Per input: a buffer when its gradient is wanted. Ops add into it, except where
+    /// [`TrainOp::overwrites_dx`] says so: that buffer is not zeroed, its contents are
+    /// unspecified and the op writes every element.
     pub dx: &'a mut [Option<Vec<f32>>],
     pub scratch: &'a mut Scratch,
 }
@@ -61,10 +66,16 @@ impl Bwd<'_> {
 
 pub trait TrainOp {
     /// Called before the frames of a step with the data of the constant inputs (`None` for
-    /// activations).
-    fn prepare(&mut self, _consts: &[Option<&[f32]>]) {}
+    /// activations) when one of them changed; `changed[i]`: input `i` differs from the last
+    /// call (all true at the first), so packing an unchanged weight can be skipped.
+    fn prepare(&mut self, _consts: &[Option<&[f32]>], _changed: &[bool]) {}
     fn forward(&self, f: &mut Fwd);
     fn backward(&self, b: &mut Bwd);
+    /// True when the backward writes every element of input `i`'s gradient instead of adding
+    /// into it: the tape then skips zeroing the buffer (a pass over it).
+    fn overwrites_dx(&self, _i: usize) -> bool {
+        false
+    }
 }
 
 /// Buffers reused across nodes and frames, so a warm step allocates nothing large.

@@ -154,10 +154,14 @@ impl TrainOp for GlobalPoolNode {
                     d[i] += dy[c];
                 }
             } else {
-                let g = dy[c] / sp as f32;
-                d.iter_mut().for_each(|v| *v += g);
+                d.fill(dy[c] / sp as f32);
             }
         }
+    }
+
+    fn overwrites_dx(&self, _i: usize) -> bool {
+        // The average pool writes every element; the max pool adds one per channel.
+        !self.max
     }
 }
 

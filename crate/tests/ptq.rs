@@ -81,6 +81,15 @@ fn blazeface_w8a8_ptq_keeps_the_face_present_decision() {
         cal.observe(&[&x]).unwrap();
     }
     let q = cal.quantize().unwrap();
+    // Each block's Add -> ReLU: the ReLU folds into the Add's range (one grid from 0, so the
+    // Add's own clamp is the ReLU and the ReLU is the identity on integers).
+    let mut folded = 0;
+    for node in q.nodes.iter().filter(|n| matches!(n.op, quant_playground::ir::Op::Activation(quant_playground::kernels::Activation::Relu))) {
+        let (Some(Quant::Tensor(a)), Some(Quant::Tensor(y))) = (&q.values[node.inputs[0]].quant, &q.values[node.outputs[0]].quant) else { panic!("ReLU {} not quantized", node.name) };
+        assert_eq!((a, a.zero_point), (y, a.qmin()), "ReLU {}", node.name);
+        folded += 1;
+    }
+    assert!(folded >= 10, "{folded} ReLU nodes");
     let float = Fp32Engine::new(cal.graph().clone());
     let sim = Fp32Engine::new(q.clone());
     let mut fid = FidelityAcc::for_graph(&q);

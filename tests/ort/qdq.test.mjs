@@ -94,6 +94,40 @@ async function onnxruntime(file, m, input, level) {
 
 const argmax = (v) => v.reduce((best, x, i) => (x > v[best] ? i : best), 0);
 
+/**
+ * Where our engine (`engine`, as in `ours`) and onnxruntime's unfused graph first part on a QDQ
+ * file and image: the first activation, in graph order, with an element more than half a step
+ * apart, with how many elements and how far (in its steps); null if none.
+ *
+ * Why: a QDQ graph is a chain of roundings, and a model like BlazeFace carries one flipped
+ * rounding into many output steps (in its first residual Add, one element of 114688 whose exact
+ * value is 107.5000019 steps: onnxruntime's f32 arithmetic gives 107.49999 and rounds down,
+ * our integer Add rounds up, and the outputs end up 10-15 steps apart). Two correct engines
+ * part like that only through such a lone flip: one step, on a handful of elements.
+ */
+async function firstDivergence(file, m, image, engine) {
+  const exposed = path.join(OUT, `${path.basename(file, '.onnx')}.exposed.onnx`);
+  const tensors = JSON.parse(execFileSync('python3', [path.join(ROOT, 'tests/ort/expose_activations.py'), file, exposed], { encoding: 'utf8' }));
+  const run = ours(exposed, m, image, engine);
+  const theirs = await onnxruntime(exposed, m, run.input, 'disabled');
+  for (const t of tensors) {
+    const [a, b] = [run.outputs.get(t.name), theirs.get(t.name)];
+    assert.ok(a && b, `${t.name}: exposed by both engines`);
+    let [count, max] = [0, 0];
+    for (let i = 0; i < a.length; i++) {
+      const d = Math.abs(a[i] - b[i]) / t.scale;
+      if (d > 0.5) count++;
+      max = Math.max(max, d);
+    }
+    if (count > 0) return { name: t.name, count, total: a.length, max };
+  }
+  return null;
+}
+
+/** A first divergence that is one rounding flip: one step on at most 0.01% of a tensor. */
+const loneFlip = (fd) => fd !== null && fd.max <= 1.001 && fd.count <= Math.max(1, fd.total * 1e-4);
+const describe = (fd) => (fd ? `first parts at ${fd.name}: ${fd.count} of ${fd.total} elements, max ${fd.max.toFixed(2)} steps` : 'never parts');
+
 /** Per element |a - b| / step: max and mean. */
 function steps(a, b, step) {
   assert.equal(a.length, b.length);
@@ -207,7 +241,11 @@ test('our PTQ exports run in onnxruntime like in our engine', async () => {
         const d = steps(a, b, step);
         const spread = steps(c, b, step);
         report.push(`${m.name} PTQ ${image} ${o.name}: ours-ort max ${d.max.toFixed(1)} mean ${d.mean.toFixed(3)} steps; ort's own spread max ${spread.max.toFixed(1)} mean ${spread.mean.toFixed(3)}`);
-        assert.ok(withinSpread(d, spread), report.at(-1));
+        if (!withinSpread(d, spread)) {
+          const fd = await firstDivergence(file, m, image, null);
+          report[report.length - 1] += `; ${describe(fd)}`;
+          assert.ok(loneFlip(fd), report.at(-1));
+        }
         if (m.classifier) assert.equal(argmax(a), argmax(b), `${m.name} PTQ ${image}: top-1`);
       }
     }
@@ -221,7 +259,9 @@ test('our PTQ exports run in onnxruntime like in our engine', async () => {
 // differ from each other by up to 19 steps on BlazeFace's outputs and 3 on EfficientNet's: a
 // float sum landing next to a rounding boundary flips one step and later layers carry it. So
 // the bound applies to the nearer of the two executions, and grows to onnxruntime's own spread
-// where that is larger.
+// where that is larger. Where onnxruntime agrees with itself and we are still further apart,
+// the two must first part by a lone rounding flip (`firstDivergence`): every activation before
+// it equal, and there one step on a handful of elements.
 test("QDQ files (onnxruntime's and our PTQ exports) run on our int8 engine as in onnxruntime", async () => {
   const report = [];
   const failures = [];
@@ -229,6 +269,7 @@ test("QDQ files (onnxruntime's and our PTQ exports) run on our int8 engine as in
     for (const s of [...STORAGES, 'ptq']) {
       const file = s === 'ptq' ? path.join(OUT, `${m.name}.ptq.onnx`) : path.join(FIXTURES, `${m.name}.${s}.onnx`);
       const bound = s === 'ptq' ? 2 : 1;
+      const parted = {};
       for (const image of IMAGES) {
         const run = ours(file, m, image, 'int8');
         const plain = await onnxruntime(file, m, run.input, 'disabled');
@@ -241,6 +282,11 @@ test("QDQ files (onnxruntime's and our PTQ exports) run on our int8 engine as in
           const nearest = Math.min(toPlain.max, toFused.max);
           const top1 = !m.classifier || (argmax(mine) === argmax(plain.get(o.name)) && argmax(mine) === argmax(fused.get(o.name)));
           report.push(`${m.name}.${s} ${image} ${o.name}: int8 to ort unfused max ${toPlain.max.toFixed(1)}, fused max ${toFused.max.toFixed(1)} steps (ort's own spread ${spread.max.toFixed(1)}; bound ${bound}), top-1 ${top1 ? 'same' : 'DIFFERS'}`);
+          if (top1 && nearest > Math.max(bound, spread.max) + 1e-3) {
+            parted[image] ??= await firstDivergence(file, m, image, 'int8');
+            report[report.length - 1] += `; ${describe(parted[image])}`;
+            if (loneFlip(parted[image])) continue;
+          }
           if (!top1 || nearest > Math.max(bound, spread.max) + 1e-3) failures.push(report.at(-1));
         }
       }

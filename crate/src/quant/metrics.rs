@@ -7,11 +7,13 @@
 //!   are used as they are), and top-1 agreement on the frames where the reference is confident
 //!   (top-1 probability >= [`CONFIDENT`]): the three figures the fidelity targets use.
 //! - [`LayerSqnr`]: the SQNR of every quantized tensor against its float counterpart, which
-//!   ranks layers by the error they carry.
+//!   ranks layers by the error they carry (a value with a ReLU folded into its range against
+//!   the ReLU of its counterpart).
 
 use serde::Serialize;
 
-use crate::ir::{Graph, ValueId};
+use crate::ir::{Graph, Op, ValueId};
+use crate::kernels::Activation;
 
 /// A reference top-1 probability at least this high makes a frame "confident".
 pub const CONFIDENT: f32 = 0.5;
@@ -249,6 +251,10 @@ pub struct LayerSqnr {
     values: Vec<ValueId>,
     /// Per value id: index into `values`.
     slot: Vec<Option<usize>>,
+    /// Per tracked value: the ReLU/Clip folded into its range
+    /// (`plan::fold_clamps_into_producers`), which its float reference gets too: the quantized
+    /// value already is the activation's output, and its error is the one of that rounding.
+    folded: Vec<Option<Activation>>,
     signal: Vec<f64>,
     noise: Vec<f64>,
 }
@@ -263,7 +269,18 @@ impl LayerSqnr {
         for (i, &v) in values.iter().enumerate() {
             slot[v] = Some(i);
         }
-        LayerSqnr { signal: vec![0.0; values.len()], noise: vec![0.0; values.len()], values, slot }
+        let consumers = quantized.consumers();
+        let folded = values
+            .iter()
+            .map(|&v| match consumers[v].as_slice() {
+                &[n] => match quantized.nodes[n].op {
+                    Op::Activation(act @ (Activation::Relu | Activation::Clip { .. })) if quantized.values[quantized.nodes[n].outputs[0]].quant == quantized.values[v].quant => Some(act),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        LayerSqnr { signal: vec![0.0; values.len()], noise: vec![0.0; values.len()], values, slot, folded }
     }
 
     /// The values tracked, whose reference data `add` expects (others may be omitted).
@@ -274,7 +291,9 @@ impl LayerSqnr {
     /// Adds the error of one value on one frame.
     pub fn add(&mut self, v: ValueId, reference: &[f32], quantized: &[f32]) {
         let Some(i) = self.slot.get(v).copied().flatten() else { return };
+        let act = self.folded[i].unwrap_or(Activation::Identity);
         for (&a, &b) in reference.iter().zip(quantized) {
+            let a = act.apply_scalar(a);
             self.signal[i] += (a as f64) * (a as f64);
             self.noise[i] += ((a - b) as f64).powi(2);
         }
@@ -340,6 +359,30 @@ mod tests {
         let q = probabilities(&[1.0, 5.0, 0.0]);
         assert!((c.mean_kl - kl_divergence(&p, &q) / 2.0).abs() < 1e-12);
         assert!(c.mean_kl > 1.0);
+    }
+
+    #[test]
+    fn a_value_with_a_folded_relu_is_compared_with_the_relu_of_its_reference() {
+        use crate::ir::{BinaryOp, Node};
+        use crate::quant::{params::from_range, Quant};
+        let mut g = Graph::default();
+        let (x, z, a, y) = (g.add_value("x", vec![4]), g.add_value("z", vec![4]), g.add_value("a", vec![4]), g.add_value("y", vec![4]));
+        g.nodes.push(Node { name: "add".into(), op: Op::Binary(BinaryOp::Add), inputs: vec![x, z], outputs: vec![a] });
+        g.nodes.push(Node { name: "relu".into(), op: Op::Activation(Activation::Relu), inputs: vec![a], outputs: vec![y] });
+        let p = Quant::Tensor(from_range(0.0, 2.0, 8, false));
+        for v in [x, z, a, y] {
+            g.values[v].quant = Some(p.clone());
+        }
+        let (reference, quantized) = ([-1.0f32, 0.5, 1.0, -0.25], [0.0f32, 0.5, 1.0, 0.0]);
+        let mut folded = LayerSqnr::new(&g);
+        folded.add(a, &reference, &quantized);
+        folded.add(y, &quantized, &quantized);
+        assert!(folded.finish(&g).iter().all(|l| l.sqnr_db == 300.0));
+        // With its own grid, the Add's error is its own.
+        g.values[a].quant = Some(Quant::Tensor(from_range(-1.0, 2.0, 8, false)));
+        let mut own = LayerSqnr::new(&g);
+        own.add(a, &reference, &quantized);
+        assert!(own.finish(&g)[2].sqnr_db < 10.0);
     }
 
     #[test]

@@ -185,6 +185,36 @@ pub fn keep_outputs_float(graph: &Graph, plan: &mut QuantPlan) {
     }
 }
 
+/// Folds a ReLU or a `Clip(0, max)` node into the range of the value it reads, when that value
+/// is made by a node and read by nothing else: the value takes the activation output's
+/// parameters (`SameAs`). With asymmetric activations that grid starts at exactly 0 (its zero
+/// point is `qmin`) and ends at most at `max`, so the producer's own requantization and clamp
+/// to `[qmin, qmax]` already apply the activation: the activation node becomes the identity on
+/// integers (a clamp table, run as min/max), and the sum is rounded once, onto the finer grid
+/// of the activation's range, instead of onto its own range and then again. This is what the
+/// fused activations of Conv/Gemm get from their epilogue, for any producer (Add, Concat,
+/// average pools...). Symmetric activations put 0 mid-grid, so nothing folds.
+pub fn fold_clamps_into_producers(graph: &Graph, plan: &mut QuantPlan) {
+    let producers = graph.producers();
+    let consumers = graph.consumers();
+    for (n, node) in graph.nodes.iter().enumerate() {
+        let clamp_at_zero = match node.op {
+            Op::Activation(Activation::Relu) => true,
+            Op::Activation(Activation::Clip { min, max }) => min == 0.0 && max > 0.0,
+            _ => false,
+        };
+        if !clamp_at_zero || plan.roles[n] != Role::Compute {
+            continue;
+        }
+        let (x, y) = (node.inputs[0], node.outputs[0]);
+        // The producer's role does not matter: a kept-float producer's output is quantized
+        // for its quantized reader anyway, and the plans with and without it then agree.
+        if producers[x].is_some() && plan.values[x] == ValuePlan::Observed && plan.values[y] == ValuePlan::Observed && consumers[x] == [n] && !graph.outputs.contains(&x) {
+            plan.values[x] = ValuePlan::SameAs(y);
+        }
+    }
+}
+
 /// True for fused activations the int8 engine applies as a clamp of the output range; others
 /// (HardSwish, SiLU, Sigmoid...) need their own quantized input.
 pub fn folds_into_range(act: Activation) -> bool {
@@ -264,6 +294,57 @@ mod tests {
         assert_eq!(p.values[id("p")], ValuePlan::SameAs(id("c")));
         assert_eq!(p.values[id("r")], ValuePlan::SameAs(id("c")));
         assert_eq!(p.values[id("y")], ValuePlan::Float);
+    }
+
+    /// x, z -> Add -> a -> act -> y, with `a` also read by `extra` when asked.
+    fn add_then(act: Activation, extra: bool) -> Graph {
+        let mut g = Graph::default();
+        let x = g.add_value("x", vec![1, 4]);
+        let z = g.add_value("z", vec![1, 4]);
+        let a = g.add_value("a", vec![1, 4]);
+        let y = g.add_value("y", vec![1, 4]);
+        g.nodes.push(Node { name: "add".into(), op: Op::Binary(BinaryOp::Add), inputs: vec![x, z], outputs: vec![a] });
+        g.nodes.push(Node { name: "act".into(), op: Op::Activation(act), inputs: vec![a], outputs: vec![y] });
+        g.inputs = vec![x, z];
+        g.outputs = vec![y];
+        if extra {
+            let e = g.add_value("e", vec![1, 4]);
+            g.nodes.push(Node { name: "extra".into(), op: Op::Binary(BinaryOp::Mul), inputs: vec![a, x], outputs: vec![e] });
+            g.outputs.push(e);
+        }
+        g.validate().unwrap();
+        g
+    }
+
+    #[test]
+    fn relu_and_clip_at_zero_fold_into_the_range_of_the_value_they_read() {
+        let folded = |act, extra, keep: &[&str]| {
+            let g = add_then(act, extra);
+            let keep: Vec<String> = keep.iter().map(|s| s.to_string()).collect();
+            let mut p = plan(&g, &keep).unwrap();
+            fold_clamps_into_producers(&g, &mut p);
+            let (a, y) = (g.find_value("a").unwrap(), g.find_value("y").unwrap());
+            match p.values[a] {
+                ValuePlan::SameAs(r) => {
+                    assert_eq!((r, p.values[y]), (y, ValuePlan::Observed));
+                    true
+                }
+                other => {
+                    assert_eq!(other, ValuePlan::Observed);
+                    false
+                }
+            }
+        };
+        assert!(folded(Activation::Relu, false, &[]));
+        assert!(folded(Activation::Clip { min: 0.0, max: 6.0 }, false, &[]));
+        // A kept-float Add still writes a value quantized for the ReLU: the same plan.
+        assert!(folded(Activation::Relu, false, &["add"]));
+        // Not a clamp at 0 (its grid would not start at the clamp), another reader, a
+        // kept-float activation, a non-clamp activation.
+        assert!(!folded(Activation::Clip { min: 1.0, max: 6.0 }, false, &[]));
+        assert!(!folded(Activation::Relu, true, &[]));
+        assert!(!folded(Activation::Relu, false, &["act"]));
+        assert!(!folded(Activation::HardSwish, false, &[]));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::observer::{CalibrationMethod, Observer};
 use super::params::{check_bits, from_range, quantize_weights, ChannelParams, QuantParams, WeightRange};
-use super::plan::{keep_outputs_float, plan, split_fused_activations, weight_axis, QuantPlan, ValuePlan};
+use super::plan::{fold_clamps_into_producers, keep_outputs_float, plan, split_fused_activations, weight_axis, QuantPlan, ValuePlan};
 use super::Quant;
 use crate::engine::Fp32Engine;
 use crate::ir::{Graph, Node, Op, ValueId};
@@ -310,6 +310,9 @@ fn plan_for(graph: &Graph, config: &QuantConfig, extra: &[String]) -> Result<Qua
     let mut plan = plan(graph, &keep)?;
     if config.float_outputs {
         keep_outputs_float(graph, &mut plan);
+    }
+    if !config.activation_symmetric {
+        fold_clamps_into_producers(graph, &mut plan);
     }
     Ok(plan)
 }

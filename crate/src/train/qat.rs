@@ -76,7 +76,7 @@ use super::loss::{Distillation, LabelLoss};
 use super::optim::{AdamW, Moments, Schedule};
 use super::tape::{Tape, TapeSpec};
 use crate::engine::Fp32Engine;
-use crate::ir::{Graph, Op, ValueId};
+use crate::ir::{Activation, Graph, Op, ValueId};
 use crate::quant::params::{ChannelParams, QuantParams, MAX_SCALE, MIN_SCALE};
 use crate::quant::plan::{role, Role};
 use crate::quant::ptq::snap_bias;
@@ -434,7 +434,9 @@ impl Trainer {
             biases.push(BiasParam { value: b, snap, m: Moments::new(ptq.values[b].len()) });
         }
 
-        // Activation step sizes: one per calibrated value, shared along Follow ops.
+        // Activation step sizes: one per calibrated value, shared along Follow ops and with a
+        // ReLU/Clip folded into its input's range (`plan::fold_clamps_into_producers`: equal
+        // parameters on both sides), which must stay an identity on integers as it trains.
         let mut act_of: Vec<Option<usize>> = vec![None; nv];
         let mut acts: Vec<ActParam> = Vec::new();
         let tensor = |v: ValueId| if ptq.values[v].is_const() { None } else { ptq.values[v].quant.as_ref().and_then(|q| q.tensor()).copied() };
@@ -452,7 +454,8 @@ impl Trainer {
             for &o in &node.outputs {
                 let Some(p) = tensor(o) else { continue };
                 let x = node.inputs.first().copied();
-                let follows = role(&node.op) == Role::Follow && x.is_some_and(|x| tensor(x) == Some(p) && act_of[x].is_some());
+                let clamp = matches!(node.op, Op::Activation(Activation::Relu | Activation::Clip { .. }));
+                let follows = (role(&node.op) == Role::Follow || clamp) && x.is_some_and(|x| tensor(x) == Some(p) && act_of[x].is_some());
                 match (follows, x.and_then(|x| act_of[x])) {
                     (true, Some(root)) => {
                         act_of[o] = Some(root);

@@ -194,37 +194,59 @@ export class LossChart extends Chart {
     this.reset();
   }
 
-  reset() {
+  /**
+   * @param {{labels?: boolean}} [options]  labels: also plot the cross-entropy to the labels,
+   *   on an axis of its own (it is tens of times the distillation)
+   */
+  reset({ labels = false } = {}) {
+    this.labels = labels;
     this.steps = [];
     this.losses = [];
     this.holdout = [];
+    this.labelLosses = [];
     this.#draw();
   }
 
-  /** @param {number} step @param {number} loss @param {number | null} [holdout] */
-  push(step, loss, holdout = null) {
+  /**
+   * @param {number} step @param {number} loss  the training distillation
+   * @param {number | null} [holdout] @param {number | null} [label]  when measured at this step
+   */
+  push(step, loss, holdout = null, label = null) {
     if (!Number.isFinite(loss)) return;
     this.steps.push(step);
     this.losses.push(loss);
     this.holdout.push(Number.isFinite(holdout) ? holdout : null);
-    this.plot.setData([this.steps, this.losses, this.holdout]);
+    this.labelLosses.push(Number.isFinite(label) ? label : null);
+    this.plot.setData(this.#data());
+  }
+
+  #data() {
+    return this.labels ? [this.steps, this.losses, this.holdout, this.labelLosses] : [this.steps, this.losses, this.holdout];
   }
 
   #draw() {
     const t = theme();
+    const series = [
+      { label: 'step' },
+      { label: this.labels ? 'training distillation' : 'training loss', stroke: t.qat, width: 2, points: { show: false } },
+      { label: 'held-out', stroke: t.accent, width: 2, dash: [6, 4], spanGaps: true, points: { show: true, size: 5 } },
+    ];
+    const axes = [axis(t, { label: 'step' }), axis(t, { label: 'loss', size: 56 })];
+    const scales = { x: { time: false }, y: { auto: true } };
+    if (this.labels) {
+      series.push({ label: 'label loss', scale: 'ce', stroke: t.ptq, width: 1.5, spanGaps: true, points: { show: true, size: 4 } });
+      axes.push(axis(t, { label: 'label loss', scale: 'ce', side: 1, size: 56, grid: { show: false } }));
+      scales.ce = { auto: true };
+    }
     this.make(
       {
         padding: [8, 8, 0, 0],
         cursor: { drag: { x: false, y: false } },
-        scales: { x: { time: false }, y: { auto: true } },
-        axes: [axis(t, { label: 'step' }), axis(t, { label: 'loss', size: 56 })],
-        series: [
-          { label: 'step' },
-          { label: 'training loss', stroke: t.qat, width: 2, points: { show: false } },
-          { label: 'held-out', stroke: t.accent, width: 2, dash: [6, 4], spanGaps: true, points: { show: true, size: 5 } },
-        ],
+        scales,
+        axes,
+        series,
       },
-      [this.steps, this.losses, this.holdout],
+      this.#data(),
     );
   }
 }

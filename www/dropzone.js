@@ -1,8 +1,12 @@
 // Drag and drop anywhere on the page: shows the overlay (body.dragging) while files are
 // dragged over, and hands the dropped files to a callback, folders walked (hidden files
-// skipped). Keyboard users have the file pickers instead.
+// skipped), with each file's path in what was dropped and the element it was dropped on (so a
+// part of the page can take drops of its own). Keyboard users have the file pickers instead.
 
-/** @param {(files: File[]) => void | Promise<void>} onFiles */
+/**
+ * @param {(files: File[], where: {paths: Map<File, string>, target: EventTarget | null}) => void | Promise<void>} onFiles
+ *   paths: "folder/sub/name.png" for files inside a dropped folder, else the file's name
+ */
 export function installDropZone(onFiles) {
   let depth = 0;
   const hasFiles = (event) => [...(event.dataTransfer?.types ?? [])].includes('Files');
@@ -29,22 +33,32 @@ export function installDropZone(onFiles) {
     if (!hasFiles(event)) return;
     event.preventDefault();
     leave();
-    await onFiles(await droppedFiles(event.dataTransfer));
+    const target = event.target;
+    const paths = new Map();
+    await onFiles(await droppedFiles(event.dataTransfer, paths), { paths, target });
   });
 }
 
 /**
- * The dropped files, folders walked. The entries are taken before the first await: a
- * DataTransfer is only readable during its event.
+ * The dropped files, folders walked; `paths` gets each file's path in what was dropped. The
+ * entries are taken before the first await: a DataTransfer is only readable during its event.
  */
-async function droppedFiles(dataTransfer) {
+async function droppedFiles(dataTransfer, paths) {
   const entries = [...dataTransfer.items].map((item) => item.webkitGetAsEntry?.()).filter(Boolean);
-  if (!entries.length) return [...dataTransfer.files];
+  if (!entries.length) {
+    const files = [...dataTransfer.files];
+    for (const f of files) paths.set(f, f.name);
+    return files;
+  }
   const files = [];
   const walk = async (entry) => {
     if (entry.name.startsWith('.')) return;
     if (entry.isFile) {
-      files.push(await new Promise((resolve, reject) => entry.file(resolve, reject)));
+      const file = await new Promise((resolve, reject) => entry.file(resolve, reject));
+      // fullPath is "/dropped/folder/name.png": relative to the drop, as webkitRelativePath is
+      // to a picked folder.
+      paths.set(file, entry.fullPath.replace(/^\//, ''));
+      files.push(file);
     } else if (entry.isDirectory) {
       const reader = entry.createReader();
       for (;;) {

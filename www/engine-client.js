@@ -176,14 +176,27 @@ export class EngineClient extends EventTarget {
   }
 
   /**
+   * Which class each folder of labelled images holds for the loaded model.
+   * @param {string[]} folders
+   * @param {string | undefined} labels  class names, one per line (line i: output i)
+   * @returns {Promise<import('./protocol.js').LabelMatch>}
+   */
+  labelFolders(folders, labels, options) {
+    return this.request(Req.LABEL_FOLDERS, { folders, labels }, options);
+  }
+
+  /**
    * Starts quantization-aware training. Returns the request's promise and a `cancel()` that
    * asks the worker to stop after the current chunk of steps (the promise then resolves with
    * `cancelled: true`). The timeout applies to the whole run.
    * @param {import('./protocol.js').QatConfig} config
-   * @param {{timeoutMs?: number, onProgress?: (p: import('./protocol.js').ProgressReply) => void}} [options]
+   * @param {{timeoutMs?: number, onProgress?: (p: import('./protocol.js').ProgressReply) => void,
+   *   labelled?: {frame: import('./protocol.js').FrameData, class: number}[]}} [options]
+   *   labelled: images with their class, trained on too (their bitmaps are transferred)
    */
-  qat(config, { timeoutMs = 3_600_000, onProgress } = {}) {
-    const { id, promise } = this.#send(Req.QAT, { config }, { timeoutMs, onProgress });
+  qat(config, { timeoutMs = 3_600_000, onProgress, labelled = [] } = {}) {
+    const transfer = labelled.flatMap((l) => frameTransfer(l.frame));
+    const { id, promise } = this.#send(Req.QAT, { config, labelled }, { timeoutMs, onProgress, transfer });
     const cancel = () => this.request(Req.CANCEL, { target: id }).catch(() => ({ found: false }));
     return { promise, cancel };
   }

@@ -14,6 +14,7 @@ import { agreement, classNames, detectTask, interpret } from './decode.js';
 import { installDropZone } from './dropzone.js';
 import { Insight, loadCharts } from './insight.js';
 import { EngineClient } from './engine-client.js';
+import { classNamesText, sortIntoFolders, takeInTurn } from './labels.js';
 import { CALIBRATION_SIDE, Camera, FrameStore, MAX_FRAMES, decodeImage, fitBitmap, loadSample } from './frames.js';
 import { renderModelCard } from './model-card.js';
 import { BUNDLED, DEFAULT_MODEL, SAMPLE_IMAGES, bundledByFile, head, isImageKind, sniff } from './models.js';
@@ -33,7 +34,7 @@ const SIMD_PROBE = new Uint8Array([
   0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 10, 1, 8, 0, 65, 0, 253, 15, 253, 98, 11,
 ]);
 
-const FEATURE_NAMES = { ptq: 'PTQ', qat: 'QAT', runVariant: 'int8 inference', layerErrors: 'layer errors', histogram: 'histograms', exportOnnx: 'ONNX export', sensitivity: 'sensitivity analysis' };
+const FEATURE_NAMES = { ptq: 'PTQ', qat: 'QAT', runVariant: 'int8 inference', layerErrors: 'layer errors', histogram: 'histograms', exportOnnx: 'ONNX export', sensitivity: 'sensitivity analysis', labels: 'QAT labels' };
 const NOT_IN_BUILD = 'not available in this build';
 
 const client = new EngineClient();
@@ -59,7 +60,16 @@ const state = {
   preprocessOrigin: 'guess',
   /** layers: reports.js Layer[] (per quantized tensor, SQNR against FP32) */
   ptq: { state: 'idle', config: null, report: null, layers: null, frameIds: [], stale: false },
-  qat: { state: 'idle', config: null, result: null, layers: null, losses: [], saved: null },
+  /** labels: what the run trained with (null: no labels); labelLosses: [step, cross-entropy] */
+  qat: { state: 'idle', config: null, result: null, layers: null, losses: [], saved: null, labels: null, labelLosses: [] },
+  /**
+   * Labelled images for QAT: what the user picked (labels.js LabelPick) and, for the loaded
+   * model, the engine's match (protocol.js LabelMatch) or why there is none (`error`), and the
+   * images kept: decoded as calibration frames are, with their class.
+   * @type {{pick: import('./labels.js').LabelPick | null, match: import('./protocol.js').LabelMatch | null, error: string | null,
+   *   images: {bitmap: ImageBitmap, class: number, folder: string}[], total: number, skipped: string[], busy: boolean}}
+   */
+  labels: { pick: null, match: null, error: null, images: [], total: 0, skipped: [], busy: false },
   /**
    * The sensitivity analysis: state 'idle' | 'running' | 'done' | 'cancelled' | 'error' |
    * 'unavailable'; ranking: protocol.js Sensitivity; stale: a PTQ was built since.
@@ -350,6 +360,8 @@ async function modelLoaded({ name, bytes, inputShapes, summary, bundled }) {
   resetPtq('');
   resetQat('');
   resetPreprocess();
+  // Folder names are matched to this model's classes now (without waiting: the page is usable).
+  if (state.labels.pick) matchLabels();
   // Edits made before a reload for a new input size stay, when they fit the new shape.
   if (pendingPreprocess && state.preprocess && !pre.mismatch(pendingPreprocess, summary.inputs[0].shape)) {
     state.preprocess = pendingPreprocess;
@@ -1482,14 +1494,21 @@ function setQatState(s) {
 
 function updateQatButton() {
   const button = $('#qat-run');
-  button.disabled = !state.features.qat || state.ptq.state !== 'done' || state.qat.state === 'running' || state.sensitivity.state === 'running';
-  button.title = !state.features.qat ? NOT_IN_BUILD : state.ptq.state !== 'done' ? 'Quantize first (5): QAT starts from PTQ' : '';
+  button.disabled = !state.features.qat || state.ptq.state !== 'done' || state.qat.state === 'running' || state.sensitivity.state === 'running' || state.labels.busy;
+  button.title = !state.features.qat
+    ? NOT_IN_BUILD
+    : state.ptq.state !== 'done'
+      ? 'Quantize first (5): QAT starts from PTQ'
+      : state.labels.busy
+        ? 'Reading the labelled images…'
+        : '';
+  $('#labels-clear').disabled = !state.labels.pick || state.qat.state === 'running';
 }
 
 function resetQat(message) {
   if (qatRun) qatRun.cancel();
   qatRun = null;
-  state.qat = { state: 'idle', config: state.qat.config, result: null, layers: null, losses: [], saved: null };
+  state.qat = { state: 'idle', config: state.qat.config, result: null, layers: null, losses: [], saved: null, labels: null, labelLosses: [] };
   setQatState(state.features.qat ? 'idle' : 'unavailable');
   if (state.features.qat) notice(field('qat-notice'), message);
   panes.qat.resetMetrics();
@@ -1509,7 +1528,7 @@ function readQatConfig() {
 const QAT_MODES = { scales: 'step sizes and biases', full: 'weights, step sizes and biases' };
 
 /** What QAT trains on, from qatBegin's `augmentation` (protocol.js QatAugmentation). */
-function augmentationText({ augment: a, frames, images, heldOut = 0 }) {
+function augmentationText({ augment: a, frames, images, heldOut = 0, labelled }, labelWeight = 1) {
   const pct = (x) => `${Math.round(100 * x)}%`;
   const views =
     `random views of ${images === frames ? `the ${frames}` : `${images} of the ${frames}`} training frames, as the command line trains: ` +
@@ -1520,20 +1539,37 @@ function augmentationText({ augment: a, frames, images, heldOut = 0 }) {
   const mirrored = `${tensors} frame${tensors === 1 ? ' was' : 's were'} given as tensors, without an image: ${tensors === 1 ? 'it is' : 'they are'} only mirrored`;
   const body = images === 0 ? `the ${frames} training frames as given: they came as tensors, without an image, so they are only mirrored` : tensors ? `${views}. ${mirrored}` : views;
   const held = heldOut ? ` ${heldOut} more frame${heldOut === 1 ? ' is' : 's are'} held out, unchanged, to keep the best weights.` : ' No frame is held out: with so few, all of them train.';
-  return `Trains on ${body}.${held}`;
+  const n = labelled?.images ?? 0;
+  const labels = n
+    ? ` Also ${n} labelled image${n === 1 ? '' : 's'} in ${labelled.classes} class${labelled.classes === 1 ? '' : 'es'}, viewed the same way and preprocessed as the calibration frames; ` +
+      `each frame of a step is drawn from the training frames and the labelled images alike, and a labelled one adds the cross-entropy to its class (weight ${labelWeight}).`
+    : '';
+  return `Trains on ${body}.${held}${labels}`;
 }
 
 qatForm.addEventListener('submit', async (event) => {
   event.preventDefault();
-  if (!state.features.qat || state.qat.state === 'running' || state.ptq.state !== 'done') return;
+  if (!state.features.qat || state.qat.state === 'running' || state.ptq.state !== 'done' || state.labels.busy) return;
   const config = readQatConfig();
   if ('lr' in config && !(config.lr > 0)) {
     notice(field('qat-notice'), 'The learning rate must be above 0.', 'error');
     return;
   }
+  const images = state.features.labels ? state.labels.images : [];
+  if (images.length) {
+    const weight = qatForm.elements.labelWeight.value.trim() === '' ? 1 : Number(qatForm.elements.labelWeight.value);
+    if (!Number.isFinite(weight) || weight < 0) {
+      notice(field('qat-notice'), 'The label weight must be a number, 0 or more (0: labelled images are only distilled, like the others).', 'error');
+      return;
+    }
+    config.labelWeight = weight;
+  }
   await ready();
   state.qat.config = config;
   state.qat.losses = [];
+  state.qat.labelLosses = [];
+  state.qat.labels = images.length ? labelSummary(config.labelWeight) : null;
+  const trainedLabels = state.qat.labels;
   setQatState('running');
   const bar = $('#qat-progress');
   bar.max = config.steps ?? 1;
@@ -1545,25 +1581,49 @@ qatForm.addEventListener('submit', async (event) => {
   });
   if (chart) {
     lossChart ??= new chart.LossChart($('#loss-chart'));
-    lossChart.reset();
+    lossChart.reset({ labels: images.length > 0 });
   }
   notice(field('qat-notice'), 'Training: starting…');
+  // Copies: the worker takes the bitmaps it is sent, and the page keeps its own for later runs.
+  let labelled;
+  try {
+    labelled = await Promise.all(images.map(async (l) => ({ frame: { bitmap: await createImageBitmap(l.bitmap) }, class: l.class })));
+  } catch (err) {
+    setQatState('error');
+    notice(field('qat-notice'), `Training did not start: the labelled images could not be read (${errorMessage(err)}); choose their folder again.`, 'error');
+    return;
+  }
+  // The last label loss measured (a slice of steps that drew no labelled frame has none).
+  let labelLoss = null;
   const run = client.qat(config, {
+    labelled,
     onProgress: (p) => {
       if (p.done === 0) {
         // The plan: what the engine chose where the form said "auto".
         plan = { total: p.total, mode: p.mode };
         bar.max = p.total;
-        if (p.augmentation) field('qat-augment').textContent = augmentationText(p.augmentation);
+        if (p.augmentation) field('qat-augment').textContent = augmentationText(p.augmentation, config.labelWeight);
         const why = config.mode ? '' : ` (chosen for ${state.ptq.config?.weightBits ?? '?'}-bit weights)`;
-        notice(field('qat-notice'), `Training: step 0 of ${p.total}, learning ${QAT_MODES[p.mode] ?? p.mode}${why}, ${p.batchSize ?? '?'} frames a step…`);
+        const withLabels = trainedLabels
+          ? `, with ${trainedLabels.images} labelled images in ${new Set(trainedLabels.classes.map((c) => c.class)).size} classes`
+          : state.labels.pick
+            ? ', without labels (the labelled images cannot be used: see above)'
+            : '';
+        notice(field('qat-notice'), `Training: step 0 of ${p.total}, learning ${QAT_MODES[p.mode] ?? p.mode}${why}, ${p.batchSize ?? '?'} frames a step${withLabels}…`);
         return;
       }
       bar.value = p.done;
       state.qat.losses.push([p.done, p.loss]);
-      lossChart?.push(p.done, p.loss, p.holdoutLoss);
+      if (Number.isFinite(p.labelLoss)) {
+        labelLoss = p.labelLoss;
+        state.qat.labelLosses.push([p.done, p.labelLoss]);
+      }
+      // The training curve is the distillation, as the held-out one is (with labels the total
+      // also holds the cross-entropy, which only batches that drew labelled frames have).
+      lossChart?.push(p.done, p.distillLoss ?? p.loss, p.holdoutLoss, p.labelLoss);
       const eta = (p.elapsedMs / p.done) * (p.total - p.done);
-      notice(field('qat-notice'), `Training: step ${p.done} of ${p.total}, loss ${Number(p.loss).toPrecision(4)}, about ${formatDuration(eta)} left`);
+      const label = labelLoss != null ? `, label loss ${labelLoss.toPrecision(4)}` : '';
+      notice(field('qat-notice'), `Training: step ${p.done} of ${p.total}, loss ${Number(p.loss).toPrecision(4)}${label}, about ${formatDuration(eta)} left`);
       panes.qat.setState('empty', `Training: step ${p.done} of ${p.total}…`);
     },
   });
@@ -1584,7 +1644,14 @@ qatForm.addEventListener('submit', async (event) => {
     const what = QAT_MODES[result.mode ?? plan.mode] ?? result.mode ?? plan.mode;
     const total = result.total ?? plan.total;
     const how = result.cancelled ? `Stopped after ${result.steps} of ${total} steps of ${what} (the model keeps what it learned)` : `Trained ${what} for ${result.steps} steps`;
-    notice(field('qat-notice'), `${how} in ${formatDuration(result.ms)}; final loss ${Number(result.loss).toPrecision(4)}.`, result.cancelled ? 'warn' : 'ok');
+    let labels = '';
+    if (trainedLabels) {
+      const frames = `${result.labelledFrames} labelled frame${result.labelledFrames === 1 ? '' : 's'} trained on`;
+      labels = Number.isFinite(result.labelLoss)
+        ? `; label loss ${result.labelLoss.toPrecision(4)} (cross-entropy to the labels, ${frames})`
+        : `; no labelled frame was drawn in these steps, so the labels were not used (${frames})`;
+    }
+    notice(field('qat-notice'), `${how} in ${formatDuration(result.ms)}; final loss ${Number(result.loss).toPrecision(4)}${labels}.`, result.cancelled ? 'warn' : 'ok');
     renderInsight();
   } catch (err) {
     if (qatRun !== run) return;
@@ -1606,6 +1673,187 @@ $('#qat-cancel').addEventListener('click', () => {
   qatRun?.cancel();
   notice(field('qat-notice'), 'Stopping after the current steps…');
 });
+
+// --- labelled images for QAT -----------------------------------------------------------------
+
+/** Decoded labelled images by file, for the pick: a new model re-matches without decoding again. */
+let labelBitmaps = new Map();
+/** Bumped by each pick, match and removal: a match still reading images stops when it changes. */
+let labelsJob = 0;
+
+/** Takes a picked or dropped folder of class folders (files with their paths in it). */
+function pickLabels(entries) {
+  for (const bitmap of labelBitmaps.values()) bitmap.close();
+  labelBitmaps = new Map();
+  state.labels.pick = sortIntoFolders(entries);
+  return matchLabels();
+}
+
+function clearLabels() {
+  labelsJob += 1;
+  for (const bitmap of labelBitmaps.values()) bitmap.close();
+  labelBitmaps = new Map();
+  state.labels = { pick: null, match: null, error: null, images: [], total: 0, skipped: [], busy: false };
+  renderLabels();
+  updateQatButton();
+}
+
+/**
+ * Matches the picked class folders to the loaded model's classes (the engine's ClassMap) and
+ * reads the images of those that match: decoded as calibration images are (at most
+ * CALIBRATION_SIDE a side, and no more pixels than the engine keeps), at most as many as the
+ * engine keeps, taken from each class in turn. A folder that matches no class is listed with
+ * the engine's message and left out; a model that takes no labels leaves them all out, with
+ * its message. Nothing else of the page changes.
+ */
+async function matchLabels() {
+  const job = ++labelsJob;
+  const L = state.labels;
+  Object.assign(L, { match: null, error: null, images: [], total: 0, skipped: [], busy: false });
+  const pick = L.pick;
+  if (!pick) return renderLabels();
+  if (!state.features.labels) {
+    L.error = `labelled images are ${NOT_IN_BUILD} of the engine`;
+    return renderLabels();
+  }
+  if (!state.model) return renderLabels();
+  if (!pick.folders.size) {
+    const where = pick.root ? `'${pick.root}'` : 'What was dropped';
+    L.error = `${where} holds no class folders${pick.loose.length ? ` (only ${pick.loose.length} files)` : ''}: choose the folder that holds one folder per class, each named by its class`;
+    return renderLabels();
+  }
+  L.busy = true;
+  updateQatButton();
+  renderLabels('Matching the folders to the model\'s classes…');
+  const model = state.model;
+  try {
+    await ready();
+    const match = await client.labelFolders([...pick.folders.keys()], classNamesText(model.names));
+    if (job !== labelsJob) return;
+    // Only images count (a folder may hold other files), so that the cap is spent on images.
+    const used = match.folders.filter((f) => f.error == null);
+    const lists = [];
+    for (const f of used) {
+      const images = [];
+      for (const entry of pick.folders.get(f.folder)) {
+        if (isImageKind(sniff(await head(entry.file)))) images.push(entry);
+        else L.skipped.push(`${entry.path} is not an image`);
+      }
+      if (job !== labelsJob) return;
+      lists.push(images);
+    }
+    L.total = lists.reduce((n, list) => n + list.length, 0);
+    const taken = takeInTurn(lists, match.maxImages);
+    const side = Math.min(CALIBRATION_SIDE, Math.floor(Math.sqrt(match.maxPixels)));
+    const count = taken.reduce((n, list) => n + list.length, 0);
+    let read = 0;
+    for (const [k, f] of used.entries()) {
+      f.images = 0;
+      for (const entry of taken[k]) {
+        renderLabels(`Reading the labelled images: ${read} of ${count}…`);
+        read += 1;
+        try {
+          let bitmap = labelBitmaps.get(entry.file);
+          if (!bitmap) {
+            bitmap = await decodeImage(entry.file, entry.path, side);
+            labelBitmaps.set(entry.file, bitmap);
+          }
+          if (job !== labelsJob) return;
+          L.images.push({ bitmap, class: f.class, folder: f.folder });
+          f.images += 1;
+        } catch (err) {
+          if (job !== labelsJob) return;
+          L.skipped.push(errorMessage(err));
+        }
+      }
+    }
+    L.match = match;
+  } catch (err) {
+    if (job !== labelsJob) return;
+    L.images = [];
+    L.error = `the labelled images cannot be used with ${model.name}: ${errorMessage(err)}`;
+  } finally {
+    if (job === labelsJob) {
+      L.busy = false;
+      renderLabels();
+      updateQatButton();
+    }
+  }
+}
+
+/** The labelled images in use, for the QAT report: per class folder, its class and images. */
+function labelSummary(weight) {
+  const L = state.labels;
+  const folders = (L.match?.folders ?? []).filter((f) => f.error == null && f.images > 0);
+  return {
+    folder: L.pick?.root || null,
+    weight,
+    images: L.images.length,
+    found: L.total,
+    classes: folders.map((f) => ({ folder: f.folder, class: f.class, name: f.name, images: f.images })),
+  };
+}
+
+/** The labelled images' list and notice; `busy`: what is being done, while it is. */
+function renderLabels(busy) {
+  const L = state.labels;
+  const box = $('#qat-labels');
+  const list = $('#label-folders');
+  const out = field('labels-notice');
+  const plural = (n, one, many = `${one}s`) => `${n} ${n === 1 ? one : many}`;
+  if (!L.pick) {
+    box.dataset.state = 'empty';
+    list.replaceChildren();
+    notice(out, '');
+    return;
+  }
+  const byFolder = new Map((L.match?.folders ?? []).map((f) => [f.folder, f]));
+  list.replaceChildren(
+    ...[...L.pick.folders].map(([folder, files]) => {
+      const f = byFolder.get(folder);
+      if (f?.error != null) return h('li', { class: 'bad', dataset: { folder } }, `${f.error}. Not used.`);
+      const what = f ? `→ ${f.name ? `${f.name} (class ${f.class})` : `class ${f.class}`}` : '';
+      const count = f?.images != null ? `${plural(f.images, 'image')}${f.images < files.length ? ` of ${files.length} files` : ''}` : plural(files.length, 'file');
+      return h('li', { dataset: { folder } }, h('span', { class: 'folder', title: folder }, `${folder} ${what}`), h('span', { class: 'count' }, count));
+    }),
+  );
+  if (busy) {
+    box.dataset.state = 'busy';
+    notice(out, busy);
+    return;
+  }
+  if (L.error) {
+    box.dataset.state = 'error';
+    list.replaceChildren();
+    notice(out, `${L.error[0].toUpperCase()}${L.error.slice(1)}.`, 'error');
+    return;
+  }
+  if (!L.match) {
+    box.dataset.state = 'idle';
+    notice(out, `${plural(L.pick.folders.size, 'class folder')} chosen: they are matched to the model's classes once it is loaded.`);
+    return;
+  }
+  const bad = L.match.folders.filter((f) => f.error != null);
+  const classes = new Set(L.images.map((i) => i.class)).size;
+  const from = L.pick.root ? ` from '${L.pick.root}'` : '';
+  const parts = [`${plural(L.images.length, 'labelled image')} in ${plural(classes, 'class', 'classes')}${from}.`];
+  if (L.total > L.match.maxImages) {
+    parts.push(`Kept ${L.images.length} of the ${L.total} images: at most ${L.match.maxImages} are kept (memory), taken from each class in turn.`);
+  }
+  if (bad.length) parts.push(`${plural(bad.length, 'folder')} matched no class and ${bad.length === 1 ? 'is' : 'are'} not used: ${bad.map((f) => `'${f.folder}'`).join(', ')} (below).`);
+  if (L.pick.loose.length) parts.push(`${plural(L.pick.loose.length, 'file')} outside the class folders ${L.pick.loose.length === 1 ? 'is' : 'are'} not used.`);
+  if (L.skipped.length) parts.push(`Skipped ${L.skipped.length}: ${L.skipped.slice(0, 3).join('; ')}${L.skipped.length > 3 ? '; …' : ''}.`);
+  const kind = bad.length || !L.images.length ? 'error' : parts.length > 1 ? 'warn' : 'ok';
+  box.dataset.state = L.images.length ? 'ready' : 'error';
+  notice(out, parts.join(' '), kind);
+}
+
+$('#label-folder').addEventListener('change', (event) => {
+  const entries = [...event.target.files].map((file) => ({ file, path: file.webkitRelativePath || file.name }));
+  event.target.value = '';
+  if (entries.length) pickLabels(entries);
+});
+$('#labels-clear').addEventListener('click', clearLabels);
 
 // --- insight: per-layer SQNR and activation histograms -------------------------------------------
 
@@ -1680,7 +1928,9 @@ function report() {
     preprocessOrigin: state.preprocessOrigin,
     calibration: { frames: state.ptq.frameIds.length, sources },
     ptq: state.ptq.report ? { ...state.ptq.report, config: state.ptq.config, layers: state.ptq.layers, preprocessChangedSince: state.ptq.stale } : null,
-    qat: state.qat.result ? { config: state.qat.config, ...state.qat.result, losses: state.qat.losses, layers: state.qat.layers } : null,
+    qat: state.qat.result
+      ? { config: state.qat.config, ...state.qat.result, losses: state.qat.losses, labels: state.qat.labels, labelLosses: state.qat.labelLosses, layers: state.qat.layers }
+      : null,
     sensitivity: state.sensitivity.ranking ? { ...state.sensitivity.ranking, rankedBeforeTheLastPtq: state.sensitivity.stale } : null,
     comparison: {
       input: state.source,
@@ -1700,8 +1950,14 @@ $('#download-report').addEventListener('click', () => {
 
 installDropZone(routeFiles);
 
-/** Images go to the calibration set; anything else is taken as a model (the first one). */
-async function routeFiles(files) {
+/** Images go to the calibration set; anything else is taken as a model (the first one). A
+ * folder dropped on the labelled images of the QAT section is taken as class folders. */
+async function routeFiles(files, { paths, target } = {}) {
+  if (target instanceof Element && target.closest('#qat-labels') && !$('#qat-labels').disabled) {
+    const entries = files.map((file) => ({ file, path: paths?.get(file) ?? file.name }));
+    if (entries.length) await pickLabels(entries);
+    return;
+  }
   const images = [];
   const others = [];
   for (const file of files) (isImageKind(sniff(await head(file))) ? images : others).push(file);
@@ -1721,6 +1977,8 @@ function applyFeatures() {
   for (const el of ptqForm.elements) if (el.id !== 'ptq-cancel') el.disabled = !f.ptq;
   ptqForm.elements.percentile.disabled = !f.ptq || ptqForm.elements.method.value !== 'percentile';
   for (const el of qatForm.elements) if (el.id !== 'qat-cancel') el.disabled = !f.qat;
+  $('#qat-labels').disabled = !f.qat || !f.labels;
+  if (f.qat && !f.labels) notice(field('labels-notice'), `Labelled images are ${NOT_IN_BUILD} of the engine.`, 'warn');
   if (!f.ptq) {
     setPtqState('unavailable');
     notice(field('ptq-notice'), `PTQ is ${NOT_IN_BUILD} of the engine: the FP32 model runs; calibration frames can be collected for when it is.`, 'warn');

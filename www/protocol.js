@@ -63,13 +63,19 @@ export const Req = Object.freeze({
    */
   EXPORT_ONNX: 'export-onnx',
   /**
-   * Quantization-aware training from the PTQ variant, on the calibration frames. Needs `qat`.
-   * The worker steps in small chunks and yields between them, so CANCEL gets through.
-   * Training examples are random views of the kept frames ({@link QatAugmentation}).
-   * Payload: `{config: QatConfig}`. Progress: first `{done: 0, total, mode, batchSize,
-   * augmentation}` (the plan, with the engine's defaults filled in), then `{done: step, total: steps, loss, holdoutLoss,
-   * elapsedMs}` per chunk. Result: `{steps, total, mode, loss, cancelled: boolean, ms, report}`
-   * (`report`: what qatFinish returns, if anything); a cancelled run keeps what it learned so far.
+   * Quantization-aware training from the PTQ variant, on the calibration frames. Needs `qat`
+   * (and `labels` with labelled images). The worker steps in small chunks and yields between
+   * them, so CANCEL gets through. Training examples are random views of the kept frames and of
+   * the labelled images ({@link QatAugmentation}); labelled ones add the cross-entropy to their
+   * class (weight `config.labelWeight`).
+   * Payload: `{config: QatConfig, labelled?: {frame: FrameData, class: number}[]}` (bitmaps
+   * transferred; the engine keeps them for this run only). Progress: first `{done: 0, total,
+   * mode, batchSize, augmentation}` (the plan, with the engine's defaults filled in), then
+   * `{done: step, total: steps, loss, distillLoss, holdoutLoss, labelLoss, labelledFrames,
+   * elapsedMs}` per chunk (`labelLoss`: the mean cross-entropy of the chunk's labelled frames,
+   * null when it drew none). Result: `{steps, total, mode, loss, labelLoss, labelledFrames,
+   * cancelled: boolean, ms, report}` (`labelLoss`: the last one measured; `report`: what
+   * qatFinish returns, if anything); a cancelled run keeps what it learned so far.
    */
   QAT: 'qat',
   /**
@@ -94,6 +100,14 @@ export const Req = Object.freeze({
    * Result: the variant's report (like qatFinish's).
    */
   RESTORE_VARIANT: 'restore-variant',
+  /**
+   * Which class each folder of labelled images holds for the loaded model (train/labels.rs
+   * `ClassMap`: by class name, ignoring case, `_` as a space, or by class index). Needs
+   * `labels`. Payload: `{folders: string[], labels?: string}` (`labels`: the class names, one
+   * per line, line i naming output i). Result: {@link LabelMatch}. A model that is not a
+   * classifier, or names that are not its classes, fail with the engine's message.
+   */
+  LABEL_FOLDERS: 'label-folders',
   /**
    * Ask a running request (QAT, SENSITIVITY) to stop. Payload: `{target: number}` (its id).
    * Result: `{found: boolean}`.
@@ -127,6 +141,8 @@ export const FEATURES = Object.freeze({
   sensitivity: ['sensitivityBegin', 'sensitivityStep', 'sensitivityResult'],
   /** Keeping the QAT result across an engine restart. */
   keepVariant: ['variantState', 'restoreVariant'],
+  /** Labelled images for QAT (a folder per class). */
+  labels: ['labelFolders', 'qatAddLabelledRgba', 'qatLabelledClear'],
 });
 
 /** The name of the error a request gets when the engine build lacks what it needs. */
@@ -278,6 +294,17 @@ export const NOT_AVAILABLE = 'NotAvailableError';
  * @property {number} [steps]
  * @property {number} [lr]   Adam's rate of the weights (full mode)
  * @property {'scales' | 'full'} [mode]   train step sizes and biases only, or the weights too
+ * @property {number} [labelWeight]  weight of the cross-entropy to labels, relative to the
+ *   distillation (default 1, as the command line's --qat-label-weight)
+ */
+
+/**
+ * labelFolders' answer: each folder's class, or why it has none.
+ * @typedef {object} LabelMatch
+ * @property {number} classes     the classifier's classes
+ * @property {number} maxImages   labelled images the engine keeps at most
+ * @property {number} maxPixels   pixels of one labelled image at most
+ * @property {({folder: string, class: number, name: string | null} | {folder: string, error: string})[]} folders
  */
 
 /**
@@ -309,6 +336,7 @@ export const NOT_AVAILABLE = 'NotAvailableError';
  * @property {number} frames   training frames (the held-out ones excluded)
  * @property {number} images   of them, those with an image (the others were tensors: only mirrored)
  * @property {number} heldOut  kept frames held out, unaugmented, to keep the best weights
+ * @property {{images: number, classes: number}} [labelled]  labelled images trained on too
  */
 
 /** @typedef {ResultReply | ProgressReply | ErrorReply} WorkerReply */

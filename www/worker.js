@@ -53,6 +53,7 @@ const FEATURE_LABELS = {
   qat: 'quantization-aware training',
   keepVariant: 'keeping the QAT model across restarts',
   sensitivity: 'the sensitivity analysis',
+  labels: 'QAT with labelled images',
 };
 
 /** @param {object} proto  Session.prototype or a session */
@@ -113,6 +114,52 @@ function ownOutputs(outputs, buffers) {
     buffers.push(own.buffer);
     return { name: o.name, shape: Array.from(o.shape), data: own };
   });
+}
+
+/** QAT's stepping (Req.QAT), once the labelled images are in the engine. */
+async function trainQat(session, id, config, progress, t0) {
+  // The engine fills in what the config leaves out (mode and steps by weight width).
+  const plan = session.qatBegin(config) ?? {};
+  const total = plan.steps ?? config.steps;
+  const mode = plan.mode ?? config.mode ?? null;
+  progress({ done: 0, total, mode, batchSize: plan.batchSize ?? null, augmentation: plan.augmentation ?? null, loss: null, holdoutLoss: null, elapsedMs: 0 });
+  cancellable.add(id);
+  let last = { step: 0, loss: NaN, done: false };
+  // The last label loss measured (a chunk that drew no labelled frame has none).
+  let labelLoss = null;
+  let report = null;
+  // Chunks of about TARGET_MS, so that cancel and the page's frames get through.
+  const TARGET_MS = 150;
+  let chunk = 1;
+  try {
+    // Stops when cancelled, or when another model replaced this one (its session is freed).
+    while (!cancelled.has(id) && model?.session === session) {
+      const c0 = performance.now();
+      const stats = session.qatStep(chunk);
+      last = { ...stats, done: stats.done ?? stats.step >= total };
+      labelLoss = stats.labelLoss ?? labelLoss;
+      const spent = performance.now() - c0;
+      progress({
+        done: last.step,
+        total,
+        loss: last.loss,
+        distillLoss: last.distillLoss ?? null,
+        holdoutLoss: last.holdoutLoss ?? null,
+        labelLoss: stats.labelLoss ?? null,
+        labelledFrames: stats.labelledFrames ?? 0,
+        elapsedMs: performance.now() - t0,
+      });
+      if (last.done) break;
+      chunk = Math.max(1, Math.min(64, Math.round((chunk * TARGET_MS) / Math.max(spent, 1))));
+      await yieldToEvents();
+    }
+    if (model?.session !== session) throw new Error('the model was replaced during training');
+    report = session.qatFinish() ?? null;
+  } finally {
+    cancellable.delete(id);
+    cancelled.delete(id);
+  }
+  return { steps: last.step, total, mode, loss: last.loss, labelLoss, labelledFrames: last.labelledFrames ?? 0, cancelled: !last.done, ms: performance.now() - t0, report };
 }
 
 /** @type {Record<string, (msg: import('./protocol.js').Request, progress: (p: object) => void) => Promise<unknown>>} */
@@ -213,41 +260,25 @@ const handlers = {
     return new Transfer({ bytes }, [bytes]);
   },
 
-  async [Req.QAT]({ id, config }, progress) {
+  async [Req.QAT]({ id, config, labelled = [] }, progress) {
     await engine;
     const session = requireModel();
     need(session, 'qat');
+    if (labelled.length) need(session, 'labels');
     const t0 = performance.now();
-    // The engine fills in what the config leaves out (mode and steps by weight width).
-    const plan = session.qatBegin(config) ?? {};
-    const total = plan.steps ?? config.steps;
-    const mode = plan.mode ?? config.mode ?? null;
-    progress({ done: 0, total, mode, batchSize: plan.batchSize ?? null, augmentation: plan.augmentation ?? null, loss: null, holdoutLoss: null, elapsedMs: 0 });
-    cancellable.add(id);
-    let last = { step: 0, loss: NaN, done: false };
-    let report = null;
-    // Chunks of about TARGET_MS, so that cancel and the page's frames get through.
-    const TARGET_MS = 150;
-    let chunk = 1;
+    // The labelled images of this run only (none: a run without labels), turned into RGBA as
+    // calibration frames are, so the engine preprocesses them the same way.
+    if (typeof session.qatLabelledClear === 'function') session.qatLabelledClear();
     try {
-      // Stops when cancelled, or when another model replaced this one (its session is freed).
-      while (!cancelled.has(id) && model?.session === session) {
-        const c0 = performance.now();
-        const stats = session.qatStep(chunk);
-        last = { ...stats, done: stats.done ?? stats.step >= total };
-        const spent = performance.now() - c0;
-        progress({ done: last.step, total, loss: last.loss, holdoutLoss: last.holdoutLoss ?? null, elapsedMs: performance.now() - t0 });
-        if (last.done) break;
-        chunk = Math.max(1, Math.min(64, Math.round((chunk * TARGET_MS) / Math.max(spent, 1))));
-        await yieldToEvents();
+      for (const item of labelled) {
+        const { rgba, width, height } = frameToRgba(item.frame);
+        session.qatAddLabelledRgba(rgba, width, height, item.class);
       }
-      if (model?.session !== session) throw new Error('the model was replaced during training');
-      report = session.qatFinish() ?? null;
+      return await trainQat(session, id, config, progress, t0);
     } finally {
-      cancellable.delete(id);
-      cancelled.delete(id);
+      // Up to 59 MB of images: not kept past the run that needs them.
+      if (model?.session === session && typeof session.qatLabelledClear === 'function') session.qatLabelledClear();
     }
-    return { steps: last.step, total, mode, loss: last.loss, cancelled: !last.done, ms: performance.now() - t0, report };
   },
 
   async [Req.SENSITIVITY]({ id }, progress) {
@@ -294,6 +325,13 @@ const handlers = {
     const session = requireModel();
     need(session, 'keepVariant');
     return session.restoreVariant(variant, state) ?? null;
+  },
+
+  async [Req.LABEL_FOLDERS]({ folders, labels }) {
+    await engine;
+    const session = requireModel();
+    need(session, 'labels');
+    return session.labelFolders(folders, labels ?? undefined);
   },
 
   async [Req.CANCEL]({ target }) {

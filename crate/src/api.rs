@@ -69,6 +69,8 @@ pub struct Session {
     session: session::Session,
     /// QAT in progress (between `qatBegin` and `qatFinish`).
     trainer: Option<Trainer>,
+    /// Labelled frames that QAT in progress has trained on so far.
+    labelled_trained: usize,
     rng: Rng,
 }
 
@@ -101,7 +103,7 @@ impl Session {
         let input_shapes: HashMap<String, Vec<usize>> =
             if input_shapes.is_undefined() || input_shapes.is_null() { HashMap::new() } else { serde_wasm_bindgen::from_value(input_shapes)? };
         let options = ImportOptions { input_shapes, ..ImportOptions::default() };
-        Ok(Session { session: session::Session::new(Model::load(bytes, &options).map_err(err)?), trainer: None, rng: Rng::seeded(0x9a7) })
+        Ok(Session { session: session::Session::new(Model::load(bytes, &options).map_err(err)?), trainer: None, labelled_trained: 0, rng: Rng::seeded(0x9a7) })
     }
 
     /// Inputs, outputs, ops, parameters, what will be quantized, a preprocessing guess.
@@ -193,12 +195,56 @@ impl Session {
         to_js(report)
     }
 
+    /// Which class each folder of labelled images holds, for this model (train/labels.rs
+    /// `ClassMap`: a class name of `labels`, one per line, line i naming output i, matched
+    /// ignoring case with `_` as a space and any comma-separated part of a line; or the class
+    /// index). Returns `{classes, maxImages, maxPixels, folders: [{folder, class, name} |
+    /// {folder, error}]}`, a folder that matches no class with the error naming it; throws when
+    /// the model is not a classifier or `labels` does not name its classes. `maxImages` and
+    /// `maxPixels`: what `qatAddLabelledRgba` keeps at most.
+    #[wasm_bindgen(js_name = labelFolders)]
+    pub fn label_folders(&self, folders: Vec<String>, labels: Option<String>) -> Result<JsValue, JsError> {
+        let map = self.session.class_map(labels.as_deref()).map_err(err)?;
+        let folders: Vec<serde_json::Value> = folders
+            .iter()
+            .map(|folder| match map.class_of(folder) {
+                Ok(class) => serde_json::json!({ "folder": folder, "class": class, "name": map.name(class) }),
+                Err(e) => serde_json::json!({ "folder": folder, "error": e.to_string() }),
+            })
+            .collect();
+        to_js(&serde_json::json!({
+            "classes": map.classes(),
+            "maxImages": session::LABELLED_FRAMES,
+            "maxPixels": session::LABELLED_PIXELS,
+            "folders": folders,
+        }))
+    }
+
+    /// Keeps an RGBA image labelled with `class` (an output index) for the next QAT run, which
+    /// trains on random views of it preprocessed as the calibration images were; returns
+    /// `{labelled}`, the number kept. At most `maxImages` of at most `maxPixels` each (see
+    /// `labelFolders`); a model that is not a classifier refuses them.
+    #[wasm_bindgen(js_name = qatAddLabelledRgba)]
+    pub fn qat_add_labelled_rgba(&mut self, rgba: &[u8], width: usize, height: usize, class: usize) -> Result<JsValue, JsError> {
+        let labelled = self.session.add_labelled_image(rgba, width, height, class).map_err(err)?;
+        to_js(&serde_json::json!({ "labelled": labelled }))
+    }
+
+    /// Drops the labelled images (QAT then trains without labels).
+    #[wasm_bindgen(js_name = qatLabelledClear)]
+    pub fn qat_labelled_clear(&mut self) {
+        self.session.clear_labelled();
+    }
+
     /// Starts QAT from the PTQ variant, distilling from the FP32 model on random views of the
-    /// kept calibration frames (a few held out, unaugmented, to keep the best weights).
-    /// `config` as `QatConfig` (`{}`: the default recipe, mode chosen by weight width). Returns
-    /// `{steps, mode, batchSize, augmentation: {augment, frames, images, heldOut}}`: the views'
-    /// ranges (augment.rs `Augment`), the training frames, how many of them have an image (the
-    /// others, given as tensors, are only mirrored) and the held-out frames.
+    /// kept calibration frames (a few held out, unaugmented, to keep the best weights) and of
+    /// the labelled images (`qatAddLabelledRgba`), which add the cross-entropy to their class
+    /// (weight `labelWeight`). `config` as `QatConfig` (`{}`: the default recipe, mode chosen
+    /// by weight width). Returns `{steps, mode, batchSize, augmentation: {augment, frames,
+    /// images, heldOut, labelled: {images, classes}}}`: the views' ranges (augment.rs
+    /// `Augment`), the training frames, how many of them have an image (the others, given as
+    /// tensors, are only mirrored), the held-out frames and the labelled images and their
+    /// classes.
     #[wasm_bindgen(js_name = qatBegin)]
     pub fn qat_begin(&mut self, config: JsValue) -> Result<JsValue, JsError> {
         let config: QatConfig = optional(config)?;
@@ -210,38 +256,61 @@ impl Session {
         let train = self.training_frames();
         let images = train.clone().filter(|&i| self.session.kept_has_image(i)).count();
         let held_out = kept.len() - train.len();
-        let augmentation = serde_json::json!({ "augment": Augment::default(), "frames": train.len(), "images": images, "heldOut": held_out });
+        let labelled = self.session.labelled();
+        let classes = labelled.iter().map(|l| l.class).collect::<std::collections::BTreeSet<_>>().len();
+        let augmentation = serde_json::json!({
+            "augment": Augment::default(),
+            "frames": train.len(),
+            "images": images,
+            "heldOut": held_out,
+            "labelled": { "images": labelled.len(), "classes": classes },
+        });
         let reply = serde_json::json!({ "steps": trainer.steps(), "mode": trainer.mode(), "batchSize": trainer.batch_size(), "augmentation": augmentation });
         self.trainer = Some(trainer);
+        self.labelled_trained = 0;
         to_js(&reply)
     }
 
     /// Runs up to `n` QAT steps (the worker calls it in small slices so cancel gets through);
-    /// returns the last step's `{step, loss, lr, holdoutLoss, bestLoss, done}`.
+    /// returns `{stats, step, loss, distillLoss, holdoutLoss, bestLoss, labelLoss,
+    /// labelledFrames, done}`: the last step's figures (`stats`: all of them), except
+    /// `labelLoss`, the mean cross-entropy of the labelled frames of this slice's steps (null
+    /// when none drew one), and `labelledFrames`, those trained on since `qatBegin`.
     #[wasm_bindgen(js_name = qatStep)]
     pub fn qat_step(&mut self, n: usize) -> Result<JsValue, JsError> {
         let train = self.training_frames();
         let trainer = self.trainer.as_mut().ok_or_else(|| JsError::new("QAT has not started: call qatBegin first"))?;
-        if train.is_empty() {
-            return Err(JsError::new("QAT needs calibration frames: calibrate first"));
-        }
         let augment = Augment::default();
         let mut last = None;
+        // Per labelled frame, so that a step with more of them counts for more.
+        let (mut label_sum, mut label_frames) = (0f64, 0usize);
         for _ in 0..n.max(1) {
             if trainer.steps_done() >= trainer.steps() {
                 break;
             }
-            let batch: Vec<Vec<Vec<f32>>> = (0..trainer.batch_size())
-                .map(|_| {
-                    let i = train.start + (self.rng.next_u64() % train.len() as u64) as usize;
-                    self.session.training_frame(i, &mut self.rng, &augment)
-                })
-                .collect::<crate::Result<_>>()
-                .map_err(err)?;
-            last = Some(trainer.step(&batch).map_err(err)?);
+            let (batch, labels) = self.session.qat_batch(train.clone(), trainer.batch_size(), &mut self.rng, &augment).map_err(err)?;
+            let stats = trainer.step_labelled(&batch, &labels).map_err(err)?;
+            let labelled = labels.iter().flatten().count();
+            if let Some(l) = stats.label_loss {
+                label_sum += l * labelled as f64;
+                label_frames += labelled;
+            }
+            self.labelled_trained += labelled;
+            last = Some(stats);
         }
         let done = trainer.steps_done() >= trainer.steps();
-        to_js(&serde_json::json!({ "stats": last, "step": trainer.steps_done(), "loss": last.as_ref().map(|s| s.loss), "holdoutLoss": last.as_ref().and_then(|s| s.holdout_loss), "bestLoss": last.as_ref().and_then(|s| s.best_loss), "done": done }))
+        let label_loss = (label_frames > 0).then(|| label_sum / label_frames as f64);
+        to_js(&serde_json::json!({
+            "stats": last,
+            "step": trainer.steps_done(),
+            "loss": last.as_ref().map(|s| s.loss),
+            "distillLoss": last.as_ref().map(|s| s.distill_loss),
+            "holdoutLoss": last.as_ref().and_then(|s| s.holdout_loss),
+            "bestLoss": last.as_ref().and_then(|s| s.best_loss),
+            "labelLoss": label_loss,
+            "labelledFrames": self.labelled_trained,
+            "done": done,
+        }))
     }
 
     /// Installs the best weights so far as the `qat` variant (also after a cancel) and returns

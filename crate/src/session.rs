@@ -13,8 +13,12 @@
 //! Frames given as images ([`Session::calibrate_image`]) keep their RGBA with the kept tensor,
 //! so that QAT can train on random views of them ([`Session::training_frame`]), preprocessed
 //! as calibration was: the same augmentation as the CLI's. Frames given as tensors are only
-//! mirrored. The sensitivity analysis can run at once ([`Session::sensitivity`]) or in steps
-//! ([`Session::sensitivity_begin`], [`Session::sensitivity_step`]) that the page's worker slices.
+//! mirrored. Labelled images for QAT ([`Session::add_labelled_image`], the page's folder per
+//! class) are kept as images too, apart from calibration, and preprocessed as the calibration
+//! images were ([`Session::view_of_labelled`]); QAT draws its batches from both
+//! ([`Session::qat_batch`]). The sensitivity analysis can run at once ([`Session::sensitivity`])
+//! or in steps ([`Session::sensitivity_begin`], [`Session::sensitivity_step`]) that the page's
+//! worker slices.
 
 use serde::Serialize;
 
@@ -29,11 +33,20 @@ use crate::preprocess::{preprocess, Preprocess};
 use crate::quant::sensitivity::{sensitivity, Sensitivity, SensitivityRun};
 use crate::quant::Quant;
 use crate::rng::Rng;
+use crate::train::labels::ClassMap;
 use crate::{Error, Result};
 
 /// Calibration frames kept for reports (a uniform sample of all frames seen, so memory stays
 /// bounded however long the webcam runs).
 pub const KEPT_FRAMES: usize = 32;
+
+/// Labelled images kept for QAT: at most this many, of at most [`LABELLED_PIXELS`] each, so
+/// that they hold at most 59 MB (the page's calibration frames are at most 480 pixels a side,
+/// and it decodes labelled images the same way). A few dozen are plenty for the hundreds of
+/// frames a default QAT run draws.
+pub const LABELLED_FRAMES: usize = 64;
+/// Pixels of one labelled image at most (480 x 480).
+pub const LABELLED_PIXELS: usize = 480 * 480;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -128,6 +141,15 @@ pub struct FrameSource {
     pub preprocess: Preprocess,
 }
 
+/// An image with its class (an output index of the classifier), for QAT with labels.
+#[derive(Clone, Debug)]
+pub struct LabelledImage {
+    pub rgba: Vec<u8>,
+    pub width: usize,
+    pub height: usize,
+    pub class: usize,
+}
+
 /// Where a stepped sensitivity analysis is ([`Session::sensitivity_step`]).
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -153,6 +175,9 @@ pub struct Session {
     qat: Option<Quantized>,
     /// A stepped sensitivity analysis; dropped when the calibration changes.
     sensitivity: Option<SensitivityRun>,
+    /// Labelled images for QAT. Not part of the calibration (a new calibration keeps them):
+    /// they take its preprocessing when they are trained on.
+    labelled: Vec<LabelledImage>,
 }
 
 /// Fidelity and per-layer SQNR of `candidate` against `reference` (same value ids) on frames.
@@ -218,7 +243,17 @@ fn weight_bytes(g: &Graph, quantized: bool) -> usize {
 
 impl Session {
     pub fn new(model: Model) -> Session {
-        Session { model, calibrator: None, kept: Vec::new(), sources: Vec::new(), rng: Rng::seeded(0x5eed), ptq: None, qat: None, sensitivity: None }
+        Session {
+            model,
+            calibrator: None,
+            kept: Vec::new(),
+            sources: Vec::new(),
+            rng: Rng::seeded(0x5eed),
+            ptq: None,
+            qat: None,
+            sensitivity: None,
+            labelled: Vec::new(),
+        }
     }
 
     /// Starts (or restarts) calibration with `config`; drops the frames seen so far.
@@ -301,6 +336,69 @@ impl Session {
 
     pub fn kept_frames(&self) -> &[Vec<Vec<f32>>] {
         &self.kept
+    }
+
+    /// Folder names to classes for this model (see [`ClassMap`]), with the class names of a
+    /// labels text (one per line) when given. An error when the model is not a classifier.
+    pub fn class_map(&self, labels: Option<&str>) -> Result<ClassMap> {
+        ClassMap::new(self.model.engine.graph(), labels)
+    }
+
+    /// Keeps an RGBA image labelled with `class` for QAT; returns how many are kept. The model
+    /// must be a classifier and `class` one of its outputs; at most [`LABELLED_FRAMES`]
+    /// images of at most [`LABELLED_PIXELS`] each are kept (an error past either).
+    pub fn add_labelled_image(&mut self, rgba: &[u8], width: usize, height: usize, class: usize) -> Result<usize> {
+        let classes = self.class_map(None)?.classes();
+        if class >= classes {
+            return Err(Error::Invalid(format!("label {class} is not a class: the classifier has {classes} (0..{})", classes - 1)));
+        }
+        if width == 0 || height == 0 || rgba.len() != width * height * 4 {
+            return Err(Error::Invalid(format!("a labelled image of {width}x{height} pixels needs {} RGBA bytes, it has {}", width * height * 4, rgba.len())));
+        }
+        if width * height > LABELLED_PIXELS {
+            return Err(Error::Invalid(format!(
+                "a labelled image of {width}x{height} pixels is larger than the {LABELLED_PIXELS} pixels (480x480) kept per image: scale it down first"
+            )));
+        }
+        if self.labelled.len() >= LABELLED_FRAMES {
+            return Err(Error::Invalid(format!("at most {LABELLED_FRAMES} labelled images are kept, and there are already {LABELLED_FRAMES}")));
+        }
+        self.labelled.push(LabelledImage { rgba: rgba.to_vec(), width, height, class });
+        Ok(self.labelled.len())
+    }
+
+    pub fn labelled(&self) -> &[LabelledImage] {
+        &self.labelled
+    }
+
+    pub fn clear_labelled(&mut self) {
+        self.labelled = Vec::new();
+    }
+
+    /// The preprocessing labelled images get: the one the kept calibration frames' images were
+    /// given, so that labelled frames are made exactly as calibration (and QAT's other) frames.
+    pub fn labelled_preprocess(&self) -> Result<&Preprocess> {
+        let mut given = self.sources.iter().flatten().map(|s| &s.preprocess);
+        let Some(p) = given.next() else {
+            return Err(Error::Invalid(
+                "labelled images are preprocessed as the calibration images were, and the calibration has none (its frames were given as tensors, or it has not started): calibrate on images first".into(),
+            ));
+        };
+        if given.any(|other| other != p) {
+            return Err(Error::Invalid(
+                "the calibration images were preprocessed in different ways, so labelled images have no one preprocessing to follow: calibrate again with one".into(),
+            ));
+        }
+        Ok(p)
+    }
+
+    /// Labelled image `i` as seen through `view`, preprocessed as the calibration images were
+    /// ([`Session::labelled_preprocess`]).
+    pub fn view_of_labelled(&self, i: usize, view: &View) -> Result<Vec<Vec<f32>>> {
+        let image = self.labelled.get(i).ok_or_else(|| Error::Invalid(format!("there is no labelled image {i}: {} are kept", self.labelled.len())))?;
+        let p = self.labelled_preprocess()?;
+        let (px, w, h) = view.apply(&image.rgba, image.width, image.height);
+        Ok(vec![preprocess(&px, w, h, p)?])
     }
 
     /// Builds the PTQ variant from the calibration so far and measures it on the kept frames.
@@ -498,6 +596,7 @@ mod tests {
     use super::*;
     use crate::onnx::ImportOptions;
     use crate::preprocess::Layout;
+    use crate::train::QatConfig;
 
     const BLAZEFACE: &[u8] = include_bytes!("../../models/blazeface_front_128.onnx");
     const PPOCR: &[u8] = include_bytes!("../../models/ppocr_cls_mobile_v2.onnx");
@@ -573,6 +672,150 @@ mod tests {
             }
             assert!(s.view_of_kept(1, &crop).unwrap_err().to_string().contains("there is no kept frame 1: 1 are kept"));
         }
+    }
+
+    fn ppocr() -> Session {
+        let options = ImportOptions { input_shapes: [("x".to_string(), vec![1, 3, 48, 192])].into(), ..ImportOptions::default() };
+        Session::new(Model::load(PPOCR, &options).unwrap())
+    }
+
+    /// Views that change nothing: a draw is then exactly a kept frame or a labelled image.
+    fn no_change() -> Augment {
+        Augment { min_area: 1.0, aspect: [1.0, 1.0], flip: false, brightness: 0.0, contrast: 0.0 }
+    }
+
+    /// Labelled images (PP-OCR's two classes) are kept as images and made into frames as the
+    /// calibration images were: viewed, then preprocessed with the calibration's preprocessing
+    /// (the page's labelled folders get no preprocessing of their own). Bad labels, sizes and
+    /// counts are refused by name, and so is a calibration that gives no one preprocessing.
+    #[test]
+    fn labelled_images_are_viewed_and_preprocessed_as_the_calibration_images() {
+        let p = Preprocess::preset("ppocr", 192, 48, Layout::Nchw).unwrap();
+        let mut s = ppocr();
+        assert_eq!(s.class_map(None).unwrap().classes(), 2);
+        assert_eq!(s.add_labelled_image(&image(20, 60, 30), 60, 30, 1).unwrap(), 1);
+        let e = s.view_of_labelled(0, &View::identity()).unwrap_err().to_string();
+        assert!(e.contains("calibrate on images first"), "{e}");
+        let e = s.add_labelled_image(&image(21, 60, 30), 60, 30, 2).unwrap_err().to_string();
+        assert!(e.contains("label 2 is not a class: the classifier has 2 (0..1)"), "{e}");
+        let e = s.add_labelled_image(&image(21, 60, 30), 60, 31, 0).unwrap_err().to_string();
+        assert!(e.contains("60x31 pixels needs 7440 RGBA bytes, it has 7200"), "{e}");
+        let e = s.add_labelled_image(&image(21, 481, 480), 481, 480, 0).unwrap_err().to_string();
+        assert!(e.contains("481x480 pixels is larger than the 230400 pixels (480x480)"), "{e}");
+        assert_eq!(s.labelled().len(), 1, "refused images are not kept");
+
+        s.begin_calibration(QuantConfig::default()).unwrap();
+        for i in 0..3 {
+            s.calibrate_image(&image(i, 50 + 10 * i as usize, 40), 50 + 10 * i as usize, 40, &p).unwrap();
+        }
+        assert_eq!(s.labelled().len(), 1, "a new calibration keeps the labelled images");
+        let rgba = image(20, 60, 30);
+        assert_eq!(s.view_of_labelled(0, &View::identity()).unwrap(), vec![preprocess(&rgba, 60, 30, &p).unwrap()]);
+        let view = View::random(&mut Rng::seeded(3), &Augment::default());
+        let (px, w, h) = view.apply(&rgba, 60, 30);
+        let viewed = s.view_of_labelled(0, &view).unwrap();
+        assert_eq!(viewed, vec![preprocess(&px, w, h, &p).unwrap()]);
+        assert_ne!(viewed, s.view_of_labelled(0, &View::identity()).unwrap());
+        assert!(s.view_of_labelled(1, &view).unwrap_err().to_string().contains("there is no labelled image 1: 1 are kept"));
+
+        // The cap: LABELLED_FRAMES images, then a clear error.
+        for i in 1..LABELLED_FRAMES {
+            s.add_labelled_image(&image(30 + i as u64, 8, 6), 8, 6, i % 2).unwrap();
+        }
+        let e = s.add_labelled_image(&image(99, 8, 6), 8, 6, 0).unwrap_err().to_string();
+        assert!(e.contains(&format!("at most {LABELLED_FRAMES} labelled images are kept")), "{e}");
+        s.clear_labelled();
+        assert!(s.labelled().is_empty());
+
+        // No one preprocessing to follow: images preprocessed two ways, or only tensors.
+        s.add_labelled_image(&rgba, 60, 30, 0).unwrap();
+        let other = Preprocess { mean: [100.0; 3], ..p.clone() };
+        s.calibrate_image(&image(5, 50, 40), 50, 40, &other).unwrap();
+        let e = s.view_of_labelled(0, &View::identity()).unwrap_err().to_string();
+        assert!(e.contains("preprocessed in different ways"), "{e}");
+        s.begin_calibration(QuantConfig::default()).unwrap();
+        s.calibrate(&[&preprocess(&image(6, 50, 40), 50, 40, &p).unwrap()]).unwrap();
+        let e = s.view_of_labelled(0, &View::identity()).unwrap_err().to_string();
+        assert!(e.contains("given as tensors") && e.contains("calibrate on images first"), "{e}");
+        // QAT refuses them at its start, not at the first batch that draws one.
+        s.quantize_ptq().unwrap();
+        let e = s.qat_trainer(QatConfig::default()).map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains("calibrate on images first"), "{e}");
+    }
+
+    /// A model that is not a classifier takes no labels: the classifier test's error, which
+    /// the page shows as it is.
+    #[test]
+    fn a_detector_refuses_labels_with_the_reason() {
+        let mut s = Session::new(Model::load(BLAZEFACE, &ImportOptions::default()).unwrap());
+        let e = s.class_map(Some("face\n")).unwrap_err().to_string();
+        assert!(e.contains("labels need a classifier output") && e.contains("the model's outputs are"), "{e}");
+        let e = s.add_labelled_image(&image(1, 8, 6), 8, 6, 0).unwrap_err().to_string();
+        assert!(e.contains("labels need a classifier output"), "{e}");
+        assert!(s.labelled().is_empty());
+    }
+
+    /// QAT batches draw uniformly from the training frames and the labelled images together
+    /// (as the CLI's --qat-labels): a labelled draw is a view of the image with its class, an
+    /// unlabelled one a view of a kept frame; without labelled images the draws are exactly
+    /// those of unlabelled training. The trainer then reports the label loss.
+    #[test]
+    fn qat_batches_mix_labelled_images_with_their_classes() {
+        let p = Preprocess::preset("ppocr", 192, 48, Layout::Nchw).unwrap();
+        let mut s = ppocr();
+        s.begin_calibration(QuantConfig::default()).unwrap();
+        for i in 0..3 {
+            s.calibrate_image(&image(i, 70, 40), 70, 40, &p).unwrap();
+        }
+        s.quantize_ptq().unwrap();
+        let (train, augment) = (0..3, Augment::default());
+
+        // No labelled images: the draws of before (a frame index, then its view).
+        let (mut a, mut b) = (Rng::seeded(11), Rng::seeded(11));
+        let (frames, labels) = s.qat_batch(train.clone(), 6, &mut a, &augment).unwrap();
+        let before: Vec<_> = (0..6).map(|_| {
+            let i = (b.next_u64() % 3) as usize;
+            s.training_frame(i, &mut b, &augment).unwrap()
+        }).collect();
+        assert_eq!(frames, before);
+        assert_eq!(labels, vec![None; 6]);
+
+        // Class 0, then class 1.
+        let labelled = [(image(40, 90, 30), 90, 30), (image(41, 60, 40), 60, 40)];
+        for (class, (rgba, w, h)) in labelled.iter().enumerate() {
+            s.add_labelled_image(rgba, *w, *h, class).unwrap();
+        }
+        let kept: Vec<Vec<f32>> = s.kept_frames().iter().map(|f| f[0].clone()).collect();
+        let images: Vec<Vec<f32>> = labelled.iter().map(|(rgba, w, h)| preprocess(rgba, *w, *h, &p).unwrap()).collect();
+        let mut rng = Rng::seeded(12);
+        let (mut counts, mut draws) = ([0usize; 2], 0);
+        for _ in 0..75 {
+            let (frames, labels) = s.qat_batch(train.clone(), 4, &mut rng, &no_change()).unwrap();
+            assert_eq!((frames.len(), labels.len()), (4, 4));
+            for (f, label) in frames.iter().zip(&labels) {
+                draws += 1;
+                match label {
+                    None => assert!(kept.contains(&f[0]), "an unlabelled draw is a kept frame"),
+                    Some(c) => {
+                        assert_eq!(f[0], images[*c], "a labelled draw is its image, preprocessed as calibration was");
+                        counts[*c] += 1;
+                    }
+                }
+            }
+        }
+        // 2 of the 5 in the pool are labelled: 120 of 300 draws expected (sd 8.5).
+        let share = (counts[0] + counts[1]) as f64 / draws as f64;
+        assert!((0.3..0.5).contains(&share) && counts.iter().all(|&c| c > 30), "{counts:?} of {draws}");
+
+        let mut trainer = s.qat_trainer(QatConfig { steps: Some(2), ..QatConfig::default() }).unwrap();
+        let (frames, mut labels) = s.qat_batch(train.clone(), 3, &mut rng, &augment).unwrap();
+        labels[0] = Some(1); // at least one labelled frame in the step
+        let stats = trainer.step_labelled(&frames, &labels).unwrap();
+        assert!(stats.label_loss.is_some_and(f64::is_finite), "{stats:?}");
+        assert!(trainer.losses().contains(&"cross-entropy"));
+
+        assert!(s.qat_batch(0..0, 2, &mut rng, &augment).unwrap_err().to_string().contains("QAT needs calibration frames"));
+        assert!(s.qat_batch(0..4, 2, &mut rng, &augment).unwrap_err().to_string().contains("kept frames 0..4, and 3 are kept"));
     }
 
     /// The stepped analysis is dropped when the calibration changes, and gives the one-shot

@@ -1,23 +1,73 @@
 //! [`Session`] methods for QAT, kept out of `session.rs`: a trainer made from the session's
-//! calibration and PTQ variant, and its result installed as the QAT variant.
+//! calibration and PTQ variant, the batches it trains on, and its result installed as the QAT
+//! variant.
 //!
 //! ```text
 //! session.quantize_ptq()
 //! let mut t = session.qat_trainer(QatConfig::default())?   // float graph = teacher, PTQ = start
-//! t.step(batch) x N                                         // the caller supplies (augmented) frames
+//! let (frames, labels) = session.qat_batch(..)?            // or any (augmented) frames
+//! t.step_labelled(&frames, &labels) x N
 //! session.finish_qat(&t)?                                   // best graph -> Variant::Qat + report
 //! ```
 
+use std::ops::Range;
+
 use super::qat::{QatConfig, Trainer};
+use crate::augment::{Augment, View};
+use crate::rng::Rng;
 use crate::session::{QuantReport, Session, Variant};
 use crate::{Error, Result};
 
+/// Frames of one QAT step, and the class of each (`None`: unlabelled).
+pub type Batch = (Vec<Vec<Vec<f32>>>, Vec<Option<usize>>);
+
 impl Session {
-    /// A QAT trainer starting from the PTQ variant, distilling from the float model.
+    /// A QAT trainer starting from the PTQ variant, distilling from the float model. With
+    /// labelled images kept ([`Session::add_labelled_image`]) the model must take labels and
+    /// the calibration must give them a preprocessing: refused here, with the reason, rather
+    /// than at the first batch that happens to draw one.
     pub fn qat_trainer(&self, config: QatConfig) -> Result<Trainer> {
         let cal = self.calibrator().ok_or_else(|| Error::Invalid("calibration has not started: begin calibration first".into()))?;
         let ptq = self.variant(Variant::Ptq)?.expect("the PTQ variant is Some or an error");
-        Trainer::new(cal.graph(), &ptq.graph, config)
+        let trainer = Trainer::new(cal.graph(), &ptq.graph, config)?;
+        if !self.labelled().is_empty() {
+            trainer.label_classes()?;
+            self.labelled_preprocess()?;
+        }
+        Ok(trainer)
+    }
+
+    /// A batch of `size` frames drawn as the CLI's `quantize --qat-labels` draws them: each
+    /// frame uniformly from the kept frames `train` and the labelled images together, as a
+    /// fresh random view (`augment`); labelled images carry their class. So labelled and
+    /// unlabelled frames mix within a batch in proportion to their numbers: every frame is
+    /// distilled from the float model, and the labelled ones add the cross-entropy to their
+    /// class ([`Trainer::step_labelled`]). Without labelled images the draws (and so a seeded
+    /// run) are those of unlabelled training.
+    pub fn qat_batch(&self, train: Range<usize>, size: usize, rng: &mut Rng, augment: &Augment) -> Result<Batch> {
+        let kept = self.kept_frames().len();
+        if train.is_empty() {
+            return Err(Error::Invalid("QAT needs calibration frames: calibrate first".into()));
+        }
+        if train.end > kept {
+            return Err(Error::Invalid(format!("QAT was asked to train on kept frames {}..{}, and {kept} are kept", train.start, train.end)));
+        }
+        let labelled = self.labelled();
+        let pool = (train.len() + labelled.len()) as u64;
+        let mut frames = Vec::with_capacity(size);
+        let mut labels = Vec::with_capacity(size);
+        for _ in 0..size {
+            let j = (rng.next_u64() % pool) as usize;
+            if j < train.len() {
+                frames.push(self.training_frame(train.start + j, rng, augment)?);
+                labels.push(None);
+            } else {
+                let i = j - train.len();
+                frames.push(self.view_of_labelled(i, &View::random(rng, augment))?);
+                labels.push(Some(labelled[i].class));
+            }
+        }
+        Ok((frames, labels))
     }
 
     /// Installs the trainer's best graph as the QAT variant, measured like PTQ (fidelity on

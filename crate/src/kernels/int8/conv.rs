@@ -16,7 +16,8 @@
 //!   (stride 1: element `x` is `(v[x], v[x + 1])`; stride 2: the row widened), so the inputs of
 //!   two horizontally adjacent taps for 4 outputs are one 16-byte load, multiplied by the
 //!   weight pair with `i32x4.dot_i16x8_s`; blocks of 8 outputs, requantized with the
-//!   channel's `PreparedRequant` (see `dw_simd` for the layout and costs). Elsewhere (other
+//!   channel's `PreparedRequant` (its exact f64 formula, as the accumulators of at most 25
+//!   products allow; see `dw_simd` for the layout and costs). Elsewhere (other
 //!   kernels, dilations, and every shape natively) each input plane is copied into `scratch`
 //!   with a border of the input zero point and `qs8_dwconv2d_chw_minmax_kxk_scalar` (3x3, 5x5)
 //!   or `qs8_dwconv2d_chw_minmax_scalar` computes each output plane.
@@ -347,7 +348,8 @@ impl PackedQs8Conv2d {
 mod dw_simd {
     use super::super::super::conv::Conv2dShape;
     use super::super::requant::simd::{
-        prepared_lanes, requantize, requantize_fast, Lanes, OutputLanes,
+        f64_lanes, prepared_lanes, requantize, requantize_f64, requantize_fast, Lanes,
+        OutputLanes,
     };
     use super::super::requant::{OutputParams, PreparedRequant};
     use super::gemm;
@@ -560,7 +562,9 @@ mod dw_simd {
                 wp[ky][j] = (w0 as i16 as u16 as u32) | ((w1 as i16 as u16 as u32) << 16);
             }
         }
-        let fast = rq.fast;
+        // A depthwise accumulator is at most K² products: the f64 formula always applies in
+        // practice (checked per channel all the same).
+        let (exact_f64, fast) = (rq.exact_f64, rq.fast);
         let lanes = Lanes::new(&rq.rq);
         let bias = i32x4_splat(bias);
         // SAFETY: block (oy, ox) with ox < out_w reads 32 bytes at byte
@@ -587,7 +591,10 @@ mod dw_simd {
                             );
                         }
                     }
-                    let (v0, v1) = if fast {
+                    let (v0, v1) = if exact_f64 {
+                        let (scale, half) = f64_lanes(rq);
+                        (requantize_f64(acc0, scale, half), requantize_f64(acc1, scale, half))
+                    } else if fast {
                         let (m, nudge) = prepared_lanes(rq);
                         (
                             requantize_fast(acc0, m, nudge, rq.right),

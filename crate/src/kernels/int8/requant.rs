@@ -25,8 +25,10 @@
 //! saturating narrows; `simd128_requantize_matches_scalar` checks them bit for bit on wasm32.
 //! The GEMM, depthwise and Add kernels use [`PreparedRequant`] when the accumulator bound allows:
 //! a logical i64 shift by 31 and an i32 shift instead of the arithmetic i64 shift, which x64
-//! engines emulate with several instructions (`simd::requantize_fast`, proved in its docs,
-//! checked on ties and randomly natively, and bit for bit against `apply` on wasm32).
+//! engines emulate with several instructions (`simd::requantize_fast`), and in the depthwise
+//! kernels, whose accumulators are small, an exact f64 formula (`simd::requantize_f64`). Both
+//! are proved in the docs of [`PreparedRequant`], checked on ties and randomly natively, and
+//! bit for bit against `apply` on wasm32.
 //!
 //! # Tests
 //! Published TFLite examples, `round(acc · m)` within 1 over random multipliers and
@@ -181,9 +183,29 @@ pub fn channel_requantizers(
 /// are `T` when `T` fits an i32, that is when `max_abs_acc · multiplier + 2^(30+r) < 2^62`
 /// ([`PreparedRequant::fast`]); otherwise (and for positive shifts) the kernels use the general
 /// [`simd::requantize`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+///
+/// Tighter still (`max_abs_acc · multiplier < 2^52`, [`PreparedRequant::exact_f64`]: every
+/// depthwise convolution and the GEMMs of small `k`), `apply` is computed in f64, exactly:
+/// with `t = 31 + r`, `x = acc · multiplier · 2^-t` is exact (`acc` and the multiplier are
+/// exact in f64, their product has at most 52 bits, the power of two only moves the exponent),
+/// and so is `x + 2^-(t+1)` (it is `(2 · acc · multiplier + 1) · 2^-(t+1)`, at most 53 bits).
+/// `apply(acc) = floor(x + 1/2)`, and since `x` is a multiple of `2^-t`, `x + 2^-(t+1)` lies
+/// strictly between `floor(x + 1/2) - 1/2` and `floor(x + 1/2) + 1/2`: rounding it to the
+/// nearest integer has no tie to break and gives `apply(acc)`. Adding `1.5 · 2^52` does that
+/// rounding (its ulp is 1) and leaves the integer, in two's complement, in the low 32 bits of
+/// the double. Per four lanes that is one shuffle, two conversions, two multiplies, four adds
+/// and one shuffle, against the split shift's two widening multiplies (three instructions
+/// each on x64), two adds, two shifts, a shuffle and an i32 shift by a variable count.
+/// The depthwise kernels use it (EfficientNet-Lite0's depthwise layers: 1.80x to 2.08x of
+/// f32 in `node bench/run.mjs int8-kernels`). The 4x8 GEMM tile does not: there it measured
+/// slower than the split shift (k = 16: 11.0 against 15.0 GMAC/s).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 #[repr(C, align(16))]
 pub(super) struct PreparedRequant {
+    /// `multiplier · 2^-(31 + r)` as two f64 lanes (the f64 formula).
+    pub scale: [f64; 2],
+    /// `2^-(32 + r)` as two f64 lanes (the f64 formula).
+    pub half: [f64; 2],
     /// `nudge = 2^(30 + r)` as two i64 lanes.
     pub nudge: [i64; 2],
     /// The multiplier in four i32 lanes. Stored splatted rather than splatted in the kernel:
@@ -193,8 +215,15 @@ pub(super) struct PreparedRequant {
     /// `r = -shift`.
     pub right: u32,
     pub fast: bool,
+    /// The f64 formula is exact for every accumulator within the bound.
+    pub exact_f64: bool,
     pub rq: Requantizer,
 }
+
+/// `1.5 · 2^52`: adding it to a double of magnitude below `2^51` rounds it to an integer, which
+/// the low 32 bits of the sum then hold in two's complement.
+#[cfg_attr(not(all(target_arch = "wasm32", target_feature = "simd128")), allow(dead_code))]
+pub(super) const ROUND_MAGIC: f64 = 6_755_399_441_055_744.0;
 
 impl PreparedRequant {
     pub fn new(rq: &Requantizer, max_abs_acc: u32) -> PreparedRequant {
@@ -202,13 +231,25 @@ impl PreparedRequant {
         let nudge = 1i64 << (30 + right.min(31));
         let fast = rq.shift <= 0
             && (max_abs_acc as i128) * (rq.multiplier as i128) + (nudge as i128) < (1i128 << 62);
+        let exact_f64 = rq.shift <= 0 && (max_abs_acc as i128) * (rq.multiplier as i128) < (1i128 << 52);
+        let t = 31 + right as i32;
         PreparedRequant {
+            scale: [rq.multiplier as f64 * 2f64.powi(-t); 2],
+            half: [2f64.powi(-t - 1); 2],
             nudge: [nudge; 2],
             multiplier: [rq.multiplier; 4],
             right,
             fast,
+            exact_f64,
             rq: *rq,
         }
+    }
+
+    /// The f64 formula in scalar code: what the SIMD lanes compute (test reference).
+    #[cfg(test)]
+    pub fn apply_f64(&self, x: i32) -> i32 {
+        assert!(self.exact_f64);
+        (x as f64 * self.scale[0] + self.half[0] + ROUND_MAGIC).to_bits() as u32 as i32
     }
 
     /// The fast formula in scalar code: what the SIMD lanes compute (test reference).
@@ -272,6 +313,24 @@ pub(super) mod simd {
         // shift, since only the low 32 bits are kept.
         let t = i32x4_shuffle::<0, 2, 4, 6>(u64x2_shr(lo, 31), u64x2_shr(hi, 31));
         i32x4_shr(t, right)
+    }
+
+    /// `Requantizer::apply` on four lanes by the f64 formula of [`PreparedRequant`] (only for a
+    /// prepared requantizer with `exact_f64` set): `scale` and `half` from [`f64_lanes`].
+    #[inline(always)]
+    pub fn requantize_f64(acc: v128, scale: v128, half: v128) -> v128 {
+        let magic = f64x2_splat(super::ROUND_MAGIC);
+        let round = |x: v128| f64x2_add(f64x2_add(f64x2_mul(f64x2_convert_low_i32x4(x), scale), half), magic);
+        let lo = round(acc);
+        let hi = round(i32x4_shuffle::<2, 3, 2, 3>(acc, acc));
+        i32x4_shuffle::<0, 2, 4, 6>(lo, hi)
+    }
+
+    /// The scale and half lanes of a prepared requantizer's f64 formula.
+    #[inline(always)]
+    pub fn f64_lanes(p: &PreparedRequant) -> (v128, v128) {
+        // SAFETY: 16-byte reads of two 16-byte fields of `p`.
+        unsafe { (v128_load(p.scale.as_ptr() as *const v128), v128_load(p.half.as_ptr() as *const v128)) }
     }
 
     /// The multiplier and nudge lanes of a prepared requantizer, loaded from memory.
@@ -571,6 +630,81 @@ mod tests {
                     let acc = (k * unit + d).clamp(-(1 << 30), 1 << 30) as i32;
                     assert_eq!(p.apply_fast(acc), rq.apply(acc), "{rq:?} acc {acc}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn prepared_f64_formula_equals_apply() {
+        let seed = 0xf64;
+        let mut rng = Rng(seed);
+        let mut exact = 0;
+        for i in 0..400_000 {
+            let rq = match i % 3 {
+                0 => Requantizer::from_real(2f64.powf(-33.0 + 33.0 * rng.unit())),
+                _ => Requantizer { multiplier: rng.int(1 << 30, i32::MAX as i64) as i32, shift: rng.int(-31, 0) as i32 },
+            };
+            // Bounds at the edge of the condition, and typical ones (depthwise, small k).
+            let edge = ((1i64 << 52) / rq.multiplier().max(1) as i64).min(i32::MAX as i64);
+            let bound = match i % 4 {
+                0 => edge as u32,
+                1 => (edge + 1).min(i32::MAX as i64) as u32,
+                _ => rng.int(1, 1 << 22) as u32,
+            };
+            let p = PreparedRequant::new(&rq, bound);
+            if !p.exact_f64 {
+                assert!(rq.shift() > 0 || bound as i128 * rq.multiplier() as i128 >= 1 << 52);
+                continue;
+            }
+            exact += 1;
+            let b = bound as i64;
+            for acc in [0, 1, -1, b, -b, rng.int(-b, b), rng.int(-b, b), rng.int(-1000, 1000)] {
+                let acc = acc as i32;
+                assert_eq!(p.apply_f64(acc), rq.apply(acc), "seed {seed:#x} case {i}: {rq:?} bound {bound} acc {acc}");
+            }
+        }
+        assert!(exact > 200_000, "{exact}");
+        // Ties (acc · m exactly k / 2) and their neighbours, for every shift.
+        for shift in -31..=0 {
+            for multiplier in [1 << 30, (1 << 30) + 1, i32::MAX] {
+                let rq = Requantizer { multiplier, shift };
+                let p = PreparedRequant::new(&rq, 1 << 20);
+                assert!(p.exact_f64);
+                let unit = 1i64 << (-shift);
+                for k in -9..=9i64 {
+                    for d in [-1, 0, 1] {
+                        let acc = (k * unit + d).clamp(-(1 << 20), 1 << 20) as i32;
+                        assert_eq!(p.apply_f64(acc), rq.apply(acc), "{rq:?} acc {acc}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    #[test]
+    fn simd128_requantize_f64_matches_scalar() {
+        use core::arch::wasm32::*;
+        let seed = 0xf640;
+        let mut rng = Rng(seed);
+        for i in 0..20000 {
+            let rq = Requantizer { multiplier: rng.int(1 << 30, i32::MAX as i64) as i32, shift: rng.int(-31, 0) as i32 };
+            let bound = if i % 2 == 0 { ((1i64 << 52) / rq.multiplier() as i64 - 1) as u32 } else { rng.int(1, 1 << 20) as u32 };
+            let p = PreparedRequant::new(&rq, bound);
+            assert!(p.exact_f64);
+            let b = bound as i64;
+            let accs: [i32; 4] = core::array::from_fn(|j| match (i + j) % 5 {
+                0 => b as i32,
+                1 => -b as i32,
+                _ => rng.int(-b, b) as i32,
+            });
+            let (scale, half) = simd::f64_lanes(&p);
+            let v = simd::requantize_f64(i32x4(accs[0], accs[1], accs[2], accs[3]), scale, half);
+            let mut got = [0i32; 4];
+            // SAFETY: a 16-byte store into a 16-byte array.
+            unsafe { v128_store(got.as_mut_ptr() as *mut v128, v) };
+            for j in 0..4 {
+                assert_eq!(got[j], rq.apply(accs[j]), "seed {seed:#x} case {i}: {rq:?} acc {}", accs[j]);
             }
         }
     }

@@ -117,8 +117,10 @@ fn efficientnet_qat_steps_through_the_session() {
 }
 
 /// A few QAT steps on one repeated batch of another model: the loss must fall, and the result
-/// must be a valid annotated graph the int8 engine runs.
-fn repeated_batch_falls(name: &str, model: &Model, frames: &[Vec<Vec<f32>>], expect_losses: &[&str]) {
+/// must be a valid annotated graph the int8 engine runs, where each ReLU folded into its
+/// input's range (equal parameters on both sides) still is after the step sizes trained.
+/// Returns the number of folded ReLUs.
+fn repeated_batch_falls(name: &str, model: &Model, frames: &[Vec<Vec<f32>>], expect_losses: &[&str]) -> usize {
     let mut cal = Calibrator::new(model.engine.graph(), w4a8()).unwrap();
     for f in frames {
         cal.observe(&[&f[0]]).unwrap();
@@ -131,8 +133,17 @@ fn repeated_batch_falls(name: &str, model: &Model, frames: &[Vec<Vec<f32>>], exp
     eprintln!("{name}: losses {losses:?}");
     assert!(losses[5] < losses[0], "{name}: {losses:?}");
     let g = trainer.graph().unwrap();
+    let mut folded = 0;
+    for (n, node) in ptq.nodes.iter().enumerate() {
+        let (x, y) = (node.inputs[0], node.outputs[0]);
+        if quant_playground::quant::plan::folding_clamp(&node.op).is_some() && ptq.values[x].quant == ptq.values[y].quant {
+            assert_eq!(g.values[x].quant, g.values[y].quant, "{name}: {} after QAT", g.nodes[n].name);
+            folded += 1;
+        }
+    }
     let int8 = Int8Engine::new(g).unwrap();
     assert_eq!(int8.run(&[&frames[0][0]]).unwrap().len(), model.engine.graph().outputs.len());
+    folded
 }
 
 #[test]
@@ -142,14 +153,15 @@ fn blazeface_and_ppocr_train_through_their_ops() {
     let model = Model::load(BLAZEFACE, &ImportOptions::default()).unwrap();
     let p = Preprocess::preset("signed", 128, 128, quant_playground::preprocess::Layout::Nhwc).unwrap();
     let images: Vec<&[u8]> = IMAGES.iter().map(|(_, b)| *b).collect();
-    repeated_batch_falls("blazeface", &model, &views(&images, 4, 1, &p), &["anchor-kl", "anchor-kl", "mse", "mse"]);
+    let folded = repeated_batch_falls("blazeface", &model, &views(&images, 4, 1, &p), &["anchor-kl", "anchor-kl", "mse", "mse"]);
+    assert!(folded >= 10, "{folded} ReLUs folded into their Add's range");
     // PP-OCR direction classifier: squeeze-excitation blocks (HardSigmoid, Mul), HardSwish,
     // MatMul, and a Softmax output distilled through its logits.
     let mut options = ImportOptions::default();
     options.input_shapes.insert("x".into(), vec![1, 3, 48, 192]);
     let model = Model::load(PPOCR, &options).unwrap();
     let p = Preprocess::preset("ppocr", 192, 48, quant_playground::preprocess::Layout::Nchw).unwrap();
-    repeated_batch_falls("ppocr", &model, &views(&images, 4, 1, &p), &["kl"]);
+    let _ = repeated_batch_falls("ppocr", &model, &views(&images, 4, 1, &p), &["kl"]);
 }
 
 /// Every shipped image (`models/images`, 19 photographs and scans), decoded.

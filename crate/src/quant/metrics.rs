@@ -12,7 +12,8 @@
 
 use serde::Serialize;
 
-use crate::ir::{Graph, Op, ValueId};
+use super::plan::folding_clamp;
+use crate::ir::{Graph, ValueId};
 use crate::kernels::Activation;
 
 /// A reference top-1 probability at least this high makes a frame "confident".
@@ -273,10 +274,7 @@ impl LayerSqnr {
         let folded = values
             .iter()
             .map(|&v| match consumers[v].as_slice() {
-                &[n] => match quantized.nodes[n].op {
-                    Op::Activation(act @ (Activation::Relu | Activation::Clip { .. })) if quantized.values[quantized.nodes[n].outputs[0]].quant == quantized.values[v].quant => Some(act),
-                    _ => None,
-                },
+                &[n] => folding_clamp(&quantized.nodes[n].op).filter(|_| quantized.values[quantized.nodes[n].outputs[0]].quant == quantized.values[v].quant),
                 _ => None,
             })
             .collect();
@@ -363,7 +361,7 @@ mod tests {
 
     #[test]
     fn a_value_with_a_folded_relu_is_compared_with_the_relu_of_its_reference() {
-        use crate::ir::{BinaryOp, Node};
+        use crate::ir::{BinaryOp, Node, Op};
         use crate::quant::{params::from_range, Quant};
         let mut g = Graph::default();
         let (x, z, a, y) = (g.add_value("x", vec![4]), g.add_value("z", vec![4]), g.add_value("a", vec![4]), g.add_value("y", vec![4]));

@@ -198,12 +198,7 @@ pub fn fold_clamps_into_producers(graph: &Graph, plan: &mut QuantPlan) {
     let producers = graph.producers();
     let consumers = graph.consumers();
     for (n, node) in graph.nodes.iter().enumerate() {
-        let clamp_at_zero = match node.op {
-            Op::Activation(Activation::Relu) => true,
-            Op::Activation(Activation::Clip { min, max }) => min == 0.0 && max > 0.0,
-            _ => false,
-        };
-        if !clamp_at_zero || plan.roles[n] != Role::Compute {
+        if folding_clamp(&node.op).is_none() || plan.roles[n] != Role::Compute {
             continue;
         }
         let (x, y) = (node.inputs[0], node.outputs[0]);
@@ -212,6 +207,17 @@ pub fn fold_clamps_into_producers(graph: &Graph, plan: &mut QuantPlan) {
         if producers[x].is_some() && plan.values[x] == ValuePlan::Observed && plan.values[y] == ValuePlan::Observed && consumers[x] == [n] && !graph.outputs.contains(&x) {
             plan.values[x] = ValuePlan::SameAs(y);
         }
+    }
+}
+
+/// The activation of a ReLU or `Clip(0, max)` node, the ones that fold into the range of the
+/// value they read ([`fold_clamps_into_producers`]); also how QAT and the per-layer error
+/// recognise a folded pair (equal parameters on both sides).
+pub fn folding_clamp(op: &Op) -> Option<Activation> {
+    match *op {
+        Op::Activation(act @ Activation::Relu) => Some(act),
+        Op::Activation(act @ Activation::Clip { min, max }) if min == 0.0 && max > 0.0 => Some(act),
+        _ => None,
     }
 }
 

@@ -76,9 +76,9 @@ use super::loss::{Distillation, LabelLoss};
 use super::optim::{AdamW, Moments, Schedule};
 use super::tape::{Tape, TapeSpec};
 use crate::engine::Fp32Engine;
-use crate::ir::{Activation, Graph, Op, ValueId};
+use crate::ir::{Graph, Op, ValueId};
 use crate::quant::params::{ChannelParams, QuantParams, MAX_SCALE, MIN_SCALE};
-use crate::quant::plan::{role, Role};
+use crate::quant::plan::{folding_clamp, role, Role};
 use crate::quant::ptq::snap_bias;
 use crate::quant::Quant;
 use crate::{Error, Result};
@@ -454,8 +454,7 @@ impl Trainer {
             for &o in &node.outputs {
                 let Some(p) = tensor(o) else { continue };
                 let x = node.inputs.first().copied();
-                let clamp = matches!(node.op, Op::Activation(Activation::Relu | Activation::Clip { .. }));
-                let follows = (role(&node.op) == Role::Follow || clamp) && x.is_some_and(|x| tensor(x) == Some(p) && act_of[x].is_some());
+                let follows = (role(&node.op) == Role::Follow || folding_clamp(&node.op).is_some()) && x.is_some_and(|x| tensor(x) == Some(p) && act_of[x].is_some());
                 match (follows, x.and_then(|x| act_of[x])) {
                     (true, Some(root)) => {
                         act_of[o] = Some(root);

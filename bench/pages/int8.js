@@ -7,7 +7,7 @@
 // Variants are timed in rounds whose order rotates, so a burst of load hits all of them.
 // Driven by bench/benchmarks/int8.mjs through window.qpBench; body.ready / body.error as in fp32.js.
 
-import init, { Session, engineInfo, profileModel } from '/pkg/quant_playground.js';
+import init, { Session, engineInfo, profileModel, profileQat } from '/pkg/quant_playground.js';
 import * as ort from '/ort/ort.wasm.min.mjs';
 
 import { imageTensor, median } from './shared.js';
@@ -94,7 +94,21 @@ async function profile({ model, inputShape, image, calibration, runs }) {
   return { fp32: JSON.parse(profileModel(bytes, 'fp32', runs)), int8: JSON.parse(profileModel(qdq, 'int8', runs)) };
 }
 
-window.qpBench = { benchModel, profile };
+/**
+ * Where a QAT step's time goes in wasm: profileQat (crate/src/bench_api.rs) on the calibration
+ * images, preprocessed as in benchModel, with the default PTQ settings and a QAT config.
+ */
+async function qatProfile({ model, inputShape, image, calibration, steps, config }) {
+  const bytes = new Uint8Array(await (await fetch(`/models/${model}`)).arrayBuffer());
+  const [width, height] = image.layout === 'nchw' ? [inputShape[3], inputShape[2]] : [inputShape[2], inputShape[1]];
+  const tensors = [];
+  for (const name of calibration) tensors.push(await imageTensor({ ...image, image: name, width, height }));
+  const frames = new Float32Array(tensors.reduce((n, t) => n + t.length, 0));
+  tensors.reduce((at, t) => (frames.set(t, at), at + t.length), 0);
+  return JSON.parse(profileQat(bytes, frames, steps, JSON.stringify(config)));
+}
+
+window.qpBench = { benchModel, profile, qatProfile };
 
 (async () => {
   try {

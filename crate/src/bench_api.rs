@@ -318,3 +318,92 @@ pub fn profile_model(bytes: &[u8], engine: &str, runs: u32) -> Result<String, Js
         .collect();
     Ok(serde_json::json!({ "totalMs": median(totals), "dequantizeNsPerElem": deq_per_elem * 1e6, "nodes": nodes }).to_string())
 }
+
+/// Where a QAT step's time goes, per node, in wasm (`bench/benchmarks/qat-profile.mjs`): the
+/// model (ONNX bytes, one input) is calibrated with the default PTQ settings on `frames`
+/// (preprocessed, concatenated), a trainer with `config` (JSON, `{}` for the default recipe)
+/// steps on the first
+/// `batch` of them (3 warm-up steps), then `steps` steps are timed with the tape's profile
+/// (`performance.now()` around every node's forward, its outputs' fake-quant backward and its
+/// backward). A JSON string `{fp32Ms, stepMs, batch, mode, nodes: [{name, op, kind, ms:
+/// [forward, fqBackward, backward]}]}`, times per frame (summed over the steps' frames, divided
+/// by their count); `stepMs` is the median step divided by the batch.
+#[wasm_bindgen(js_name = profileQat)]
+pub fn profile_qat(bytes: &[u8], frames: &[f32], steps: u32, config: &str) -> Result<String, JsError> {
+    use crate::quant::ptq::Calibrator;
+    use crate::train::{QatConfig, Trainer};
+    let err = |e: crate::Error| JsError::new(&e.to_string());
+    let model = crate::Model::load(bytes, &Default::default()).map_err(err)?;
+    let g = model.engine.graph();
+    let [input] = g.inputs[..] else {
+        return Err(JsError::new("profileQat: a model with one input"));
+    };
+    let len = g.values[input].len();
+    if len == 0 || frames.is_empty() || frames.len() % len != 0 {
+        return Err(JsError::new(&format!("profileQat: {} values are not whole frames of {len}", frames.len())));
+    }
+    let frames: Vec<Vec<Vec<f32>>> = frames.chunks_exact(len).map(|f| vec![f.to_vec()]).collect();
+    let mut cal = Calibrator::new(g, Default::default()).map_err(err)?;
+    for f in &frames {
+        cal.observe(&[&f[0]]).map_err(err)?;
+    }
+    let ptq = cal.quantize().map_err(err)?;
+    let config: QatConfig = serde_json::from_str(config).map_err(|e| JsError::new(&format!("profileQat: bad QAT config: {e}")))?;
+    let mut trainer = Trainer::new(cal.graph(), &ptq, config).map_err(err)?;
+    let batch = frames[..trainer.batch_size().min(frames.len())].to_vec();
+    let mut fp32 = Vec::new();
+    for f in &frames {
+        let t = performance_now();
+        model.run(&[&f[0]]).map_err(err)?;
+        fp32.push(performance_now() - t);
+    }
+    for _ in 0..3 {
+        trainer.step(&batch).map_err(err)?;
+    }
+    trainer.tape_mut().set_profiling(true);
+    let mut step_ms = Vec::new();
+    for _ in 0..steps.max(1) {
+        let t = performance_now();
+        trainer.step(&batch).map_err(err)?;
+        step_ms.push((performance_now() - t) / batch.len() as f64);
+    }
+    let profile = trainer.tape_mut().profile().map(<[_]>::to_vec).unwrap_or_default();
+    // The same forwards back to back, without a backward between them.
+    trainer.tape_mut().set_profiling(true);
+    for _ in 0..steps.max(1) {
+        for f in &batch {
+            trainer.forward(f).map_err(err)?;
+        }
+    }
+    let alone = trainer.tape_mut().profile().map(<[_]>::to_vec).unwrap_or_default();
+    trainer.tape_mut().set_profiling(false);
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let frames_timed = (steps.max(1) as usize * batch.len()) as f64;
+    let nodes: Vec<serde_json::Value> = ptq
+        .nodes
+        .iter()
+        .zip(profile.iter().zip(&alone))
+        .map(|(node, (t, alone))| {
+            let kind = match &node.op {
+                crate::ir::Op::Conv(c) => {
+                    let (k, s) = (c.window.kernel[0], c.window.strides[0]);
+                    format!("Conv{} {k}x{} s{s}", if c.group > 1 { " dw" } else { "" }, c.window.kernel[1])
+                }
+                op => op.name().to_string(),
+            };
+            let ms: Vec<f64> = t.iter().map(|s| s * 1e3 / frames_timed).collect();
+            serde_json::json!({ "name": node.name, "op": node.op.name(), "kind": kind, "ms": ms, "forwardAloneMs": alone[0] * 1e3 / frames_timed })
+        })
+        .collect();
+    Ok(serde_json::json!({
+        "fp32Ms": median(fp32),
+        "stepMs": median(step_ms),
+        "batch": batch.len(),
+        "mode": format!("{:?}", trainer.mode()),
+        "nodes": nodes,
+    })
+    .to_string())
+}

@@ -309,6 +309,16 @@ fn qat_step_time_against_a_forward() {
         }
         eprintln!("  {:<20} forward {:>6.1} ms  fq backward {:>5.1} ms  backward {:>6.1} ms", "total", total[0] * 1e3, total[1] * 1e3, total[2] * 1e3);
         eprintln!("  tape memory {:.0} MB", trainer.tape_mut().memory_bytes() as f64 / 1e6);
+        // What every optimizer step adds to follow the int8 engine: the export of the new
+        // parameters and the simulation's plans of it (weights repacked as integers).
+        let (mut export, mut replan) = (f64::MAX, f64::MAX);
+        for _ in 0..repeats {
+            let mut g = None;
+            export = export.min(time(&mut || g = Some(trainer.graph().unwrap())));
+            let g = g.unwrap();
+            replan = replan.min(time(&mut || assert!(trainer.tape_mut().simulate(&g).unwrap())));
+        }
+        eprintln!("  per step: export {:.1} ms, simulation plans {:.1} ms", export * 1e3, replan * 1e3);
         eprintln!(
             "{name} ({:?}): forward {:.1} ms, training forward {:.1} ms; step per frame {:.1} ms = {:.2}x with the teacher cached, {:.1} ms = {:.2}x with a new frame",
             trainer.mode(),

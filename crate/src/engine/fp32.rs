@@ -15,10 +15,10 @@
 //! still observe and plot every value in float.
 //!
 //! [`Fp32Engine::fake_quantized`] is the plain fake-quantized float graph instead: each node in
-//! f32, each annotated output rounded once by `quantize_f32`. That is what QAT's training
-//! forward computes (bit for bit); it differs from the simulation where rounding an f32 result
-//! once and requantizing an exact accumulator with a 31-bit multiplier land on different
-//! integers, rare one-step flips that then travel through the network.
+//! f32, each annotated output rounded once by `quantize_f32`. It differs from the simulation
+//! where rounding an f32 result once and requantizing an exact accumulator with a 31-bit
+//! multiplier land on different integers, rare one-step flips that then travel through the
+//! network (which is why QAT's training forward takes its values from the simulation).
 
 use crate::ir::{Graph, Node, Op, ValueId};
 use crate::kernels::conv::{ConvTranspose2dShape, PackedConv2d, PackedConvTranspose2d};
@@ -123,8 +123,8 @@ impl Fp32Engine {
     }
 
     /// The plain fake-quantized graph: float nodes, annotated outputs rounded by
-    /// [`fake_quantize`]. QAT's training forward computes exactly this; see the module docs for
-    /// how it relates to the simulation [`new`](Self::new) plans.
+    /// [`fake_quantize`]; see the module docs for how it relates to the simulation
+    /// [`new`](Self::new) plans.
     pub fn fake_quantized(graph: Graph) -> Fp32Engine {
         let steps = graph.nodes.iter().enumerate().map(|(i, node)| Step { node: i, prepared: prepare(&graph, node) }).collect();
         Self::with_steps(graph, steps)

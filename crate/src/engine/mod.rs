@@ -5,7 +5,7 @@
 pub mod fp32;
 pub mod int8;
 mod qplan;
-mod sim;
+pub(crate) mod sim;
 
 pub use fp32::Fp32Engine;
 pub use int8::Int8Engine;

@@ -326,7 +326,16 @@ pub(crate) fn weight_q(g: &Graph, v: ValueId, channel_axis: usize) -> std::resul
             }
             let qmax = c.qmax();
             let inner: usize = value.shape[channel_axis + 1..].iter().product();
-            let q = data.iter().enumerate().map(|(i, &x)| quantize_f32(x, c.scale((i / inner.max(1)) % channels.max(1)), 0, -qmax, qmax) as i8).collect();
+            // Run by run of one channel's scale: QAT re-plans every step, and an index division
+            // per weight was most of the planning time.
+            let q = data
+                .chunks(inner.max(1))
+                .enumerate()
+                .flat_map(|(r, run)| {
+                    let s = c.scale(r % channels.max(1));
+                    run.iter().map(move |&x| quantize_f32(x, s, 0, -qmax, qmax) as i8)
+                })
+                .collect();
             Ok((q, (0..channels).map(|ch| c.scale(ch)).collect()))
         }
         Some(Quant::Tensor(p)) => {

@@ -15,7 +15,9 @@
 //!   can pass `2^24` for some channel, the reduction is cut at plan time into ranges that keep it
 //!   below (one masked copy of the weights per range, summed in i64): the accumulator is exact
 //!   on every path. The int32 bias is added and [`requantize_clamped`] (the kernels'
-//!   fixed-point multiplier, single rounding and fused clamp) gives the output integer.
+//!   fixed-point multiplier, single rounding and fused clamp) gives the output integer; it is
+//!   computed in f64 for the channels where that is exact, as the int8 depthwise kernels do
+//!   (see [`Epilogue::new`]), which vectorises.
 //! - **Add, Sub, Mul, average pools, activations and PRelu as tables**: the int8 kernels'
 //!   scalar definitions on the integers ([`Qs8AddParams::add`], `requantize_clamped` of the
 //!   centred product, [`Qs8AvgPool2d`], [`qs8_global_avg_pool`], table lookups).
@@ -29,6 +31,13 @@
 //! Outputs are dequantized with the simulation's expression `s · (q - z)`, which is what the
 //! int8 engine's observer and outputs give too: the two agree bit for bit.
 //!
+//! # Users
+//! `Fp32Engine::new` on an annotated graph, and QAT's tape (`train::tape`), which takes the
+//! values its consumers read from [`SimNode::run_into`] so that training sees the int8 engine's
+//! numbers. For Conv and Gemm the tape also takes the values before rounding from it
+//! ([`SimNode::gives_real`]: the exact accumulator scaled by `sx · sw`, fused clamp applied),
+//! the float node's output without running the float node.
+//!
 //! # Cost
 //! Planned once per graph, and only for an annotated one (an FP32 graph plans and runs exactly
 //! as before): the weights' integers are packed for the FP32 kernels in place of their float
@@ -36,12 +45,14 @@
 //! recover its integer) and a fixed-point requantization per output element, in place of the
 //! fake quantization of each output element; the kernels do the same work. On the shipped
 //! models natively that is within about 15% of the plain fake-quantized graph
-//! (`tests/sim_vs_int8.rs` prints both).
+//! (`tests/sim_vs_int8.rs` prints both). QAT plans again after every optimizer step (the
+//! integers follow the parameters): natively about 90 ms on EfficientNet-Lite0, most of it
+//! `qplan::weight_q` quantizing every weight.
 
 use std::ops::Range;
 
 use super::qplan::{plan_node, quant_params, Broadcast, Clamp, IntOp, IntWeights, Qp};
-use crate::ir::{Activation, Graph, Node};
+use crate::ir::{Activation, Graph, Node, Op};
 use crate::kernels::conv::PackedConv2d;
 use crate::kernels::gemm::{gemm, GemmBias, PackedA, PackedB};
 use crate::kernels::int8::{qs8_global_avg_pool, requantize_clamped, Qs8AvgPool2d, Requantizer};
@@ -52,10 +63,11 @@ use crate::Result;
 const F32_EXACT: i64 = 1 << 24;
 
 /// The integer plans of a graph's nodes, by node index: `None` for a node that runs as a plain
-/// FP32 node. `None` overall for a graph without annotations (nothing to simulate) or with
-/// annotations no integer plan holds (the int8 engine rejects those graphs; the float path
-/// still fake-quantizes them value by value).
-pub(super) fn plan(graph: &Graph) -> Option<Vec<Option<SimNode>>> {
+/// FP32 node (followed by fake quantization, that gives the int8 engine's values there). `None`
+/// overall for a graph without annotations (nothing to simulate) or with annotations no integer
+/// plan holds (the int8 engine rejects those graphs; the float path still fake-quantizes them
+/// value by value).
+pub(crate) fn plan(graph: &Graph) -> Option<Vec<Option<SimNode>>> {
     if graph.values.iter().all(|v| v.quant.is_none()) || graph.validate().is_err() {
         return None;
     }
@@ -68,18 +80,24 @@ pub(super) fn plan(graph: &Graph) -> Option<Vec<Option<SimNode>>> {
             let x = qparams[node.inputs[0]].expect("integer plans have int8 inputs");
             let y = qparams[node.outputs[0]].expect("integer plans have int8 outputs");
             let inputs = node.inputs.iter().map(|&i| qparams[i]).collect();
+            // The fused activation, which the integer plans hold only as the output clamp.
+            let act = match &node.op {
+                Op::Conv(c) => c.activation,
+                Op::Gemm { activation, .. } => *activation,
+                _ => Activation::Identity,
+            };
             let op = match op {
                 IntOp::Conv { shape, w } => SimOp::Conv {
                     parts: exact_ranges(&w).into_iter().map(|r| PackedConv2d::new(shape, &masked(&w, r), None, Activation::Identity)).collect(),
                     plane: (shape.out_h * shape.out_w).max(1),
-                    epilogue: Epilogue::new(w),
+                    epilogue: Epilogue::new(w, act),
                 },
                 IntOp::Gemm { w, trans_a, m, k } => SimOp::Gemm {
                     parts: exact_ranges(&w).into_iter().map(|r| PackedB::pack_transposed(&masked(&w, r), w.k, w.n, w.k)).collect(),
                     trans_a,
                     m,
                     k,
-                    epilogue: Epilogue::new(w),
+                    epilogue: Epilogue::new(w, act),
                 },
                 IntOp::AvgPool { shape, count_include_pad, x, y } => {
                     SimOp::AvgPool(Box::new(Qs8AvgPool2d::new(shape, count_include_pad, x.scale, x.zero_point, y.scale, y.zero_point, y.qmin, y.qmax)))
@@ -94,7 +112,7 @@ pub(super) fn plan(graph: &Graph) -> Option<Vec<Option<SimNode>>> {
 }
 
 /// One node simulated on its integers.
-pub(super) struct SimNode {
+pub(crate) struct SimNode {
     op: SimOp,
     /// The parameters of input 0 and output 0, and of every input (`None` for f32 ones).
     x: Qp,
@@ -116,27 +134,92 @@ enum SimOp {
 struct Epilogue {
     bias: Vec<i32>,
     requant: Vec<Requantizer>,
+    /// Per channel, where it is exact: the requantization as `(scale, half)` of the f64 formula
+    /// (see [`Epilogue::new`]).
+    exact_f64: Vec<Option<(f64, f64)>>,
     out: Clamp,
+    /// The fused activation, for the values before rounding (the clamp above is its integer form).
+    act: Activation,
 }
 
+/// `1.5 · 2^52`: adding it to a double of magnitude below `2^51` rounds it to an integer.
+const ROUND_MAGIC: f64 = 6_755_399_441_055_744.0;
+
 impl Epilogue {
-    fn new(w: IntWeights) -> Epilogue {
-        Epilogue { bias: w.bias, requant: w.requant, out: w.out }
+    /// The requantization `apply(acc) = floor(acc · multiplier · 2^-t + 1/2)` (`t = 31 - shift`)
+    /// is computed in f64 where that is exact, as the int8 depthwise kernels do (proof in
+    /// `kernels::int8::requant::PreparedRequant`): when every accumulator of the channel has
+    /// `|acc| · multiplier < 2^52`, `x = acc · (multiplier · 2^-t)` is exact, so is
+    /// `x + 2^-(t+1)`, which lies strictly between two half-integers (`x` is a multiple of
+    /// `2^-t`), and adding `1.5 · 2^52` rounds it to `apply(acc)` without a tie. This vectorises
+    /// where the i64 product does not (a third of the time natively); other channels keep the
+    /// integer `apply`. `|acc| <= |bias| + Σ_k |w[c][k]| · max|x - zx|`.
+    fn new(w: IntWeights, act: Activation) -> Epilogue {
+        let spread = (w.x.qmax as i64 - w.x.zero_point as i64).max(w.x.zero_point as i64 - w.x.qmin as i64);
+        let exact_f64 = w
+            .q
+            .chunks(w.k.max(1))
+            .zip(&w.bias)
+            .zip(&w.requant)
+            .map(|((row, &bias), rq)| {
+                let bound = (bias as i64).abs() + spread * row.iter().map(|&q| (q as i64).abs()).sum::<i64>();
+                let t = 31 - rq.shift();
+                ((bound as i128) * (rq.multiplier() as i128) < 1i128 << 52).then(|| (rq.multiplier() as f64 * 2f64.powi(-t), 2f64.powi(-t - 1)))
+            })
+            .collect();
+        Epilogue { bias: w.bias, requant: w.requant, exact_f64, out: w.out, act }
     }
 
     /// Replaces the sums `Σ (x - zx) · w` of `out` (in f32, or `sums` when given), channels in
-    /// turn in runs of `run` elements, by their outputs dequantized with `y`.
-    fn finish(&self, out: &mut [f32], sums: Option<Vec<i64>>, run: usize, y: Qp) {
+    /// turn in runs of `run` elements, by their outputs dequantized with `y`. With `real`, also
+    /// writes there the real values those outputs are the rounding of, activation applied:
+    /// `act(y.scale · m_c · (bias_c + sum))`, where `m_c` is the multiplier the requantizer of
+    /// channel `c` holds, so that `y.scale · m_c` is the accumulator's scale `sx · sw[c]`
+    /// (within `2^-31`) and `real / y.scale` what the kernels round. In f32: an integer within
+    /// `2^31` times a scale, two roundings, no more than the float node's own error.
+    fn finish(&self, out: &mut [f32], sums: Option<&[i64]>, run: usize, y: Qp, mut real: Option<&mut [f32]>) {
         let Clamp { zero_point, qmin, qmax } = self.out;
+        let (zp, lo, hi) = (zero_point as f64, qmin as f64, qmax as f64);
         for (i, chunk) in out.chunks_mut(run).enumerate() {
             let c = i % self.bias.len();
-            let (bias, rq) = (self.bias[c] as i64, &self.requant[c]);
-            // The int8 plan checked that the accumulator fits i32 (its kernels hold it there).
-            let output = |sum: i64| y.dequantize(requantize_clamped((bias + sum) as i32, rq, zero_point, qmin, qmax));
-            match &sums {
-                None => chunk.iter_mut().for_each(|v| *v = output(*v as i64)),
-                Some(s) => chunk.iter_mut().zip(&s[i * run..]).for_each(|(v, &s)| *v = output(s)),
+            let (bias, rq) = (self.bias[c], &self.requant[c]);
+            let sums = sums.map(|s| &s[i * run..][..chunk.len()]);
+            if let Some(r) = real.as_deref_mut() {
+                let (scale, b) = ((y.scale as f64 * rq.real()) as f32, bias as f32);
+                let r = &mut r[i * run..][..chunk.len()];
+                match sums {
+                    None => r.iter_mut().zip(chunk.iter()).for_each(|(r, &v)| *r = scale * (v + b)),
+                    Some(s) => r.iter_mut().zip(s).for_each(|(r, &s)| *r = scale * (s + bias as i64) as f32),
+                }
             }
+            // The int8 plan checked that the accumulator fits i32 (its kernels hold it there);
+            // a sum in f32 is an exact integer below 2^24. Both forms give the same f32 as
+            // `y.dequantize(requantize_clamped(acc, ..))`.
+            match self.exact_f64[c] {
+                Some((scale, half)) => {
+                    let output = |acc: f64| {
+                        let q = ((acc * scale + half + ROUND_MAGIC) - ROUND_MAGIC) + zp;
+                        let q = if q < lo { lo } else { q };
+                        let q = if q > hi { hi } else { q };
+                        y.scale * (q - zp) as f32
+                    };
+                    let b = bias as f64;
+                    match sums {
+                        None => chunk.iter_mut().for_each(|v| *v = output(*v as f64 + b)),
+                        Some(s) => chunk.iter_mut().zip(s).for_each(|(v, &s)| *v = output((s + bias as i64) as f64)),
+                    }
+                }
+                None => {
+                    let output = |acc: i32| y.dequantize(requantize_clamped(acc, rq, zero_point, qmin, qmax));
+                    match sums {
+                        None => chunk.iter_mut().for_each(|v| *v = output(bias.wrapping_add(*v as i32))),
+                        Some(s) => chunk.iter_mut().zip(s).for_each(|(v, &s)| *v = output((bias as i64 + s) as i32)),
+                    }
+                }
+            }
+        }
+        if let Some(r) = real {
+            self.act.apply(r);
         }
     }
 }
@@ -147,6 +230,11 @@ impl Epilogue {
 fn exact_ranges(w: &IntWeights) -> Vec<Range<usize>> {
     let zx = w.x.zero_point as i64;
     let spread = (w.x.qmax as i64 - zx).max(zx - w.x.qmin as i64);
+    let row_bound = |row: &[i8]| row.iter().map(|&q| (q as i64).abs()).sum::<i64>() * spread;
+    // The usual case, in one pass along the rows: no channel's whole reduction can pass it.
+    if w.q.chunks(w.k.max(1)).all(|row| row_bound(row) <= F32_EXACT) {
+        return std::iter::once(0..w.k).collect();
+    }
     let mut bound = vec![0i64; w.n];
     let mut ranges = Vec::new();
     let mut start = 0;
@@ -167,7 +255,11 @@ fn exact_ranges(w: &IntWeights) -> Vec<Range<usize>> {
 
 /// The weights' integers as f32, zero outside the reduction range `keep`.
 fn masked(w: &IntWeights, keep: Range<usize>) -> Vec<f32> {
-    w.q.iter().enumerate().map(|(i, &q)| if keep.contains(&(i % w.k.max(1))) { q as f32 } else { 0.0 }).collect()
+    let mut out = vec![0f32; w.q.len()];
+    for (o, q) in out.chunks_mut(w.k.max(1)).zip(w.q.chunks(w.k.max(1))) {
+        o[keep.clone()].iter_mut().zip(&q[keep.clone()]).for_each(|(o, &q)| *o = q as f32);
+    }
+    out
 }
 
 /// Runs the FP32 kernels of a reduction over its weight ranges. With one range (the usual
@@ -193,16 +285,49 @@ fn sum_parts<P>(parts: &[P], out: &mut [f32], mut run: impl FnMut(&P, &mut [f32]
 /// integer. Adding `1.5 · 2^23` rounds it into the low mantissa bits, which vectorises, where
 /// `round_ties_even` is a library call on targets without a rounding instruction.
 #[inline]
-fn centred(v: f32, p: &Qp) -> i32 {
+fn centred_int(v: f32, p: &Qp) -> i32 {
     const MAGIC: f32 = 12_582_912.0;
     ((v / p.scale + MAGIC).to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32)
 }
 
 impl SimNode {
     /// The node's output on inputs on their grids (or f32 where not quantized), dequantized.
-    pub(super) fn run(&self, g: &Graph, node: &Node, args: &[&[f32]], scratch: &mut Vec<f32>) -> Result<Vec<Vec<f32>>> {
-        let (x, y) = (self.x, self.y);
+    pub(crate) fn run(&self, g: &Graph, node: &Node, args: &[&[f32]], scratch: &mut Vec<f32>) -> Result<Vec<Vec<f32>>> {
         let mut out = vec![0f32; g.values[node.outputs[0]].len()];
+        self.run_into(g, node, args, scratch, &mut Vec::new(), &mut out, None)?;
+        Ok(vec![out])
+    }
+
+    /// Bytes of the packed weights (about: the kernels pad their panels).
+    pub(crate) fn packed_bytes(&self) -> usize {
+        match &self.op {
+            SimOp::Conv { parts, epilogue, .. } => {
+                let s = parts.first().map_or(0, |p| {
+                    let s = p.shape();
+                    s.in_c / s.group.max(1) * s.kernel_h * s.kernel_w
+                });
+                4 * parts.len() * epilogue.bias.len() * s
+            }
+            SimOp::Gemm { parts, k, epilogue, .. } => 4 * parts.len() * epilogue.bias.len() * k,
+            SimOp::AvgPool(_) | SimOp::Int(_) => 0,
+        }
+    }
+
+    /// True when [`run_into`](Self::run_into) can also give the real values its outputs round
+    /// (Conv, Gemm and MatMul: the exact accumulator scaled, then the fused activation).
+    pub(crate) fn gives_real(&self) -> bool {
+        matches!(self.op, SimOp::Conv { .. } | SimOp::Gemm { .. })
+    }
+
+    /// [`run`](Self::run) into `out` (the node's only output), with `centred` as a buffer for the
+    /// integers of input 0 (Conv, Gemm; any contents). With `real` (only where
+    /// [`gives_real`](Self::gives_real)), also the value before rounding, `act(sx · sw[c] ·
+    /// (acc + bias))`: what the float node computes, from the exact accumulator.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn run_into(&self, g: &Graph, node: &Node, args: &[&[f32]], scratch: &mut Vec<f32>, centred: &mut Vec<f32>, out: &mut [f32], mut real: Option<&mut [f32]>) -> Result<()> {
+        let (x, y) = (self.x, self.y);
+        debug_assert_eq!(out.len(), g.values[node.outputs[0]].len());
+        assert!(real.is_none() || self.gives_real(), "only Conv, Gemm and MatMul give their real values");
         // The integers of input `i`, exactly those the int8 engine stores: a constant's from
         // its data as the int8 engine quantizes it, a computed value's from its grid.
         let q = |i: usize| -> Vec<i8> {
@@ -210,36 +335,42 @@ impl SimNode {
             if g.values[node.inputs[i]].is_const() {
                 args[i].iter().map(|&v| p.quantize(v)).collect()
             } else {
-                args[i].iter().map(|&v| (centred(v, &p) + p.zero_point) as i8).collect()
+                args[i].iter().map(|&v| (centred_int(v, &p) + p.zero_point) as i8).collect()
             }
         };
         // Conv and Gemm read input 0, which is computed (a constant one was folded away).
-        let centred_x = || -> Vec<f32> { args[0].iter().map(|&v| centred(v, &x) as f32).collect() };
+        let centred_x = |centred: &mut Vec<f32>| {
+            centred.resize(args[0].len(), 0.0);
+            centred.iter_mut().zip(args[0]).for_each(|(c, &v)| *c = centred_int(v, &x) as f32);
+        };
         match &self.op {
             SimOp::Conv { parts, plane, epilogue } => {
-                let xc = centred_x();
+                centred_x(centred);
+                let xc = &centred[..];
                 let batch = g.values[node.inputs[0]].shape[0].max(1);
                 let (per_x, per_y) = (xc.len() / batch, out.len() / batch);
-                for (xn, yn) in xc.chunks_exact(per_x.max(1)).zip(out.chunks_exact_mut(per_y.max(1))) {
+                for (n, (xn, yn)) in xc.chunks_exact(per_x.max(1)).zip(out.chunks_exact_mut(per_y.max(1))).enumerate() {
                     let sums = sum_parts(parts, yn, |p, acc| p.run(xn, acc, scratch));
-                    epilogue.finish(yn, sums, *plane, y);
+                    let rn = real.as_deref_mut().map(|r| &mut r[n * per_y..][..per_y]);
+                    epilogue.finish(yn, sums.as_deref(), *plane, y, rn);
                 }
             }
             SimOp::Gemm { parts, trans_a, m, k, epilogue } => {
-                let xc = centred_x();
-                let a = if *trans_a {
+                centred_x(centred);
+                let xc = &centred[..];
+                let pa = if *trans_a {
                     let mut t = vec![0f32; xc.len()];
-                    layout::transpose(&xc, &[*k, *m], &[1, 0], &mut t);
-                    t
+                    layout::transpose(xc, &[*k, *m], &[1, 0], &mut t);
+                    PackedA::pack(&t, *m, *k, *k)
                 } else {
-                    xc
+                    PackedA::pack(xc, *m, *k, *k)
                 };
-                let pa = PackedA::pack(&a, *m, *k, *k);
                 let n = epilogue.bias.len();
-                let sums = sum_parts(parts, &mut out, |b, acc| gemm(&pa, b, acc, n, GemmBias::None, Activation::Identity));
+                let sums = sum_parts(parts, out, |b, acc| gemm(&pa, b, acc, n, GemmBias::None, Activation::Identity));
                 // Rows of `n` channels: each channel is a run of one element.
                 for (r, row) in out.chunks_exact_mut(n.max(1)).enumerate() {
-                    epilogue.finish(row, sums.as_ref().map(|s| s[r * n..][..n].to_vec()), 1, y);
+                    let rr = real.as_deref_mut().map(|v| &mut v[r * n..][..n]);
+                    epilogue.finish(row, sums.as_ref().map(|s| &s[r * n..][..n]), 1, y, rr);
                 }
             }
             SimOp::AvgPool(pool) => {
@@ -252,7 +383,7 @@ impl SimNode {
                 out.iter_mut().zip(yq).for_each(|(o, v)| *o = y.dequantize(v));
             }
         }
-        Ok(vec![out])
+        Ok(())
     }
 
     /// The scalar definitions of the int8 kernels of Add/Sub, Mul, tables and global averages.
@@ -302,4 +433,55 @@ fn blocks(bc: &Broadcast, a: &[i8], b: &[i8], y: &mut [i8], f: impl Fn(i8, i8) -
             (a, b) => y.iter_mut().zip(a).zip(b).for_each(|((y, &a), &b)| *y = f(a, b)),
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// The epilogue against `y.dequantize(requantize_clamped(bias + acc))` bit for bit, on both
+    /// of its forms (f64 where exact, else the integer one), with sums in f32 and in i64, over
+    /// random channels, accumulators up to their bound, and ties (multipliers that are powers of
+    /// two put every odd accumulator on one).
+    #[test]
+    fn the_epilogue_requantizes_as_the_kernels_do() {
+        let mut rng = Rng::seeded(12);
+        let (mut exact, mut integer) = (0, 0);
+        for trial in 0..400 {
+            let k = rng.int(1, 600) as usize;
+            let zx = rng.int(-128, 127) as i32;
+            let x = Qp { scale: 0.02, zero_point: zx, qmin: -128, qmax: 127 };
+            let q = rng.i8s(k, -127, 127);
+            let m = match trial % 3 {
+                0 => 2f64.powi(-(rng.int(0, 20) as i32)),
+                1 => rng.uniform(1e-4, 1.0),
+                _ => rng.uniform(1.0, 300.0),
+            };
+            let rq = Requantizer::from_real(m);
+            let bias = rng.int(-(1 << 20), 1 << 20) as i32;
+            let out = Clamp { zero_point: rng.int(-20, 20) as i32, qmin: -128 + rng.int(0, 100) as i8, qmax: 127 };
+            let y = Qp { scale: 0.05, zero_point: out.zero_point, qmin: -128, qmax: 127 };
+            let spread = (127 - zx as i64).max(zx as i64 + 128);
+            let bound = q.iter().map(|&w| (w as i64).abs()).sum::<i64>() * spread;
+            // The plan refuses channels whose accumulators could requantize past i32.
+            let bound = bound.min((2f64.powi(30) / rq.real()) as i64 - bias.unsigned_abs() as i64).max(0);
+            let e = Epilogue::new(IntWeights { q, n: 1, k, bias: vec![bias], x, requant: vec![rq], out }, Activation::Identity);
+            match e.exact_f64[0] {
+                Some(_) => exact += 1,
+                None => integer += 1,
+            }
+            let sums: Vec<i64> = (0..256).map(|i| if i < 16 { [0, 1, -1, bound, -bound][i % 5] } else { rng.int(-bound, bound) }).collect();
+            let want: Vec<f32> = sums.iter().map(|&s| y.dequantize(requantize_clamped(bias + s as i32, &rq, out.zero_point, out.qmin, out.qmax))).collect();
+            let mut got = vec![0f32; sums.len()];
+            e.finish(&mut got, Some(&sums), sums.len(), y, None);
+            assert_eq!(got, want, "trial {trial}: {rq:?}, bias {bias}");
+            if bound <= F32_EXACT {
+                let mut got: Vec<f32> = sums.iter().map(|&s| s as f32).collect();
+                e.finish(&mut got, None, sums.len(), y, None);
+                assert_eq!(got, want, "trial {trial} in f32: {rq:?}, bias {bias}");
+            }
+        }
+        assert!(exact > 100 && integer > 20, "{exact} exact, {integer} integer");
+    }
 }

@@ -11,10 +11,11 @@
 //! ```
 //!
 //! - [`tape`]: the training forward and backward over one graph. The forward runs the FP32
-//!   kernels and fake-quantizes every `Quant::Tensor` activation in float
-//!   (`Fp32Engine::fake_quantized`; the simulation's integer form differs from it by rare
-//!   rounding steps, see `engine::sim`); it keeps each value as its consumers saw it and, for quantized values,
-//!   the value before rounding (what the straight-through estimator needs). The backward walks
+//!   kernels and fake-quantizes every `Quant::Tensor` activation in float; given the
+//!   simulation of its current parameters (`Tape::simulate`, which the trainer does after
+//!   every step) it takes the quantized values from it instead, so they are the int8 engine's
+//!   bit for bit. It keeps each value as its consumers saw it and, for quantized values, the
+//!   value before rounding (what the straight-through estimator needs). The backward walks
 //!   the nodes in reverse and asks each op for the gradients of the inputs that need one.
 //! - [`ops`]: one file per family of ops, each op's backward next to its forward, each checked
 //!   against central finite differences on odd shapes.

@@ -43,6 +43,19 @@
 //! gradient is seeded into the tape at the values it reads (outputs, matched features, logits)
 //! and one backward sums them.
 //!
+//! # The forward is the int8 engine's
+//! After every change of the parameters (at the start, then after each optimizer step) the
+//! trainer gives the tape their annotated graph, the export ([`Trainer::graph`]), to simulate
+//! (`Tape::simulate`: the integer plans of `engine::sim`). The student's outputs, the loss and
+//! every intermediate value are then those of the int8 engine on that graph, bit for bit, not
+//! those of the plain fake-quantized float graph, which rounds rare near-ties the other way and
+//! carries the flips through the layers (2-3 output steps on EfficientNet-Lite0, up to 23 on a
+//! BlazeFace image; `tests/sim_vs_int8.rs`). Gradients are still the straight-through
+//! estimator's at the float values before rounding. The price, natively on EfficientNet-Lite0
+//! W8 at batch 4 (`tests/qat.rs`): exporting and planning again cost about 97 ms a step, most
+//! of it quantizing every weight (`qplan::weight_q`), and the training forward is 64 ms against
+//! 58; a step is 143 ms a frame against 112, 2.8x a forward.
+//!
 //! # The teacher cache
 //! The float model's targets of the last `teacher_cache` frames are kept by a hash of the
 //! frame (a pool of views seen again costs no teacher forward). With feature matching each
@@ -533,7 +546,7 @@ impl Trainer {
             dscale: Vec::new(),
             config,
         };
-        t.load_state();
+        t.load_state()?;
         Ok(t)
     }
 
@@ -625,8 +638,9 @@ impl Trainer {
         Ok(())
     }
 
-    /// Writes the current parameters into the tape: `ŵ`, snapped biases, step sizes.
-    fn load_state(&mut self) {
+    /// Writes the current parameters into the tape: `ŵ`, snapped biases, step sizes; then
+    /// gives it their annotated graph to simulate, so that its forward is the int8 engine's.
+    fn load_state(&mut self) -> Result<()> {
         let Trainer { weights, biases, acts, state, tape, act_of, .. } = self;
         for (wp, (latent, scales)) in weights.iter().zip(&state.weights) {
             if !wp.train_weights && !wp.learn_scales {
@@ -648,6 +662,9 @@ impl Trainer {
             }
         }
         tape.prepare();
+        let g = self.export(&self.state)?;
+        self.tape.simulate(&g)?;
+        Ok(())
     }
 
     fn check_frame(&self, frame: &[Vec<f32>]) -> Result<()> {
@@ -739,7 +756,7 @@ impl Trainer {
         let factor = self.schedule.factor(self.step);
         self.update(factor);
         self.step += 1;
-        self.load_state();
+        self.load_state()?;
         let mut holdout_loss = None;
         if !self.holdout.is_empty() && (self.step % self.config.eval_every.max(1) == 0 || self.step == self.steps) {
             let l = self.holdout_loss()?;
@@ -843,8 +860,8 @@ impl Trainer {
         Ok(total / frames.len().max(1) as f64)
     }
 
-    /// The training forward (the fake-quantized model with the current parameters) on one
-    /// frame: the graph's outputs.
+    /// The training forward on one frame: the graph's outputs, those the int8 engine gives on
+    /// [`graph`](Self::graph) (see the module docs).
     pub fn forward(&mut self, frame: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
         self.check_frame(frame)?;
         let inputs: Vec<&[f32]> = frame.iter().map(|v| v.as_slice()).collect();
@@ -1057,13 +1074,14 @@ mod tests {
             assert_eq!(a.quant, b.quant, "{}", a.name);
             assert_eq!(a.data, b.data, "{}", a.name);
         }
-        // The training forward is the float fake quantization (the simulation's integer form
-        // differs by rare rounding steps; see `engine::sim`).
-        let sim = Fp32Engine::fake_quantized(q.clone());
+        // The training forward is the int8 engine's (the simulation's, bit for bit).
+        let (sim, int8) = (Fp32Engine::new(q.clone()), Int8Engine::new(q.clone()).unwrap());
         let mut rng = Rng::seeded(5);
         for _ in 0..4 {
             let f = frame(&mut rng);
-            assert_eq!(t.forward(&f).unwrap(), sim.run(&[&f[0]]).unwrap());
+            let out = t.forward(&f).unwrap();
+            assert_eq!(out, sim.run(&[&f[0]]).unwrap());
+            assert_eq!(out, int8.run(&[&f[0]]).unwrap());
         }
         let (cal8, q8) = ptq(&tiny(), QuantConfig::default());
         assert_eq!(Trainer::new(cal8.graph(), &q8, QatConfig::default()).unwrap().mode(), QatMode::Scales);
@@ -1139,27 +1157,44 @@ mod tests {
     }
 
     /// QAT on a W4A8 tiny model: the held-out distillation loss falls well below PTQ's, the
-    /// exported graph keeps the annotation's invariants, its simulation is the training forward
-    /// and the int8 engine runs it within a quantization step of the output.
+    /// exported graph keeps the annotation's invariants, and the training forward is the int8
+    /// engine's on it.
     #[test]
     fn qat_lowers_the_distillation_loss_and_the_result_runs_in_int8() {
         let (cal, q) = ptq(&tiny(), QuantConfig { weight_bits: 4, ..QuantConfig::default() });
-        let config = QatConfig { steps: Some(80), batch_size: Some(4), lr: 1e-3, scale_lr: Some(2e-2), bias_lr: Some(2e-3), ..QatConfig::default() };
-        let mut t = Trainer::new(cal.graph(), &q, config).unwrap();
         let mut rng = Rng::seeded(77);
         let held_out: Vec<_> = (0..24).map(|_| frame(&mut rng)).collect();
-        let before = t.evaluate(&held_out).unwrap();
-        t.set_holdout(&held_out[..8]).unwrap();
-        let mut rng = Rng::seeded(3);
-        let mut first = None;
-        for _ in 0..80 {
-            let batch: Vec<_> = (0..4).map(|_| frame(&mut rng)).collect();
-            let s = t.step(&batch).unwrap();
-            first.get_or_insert(s.loss);
+        // 80 steps at these rates on this model are chaotic: where a run ends depends on the
+        // frames drawn, and on the last bits of any arithmetic change. Over eight draws of the
+        // training frames the final held-out loss was 0.07-0.51x PTQ's, median 0.16x (and
+        // 0.11-0.80x with the fake-quantized forward of before); the assertion takes the spread.
+        // (At a step-size rate of 2e-2, over six draws, it was 0.04-5x with either forward.)
+        let config = QatConfig { steps: Some(80), batch_size: Some(4), lr: 1e-3, bias_lr: Some(2e-3), ..QatConfig::default() };
+        let train = |seed: u64| {
+            let mut t = Trainer::new(cal.graph(), &q, config.clone()).unwrap();
+            let before = t.evaluate(&held_out).unwrap();
+            t.set_holdout(&held_out[..8]).unwrap();
+            let mut rng = Rng::seeded(seed);
+            for _ in 0..80 {
+                let batch: Vec<_> = (0..4).map(|_| frame(&mut rng)).collect();
+                t.step(&batch).unwrap();
+            }
+            let after = t.evaluate(&held_out).unwrap();
+            (t, after / before)
+        };
+        let mut ratios = Vec::new();
+        let mut t = None;
+        for seed in 3..11 {
+            let (trainer, ratio) = train(seed);
+            ratios.push(ratio);
+            t.get_or_insert(trainer);
         }
-        let after = t.evaluate(&held_out).unwrap();
-        eprintln!("held-out loss: PTQ {before:.5}, QAT {after:.5}; first batch {:.5}, best {:?}", first.unwrap(), t.best_loss());
-        assert!(after < 0.5 * before, "QAT {after} vs PTQ {before}");
+        let mut t = t.unwrap();
+        eprintln!("held-out loss after QAT over PTQ's, per draw of the training frames: {ratios:.3?}");
+        let mut sorted = ratios.clone();
+        sorted.sort_by(f64::total_cmp);
+        let (median, worst) = ((sorted[3] + sorted[4]) / 2.0, sorted[7]);
+        assert!(median < 0.35 && worst < 0.75, "{ratios:?}");
 
         let g = t.best_graph().unwrap();
         for v in &g.values {
@@ -1176,19 +1211,16 @@ mod tests {
                 assert_eq!(snap_bias(data, x.scale, w), data, "{}: bias off its int32 grid", node.name);
             }
         }
-        // The float fake quantization of the export is the training forward of the same
-        // parameters.
+        // The training forward of the current parameters is the int8 engine's on their export.
         let current = t.graph().unwrap();
-        let current_sim = Fp32Engine::fake_quantized(current);
+        let current_int8 = Int8Engine::new(current).unwrap();
         for f in &held_out[..4] {
-            assert_eq!(t.forward(f).unwrap(), current_sim.run(&[&f[0]]).unwrap());
+            assert_eq!(t.forward(f).unwrap(), current_int8.run(&[&f[0]]).unwrap());
         }
+        // And the int8 engine runs the best export as its simulation does, on every value.
         let (qat, qat_out) = int8_agreement(&g, &held_out);
         let (ptq_, ptq_out) = int8_agreement(&q, &held_out);
         eprintln!("int8 vs simulation, QAT: {qat_out:?} at the output, worst value {qat:?}; PTQ: {ptq_out:?}, {ptq_:?}");
-        // The int8 engine agrees with the simulation within one step per op (its contract);
-        // differences then travel through the layers, as they do for the PTQ graph.
-        assert!(qat_out.0 <= 4.0 && qat_out.1 >= 0.4, "{qat_out:?}");
-        assert!(qat.0 <= (2.0 * ptq_.0).max(4.0), "{qat:?} vs PTQ {ptq_:?}");
+        assert_eq!((qat, qat_out), ((0.0, 1.0), (0.0, 1.0)));
     }
 }

@@ -87,11 +87,11 @@ impl Exec {
     /// Packs the weights of an integer plan for the kernels.
     fn pack(op: IntOp) -> Exec {
         match op {
-            IntOp::Conv { shape, w: IntWeights { q, bias, x, requant, out, .. } } => {
-                Exec::Conv(Box::new(PackedQs8Conv2d::new(shape, &q, Some(&bias), x.zero_point, requant, out.zero_point, out.qmin, out.qmax)))
+            IntOp::Conv { shape, w: IntWeights { ints, bias, x, requant, out, .. } } => {
+                Exec::Conv(Box::new(PackedQs8Conv2d::new(shape, &ints.q, Some(&bias), x.zero_point, requant, out.zero_point, out.qmin, out.qmax)))
             }
-            IntOp::Gemm { w: IntWeights { q, n, k: wk, bias, x, requant, out }, trans_a, m, k } => {
-                Exec::Gemm { w: PackedWeightsQs8::for_rows(m, &q, n, wk, Some(&bias), x.zero_point), requant, trans_a, m, k, out }
+            IntOp::Gemm { w: IntWeights { ints, n, k: wk, bias, x, requant, out }, trans_a, m, k } => {
+                Exec::Gemm { w: PackedWeightsQs8::for_rows(m, &ints.q, n, wk, Some(&bias), x.zero_point), requant, trans_a, m, k, out }
             }
             IntOp::AvgPool { shape, count_include_pad, x, y } => {
                 Exec::AvgPool(Box::new(Qs8AvgPool2d::new(shape, count_include_pad, x.scale, x.zero_point, y.scale, y.zero_point, y.qmin, y.qmax)))

@@ -8,6 +8,8 @@
 //! for its kernels (`engine::int8`), the simulation runs the FP32 kernels on them
 //! (`engine::sim`). Both start from [`quant_params`], the parameters of every value.
 
+use std::sync::Arc;
+
 use crate::ir::{activation_name, Activation, BinaryOp, Conv, Graph, Node, Op, PadMode, Quant, ReduceOp, ResizeMode, ValueId};
 use crate::kernels::conv::Conv2dShape;
 use crate::kernels::int8::{channel_requantizers, lut_from_fn, quantize_f32, Qs8AddParams, Requantizer};
@@ -149,11 +151,70 @@ impl Broadcast {
     }
 }
 
+/// The integers of a Conv, Gemm or MatMul weight as the kernels read them, with what the plan
+/// derives from them alone. They depend only on the weight's data and annotation and on the
+/// node (Gemm's layout and alpha), so a re-plan after a change of activations' step sizes or
+/// biases can keep them ([`plan_node_with`]).
+pub(crate) struct WeightInts {
+    /// `[n][k]` row-major: one row per output channel.
+    pub q: Vec<i8>,
+    /// Each channel's step size.
+    pub scales: Vec<f32>,
+    /// Per channel, `Σ_k q[c][k]` and `Σ_k |q[c][k]|`.
+    pub sums: Vec<i64>,
+    pub abs_sums: Vec<i64>,
+}
+
+impl WeightInts {
+    /// From `[n][k]` integers and the `n` channels' scales.
+    pub(crate) fn new(q: Vec<i8>, k: usize, scales: Vec<f32>) -> WeightInts {
+        let rows = || q.chunks(k.max(1)).take(scales.len());
+        let sums = rows().map(|row| row.iter().map(|&w| w as i64).sum()).collect();
+        let abs_sums = rows().map(|row| row.iter().map(|&w| (w as i64).abs()).sum()).collect();
+        WeightInts { sums, abs_sums, q, scales }
+    }
+}
+
+/// The weight integers of a Conv, Gemm or MatMul node, `[n][k]` (see [`WeightInts`]).
+pub(crate) fn weight_ints(g: &Graph, node: &Node) -> std::result::Result<WeightInts, String> {
+    let shape = |v: ValueId| g.values[v].shape.as_slice();
+    match &node.op {
+        Op::Conv(_) => {
+            let (q, sw) = weight_q(g, node.inputs[1], 0)?;
+            let k = q.len() / sw.len().max(1);
+            Ok(WeightInts::new(q, k, sw))
+        }
+        Op::Gemm { trans_a, trans_b, alpha, .. } => {
+            let xs = shape(node.inputs[0]);
+            let k = if *trans_a { xs[0] } else { xs[1] };
+            let n = shape(node.outputs[0])[1];
+            let (mut q, sw) = weight_q(g, node.inputs[1], if *trans_b { 0 } else { 1 })?;
+            if !*trans_b {
+                q = transpose2d(&q, k, n);
+            }
+            if *alpha < 0.0 {
+                q = q.iter().map(|w| w.checked_neg()).collect::<Option<_>>().ok_or("the weight holds -128, which a negative alpha cannot negate")?;
+            }
+            Ok(WeightInts::new(q, k, sw))
+        }
+        Op::MatMul => {
+            let b = node.inputs[1];
+            if shape(b).len() != 2 {
+                return Err(format!("the weight '{}' is not a constant 2-D matrix", g.values[b].name));
+            }
+            let (k, n) = (shape(b)[0], shape(b)[1]);
+            let (q, sw) = weight_q(g, b, 1)?;
+            Ok(WeightInts::new(transpose2d(&q, k, n), k, sw))
+        }
+        op => Err(format!("{} has no weight", op.name())),
+    }
+}
+
 /// The integers of a Conv, Gemm or MatMul: output channel `c` of an input `x` (integers, zero
 /// point `zx`) is `out.clamp(out.zero_point + requant[c].apply(bias[c] + Σ_k (x[k] - zx) · q[c][k]))`.
 pub(crate) struct IntWeights {
-    /// `[n][k]` row-major: one row per output channel.
-    pub q: Vec<i8>,
+    /// `q`: `[n][k]` row-major, one row per output channel.
+    pub ints: Arc<WeightInts>,
     pub n: usize,
     pub k: usize,
     pub bias: Vec<i32>,
@@ -359,18 +420,16 @@ fn bias_q(b: f32, acc_scale: f32) -> std::result::Result<i64, String> {
     Ok(q as i64)
 }
 
-/// The i32 biases of weights `[n][k]` with real biases `bias` at `acc_scales[c]`, checking that
+/// The i32 biases of weights `w` with real biases `bias` at `acc_scales[c]`, checking that
 /// no accumulator of channel `c` overflows with `requant[c]`.
-fn channel_biases(wq: &[i8], k: usize, bias: Option<&[f32]>, acc_scales: &[f32], zx: i32, requant: &[Requantizer]) -> std::result::Result<Vec<i32>, String> {
+fn channel_biases(w: &WeightInts, bias: Option<&[f32]>, acc_scales: &[f32], zx: i32, requant: &[Requantizer]) -> std::result::Result<Vec<i32>, String> {
     let mut out = Vec::with_capacity(acc_scales.len());
     for (c, &acc_scale) in acc_scales.iter().enumerate() {
         let b = match bias {
             Some(b) => bias_q(b[c], acc_scale)?,
             None => 0,
         };
-        let row = &wq[c * k..][..k];
-        let sum: i64 = row.iter().map(|&w| w as i64).sum();
-        let abs_sum: i64 = row.iter().map(|&w| (w as i64).abs()).sum();
+        let (sum, abs_sum) = (w.sums[c], w.abs_sums[c]);
         // The packers fold the zero point into the bias; inputs then are in [-128, 127].
         check_range(&requant[c], (b - zx as i64 * sum).abs() + 128 * abs_sum)?;
         out.push(b as i32);
@@ -381,6 +440,12 @@ fn channel_biases(wq: &[i8], k: usize, bias: Option<&[f32]>, acc_scales: &[f32],
 /// The integer form of `node`, or why it runs in float. `qparams` are the values' parameters
 /// from [`quant_params`]; the graph is validated.
 pub(crate) fn plan_node(g: &Graph, qparams: &[Option<Qp>], node: &Node) -> std::result::Result<IntOp, String> {
+    plan_node_with(g, qparams, node, &mut |node| weight_ints(g, node).map(Arc::new))
+}
+
+/// [`plan_node`] with the weight integers of Conv, Gemm and MatMul from `weights` (which must
+/// give [`weight_ints`]'s, or a copy of them kept from an earlier plan).
+pub(crate) fn plan_node_with(g: &Graph, qparams: &[Option<Qp>], node: &Node, weights: &mut dyn FnMut(&Node) -> std::result::Result<Arc<WeightInts>, String>) -> std::result::Result<IntOp, String> {
     let supported = match &node.op {
         Op::Conv(_) | Op::Gemm { .. } | Op::MatMul | Op::Activation(_) | Op::Unary(_) | Op::PRelu => true,
         Op::Binary(op) => matches!(op, BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul),
@@ -424,7 +489,8 @@ pub(crate) fn plan_node(g: &Graph, qparams: &[Option<Qp>], node: &Node) -> std::
         Op::Conv(c) => {
             let out = fused_clamp(c.activation, y)?;
             let s = conv_shape(g, node, &c.window, c.group);
-            let (wq, sw) = weight_q(g, node.inputs[1], 0)?;
+            let ints = weights(node)?;
+            let sw = &ints.scales;
             let bias = match node.inputs.get(2) {
                 Some(&b) => Some(g.const_data(b).ok_or_else(|| format!("the bias '{}' is computed at run time", g.values[b].name))?),
                 None => None,
@@ -435,24 +501,20 @@ pub(crate) fn plan_node(g: &Graph, qparams: &[Option<Qp>], node: &Node) -> std::
             }
             let requant = channel_requantizers(x.scale, &sw, y.scale);
             let acc_scales: Vec<f32> = sw.iter().map(|&s| x.scale * s).collect();
-            let k = wq.len() / s.out_c.max(1);
-            let bias = channel_biases(&wq, k, bias, &acc_scales, x.zero_point, &requant)?;
-            IntOp::Conv { shape: s, w: IntWeights { q: wq, n: s.out_c, k, bias, x, requant, out } }
+            let k = ints.q.len() / s.out_c.max(1);
+            let bias = channel_biases(&ints, bias, &acc_scales, x.zero_point, &requant)?;
+            IntOp::Conv { shape: s, w: IntWeights { ints, n: s.out_c, k, bias, x, requant, out } }
         }
-        Op::Gemm { trans_a, trans_b, alpha, beta, activation } => {
+        // `trans_b` and the sign of alpha are in the weight integers' layout.
+        Op::Gemm { trans_a, trans_b: _, alpha, beta, activation } => {
             let out = fused_clamp(*activation, y)?;
             let (m, k) = if *trans_a { (xs[1], xs[0]) } else { (xs[0], xs[1]) };
             let n = ys[1];
             if !(alpha.is_finite() && *alpha != 0.0) {
                 return Err(format!("alpha {alpha} has no int8 form"));
             }
-            let (mut wq, sw) = weight_q(g, node.inputs[1], if *trans_b { 0 } else { 1 })?;
-            if !*trans_b {
-                wq = transpose2d(&wq, k, n);
-            }
-            if *alpha < 0.0 {
-                wq = wq.iter().map(|w| w.checked_neg()).collect::<Option<_>>().ok_or("the weight holds -128, which a negative alpha cannot negate")?;
-            }
+            let ints = weights(node)?;
+            let sw = &ints.scales;
             // C broadcast along rows is a per-column bias; other C shapes need float.
             let bias = match node.inputs.get(2) {
                 None => None,
@@ -471,8 +533,8 @@ pub(crate) fn plan_node(g: &Graph, qparams: &[Option<Qp>], node: &Node) -> std::
                 .map(|&s| requantizer(x.scale as f64 * s as f64 * alpha.abs() as f64 / y.scale as f64, 0))
                 .collect::<std::result::Result<Vec<_>, _>>()?;
             let acc_scales: Vec<f32> = sw.iter().map(|&s| x.scale * s * alpha.abs()).collect();
-            let bias = channel_biases(&wq, k, bias.as_deref(), &acc_scales, x.zero_point, &requant)?;
-            IntOp::Gemm { w: IntWeights { q: wq, n, k, bias, x, requant, out }, trans_a: *trans_a, m, k }
+            let bias = channel_biases(&ints, bias.as_deref(), &acc_scales, x.zero_point, &requant)?;
+            IntOp::Gemm { w: IntWeights { ints, n, k, bias, x, requant, out }, trans_a: *trans_a, m, k }
         }
         Op::MatMul => {
             let b = node.inputs[1];
@@ -481,16 +543,16 @@ pub(crate) fn plan_node(g: &Graph, qparams: &[Option<Qp>], node: &Node) -> std::
             }
             let (k, n) = (shape(b)[0], shape(b)[1]);
             let m: usize = xs[..xs.len() - 1].iter().product();
-            let (wq, sw) = weight_q(g, b, 1)?;
+            let ints = weights(node)?;
+            let sw = &ints.scales;
             let multipliers: Vec<f64> = sw.iter().map(|&s| x.scale as f64 * s as f64 / y.scale as f64).collect();
             if let Some(m) = multipliers.iter().find(|m| !(m.is_finite() && **m < Requantizer::MAX_REAL)) {
                 return Err(format!("requantization multiplier {m:e} is out of range"));
             }
-            let requant = channel_requantizers(x.scale, &sw, y.scale);
-            let wq = transpose2d(&wq, k, n);
-            let bias = channel_biases(&wq, k, None, &vec![1.0; n], x.zero_point, &requant)?;
+            let requant = channel_requantizers(x.scale, sw, y.scale);
+            let bias = channel_biases(&ints, None, &vec![1.0; n], x.zero_point, &requant)?;
             let out = Clamp { zero_point: y.zero_point, qmin: y.qmin, qmax: y.qmax };
-            IntOp::Gemm { w: IntWeights { q: wq, n, k, bias, x, requant, out }, trans_a: false, m, k }
+            IntOp::Gemm { w: IntWeights { ints, n, k, bias, x, requant, out }, trans_a: false, m, k }
         }
         Op::Binary(op) => {
             let b = input(1)?;

@@ -7,7 +7,13 @@
 //! requantizers, clamps and tables, derived by the same code), so the two cannot drift apart.
 //! An annotated input holds values on its grid, `s · (q - z)`, and `quantize` recovers `q`
 //! exactly (the relative error of `s · (q - z) / s` is far below `0.5 / 255`).
-//! - **Conv, Gemm, MatMul**: the FP32 kernels run on integer operands, `q - zx` for the input
+//! - **Pointwise and im2col Conv, in wasm**: the int8 engine's own GEMM kernels on the input's
+//!   integers, stopped before requantization (`PackedQs8Conv2d::run_accumulators`, the i32
+//!   accumulators without bias, which fit i32 wherever `255 · Σ|w| < 2^31`); in SIMD128 they
+//!   are twice as fast as the FP32 kernels. Natively the int8 kernels are the portable
+//!   fallbacks, slower than the autovectorised FP32 ones, so convolutions there take the path
+//!   below (both give the same integers; `train::tape`'s tests run both).
+//! - **Depthwise Conv, Gemm, MatMul** (and every Conv natively): the FP32 kernels run on integer operands, `q - zx` for the input
 //!   (padding reads 0, the real 0, as the int8 kernels read the zero point) and the weights'
 //!   integers, without bias or activation. Every product and partial sum is an integer; f32
 //!   holds all integers up to `2^24` exactly, and every partial sum of output channel `c`, in
@@ -40,23 +46,28 @@
 //!
 //! # Cost
 //! Planned once per graph, and only for an annotated one (an FP32 graph plans and runs exactly
-//! as before): the weights' integers are packed for the FP32 kernels in place of their float
-//! values. A run adds, per integer node, the division of each input element by its scale (to
-//! recover its integer) and a fixed-point requantization per output element, in place of the
-//! fake quantization of each output element; the kernels do the same work. On the shipped
-//! models natively that is within about 15% of the plain fake-quantized graph
+//! as before): the weights' integers are packed for the kernels in place of their float
+//! values. A run adds, per integer node, the product of each input element by its inverse
+//! scale (to recover its integer) and a fixed-point requantization per output element, in
+//! place of the fake quantization of each output element. In wasm the int8 sums make the
+//! simulated EfficientNet-Lite0 about as fast as its FP32 forward (`node bench/run.mjs
+//! qat-profile`); natively it is within about 15% of the plain fake-quantized graph
 //! (`tests/sim_vs_int8.rs` prints both). QAT plans again after every optimizer step (the
-//! integers follow the parameters): natively about 90 ms on EfficientNet-Lite0, most of it
-//! `qplan::weight_q` quantizing every weight.
+//! integers follow the parameters) through a [`PlanCache`], which keeps each node's weight
+//! integers and packed weights while the weight's data, annotation and node are unchanged: a
+//! re-plan in scales mode then compares the weights with their copies and derives biases,
+//! requantizers and tables, about 4 ms natively on EfficientNet-Lite0 against 77 ms without.
 
 use std::ops::Range;
+use std::sync::Arc;
 
-use super::qplan::{plan_node, quant_params, Broadcast, Clamp, IntOp, IntWeights, Qp};
+use super::qplan::{plan_node_with, quant_params, weight_ints, Broadcast, Clamp, IntOp, IntWeights, Qp, WeightInts};
 use crate::ir::{Activation, Graph, Node, Op};
 use crate::kernels::conv::PackedConv2d;
 use crate::kernels::gemm::{gemm, GemmBias, PackedA, PackedB};
-use crate::kernels::int8::{qs8_global_avg_pool, requantize_clamped, Qs8AvgPool2d, Requantizer};
+use crate::kernels::int8::{qs8_global_avg_pool, requantize_clamped, PackedQs8Conv2d, Qs8AvgPool2d, Requantizer};
 use crate::kernels::layout;
+use crate::quant::Quant;
 use crate::Result;
 
 /// Integers whose every partial sum stays at most this are exact in f32.
@@ -68,46 +79,162 @@ const F32_EXACT: i64 = 1 << 24;
 /// plan holds (the int8 engine rejects those graphs; the float path still fake-quantizes them
 /// value by value).
 pub(crate) fn plan(graph: &Graph) -> Option<Vec<Option<SimNode>>> {
+    plan_reusing(graph, &mut PlanCache { keep: false, ..PlanCache::default() })
+}
+
+/// Whether convolutions take their sums from the int8 kernels by default: in wasm, where those
+/// are SIMD128 and twice as fast as the FP32 ones; natively they are the portable fallbacks,
+/// slower than the autovectorised FP32 kernels. Both give the same exact integers.
+const INT8_SUMS: bool = cfg!(all(target_arch = "wasm32", target_feature = "simd128"));
+
+/// What a plan keeps for the next one: per node, the weight integers and their packed form,
+/// with the weight data, annotation and node they came from. QAT plans again after every
+/// optimizer step; in scales mode the weights do not change, and quantizing and packing every
+/// weight again was most of a step's fixed cost. A copy of the weights is the price (about the
+/// size of the float weights).
+pub(crate) struct PlanCache {
+    /// False for a one-off plan ([`plan`]), which keeps nothing.
+    keep: bool,
+    /// Pointwise and im2col convolutions sum with the int8 kernels (`ConvSums::Int8`).
+    int8_sums: bool,
+    nodes: Vec<Option<CachedWeights>>,
+}
+
+impl Default for PlanCache {
+    fn default() -> Self {
+        PlanCache { keep: true, int8_sums: INT8_SUMS, nodes: Vec::new() }
+    }
+}
+
+struct CachedWeights {
+    op: Op,
+    data: Vec<f32>,
+    quant: Option<Quant>,
+    ints: Arc<WeightInts>,
+    /// The packed reduction, for inputs with these parameters.
+    packed: Option<(Qp, Arc<Packed>)>,
+}
+
+/// A Conv's or Gemm's packed reduction.
+enum Packed {
+    Conv(ConvSums),
+    /// One packed `[k][n]` weight per exact range of the reduction.
+    Gemm(Vec<PackedB>),
+}
+
+/// Equal as the quantizer sees them: a weight compared with its copy, in blocks that vectorise.
+fn same_data(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.chunks(64).zip(b.chunks(64)).all(|(x, y)| x.iter().zip(y).fold(true, |same, (p, q)| same & (p == q)))
+}
+
+impl PlanCache {
+    /// A cache whose plans sum pointwise and im2col convolutions with the int8 kernels or not
+    /// (the default follows the target).
+    #[cfg(test)]
+    pub(crate) fn with_int8_sums(int8_sums: bool) -> PlanCache {
+        PlanCache { int8_sums, ..PlanCache::default() }
+    }
+
+    /// Per node, the address of its kept packed weights (0 for none), and what holds them (so
+    /// that, while it lives, a new packing cannot reuse an address): what a test compares
+    /// between plans.
+    #[cfg(test)]
+    pub(crate) fn packed_ids(&self) -> (Vec<usize>, Box<dyn std::any::Any>) {
+        let kept: Vec<Option<Arc<Packed>>> = self.nodes.iter().map(|c| c.as_ref().and_then(|c| c.packed.as_ref()).map(|(_, p)| p.clone())).collect();
+        (kept.iter().map(|p| p.as_ref().map_or(0, |p| Arc::as_ptr(p) as usize)).collect(), Box::new(kept))
+    }
+
+    /// Bytes kept besides the packed weights (which the plans count): the weights' copies and
+    /// integers.
+    pub(crate) fn bytes(&self) -> usize {
+        self.nodes.iter().flatten().map(|c| 4 * c.data.len() + c.ints.q.len()).sum()
+    }
+
+    /// The weight integers of `node` (index `n`), kept when its weight and node are unchanged.
+    fn weights(&mut self, g: &Graph, n: usize, node: &Node) -> std::result::Result<Arc<WeightInts>, String> {
+        if !self.keep {
+            return weight_ints(g, node).map(Arc::new);
+        }
+        let v = &g.values[node.inputs[1]];
+        let data = v.data.as_deref().map_or(&[][..], |d| d.as_slice());
+        if self.nodes.len() != g.nodes.len() {
+            self.nodes = (0..g.nodes.len()).map(|_| None).collect();
+        }
+        if let Some(c) = &self.nodes[n] {
+            if c.op == node.op && c.quant == v.quant && same_data(&c.data, data) {
+                return Ok(c.ints.clone());
+            }
+        }
+        let ints = Arc::new(weight_ints(g, node)?);
+        self.nodes[n] = Some(CachedWeights { op: node.op.clone(), data: data.to_vec(), quant: v.quant.clone(), ints: ints.clone(), packed: None });
+        Ok(ints)
+    }
+
+    /// The packed reduction of `w` (the integers [`weights`](Self::weights) gave for node
+    /// `n`), packed by `pack` unless kept.
+    fn packed(&mut self, n: usize, w: &IntWeights, pack: impl FnOnce() -> Packed) -> Arc<Packed> {
+        if !self.keep {
+            return Arc::new(pack());
+        }
+        let c = self.nodes[n].as_mut().expect("weights came first");
+        match &c.packed {
+            Some((x, p)) if Arc::ptr_eq(&c.ints, &w.ints) && *x == w.x => p.clone(),
+            _ => {
+                let p = Arc::new(pack());
+                c.packed = Some((w.x, p.clone()));
+                p
+            }
+        }
+    }
+}
+
+/// [`plan`], keeping weight integers and packed weights in `cache` from one call to the next.
+pub(crate) fn plan_reusing(graph: &Graph, cache: &mut PlanCache) -> Option<Vec<Option<SimNode>>> {
     if graph.values.iter().all(|v| v.quant.is_none()) || graph.validate().is_err() {
         return None;
     }
     let (qparams, _) = quant_params(graph).ok()?;
-    let nodes = graph
-        .nodes
-        .iter()
-        .map(|node| {
-            let op = plan_node(graph, &qparams, node).ok()?;
-            let x = qparams[node.inputs[0]].expect("integer plans have int8 inputs");
-            let y = qparams[node.outputs[0]].expect("integer plans have int8 outputs");
-            let inputs = node.inputs.iter().map(|&i| qparams[i]).collect();
-            // The fused activation, which the integer plans hold only as the output clamp.
-            let act = match &node.op {
-                Op::Conv(c) => c.activation,
-                Op::Gemm { activation, .. } => *activation,
-                _ => Activation::Identity,
-            };
-            let op = match op {
-                IntOp::Conv { shape, w } => SimOp::Conv {
-                    parts: exact_ranges(&w).into_iter().map(|r| PackedConv2d::new(shape, &masked(&w, r), None, Activation::Identity)).collect(),
-                    plane: (shape.out_h * shape.out_w).max(1),
-                    epilogue: Epilogue::new(w, act),
-                },
-                IntOp::Gemm { w, trans_a, m, k } => SimOp::Gemm {
-                    parts: exact_ranges(&w).into_iter().map(|r| PackedB::pack_transposed(&masked(&w, r), w.k, w.n, w.k)).collect(),
-                    trans_a,
-                    m,
-                    k,
-                    epilogue: Epilogue::new(w, act),
-                },
-                IntOp::AvgPool { shape, count_include_pad, x, y } => {
-                    SimOp::AvgPool(Box::new(Qs8AvgPool2d::new(shape, count_include_pad, x.scale, x.zero_point, y.scale, y.zero_point, y.qmin, y.qmax)))
-                }
-                op @ (IntOp::Add { .. } | IntOp::Mul { .. } | IntOp::Lut(_) | IntOp::PRelu { .. } | IntOp::GlobalAvg { .. }) => SimOp::Int(op),
-                IntOp::MaxPool { .. } | IntOp::GlobalMax { .. } | IntOp::Concat { .. } | IntOp::Move { .. } | IntOp::ResizeNearest { .. } => return None,
-            };
-            Some(SimNode { op, x, y, inputs })
-        })
-        .collect();
+    let mut nodes = Vec::with_capacity(graph.nodes.len());
+    for (n, node) in graph.nodes.iter().enumerate() {
+        let Ok(op) = plan_node_with(graph, &qparams, node, &mut |node| cache.weights(graph, n, node)) else {
+            nodes.push(None);
+            continue;
+        };
+        let x = qparams[node.inputs[0]].expect("integer plans have int8 inputs");
+        let y = qparams[node.outputs[0]].expect("integer plans have int8 outputs");
+        let inputs = node.inputs.iter().map(|&i| qparams[i]).collect();
+        // The fused activation, which the integer plans hold only as the output clamp.
+        let act = match &node.op {
+            Op::Conv(c) => c.activation,
+            Op::Gemm { activation, .. } => *activation,
+            _ => Activation::Identity,
+        };
+        let op = match op {
+            IntOp::Conv { shape, w } => {
+                let int8_sums = cache.int8_sums;
+                let packed = cache.packed(n, &w, || {
+                    Packed::Conv(match int8_sums.then(|| int8_accumulators(&shape, &w)).flatten() {
+                        Some(conv) => ConvSums::Int8(Box::new(conv)),
+                        None => ConvSums::Float(exact_ranges(&w).into_iter().map(|r| PackedConv2d::new(shape, &masked(&w, r), None, Activation::Identity)).collect()),
+                    })
+                });
+                SimOp::Conv { packed, plane: (shape.out_h * shape.out_w).max(1), epilogue: Epilogue::new(w, act) }
+            }
+            IntOp::Gemm { w, trans_a, m, k } => {
+                let packed = cache.packed(n, &w, || Packed::Gemm(exact_ranges(&w).into_iter().map(|r| PackedB::pack_transposed(&masked(&w, r), w.k, w.n, w.k)).collect()));
+                SimOp::Gemm { packed, trans_a, m, k, epilogue: Epilogue::new(w, act) }
+            }
+            IntOp::AvgPool { shape, count_include_pad, x, y } => {
+                SimOp::AvgPool(Box::new(Qs8AvgPool2d::new(shape, count_include_pad, x.scale, x.zero_point, y.scale, y.zero_point, y.qmin, y.qmax)))
+            }
+            op @ (IntOp::Add { .. } | IntOp::Mul { .. } | IntOp::Lut(_) | IntOp::PRelu { .. } | IntOp::GlobalAvg { .. }) => SimOp::Int(op),
+            IntOp::MaxPool { .. } | IntOp::GlobalMax { .. } | IntOp::Concat { .. } | IntOp::Move { .. } | IntOp::ResizeNearest { .. } => {
+                nodes.push(None);
+                continue;
+            }
+        };
+        nodes.push(Some(SimNode { op, x, y, inputs }));
+    }
     Some(nodes)
 }
 
@@ -121,17 +248,70 @@ pub(crate) struct SimNode {
 }
 
 enum SimOp {
-    /// One packed FP32 convolution per exact range of the reduction.
-    Conv { parts: Vec<PackedConv2d>, plane: usize, epilogue: Epilogue },
-    /// One packed `[k][n]` weight per exact range of the reduction.
-    Gemm { parts: Vec<PackedB>, trans_a: bool, m: usize, k: usize, epilogue: Epilogue },
+    /// `packed` is a `Packed::Conv`.
+    Conv { packed: Arc<Packed>, plane: usize, epilogue: Epilogue },
+    /// `packed` is a `Packed::Gemm`.
+    Gemm { packed: Arc<Packed>, trans_a: bool, m: usize, k: usize, epilogue: Epilogue },
     AvgPool(Box<Qs8AvgPool2d>),
     /// Add/Sub, Mul, tables and global average pools, straight from the integer plan.
     Int(IntOp),
 }
 
+/// How a Conv computes its exact sums `Σ (x - zx) · w`.
+enum ConvSums {
+    /// The int8 engine's own GEMM kernels, stopped before requantization
+    /// (`PackedQs8Conv2d::run_accumulators`): pointwise and im2col convolutions, whose
+    /// accumulators stay inside i32 without the bias.
+    Int8(Box<PackedQs8Conv2d>),
+    /// One packed FP32 convolution per exact range of the reduction (depthwise convolutions).
+    Float(Vec<PackedConv2d>),
+}
+
+/// The int8 convolution that gives the accumulators of `w` without bias (its requantizers and
+/// clamp are `w`'s, unused), where the int8 kernels have them and they fit i32:
+/// `|Σ (x - zx) · w| <= 255 · Σ |w|`. The plan checked the accumulators with the bias, which
+/// can cancel part of the zero-point term, so this bound is checked again.
+fn int8_accumulators(shape: &crate::kernels::conv::Conv2dShape, w: &IntWeights) -> Option<PackedQs8Conv2d> {
+    let fits = w.ints.abs_sums.iter().all(|&s| 255 * s <= i32::MAX as i64);
+    let depthwise = shape.group == shape.in_c;
+    (fits && !depthwise).then(|| PackedQs8Conv2d::new(*shape, &w.ints.q, None, w.x.zero_point, w.requant.clone(), w.out.zero_point, w.out.qmin, w.out.qmax))
+}
+
+/// Buffers of simulated runs, reused across nodes and frames.
+#[derive(Default)]
+pub(crate) struct SimScratch {
+    /// The FP32 kernels' scratch.
+    f32s: Vec<f32>,
+    /// Input 0 as centred integers in f32 (FP32 kernels) or as int8 (int8 kernels).
+    centred: Vec<f32>,
+    ints: Vec<i8>,
+    /// The int8 kernels' scratch and accumulators.
+    packing: Vec<i8>,
+    sums: Vec<i32>,
+}
+
+/// Accumulators of a Conv or Gemm: in the output buffer as exact f32 integers, or beside it.
+#[derive(Clone, Copy)]
+enum Sums<'a> {
+    InPlace,
+    I32(&'a [i32]),
+    I64(&'a [i64]),
+}
+
+impl<'a> Sums<'a> {
+    fn range(self, start: usize, len: usize) -> Sums<'a> {
+        match self {
+            Sums::InPlace => Sums::InPlace,
+            Sums::I32(s) => Sums::I32(&s[start..][..len]),
+            Sums::I64(s) => Sums::I64(&s[start..][..len]),
+        }
+    }
+}
+
 /// Bias, requantization and clamp of a Conv or Gemm output channel.
 struct Epilogue {
+    /// Length of the reduction.
+    k: usize,
     bias: Vec<i32>,
     requant: Vec<Requantizer>,
     /// Per channel, where it is exact: the requantization as `(scale, half)` of the f64 formula
@@ -157,44 +337,47 @@ impl Epilogue {
     fn new(w: IntWeights, act: Activation) -> Epilogue {
         let spread = (w.x.qmax as i64 - w.x.zero_point as i64).max(w.x.zero_point as i64 - w.x.qmin as i64);
         let exact_f64 = w
-            .q
-            .chunks(w.k.max(1))
+            .ints
+            .abs_sums
+            .iter()
             .zip(&w.bias)
             .zip(&w.requant)
-            .map(|((row, &bias), rq)| {
-                let bound = (bias as i64).abs() + spread * row.iter().map(|&q| (q as i64).abs()).sum::<i64>();
+            .map(|((&abs_sum, &bias), rq)| {
+                let bound = (bias as i64).abs() + spread * abs_sum;
                 let t = 31 - rq.shift();
                 ((bound as i128) * (rq.multiplier() as i128) < 1i128 << 52).then(|| (rq.multiplier() as f64 * 2f64.powi(-t), 2f64.powi(-t - 1)))
             })
             .collect();
-        Epilogue { bias: w.bias, requant: w.requant, exact_f64, out: w.out, act }
+        Epilogue { k: w.k, bias: w.bias, requant: w.requant, exact_f64, out: w.out, act }
     }
 
-    /// Replaces the sums `Σ (x - zx) · w` of `out` (in f32, or `sums` when given), channels in
-    /// turn in runs of `run` elements, by their outputs dequantized with `y`. With `real`, also
-    /// writes there the real values those outputs are the rounding of, activation applied:
-    /// `act(y.scale · m_c · (bias_c + sum))`, where `m_c` is the multiplier the requantizer of
-    /// channel `c` holds, so that `y.scale · m_c` is the accumulator's scale `sx · sw[c]`
-    /// (within `2^-31`) and `real / y.scale` what the kernels round. In f32: an integer within
-    /// `2^31` times a scale, two roundings, no more than the float node's own error.
-    fn finish(&self, out: &mut [f32], sums: Option<&[i64]>, run: usize, y: Qp, mut real: Option<&mut [f32]>) {
+    /// Replaces the outputs of `out` by their values dequantized with `y`, from the sums
+    /// `Σ (x - zx) · w` in `sums` (in `out` itself as f32, or beside it), channels in turn in
+    /// runs of `run` elements. With `real`, also writes there the real values those outputs are
+    /// the rounding of, activation applied: `act(y.scale · m_c · (bias_c + sum))`, where `m_c`
+    /// is the multiplier the requantizer of channel `c` holds, so that `y.scale · m_c` is the
+    /// accumulator's scale `sx · sw[c]` (within `2^-31`) and `real / y.scale` what the kernels
+    /// round. In f32: an integer within `2^31` times a scale, two roundings, no more than the
+    /// float node's own error.
+    fn finish(&self, out: &mut [f32], sums: Sums, run: usize, y: Qp, mut real: Option<&mut [f32]>) {
         let Clamp { zero_point, qmin, qmax } = self.out;
         let (zp, lo, hi) = (zero_point as f64, qmin as f64, qmax as f64);
         for (i, chunk) in out.chunks_mut(run).enumerate() {
             let c = i % self.bias.len();
             let (bias, rq) = (self.bias[c], &self.requant[c]);
-            let sums = sums.map(|s| &s[i * run..][..chunk.len()]);
+            let sums = sums.range(i * run, chunk.len());
             if let Some(r) = real.as_deref_mut() {
                 let (scale, b) = ((y.scale as f64 * rq.real()) as f32, bias as f32);
                 let r = &mut r[i * run..][..chunk.len()];
                 match sums {
-                    None => r.iter_mut().zip(chunk.iter()).for_each(|(r, &v)| *r = scale * (v + b)),
-                    Some(s) => r.iter_mut().zip(s).for_each(|(r, &s)| *r = scale * (s + bias as i64) as f32),
+                    Sums::InPlace => r.iter_mut().zip(chunk.iter()).for_each(|(r, &v)| *r = scale * (v + b)),
+                    Sums::I32(s) => r.iter_mut().zip(s).for_each(|(r, &s)| *r = scale * s.wrapping_add(bias) as f32),
+                    Sums::I64(s) => r.iter_mut().zip(s).for_each(|(r, &s)| *r = scale * (s + bias as i64) as f32),
                 }
             }
-            // The int8 plan checked that the accumulator fits i32 (its kernels hold it there);
-            // a sum in f32 is an exact integer below 2^24. Both forms give the same f32 as
-            // `y.dequantize(requantize_clamped(acc, ..))`.
+            // The int8 plan checked that the accumulator with its bias fits i32 (its kernels
+            // hold it there); a sum in f32 is an exact integer below 2^24. Every form gives the
+            // same f32 as `y.dequantize(requantize_clamped(acc, ..))`.
             match self.exact_f64[c] {
                 Some((scale, half)) => {
                     let output = |acc: f64| {
@@ -205,15 +388,17 @@ impl Epilogue {
                     };
                     let b = bias as f64;
                     match sums {
-                        None => chunk.iter_mut().for_each(|v| *v = output(*v as f64 + b)),
-                        Some(s) => chunk.iter_mut().zip(s).for_each(|(v, &s)| *v = output((s + bias as i64) as f64)),
+                        Sums::InPlace => chunk.iter_mut().for_each(|v| *v = output(*v as f64 + b)),
+                        Sums::I32(s) => chunk.iter_mut().zip(s).for_each(|(v, &s)| *v = output(s.wrapping_add(bias) as f64)),
+                        Sums::I64(s) => chunk.iter_mut().zip(s).for_each(|(v, &s)| *v = output((s + bias as i64) as f64)),
                     }
                 }
                 None => {
                     let output = |acc: i32| y.dequantize(requantize_clamped(acc, rq, zero_point, qmin, qmax));
                     match sums {
-                        None => chunk.iter_mut().for_each(|v| *v = output(bias.wrapping_add(*v as i32))),
-                        Some(s) => chunk.iter_mut().zip(s).for_each(|(v, &s)| *v = output((bias as i64 + s) as i32)),
+                        Sums::InPlace => chunk.iter_mut().for_each(|v| *v = output(bias.wrapping_add(*v as i32))),
+                        Sums::I32(s) => chunk.iter_mut().zip(s).for_each(|(v, &s)| *v = output(s.wrapping_add(bias))),
+                        Sums::I64(s) => chunk.iter_mut().zip(s).for_each(|(v, &s)| *v = output((bias as i64 + s) as i32)),
                     }
                 }
             }
@@ -230,16 +415,15 @@ impl Epilogue {
 fn exact_ranges(w: &IntWeights) -> Vec<Range<usize>> {
     let zx = w.x.zero_point as i64;
     let spread = (w.x.qmax as i64 - zx).max(zx - w.x.qmin as i64);
-    let row_bound = |row: &[i8]| row.iter().map(|&q| (q as i64).abs()).sum::<i64>() * spread;
     // The usual case, in one pass along the rows: no channel's whole reduction can pass it.
-    if w.q.chunks(w.k.max(1)).all(|row| row_bound(row) <= F32_EXACT) {
+    if w.ints.abs_sums.iter().all(|&s| s * spread <= F32_EXACT) {
         return std::iter::once(0..w.k).collect();
     }
     let mut bound = vec![0i64; w.n];
     let mut ranges = Vec::new();
     let mut start = 0;
     for r in 0..w.k {
-        let term = |c: usize| (w.q[c * w.k + r] as i64).abs() * spread;
+        let term = |c: usize| (w.ints.q[c * w.k + r] as i64).abs() * spread;
         if (0..w.n).any(|c| bound[c] + term(c) > F32_EXACT) {
             ranges.push(start..r);
             start = r;
@@ -255,8 +439,8 @@ fn exact_ranges(w: &IntWeights) -> Vec<Range<usize>> {
 
 /// The weights' integers as f32, zero outside the reduction range `keep`.
 fn masked(w: &IntWeights, keep: Range<usize>) -> Vec<f32> {
-    let mut out = vec![0f32; w.q.len()];
-    for (o, q) in out.chunks_mut(w.k.max(1)).zip(w.q.chunks(w.k.max(1))) {
+    let mut out = vec![0f32; w.ints.q.len()];
+    for (o, q) in out.chunks_mut(w.k.max(1)).zip(w.ints.q.chunks(w.k.max(1))) {
         o[keep.clone()].iter_mut().zip(&q[keep.clone()]).for_each(|(o, &q)| *o = q as f32);
     }
     out
@@ -279,36 +463,40 @@ fn sum_parts<P>(parts: &[P], out: &mut [f32], mut run: impl FnMut(&P, &mut [f32]
     Some(sums)
 }
 
-/// The integer `q - zero_point` of `v`, a computed value on the grid of `p`. `v / scale` is the
-/// quotient `quantize_f32` rounds, within `2 · 2^-24 · 255` of an integer in `[-255, 255]`
-/// (`v` is `scale · (q - zero_point)` rounded once), so any rounding to nearest gives the same
-/// integer. Adding `1.5 · 2^23` rounds it into the low mantissa bits, which vectorises, where
-/// `round_ties_even` is a library call on targets without a rounding instruction.
+/// The integer `q - zero_point` of `v`, a computed value on the grid of `p`, given
+/// `inv_scale = 1 / p.scale` (rounded). `v` is `scale · n` rounded once, `n` an integer in
+/// `[-255, 255]`, so `v · inv_scale` is `n` within three relative roundings of `2^-24`, about
+/// `5e-5` at most: any rounding to nearest gives `n`, and a product is several times cheaper
+/// than a quotient. Adding `1.5 · 2^23` rounds it into the low mantissa bits, which vectorises,
+/// where `round_ties_even` is a library call on targets without a rounding instruction.
 #[inline]
-fn centred_int(v: f32, p: &Qp) -> i32 {
+fn centred_int(v: f32, inv_scale: f32) -> i32 {
     const MAGIC: f32 = 12_582_912.0;
-    ((v / p.scale + MAGIC).to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32)
+    ((v * inv_scale + MAGIC).to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32)
 }
 
 impl SimNode {
     /// The node's output on inputs on their grids (or f32 where not quantized), dequantized.
     pub(crate) fn run(&self, g: &Graph, node: &Node, args: &[&[f32]], scratch: &mut Vec<f32>) -> Result<Vec<Vec<f32>>> {
         let mut out = vec![0f32; g.values[node.outputs[0]].len()];
-        self.run_into(g, node, args, scratch, &mut Vec::new(), &mut out, None)?;
+        let mut buffers = SimScratch { f32s: std::mem::take(scratch), ..SimScratch::default() };
+        let done = self.run_into(g, node, args, &mut buffers, &mut out, None);
+        *scratch = buffers.f32s;
+        done?;
         Ok(vec![out])
     }
 
     /// Bytes of the packed weights (about: the kernels pad their panels).
     pub(crate) fn packed_bytes(&self) -> usize {
         match &self.op {
-            SimOp::Conv { parts, epilogue, .. } => {
-                let s = parts.first().map_or(0, |p| {
-                    let s = p.shape();
-                    s.in_c / s.group.max(1) * s.kernel_h * s.kernel_w
-                });
-                4 * parts.len() * epilogue.bias.len() * s
+            SimOp::Conv { packed, epilogue, .. } | SimOp::Gemm { packed, epilogue, .. } => {
+                let weights = epilogue.bias.len() * epilogue.k;
+                match &**packed {
+                    Packed::Conv(ConvSums::Int8(_)) => 2 * weights,
+                    Packed::Conv(ConvSums::Float(parts)) => 4 * parts.len() * weights,
+                    Packed::Gemm(parts) => 4 * parts.len() * weights,
+                }
             }
-            SimOp::Gemm { parts, k, epilogue, .. } => 4 * parts.len() * epilogue.bias.len() * k,
             SimOp::AvgPool(_) | SimOp::Int(_) => 0,
         }
     }
@@ -319,12 +507,11 @@ impl SimNode {
         matches!(self.op, SimOp::Conv { .. } | SimOp::Gemm { .. })
     }
 
-    /// [`run`](Self::run) into `out` (the node's only output), with `centred` as a buffer for the
-    /// integers of input 0 (Conv, Gemm; any contents). With `real` (only where
-    /// [`gives_real`](Self::gives_real)), also the value before rounding, `act(sx · sw[c] ·
-    /// (acc + bias))`: what the float node computes, from the exact accumulator.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn run_into(&self, g: &Graph, node: &Node, args: &[&[f32]], scratch: &mut Vec<f32>, centred: &mut Vec<f32>, out: &mut [f32], mut real: Option<&mut [f32]>) -> Result<()> {
+    /// [`run`](Self::run) into `out` (the node's only output), with buffers from `scratch`
+    /// (any contents). With `real` (only where [`gives_real`](Self::gives_real)), also the value
+    /// before rounding, `act(sx · sw[c] · (acc + bias))`: what the float node computes, from the
+    /// exact accumulator.
+    pub(crate) fn run_into(&self, g: &Graph, node: &Node, args: &[&[f32]], scratch: &mut SimScratch, out: &mut [f32], mut real: Option<&mut [f32]>) -> Result<()> {
         let (x, y) = (self.x, self.y);
         debug_assert_eq!(out.len(), g.values[node.outputs[0]].len());
         assert!(real.is_none() || self.gives_real(), "only Conv, Gemm and MatMul give their real values");
@@ -335,29 +522,46 @@ impl SimNode {
             if g.values[node.inputs[i]].is_const() {
                 args[i].iter().map(|&v| p.quantize(v)).collect()
             } else {
-                args[i].iter().map(|&v| (centred_int(v, &p) + p.zero_point) as i8).collect()
+                let inv = 1.0 / p.scale;
+                args[i].iter().map(|&v| (centred_int(v, inv) + p.zero_point) as i8).collect()
             }
         };
         // Conv and Gemm read input 0, which is computed (a constant one was folded away).
+        let inv = 1.0 / x.scale;
         let centred_x = |centred: &mut Vec<f32>| {
             centred.resize(args[0].len(), 0.0);
-            centred.iter_mut().zip(args[0]).for_each(|(c, &v)| *c = centred_int(v, &x) as f32);
+            centred.iter_mut().zip(args[0]).for_each(|(c, &v)| *c = centred_int(v, inv) as f32);
         };
+        let batch = g.values[node.inputs[0]].shape.first().copied().unwrap_or(1).max(1);
+        let (per_x, per_y) = ((args[0].len() / batch).max(1), (out.len() / batch).max(1));
         match &self.op {
-            SimOp::Conv { parts, plane, epilogue } => {
-                centred_x(centred);
-                let xc = &centred[..];
-                let batch = g.values[node.inputs[0]].shape[0].max(1);
-                let (per_x, per_y) = (xc.len() / batch, out.len() / batch);
-                for (n, (xn, yn)) in xc.chunks_exact(per_x.max(1)).zip(out.chunks_exact_mut(per_y.max(1))).enumerate() {
-                    let sums = sum_parts(parts, yn, |p, acc| p.run(xn, acc, scratch));
-                    let rn = real.as_deref_mut().map(|r| &mut r[n * per_y..][..per_y]);
-                    epilogue.finish(yn, sums.as_deref(), *plane, y, rn);
+            SimOp::Conv { packed, plane, epilogue } => match &**packed {
+                Packed::Conv(ConvSums::Int8(conv)) => {
+                    let SimScratch { ints, packing, sums, .. } = scratch;
+                    ints.resize(args[0].len(), 0);
+                    ints.iter_mut().zip(args[0]).for_each(|(q, &v)| *q = (centred_int(v, inv) + x.zero_point) as i8);
+                    sums.resize(per_y, 0);
+                    for (n, (xn, yn)) in ints.chunks_exact(per_x).zip(out.chunks_exact_mut(per_y)).enumerate() {
+                        assert!(conv.run_accumulators(xn, sums, packing), "a GEMM convolution gives its accumulators");
+                        let rn = real.as_deref_mut().map(|r| &mut r[n * per_y..][..per_y]);
+                        epilogue.finish(yn, Sums::I32(sums), *plane, y, rn);
+                    }
                 }
-            }
-            SimOp::Gemm { parts, trans_a, m, k, epilogue } => {
-                centred_x(centred);
-                let xc = &centred[..];
+                Packed::Conv(ConvSums::Float(parts)) => {
+                    centred_x(&mut scratch.centred);
+                    let xc = &scratch.centred[..];
+                    for (n, (xn, yn)) in xc.chunks_exact(per_x).zip(out.chunks_exact_mut(per_y)).enumerate() {
+                        let sums = sum_parts(parts, yn, |p, acc| p.run(xn, acc, &mut scratch.f32s));
+                        let rn = real.as_deref_mut().map(|r| &mut r[n * per_y..][..per_y]);
+                        epilogue.finish(yn, sums.as_deref().map_or(Sums::InPlace, Sums::I64), *plane, y, rn);
+                    }
+                }
+                Packed::Gemm(_) => unreachable!("a Conv packs a convolution"),
+            },
+            SimOp::Gemm { packed, trans_a, m, k, epilogue } => {
+                let Packed::Gemm(parts) = &**packed else { unreachable!("a Gemm packs a matrix") };
+                centred_x(&mut scratch.centred);
+                let xc = &scratch.centred[..];
                 let pa = if *trans_a {
                     let mut t = vec![0f32; xc.len()];
                     layout::transpose(xc, &[*k, *m], &[1, 0], &mut t);
@@ -370,7 +574,8 @@ impl SimNode {
                 // Rows of `n` channels: each channel is a run of one element.
                 for (r, row) in out.chunks_exact_mut(n.max(1)).enumerate() {
                     let rr = real.as_deref_mut().map(|v| &mut v[r * n..][..n]);
-                    epilogue.finish(row, sums.as_ref().map(|s| &s[r * n..][..n]), 1, y, rr);
+                    let s = sums.as_deref().map_or(Sums::InPlace, |s| Sums::I64(&s[r * n..][..n]));
+                    epilogue.finish(row, s, 1, y, rr);
                 }
             }
             SimOp::AvgPool(pool) => {
@@ -441,7 +646,7 @@ mod tests {
     use crate::rng::Rng;
 
     /// The epilogue against `y.dequantize(requantize_clamped(bias + acc))` bit for bit, on both
-    /// of its forms (f64 where exact, else the integer one), with sums in f32 and in i64, over
+    /// of its forms (f64 where exact, else the integer one), with sums in f32, i32 and i64, over
     /// random channels, accumulators up to their bound, and ties (multipliers that are powers of
     /// two put every odd accumulator on one).
     #[test]
@@ -466,7 +671,7 @@ mod tests {
             let bound = q.iter().map(|&w| (w as i64).abs()).sum::<i64>() * spread;
             // The plan refuses channels whose accumulators could requantize past i32.
             let bound = bound.min((2f64.powi(30) / rq.real()) as i64 - bias.unsigned_abs() as i64).max(0);
-            let e = Epilogue::new(IntWeights { q, n: 1, k, bias: vec![bias], x, requant: vec![rq], out }, Activation::Identity);
+            let e = Epilogue::new(IntWeights { ints: Arc::new(WeightInts::new(q, k, vec![1.0])), n: 1, k, bias: vec![bias], x, requant: vec![rq], out }, Activation::Identity);
             match e.exact_f64[0] {
                 Some(_) => exact += 1,
                 None => integer += 1,
@@ -474,11 +679,14 @@ mod tests {
             let sums: Vec<i64> = (0..256).map(|i| if i < 16 { [0, 1, -1, bound, -bound][i % 5] } else { rng.int(-bound, bound) }).collect();
             let want: Vec<f32> = sums.iter().map(|&s| y.dequantize(requantize_clamped(bias + s as i32, &rq, out.zero_point, out.qmin, out.qmax))).collect();
             let mut got = vec![0f32; sums.len()];
-            e.finish(&mut got, Some(&sums), sums.len(), y, None);
+            e.finish(&mut got, Sums::I64(&sums), sums.len(), y, None);
             assert_eq!(got, want, "trial {trial}: {rq:?}, bias {bias}");
+            let sums32: Vec<i32> = sums.iter().map(|&s| s as i32).collect();
+            e.finish(&mut got, Sums::I32(&sums32), sums.len(), y, None);
+            assert_eq!(got, want, "trial {trial} from i32: {rq:?}, bias {bias}");
             if bound <= F32_EXACT {
                 let mut got: Vec<f32> = sums.iter().map(|&s| s as f32).collect();
-                e.finish(&mut got, None, sums.len(), y, None);
+                e.finish(&mut got, Sums::InPlace, sums.len(), y, None);
                 assert_eq!(got, want, "trial {trial} in f32: {rq:?}, bias {bias}");
             }
         }

@@ -45,7 +45,7 @@
 
 use super::fake_quant::FakeQuant;
 use super::ops::{self, add_into, Bwd, Fwd, Scratch, TrainOp};
-use crate::engine::sim::{self, SimNode};
+use crate::engine::sim::{self, PlanCache, SimNode, SimScratch};
 use crate::ir::{Graph, ValueId};
 use crate::{Error, Result};
 
@@ -89,6 +89,9 @@ pub struct Tape {
     /// Per node: its integer simulation (`engine::sim`) from [`simulate`](Tape::simulate), or
     /// none (the node's outputs are fake-quantized). Empty without a simulation.
     sim: Vec<Option<SimNode>>,
+    sim_scratch: SimScratch,
+    /// What one simulation's plans keep for the next (weights that did not change).
+    plan_cache: PlanCache,
     /// Per node: its op's forward keeps nothing for the backward (`aux` stays empty), learnt at
     /// its first forward. Such a forward is skipped where the simulation gives the values
     /// before rounding itself.
@@ -180,6 +183,8 @@ impl Tape {
             dirty: vec![false; nv],
             packed_once: false,
             sim: Vec::new(),
+            sim_scratch: SimScratch::default(),
+            plan_cache: PlanCache::default(),
             aux_free: vec![None; g.nodes.len()],
             profile: None,
             g,
@@ -202,7 +207,7 @@ impl Tape {
         let scratch = [&s.conv, &s.t0, &s.t1, &s.t2, &s.t3, &s.t4].iter().map(|b| b.capacity()).sum::<usize>();
         let kept = self.grads.iter().flatten().map(|b| b.capacity()).sum::<usize>();
         let consts = self.consts.iter().flatten().map(|b| b.capacity()).sum::<usize>();
-        let plans = self.sim.iter().flatten().map(|s| s.packed_bytes()).sum::<usize>();
+        let plans = self.sim.iter().flatten().map(|s| s.packed_bytes()).sum::<usize>() + self.plan_cache.bytes();
         4 * (vecs(&self.vals) + vecs(&self.pre) + vecs(&self.aux) + vecs(&self.pool) + scratch + kept + consts) + plans
     }
 
@@ -278,7 +283,7 @@ impl Tape {
     pub fn simulate(&mut self, graph: &Graph) -> Result<bool> {
         self.sim.clear();
         self.check_same_model(graph)?;
-        self.sim = sim::plan(graph).unwrap_or_default();
+        self.sim = sim::plan_reusing(graph, &mut self.plan_cache).unwrap_or_default();
         Ok(!self.sim.is_empty())
     }
 
@@ -318,7 +323,7 @@ impl Tape {
         if !self.prepared {
             self.prepare();
         }
-        let Tape { g, ops, quant, consts, vals, pre, aux, scratch, sim, aux_free, profile, .. } = self;
+        let Tape { g, ops, quant, consts, vals, pre, aux, scratch, sim, sim_scratch, aux_free, profile, .. } = self;
         if inputs.len() != g.inputs.len() {
             return Err(Error::Invalid(format!("the model takes {} inputs, {} were given", g.inputs.len(), inputs.len())));
         }
@@ -365,7 +370,7 @@ impl Tape {
                 if let (Some(p), Some(out)) = (plan, simulated.as_mut()) {
                     out.resize(outs[0].len(), 0.0);
                     let real = (gives_real && aux_free[n] == Some(true)).then_some(&mut outs[0][..]);
-                    p.run_into(g, node, &args, &mut scratch.conv, &mut scratch.t0, out, real)?;
+                    p.run_into(g, node, &args, sim_scratch, out, real)?;
                 }
             }
             for (k, (&o, b)) in node.outputs.iter().zip(outs).enumerate() {
@@ -639,6 +644,46 @@ mod tests {
             input_grads: true,
         };
         (q, spec, frames)
+    }
+
+    /// Both ways the simulation sums a convolution (the int8 kernels' accumulators, wasm's
+    /// default; the FP32 kernels on integers, native's) give the int8 engine's values, before
+    /// and after a weight changes; a re-plan packs again exactly the weights that changed.
+    #[test]
+    fn both_convolution_sums_and_kept_weights_follow_the_int8_engine() {
+        let (q, spec, frames) = quantized_graph();
+        let (w3, w4) = (q.find_value("w3").unwrap(), q.find_value("w4").unwrap());
+        let node_of = |w: ValueId| q.nodes.iter().position(|n| n.inputs.get(1) == Some(&w)).unwrap();
+        for int8_sums in [false, true] {
+            let mut tape = Tape::new(q.clone(), spec.clone()).unwrap();
+            tape.plan_cache = PlanCache::with_int8_sums(int8_sums);
+            let mut g = q.clone();
+            let (mut ids, mut _held) = (Vec::new(), None);
+            for round in 0..3 {
+                assert!(tape.simulate(&g).unwrap());
+                let int8 = crate::engine::Int8Engine::new(g.clone()).unwrap();
+                for f in &frames {
+                    tape.forward(&[f]).unwrap();
+                    int8.run_observed(&[f], &mut |v, d| assert_eq!(tape.value(v), d, "int8 sums {int8_sums}, round {round}: {}", g.values[v].name)).unwrap();
+                }
+                let (now, held) = tape.plan_cache.packed_ids();
+                match round {
+                    0 => assert!(now[node_of(w3)] != 0 && now[node_of(w4)] != 0),
+                    1 => {
+                        assert_ne!(now[node_of(w3)], ids[node_of(w3)], "the changed weight is packed again");
+                        assert_eq!(now[node_of(w4)], ids[node_of(w4)], "the unchanged weight is kept");
+                    }
+                    _ => assert_eq!(now, ids, "nothing changed, everything is kept"),
+                }
+                (ids, _held) = (now, Some(held));
+                if round == 0 {
+                    // The pointwise weight negated: still on its grid (symmetric integers).
+                    let d = tape.const_data_mut(w3);
+                    d.iter_mut().for_each(|v| *v = -*v);
+                    g.values[w3].data = Some(std::sync::Arc::new(d.to_vec()));
+                }
+            }
+        }
     }
 
     #[test]

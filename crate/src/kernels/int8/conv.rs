@@ -238,30 +238,42 @@ impl PackedQs8Conv2d {
                 let _ = prepared;
                 self.run_depthwise(weight, bias, *kernel, input, output, scratch)
             }
-            Path::Pointwise { w } => {
-                let (icg, hw) = (s.in_c / s.group, s.in_h * s.in_w);
-                self.run_gemm(w, input, output, scratch, |dst, x, n0, nc| {
-                    gemm::pack_x(dst, &x[n0..], icg, nc, hw)
-                });
-            }
-            Path::Im2col { w } => {
-                let zx = self.input_zero_point;
-                self.run_gemm(w, input, output, scratch, |dst, x, n0, nc| {
-                    im2col_packed(dst, x, s, zx, n0, nc)
-                });
+            Path::Pointwise { w } | Path::Im2col { w } => {
+                self.run_gemm(w, input, output, scratch, |prepared| gemm::Requantize {
+                    requant: gemm::ChannelRequant::Prepared(prepared),
+                    params: &self.params,
+                })
             }
         }
     }
 
-    /// Per group and per block of output pixels: `fill(dst, group_input, n0, nc)` packs
-    /// columns `n0..n0 + nc` of `X` into `dst`, then the GEMM writes them to the output.
-    fn run_gemm(
+    /// The exact accumulators `bias[c] + Σ (x - zx) · w` of every output, in i32 and in the
+    /// output's layout, before requantization: what [`run`](Self::run) requantizes, from the
+    /// same kernels. Only the GEMM paths (pointwise and im2col) have them; returns false, and
+    /// writes nothing, for a depthwise convolution.
+    pub fn run_accumulators(&self, input: &[i8], output: &mut [i32], scratch: &mut Vec<i8>) -> bool {
+        let s = &self.shape;
+        assert_eq!(input.len(), s.in_c * s.in_h * s.in_w, "qs8 conv input size for {s:?}");
+        assert_eq!(output.len(), s.out_c * s.out_h * s.out_w, "qs8 conv output size for {s:?}");
+        match &self.path {
+            Path::Depthwise { .. } => false,
+            Path::Pointwise { w } | Path::Im2col { w } => {
+                self.run_gemm(w, input, output, scratch, |_| gemm::Accumulate);
+                true
+            }
+        }
+    }
+
+    /// Per group and per block of output pixels: packs columns `n0..n0 + nc` of `X` (the
+    /// input itself for a pointwise convolution, its im2col matrix otherwise), then the GEMM
+    /// writes them to the output through the group's `tiles`.
+    fn run_gemm<'a, O: gemm::TileOutput>(
         &self,
-        w: &[(PackedWeightsQs8, Vec<PreparedRequant>)],
+        w: &'a [(PackedWeightsQs8, Vec<PreparedRequant>)],
         input: &[i8],
-        output: &mut [i8],
+        output: &mut [O::T],
         scratch: &mut Vec<i8>,
-        fill: impl Fn(&mut [i8], &[i8], usize, usize),
+        tiles: impl Fn(&'a [PreparedRequant]) -> O,
     ) {
         let s = &self.shape;
         let (icg, ocg) = (s.in_c / s.group, s.out_c / s.group);
@@ -269,15 +281,20 @@ impl PackedQs8Conv2d {
         let kc = (icg * s.kernel_h * s.kernel_w).next_multiple_of(2);
         let block = (X_BLOCK_BYTES / kc.max(1) / NR * NR).clamp(NR, n.next_multiple_of(NR));
         let dst = gemm::grow(scratch, gemm::packed_x_len(kc, block));
+        let pointwise = matches!(self.path, Path::Pointwise { .. });
         for (g, (w, prepared)) in w.iter().enumerate() {
             let x = &input[g * in_len..][..in_len];
-            let requant = gemm::ChannelRequant::Prepared(prepared);
+            let tiles = tiles(prepared);
             for n0 in (0..n).step_by(block) {
                 let nc = block.min(n - n0);
                 let packed = &mut dst[..gemm::packed_x_len(w.k(), nc)];
-                fill(packed, x, n0, nc);
+                if pointwise {
+                    gemm::pack_x(packed, &x[n0..], icg, nc, s.in_h * s.in_w);
+                } else {
+                    im2col_packed(packed, x, s, self.input_zero_point, n0, nc);
+                }
                 let out = &mut output[g * ocg * n + n0..];
-                gemm::gemm_packed(w, packed, nc, requant, &self.params, out, [n, 1]);
+                gemm::gemm_packed(w, packed, nc, &tiles, out, [n, 1]);
             }
         }
     }
@@ -1118,6 +1135,16 @@ mod tests {
         for (i, (&got, &a)) in out.iter().zip(&acc).enumerate() {
             let want = reference_output(a, &rq[i / plane], zy, clamp.0, clamp.1);
             assert_eq!(got, want, "{what}: output[{i}] (c {}, acc {a})", i / plane);
+        }
+        // The accumulators themselves on the GEMM paths; the depthwise one has none.
+        let mut sums = vec![i32::MIN; acc.len()];
+        let given = conv.run_accumulators(x, &mut sums, &mut scratch);
+        assert_eq!(given, PathKind::choose(s) != PathKind::Depthwise, "{what}: accumulators given");
+        if given {
+            let sums: Vec<i64> = sums.iter().map(|&v| v as i64).collect();
+            assert_eq!(sums, acc, "{what}: accumulators");
+        } else {
+            assert!(sums.iter().all(|&v| v == i32::MIN), "{what}: a depthwise run wrote accumulators");
         }
     }
 

@@ -29,6 +29,11 @@
 //! all 4 channels allow it, about 14 vector operations per 4 outputs), narrows with saturation
 //! and stores 8 bytes per row.
 //!
+//! The accumulation of a tile is one function (`tile_4x8c2_*`, `qs8_gemm_4x1c2_*`) and what
+//! happens to the accumulators is the driver's [`TileOutput`]: requantized to int8 (the
+//! engine), or stored as they are in i32 (`qs8_gemm_4x8c2`: the simulation QAT trains on needs
+//! the values before rounding, and takes them from the same kernels).
+//!
 //! The driver walks weight panel by weight panel (each stays in L1) over all the columns of the
 //! packed X, which the convolutions size to stay in cache; the microkernel loops over the full
 //! column panels itself, so the per-tile cost is the tile's work, and its 4 output rows are
@@ -258,15 +263,11 @@ pub fn qs8_gemm(
     let dst = grow(scratch, packed_x_len(k, m));
     pack_x_transposed(dst, input, k, m, lda);
     let params = OutputParams::new(output_zero_point, qmin, qmax);
-    gemm_packed(
-        w,
-        dst,
-        m,
-        ChannelRequant::Plain(requant),
-        &params,
-        out,
-        [1, ldc],
-    );
+    let output = Requantize {
+        requant: ChannelRequant::Plain(requant),
+        params: &params,
+    };
+    gemm_packed(w, dst, m, &output, out, [1, ldc]);
 }
 
 /// `scratch[..len]`, growing `scratch` if it is shorter (never shrinking it).
@@ -371,24 +372,89 @@ impl ChannelRequant<'_> {
     }
 }
 
+/// What the GEMM does with the exact i32 accumulators of its tiles: [`Requantize`] them to
+/// int8 (the int8 engine), or keep them ([`Accumulate`]: the simulation QAT trains on needs the
+/// values before rounding). One driver walks the tiles for both, so they cover the same
+/// outputs and the same edge cases.
+pub(super) trait TileOutput {
+    type T: Copy + Default;
+    /// What the tiles of weight panel `i` (channels `i * MR..`) need, computed once per panel.
+    type Panel;
+    fn panel(&self, w: &PackedWeightsQs8, i: usize) -> Self::Panel;
+    /// `panels` full tiles of the weight panel `a` and the X panels `b`, into `c` (row stride
+    /// `ldc`).
+    #[allow(clippy::too_many_arguments)]
+    fn tiles(p: &Self::Panel, a: &[i16], b: &[i8], panels: usize, bias: &[i32], c: &mut [Self::T], ldc: usize);
+    /// Column `col` of the X panel `b`, the 4 channels.
+    fn column(p: &Self::Panel, a: &[i16], b: &[i8], col: usize, bias: &[i32]) -> [Self::T; MR];
+}
+
+/// Outputs `clamp(zy + requant[c](acc), qmin, qmax)` in int8.
+pub(super) struct Requantize<'a> {
+    pub requant: ChannelRequant<'a>,
+    pub params: &'a OutputParams,
+}
+
+impl TileOutput for Requantize<'_> {
+    type T = i8;
+    type Panel = ([PreparedRequant; MR], OutputParams);
+
+    fn panel(&self, w: &PackedWeightsQs8, i: usize) -> Self::Panel {
+        let n = w.n;
+        assert_eq!(self.requant.len(), n, "qs8 gemm: {} requantizers for {n} channels", self.requant.len());
+        // Padding channels of the last panel: any fast requantizer (their outputs are dropped).
+        let mut rq = [PreparedRequant::new(&Requantizer::from_real(0.25), 0); MR];
+        let row = i * MR;
+        for (r, p) in rq.iter_mut().enumerate().take(MR.min(n - row)) {
+            *p = match self.requant {
+                ChannelRequant::Prepared(v) => v[row + r],
+                ChannelRequant::Plain(v) => PreparedRequant::new(&v[row + r], w.max_abs_acc[row + r]),
+            };
+        }
+        (rq, *self.params)
+    }
+
+    fn tiles((rq, params): &Self::Panel, a: &[i16], b: &[i8], panels: usize, bias: &[i32], c: &mut [i8], ldc: usize) {
+        qs8_gemm_minmax_4x8c2(a, b, panels, bias, rq, params, c, ldc);
+    }
+
+    fn column((rq, params): &Self::Panel, a: &[i16], b: &[i8], col: usize, bias: &[i32]) -> [i8; MR] {
+        let mut o = [0i8; MR];
+        qs8_gemm_minmax_4x1c2(a, b, col, bias, rq, params, &mut o);
+        o
+    }
+}
+
+/// Outputs the accumulators `bias[c] + Σ_p W[c][p] · X[p][j]` themselves, in i32: with the
+/// packer's zero-point-corrected bias, `bias[c] + Σ_p W[c][p] · (X[p][j] - zx)`.
+pub(super) struct Accumulate;
+
+impl TileOutput for Accumulate {
+    type T = i32;
+    type Panel = ();
+
+    fn panel(&self, _: &PackedWeightsQs8, _: usize) {}
+
+    fn tiles(_: &(), a: &[i16], b: &[i8], panels: usize, bias: &[i32], c: &mut [i32], ldc: usize) {
+        qs8_gemm_4x8c2(a, b, panels, bias, c, ldc);
+    }
+
+    fn column(_: &(), a: &[i16], b: &[i8], col: usize, bias: &[i32]) -> [i32; MR] {
+        qs8_gemm_4x1c2(a, b, col, bias)
+    }
+}
+
 /// The GEMM on packed `X` (`x`, `cols` columns): output `(c, j)` goes to
-/// `out[c * strides[0] + j * strides[1]]`. `requant` has one requantizer per channel.
-pub(super) fn gemm_packed(
+/// `out[c * strides[0] + j * strides[1]]`, as `output` makes it of the accumulator.
+pub(super) fn gemm_packed<O: TileOutput>(
     w: &PackedWeightsQs8,
     x: &[i8],
     cols: usize,
-    requant: ChannelRequant,
-    params: &OutputParams,
-    out: &mut [i8],
+    output: &O,
+    out: &mut [O::T],
     [row_stride, col_stride]: [usize; 2],
 ) {
     let (n, kc) = (w.n, w.kc());
-    assert_eq!(
-        requant.len(),
-        n,
-        "qs8 gemm: {} requantizers for {n} channels",
-        requant.len()
-    );
     assert_eq!(x.len(), packed_x_len(w.k, cols), "qs8 gemm: packed X size");
     assert!(w.rows.is_empty(), "qs8 gemm: weights in the row layout");
     if n == 0 || cols == 0 {
@@ -398,21 +464,6 @@ pub(super) fn gemm_packed(
         out.len() > (n - 1) * row_stride + (cols - 1) * col_stride,
         "qs8 gemm: output too small for {n}x{cols} with strides {row_stride}, {col_stride}"
     );
-    // Padding channels of the last panel: any fast requantizer (their outputs are dropped).
-    let padding = PreparedRequant::new(&Requantizer::from_real(0.25), 0);
-    let prepare = |i: usize| {
-        let mut rq = [padding; MR];
-        let row = i * MR;
-        for (r, p) in rq.iter_mut().enumerate().take(MR.min(n - row)) {
-            *p = match requant {
-                ChannelRequant::Prepared(v) => v[row + r],
-                ChannelRequant::Plain(v) => {
-                    PreparedRequant::new(&v[row + r], w.max_abs_acc[row + r])
-                }
-            };
-        }
-        rq
-    };
     // Weight panel by weight panel (it stays in L1), over every column of the packed X (a
     // block of a convolution, sized to stay in cache): the microkernel sweeps the full
     // column panels itself, writing its 4 output rows sequentially; partial tiles go through
@@ -420,7 +471,7 @@ pub(super) fn gemm_packed(
     let (row_panels, col_panels) = (n.div_ceil(MR), cols.div_ceil(NR));
     let full_panels = if col_stride == 1 { cols / NR } else { 0 };
     for i in 0..row_panels {
-        let rq = prepare(i);
+        let panel = output.panel(w, i);
         let row = i * MR;
         let rows = MR.min(n - row);
         let a = &w.w[i * MR * kc..][..MR * kc];
@@ -429,7 +480,7 @@ pub(super) fn gemm_packed(
         if rows == MR && full_panels > 0 {
             let b = &x[..full_panels * NR * kc];
             let c = &mut out[row * row_stride..];
-            qs8_gemm_minmax_4x8c2(a, b, full_panels, bias, &rq, params, c, row_stride);
+            O::tiles(&panel, a, b, full_panels, bias, c, row_stride);
             first_edge = full_panels;
         }
         for j in first_edge..col_panels {
@@ -441,16 +492,15 @@ pub(super) fn gemm_packed(
                 // A few columns (the 49th pixel of a 7x7 image, the one row of a fully
                 // connected layer): one column at a time, no wasted lanes.
                 for c in 0..width {
-                    let mut o = [0i8; MR];
-                    qs8_gemm_minmax_4x1c2(a, b, c, bias, &rq, params, &mut o);
+                    let o = O::column(&panel, a, b, c, bias);
                     for (r, &v) in o.iter().enumerate().take(rows) {
                         out[at + r * row_stride + c * col_stride] = v;
                     }
                 }
                 continue;
             }
-            let mut edge = [0i8; MR * NR];
-            qs8_gemm_minmax_4x8c2(a, b, 1, bias, &rq, params, &mut edge, NR);
+            let mut edge = [O::T::default(); MR * NR];
+            O::tiles(&panel, a, b, 1, bias, &mut edge, NR);
             for r in 0..rows {
                 for c in 0..width {
                     out[at + r * row_stride + c * col_stride] = edge[r * NR + c];
@@ -580,23 +630,18 @@ use qs8_gemm_4x1c16_scalar as qs8_gemm_4x1c16;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 use qs8_gemm_4x1c16_simd128 as qs8_gemm_4x1c16;
 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-use qs8_gemm_minmax_4x1c2_scalar as qs8_gemm_minmax_4x1c2;
+use qs8_gemm_4x1c2_scalar as qs8_gemm_4x1c2;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-use qs8_gemm_minmax_4x1c2_simd128 as qs8_gemm_minmax_4x1c2;
+use qs8_gemm_4x1c2_simd128 as qs8_gemm_4x1c2;
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+use qs8_gemm_4x8c2_scalar as qs8_gemm_4x8c2;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+use qs8_gemm_4x8c2_simd128 as qs8_gemm_4x8c2;
 
-/// One column `col` of an X panel `b` against a weight panel `a`:
-/// `out[r] = requantize(bias[r] + Σ_p a(r, p) · b(p, col), rq[r])` for the 4 channels.
+/// The accumulators `bias[r] + Σ_p a(r, p) · b(p, col)` of one column `col` of an X panel `b`
+/// against a weight panel `a`, the 4 channels.
 #[cfg(any(test, not(all(target_arch = "wasm32", target_feature = "simd128"))))]
-fn qs8_gemm_minmax_4x1c2_scalar(
-    a: &[i16],
-    b: &[i8],
-    col: usize,
-    bias: &[i32],
-    rq: &[PreparedRequant; MR],
-    params: &OutputParams,
-    out: &mut [i8; MR],
-) {
-    use super::requant::requantize;
+fn qs8_gemm_4x1c2_scalar(a: &[i16], b: &[i8], col: usize, bias: &[i32]) -> [i32; MR] {
     let steps = a.len() / (MR * KR);
     assert!(
         a.len() == steps * MR * KR && b.len() == steps * NR * KR && bias.len() == MR && col < NR
@@ -609,26 +654,14 @@ fn qs8_gemm_minmax_4x1c2_scalar(
             *v += wp[0] as i32 * x0 + wp[1] as i32 * x1;
         }
     }
-    for (r, o) in out.iter_mut().enumerate() {
-        *o = requantize(acc[r], &rq[r].rq, params);
-    }
+    acc
 }
 
-/// The simd128 version of `qs8_gemm_minmax_4x1c2_scalar`, bit for bit the same results. The
-/// lanes are the 4 channels: per k pair, the column's pair is broadcast (a 16-bit splat load,
-/// widened) and dotted with the weight step (4 channel pairs, 16 bytes as packed); the 4
-/// accumulators are requantized in scalar code, each with its own channel's requantizer.
+/// The simd128 version of `qs8_gemm_4x1c2_scalar`, the same sums. The lanes are the 4
+/// channels: per k pair, the column's pair is broadcast (a 16-bit splat load, widened) and
+/// dotted with the weight step (4 channel pairs, 16 bytes as packed).
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-fn qs8_gemm_minmax_4x1c2_simd128(
-    a: &[i16],
-    b: &[i8],
-    col: usize,
-    bias: &[i32],
-    rq: &[PreparedRequant; MR],
-    params: &OutputParams,
-    out: &mut [i8; MR],
-) {
-    use super::requant::requantize;
+fn qs8_gemm_4x1c2_simd128(a: &[i16], b: &[i8], col: usize, bias: &[i32]) -> [i32; MR] {
     use core::arch::wasm32::*;
     let steps = a.len() / (MR * KR);
     assert!(
@@ -654,9 +687,58 @@ fn qs8_gemm_minmax_4x1c2_simd128(
         }
         v128_store(acc.as_mut_ptr() as *mut v128, i32x4_add(acc0, acc1));
     }
+    acc
+}
+
+/// One column `col` of an X panel `b` against a weight panel `a`:
+/// `out[r] = requantize(bias[r] + Σ_p a(r, p) · b(p, col), rq[r])` for the 4 channels, in
+/// scalar code, each with its own channel's requantizer.
+fn qs8_gemm_minmax_4x1c2(
+    a: &[i16],
+    b: &[i8],
+    col: usize,
+    bias: &[i32],
+    rq: &[PreparedRequant; MR],
+    params: &OutputParams,
+    out: &mut [i8; MR],
+) {
+    use super::requant::requantize;
+    let acc = qs8_gemm_4x1c2(a, b, col, bias);
     for (r, o) in out.iter_mut().enumerate() {
         *o = requantize(acc[r], &rq[r].rq, params);
     }
+}
+
+/// The accumulators of one `MR x NR` tile of a weight panel `a` (`kc / 2` steps) and an X
+/// panel `b`: `acc[r][col] = bias[r] + Σ_p a(r, p) · b(p, col)`.
+#[cfg(any(test, not(all(target_arch = "wasm32", target_feature = "simd128"))))]
+fn tile_4x8c2_scalar(a: &[i16], b: &[i8], bias: &[i32]) -> [[i32; NR]; MR] {
+    let mut acc = [[0i32; NR]; MR];
+    for (acc_row, &b0) in acc.iter_mut().zip(bias) {
+        *acc_row = [b0; NR];
+    }
+    for (ap, bp) in a.chunks_exact(MR * KR).zip(b.chunks_exact(NR * KR)) {
+        for (acc_row, wp) in acc.iter_mut().zip(ap.chunks_exact(KR)) {
+            let (w0, w1) = (wp[0] as i32, wp[1] as i32);
+            for (v, xp) in acc_row.iter_mut().zip(bp.chunks_exact(KR)) {
+                *v += w0 * xp[0] as i32 + w1 * xp[1] as i32;
+            }
+        }
+    }
+    acc
+}
+
+/// Asserts the operand sizes of `panels` tiles written to `c` with row stride `ldc`; returns
+/// the k steps.
+fn check_tiles(a: &[i16], b: &[i8], panels: usize, bias: &[i32], c_len: usize, ldc: usize) -> usize {
+    let steps = a.len() / (MR * KR);
+    assert!(
+        a.len() == steps * MR * KR
+            && b.len() == panels * steps * NR * KR
+            && bias.len() == MR
+            && (panels == 0 || c_len >= (MR - 1) * ldc + panels * NR)
+    );
+    steps
 }
 
 /// `panels` consecutive `MR x NR` tiles of one weight panel `a` (`kc / 2` steps) and the X
@@ -675,28 +757,10 @@ fn qs8_gemm_minmax_4x8c2_scalar(
     ldc: usize,
 ) {
     use super::requant::requantize;
-    let steps = a.len() / (MR * KR);
-    assert!(
-        a.len() == steps * MR * KR
-            && b.len() == panels * steps * NR * KR
-            && bias.len() == MR
-            && (panels == 0 || c.len() >= (MR - 1) * ldc + panels * NR)
-    );
+    let steps = check_tiles(a, b, panels, bias, c.len(), ldc);
     for j in 0..panels {
         let b = &b[j * steps * NR * KR..][..steps * NR * KR];
-        let mut acc = [[0i32; NR]; MR];
-        for (acc_row, &b0) in acc.iter_mut().zip(bias) {
-            *acc_row = [b0; NR];
-        }
-        for (ap, bp) in a.chunks_exact(MR * KR).zip(b.chunks_exact(NR * KR)) {
-            for (acc_row, wp) in acc.iter_mut().zip(ap.chunks_exact(KR)) {
-                let (w0, w1) = (wp[0] as i32, wp[1] as i32);
-                for (v, xp) in acc_row.iter_mut().zip(bp.chunks_exact(KR)) {
-                    *v += w0 * xp[0] as i32 + w1 * xp[1] as i32;
-                }
-            }
-        }
-        for (r, acc_row) in acc.iter().enumerate() {
+        for (r, acc_row) in tile_4x8c2_scalar(a, b, bias).iter().enumerate() {
             for (o, &v) in c[r * ldc + j * NR..][..NR].iter_mut().zip(acc_row) {
                 *o = requantize(v, &rq[r].rq, params);
             }
@@ -704,11 +768,66 @@ fn qs8_gemm_minmax_4x8c2_scalar(
     }
 }
 
-/// The simd128 version of `qs8_gemm_minmax_4x8c2_scalar`, bit for bit the same results.
-/// Per k pair: two `i16x8.load8x8_s` of X (8 columns), one broadcast load per channel of its
-/// weight pair (no shuffles), 8 `i32x4.dot_i16x8_s` and 8 adds. The epilogue requantizes with
-/// the split-shift formula of `PreparedRequant` when all 4 channels allow it (else per
-/// channel), narrows with saturation and stores 8 bytes per row.
+/// The accumulators of `panels` tiles as `qs8_gemm_minmax_4x8c2_scalar` computes them,
+/// written as they are: `c[r * ldc + j * NR + col] = bias[r] + Σ_p a(r, p) · b_j(p, col)`.
+#[cfg(any(test, not(all(target_arch = "wasm32", target_feature = "simd128"))))]
+fn qs8_gemm_4x8c2_scalar(a: &[i16], b: &[i8], panels: usize, bias: &[i32], c: &mut [i32], ldc: usize) {
+    let steps = check_tiles(a, b, panels, bias, c.len(), ldc);
+    for j in 0..panels {
+        let b = &b[j * steps * NR * KR..][..steps * NR * KR];
+        for (r, acc_row) in tile_4x8c2_scalar(a, b, bias).iter().enumerate() {
+            c[r * ldc + j * NR..][..NR].copy_from_slice(acc_row);
+        }
+    }
+}
+
+/// The accumulators of one tile in simd128: per k pair, two `i16x8.load8x8_s` of X (8
+/// columns), one broadcast load per channel of its weight pair (no shuffles), 8
+/// `i32x4.dot_i16x8_s` and 8 adds. Row `r` is `acc[r] = [columns 0..4, columns 4..8]`.
+///
+/// # Safety
+/// `a` points at `steps * MR * KR` values and `b` at `steps * NR * KR`.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline(always)]
+unsafe fn tile_4x8c2_simd128(
+    a: *const i16,
+    b: *const i8,
+    steps: usize,
+    bias: &[i32],
+) -> [[core::arch::wasm32::v128; 2]; MR] {
+    use core::arch::wasm32::*;
+    let mut acc0 = [i32x4_splat(bias[0]); 2];
+    let mut acc1 = [i32x4_splat(bias[1]); 2];
+    let mut acc2 = [i32x4_splat(bias[2]); 2];
+    let mut acc3 = [i32x4_splat(bias[3]); 2];
+    let (mut ap, mut bp) = (a, b);
+    for _ in 0..steps {
+        let b_lo = i16x8_load_extend_i8x8(bp);
+        let b_hi = i16x8_load_extend_i8x8(bp.add(NR));
+        // Channel r's weight pair (w[p], w[p + 1]) as two i16, in every lane: a
+        // broadcast load, which costs no shuffle.
+        let w0 = v128_load32_splat(ap as *const u32);
+        let w1 = v128_load32_splat(ap.add(KR) as *const u32);
+        let w2 = v128_load32_splat(ap.add(2 * KR) as *const u32);
+        let w3 = v128_load32_splat(ap.add(3 * KR) as *const u32);
+        acc0[0] = i32x4_add(acc0[0], i32x4_dot_i16x8(w0, b_lo));
+        acc0[1] = i32x4_add(acc0[1], i32x4_dot_i16x8(w0, b_hi));
+        acc1[0] = i32x4_add(acc1[0], i32x4_dot_i16x8(w1, b_lo));
+        acc1[1] = i32x4_add(acc1[1], i32x4_dot_i16x8(w1, b_hi));
+        acc2[0] = i32x4_add(acc2[0], i32x4_dot_i16x8(w2, b_lo));
+        acc2[1] = i32x4_add(acc2[1], i32x4_dot_i16x8(w2, b_hi));
+        acc3[0] = i32x4_add(acc3[0], i32x4_dot_i16x8(w3, b_lo));
+        acc3[1] = i32x4_add(acc3[1], i32x4_dot_i16x8(w3, b_hi));
+        ap = ap.add(MR * KR);
+        bp = bp.add(NR * KR);
+    }
+    [acc0, acc1, acc2, acc3]
+}
+
+/// The simd128 version of `qs8_gemm_minmax_4x8c2_scalar`, bit for bit the same results: the
+/// tiles of `tile_4x8c2_simd128`, requantized with the split-shift formula of
+/// `PreparedRequant` when all 4 channels allow it (else per channel), narrowed with saturation
+/// and stored 8 bytes per row.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 #[allow(clippy::too_many_arguments)]
 fn qs8_gemm_minmax_4x8c2_simd128(
@@ -725,47 +844,18 @@ fn qs8_gemm_minmax_4x8c2_simd128(
         narrow_clamp, prepared_lanes, requantize, requantize_fast, Lanes, OutputLanes,
     };
     use core::arch::wasm32::*;
-    let steps = a.len() / (MR * KR);
-    assert!(
-        a.len() == steps * MR * KR
-            && b.len() == panels * steps * NR * KR
-            && bias.len() == MR
-            && (panels == 0 || c.len() >= (MR - 1) * ldc + panels * NR)
-    );
+    let steps = check_tiles(a, b, panels, bias, c.len(), ldc);
     let all_fast = rq.iter().all(|p| p.fast);
     let o = OutputLanes::new(params);
-    // SAFETY: tile j, step s reads a[s * 8 .. s * 8 + 8] and b[(j * steps + s) * 16 ..][..16]
-    // for s < steps, j < panels, and the stores write c[r * ldc + j * 8 ..][..8] for r < MR,
-    // all in bounds per the assert. v128 loads and stores have no alignment requirement.
+    // SAFETY: tile j reads a[..steps * 8] and b[j * steps * 16 ..][..steps * 16] for
+    // j < panels, and the stores write c[r * ldc + j * 8 ..][..8] for r < MR, all in bounds
+    // per the assert. v128 loads and stores have no alignment requirement.
     unsafe {
         let mut bp = b.as_ptr();
         let mut cp = c.as_mut_ptr();
         for _ in 0..panels {
-            let mut acc0 = [i32x4_splat(bias[0]); 2];
-            let mut acc1 = [i32x4_splat(bias[1]); 2];
-            let mut acc2 = [i32x4_splat(bias[2]); 2];
-            let mut acc3 = [i32x4_splat(bias[3]); 2];
-            let mut ap = a.as_ptr();
-            for _ in 0..steps {
-                let b_lo = i16x8_load_extend_i8x8(bp);
-                let b_hi = i16x8_load_extend_i8x8(bp.add(NR));
-                // Channel r's weight pair (w[p], w[p + 1]) as two i16, in every lane: a
-                // broadcast load, which costs no shuffle.
-                let w0 = v128_load32_splat(ap as *const u32);
-                let w1 = v128_load32_splat(ap.add(KR) as *const u32);
-                let w2 = v128_load32_splat(ap.add(2 * KR) as *const u32);
-                let w3 = v128_load32_splat(ap.add(3 * KR) as *const u32);
-                acc0[0] = i32x4_add(acc0[0], i32x4_dot_i16x8(w0, b_lo));
-                acc0[1] = i32x4_add(acc0[1], i32x4_dot_i16x8(w0, b_hi));
-                acc1[0] = i32x4_add(acc1[0], i32x4_dot_i16x8(w1, b_lo));
-                acc1[1] = i32x4_add(acc1[1], i32x4_dot_i16x8(w1, b_hi));
-                acc2[0] = i32x4_add(acc2[0], i32x4_dot_i16x8(w2, b_lo));
-                acc2[1] = i32x4_add(acc2[1], i32x4_dot_i16x8(w2, b_hi));
-                acc3[0] = i32x4_add(acc3[0], i32x4_dot_i16x8(w3, b_lo));
-                acc3[1] = i32x4_add(acc3[1], i32x4_dot_i16x8(w3, b_hi));
-                ap = ap.add(MR * KR);
-                bp = bp.add(NR * KR);
-            }
+            let [acc0, acc1, acc2, acc3] = tile_4x8c2_simd128(a.as_ptr(), bp, steps, bias);
+            bp = bp.add(steps * NR * KR);
             // No arrays indexed at run time: they would live in the shadow stack in memory.
             let row = |acc: [v128; 2], p: &PreparedRequant| -> (v128, v128) {
                 if all_fast || p.fast {
@@ -789,6 +879,28 @@ fn qs8_gemm_minmax_4x8c2_simd128(
             v128_store64_lane::<1>(rows01, cp.add(ldc) as *mut u64);
             v128_store64_lane::<0>(rows23, cp.add(2 * ldc) as *mut u64);
             v128_store64_lane::<1>(rows23, cp.add(3 * ldc) as *mut u64);
+            cp = cp.add(NR);
+        }
+    }
+}
+
+/// The simd128 version of `qs8_gemm_4x8c2_scalar`: the tiles of `tile_4x8c2_simd128`, stored
+/// as they are, 32 bytes per row.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+fn qs8_gemm_4x8c2_simd128(a: &[i16], b: &[i8], panels: usize, bias: &[i32], c: &mut [i32], ldc: usize) {
+    use core::arch::wasm32::*;
+    let steps = check_tiles(a, b, panels, bias, c.len(), ldc);
+    // SAFETY: as in `qs8_gemm_minmax_4x8c2_simd128`, with 8 i32 stored per row.
+    unsafe {
+        let mut bp = b.as_ptr();
+        let mut cp = c.as_mut_ptr();
+        for _ in 0..panels {
+            let acc = tile_4x8c2_simd128(a.as_ptr(), bp, steps, bias);
+            bp = bp.add(steps * NR * KR);
+            for (r, [lo, hi]) in acc.into_iter().enumerate() {
+                v128_store(cp.add(r * ldc) as *mut v128, lo);
+                v128_store(cp.add(r * ldc + 4) as *mut v128, hi);
+            }
             cp = cp.add(NR);
         }
     }
@@ -872,6 +984,16 @@ mod tests {
             let rq = range_requantizers(&ranges, self.zy);
             let panels =
                 PackedWeightsQs8::new(&self.w, self.n, self.k, self.bias.as_deref(), self.zx);
+            // The accumulators themselves, through the same driver.
+            let mut x = vec![0; packed_x_len(self.k, self.m)];
+            pack_x_transposed(&mut x, &self.x, self.k, self.m, self.lda);
+            let mut sums = vec![i32::MIN; self.m * self.ldc + 3];
+            gemm_packed(&panels, &x, self.m, &Accumulate, &mut sums, [1, self.ldc]);
+            for (idx, &got) in sums.iter().enumerate() {
+                let (i, c) = (idx / self.ldc, idx % self.ldc);
+                let want = if i < self.m && c < self.n { acc[i * self.n + c] } else { i32::MIN as i64 };
+                assert_eq!(got as i64, want, "{what} (accumulators): out[{i}][{c}]");
+            }
             let rows =
                 PackedWeightsQs8::for_rows(1, &self.w, self.n, self.k, self.bias.as_deref(), self.zx);
             for (w, layout) in [(panels, "panels"), (rows, "rows")] {
@@ -1074,17 +1196,21 @@ mod tests {
                 qs8_gemm_minmax_4x8c2_scalar(&a, &b, panels, &bias, &rq, &params, &mut want, ldc);
                 qs8_gemm_minmax_4x8c2_simd128(&a, &b, panels, &bias, &rq, &params, &mut got, ldc);
                 assert_eq!(got, want, "seed {seed} steps={steps} panels={panels}");
-                // The one-column kernel on every column of the first panel.
+                // The accumulator tiles, and the one-column kernel on every column of the
+                // first panel, against the scalar tiles.
+                let mut want_acc = vec![0i32; MR * ldc];
+                let mut got_acc = vec![1i32; MR * ldc];
+                qs8_gemm_4x8c2_scalar(&a, &b, panels, &bias, &mut want_acc, ldc);
+                qs8_gemm_4x8c2_simd128(&a, &b, panels, &bias, &mut got_acc, ldc);
+                for r in 0..MR {
+                    let row = r * ldc..r * ldc + panels * NR;
+                    assert_eq!(got_acc[row.clone()], want_acc[row], "seed {seed} steps={steps} panels={panels} accumulators, row {r}");
+                }
                 let b0 = &b[..steps * NR * KR];
                 for col in 0..NR {
-                    let (mut want1, mut got1) = ([0i8; MR], [1i8; MR]);
-                    qs8_gemm_minmax_4x1c2_scalar(&a, b0, col, &bias, &rq, &params, &mut want1);
-                    qs8_gemm_minmax_4x1c2_simd128(&a, b0, col, &bias, &rq, &params, &mut got1);
-                    assert_eq!(got1, want1, "seed {seed} steps={steps} 4x1 col={col}");
-                    assert_eq!(
-                        &want1[..],
-                        &(0..MR).map(|r| want[r * ldc + col]).collect::<Vec<_>>()[..]
-                    );
+                    let want1 = qs8_gemm_4x1c2_scalar(&a, b0, col, &bias);
+                    assert_eq!(qs8_gemm_4x1c2_simd128(&a, b0, col, &bias), want1, "seed {seed} steps={steps} 4x1 col={col}");
+                    assert_eq!(&want1[..], &(0..MR).map(|r| want_acc[r * ldc + col]).collect::<Vec<_>>()[..]);
                 }
             }
         }

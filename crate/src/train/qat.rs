@@ -51,10 +51,13 @@
 //! those of the plain fake-quantized float graph, which rounds rare near-ties the other way and
 //! carries the flips through the layers (2-3 output steps on EfficientNet-Lite0, up to 23 on a
 //! BlazeFace image; `tests/sim_vs_int8.rs`). Gradients are still the straight-through
-//! estimator's at the float values before rounding. The price, natively on EfficientNet-Lite0
-//! W8 at batch 4 (`tests/qat.rs`): exporting and planning again cost about 97 ms a step, most
-//! of it quantizing every weight (`qplan::weight_q`), and the training forward is 64 ms against
-//! 58; a step is 143 ms a frame against 112, 2.8x a forward.
+//! estimator's at the float values before rounding. Re-planning keeps the weights' integers and
+//! packed form while they do not change (`sim::PlanCache`; in scales mode all of them), and in
+//! wasm the simulation sums pointwise convolutions with the int8 kernels, which makes the
+//! training forward as fast as the FP32 one there. Natively on EfficientNet-Lite0 W8 at batch 4
+//! (`tests/qat.rs`, ignored test `qat_step_time_against_a_forward`): exporting and planning
+//! cost 5.3 + 3.9 ms a step, the training forward 63 ms against 50 for a forward, and a step
+//! 119 ms a frame with the teacher's targets cached (2.4x), 168 ms with a new frame (3.4x).
 //!
 //! # The teacher cache
 //! The float model's targets of the last `teacher_cache` frames are kept by a hash of the

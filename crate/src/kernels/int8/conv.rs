@@ -251,10 +251,23 @@ impl PackedQs8Conv2d {
     /// output's layout, before requantization: what [`run`](Self::run) requantizes, from the
     /// same kernels. Only the GEMM paths (pointwise and im2col) have them; returns false, and
     /// writes nothing, for a depthwise convolution.
-    pub fn run_accumulators(&self, input: &[i8], output: &mut [i32], scratch: &mut Vec<i8>) -> bool {
+    pub fn run_accumulators(
+        &self,
+        input: &[i8],
+        output: &mut [i32],
+        scratch: &mut Vec<i8>,
+    ) -> bool {
         let s = &self.shape;
-        assert_eq!(input.len(), s.in_c * s.in_h * s.in_w, "qs8 conv input size for {s:?}");
-        assert_eq!(output.len(), s.out_c * s.out_h * s.out_w, "qs8 conv output size for {s:?}");
+        assert_eq!(
+            input.len(),
+            s.in_c * s.in_h * s.in_w,
+            "qs8 conv input size for {s:?}"
+        );
+        assert_eq!(
+            output.len(),
+            s.out_c * s.out_h * s.out_w,
+            "qs8 conv output size for {s:?}"
+        );
         match &self.path {
             Path::Depthwise { .. } => false,
             Path::Pointwise { w } | Path::Im2col { w } => {
@@ -365,8 +378,7 @@ impl PackedQs8Conv2d {
 mod dw_simd {
     use super::super::super::conv::Conv2dShape;
     use super::super::requant::simd::{
-        f64_lanes, prepared_lanes, requantize, requantize_f64, requantize_fast, Lanes,
-        OutputLanes,
+        f64_lanes, prepared_lanes, requantize, requantize_f64, requantize_fast, Lanes, OutputLanes,
     };
     use super::super::requant::{OutputParams, PreparedRequant};
     use super::gemm;
@@ -610,7 +622,10 @@ mod dw_simd {
                     }
                     let (v0, v1) = if exact_f64 {
                         let (scale, half) = f64_lanes(rq);
-                        (requantize_f64(acc0, scale, half), requantize_f64(acc1, scale, half))
+                        (
+                            requantize_f64(acc0, scale, half),
+                            requantize_f64(acc1, scale, half),
+                        )
                     } else if fast {
                         let (m, nudge) = prepared_lanes(rq);
                         (
@@ -662,7 +677,11 @@ fn im2col_packed(dst: &mut [i8], x: &[i8], s: &Conv2dShape, zx: i8, n0: usize, n
     let rows: Vec<(usize, isize, isize)> = (0..k)
         .map(|p| {
             let (ci, tap) = (p / taps, p % taps);
-            (ci * plane_len, (tap / s.kernel_w) as isize * dh, (tap % s.kernel_w) as isize * dw)
+            (
+                ci * plane_len,
+                (tap / s.kernel_w) as isize * dh,
+                (tap % s.kernel_w) as isize * dw,
+            )
         })
         .collect();
     let at = |plane: &[i8], y: isize, xi: isize| {
@@ -1139,12 +1158,19 @@ mod tests {
         // The accumulators themselves on the GEMM paths; the depthwise one has none.
         let mut sums = vec![i32::MIN; acc.len()];
         let given = conv.run_accumulators(x, &mut sums, &mut scratch);
-        assert_eq!(given, PathKind::choose(s) != PathKind::Depthwise, "{what}: accumulators given");
+        assert_eq!(
+            given,
+            PathKind::choose(s) != PathKind::Depthwise,
+            "{what}: accumulators given"
+        );
         if given {
             let sums: Vec<i64> = sums.iter().map(|&v| v as i64).collect();
             assert_eq!(sums, acc, "{what}: accumulators");
         } else {
-            assert!(sums.iter().all(|&v| v == i32::MIN), "{what}: a depthwise run wrote accumulators");
+            assert!(
+                sums.iter().all(|&v| v == i32::MIN),
+                "{what}: a depthwise run wrote accumulators"
+            );
         }
     }
 
@@ -1218,7 +1244,16 @@ mod tests {
         let seed = 0xd3;
         let mut rng = Rng(seed);
         let mut cases = 0;
-        for (k, st, mult) in [(3usize, 1usize, 1usize), (3, 1, 2), (3, 2, 1), (3, 2, 2), (5, 1, 1), (5, 1, 2), (5, 2, 1), (5, 2, 2)] {
+        for (k, st, mult) in [
+            (3usize, 1usize, 1usize),
+            (3, 1, 2),
+            (3, 2, 1),
+            (3, 2, 2),
+            (5, 1, 1),
+            (5, 1, 2),
+            (5, 2, 1),
+            (5, 2, 2),
+        ] {
             for out_w in (1..=19usize).chain([23, 31, 32, 33, 40]) {
                 // Up to 5 rows: odd and even counts.
                 let out_h = 1 + (out_w + mult) % 5;

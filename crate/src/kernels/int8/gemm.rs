@@ -60,7 +60,9 @@
 //! output scales come from the accumulator range so every output code occurs. The tests run
 //! natively and on wasm32 with simd128, where the whole GEMM is the simd128 microkernel, which
 //! is also compared bit for bit with the scalar one on 1 and 3 panels, with requantizers that
-//! take the split-shift formula and ones that cannot; every case also runs on the row layout.
+//! take the split-shift formula and ones that cannot; every case also runs on the row layout,
+//! and its accumulators through the `Accumulate` output against the exact sums (the simd128
+//! accumulator tiles and one-column kernel are compared with the scalar ones too).
 
 use super::requant::{OutputParams, PreparedRequant, Requantizer};
 
@@ -384,7 +386,15 @@ pub(super) trait TileOutput {
     /// `panels` full tiles of the weight panel `a` and the X panels `b`, into `c` (row stride
     /// `ldc`).
     #[allow(clippy::too_many_arguments)]
-    fn tiles(p: &Self::Panel, a: &[i16], b: &[i8], panels: usize, bias: &[i32], c: &mut [Self::T], ldc: usize);
+    fn tiles(
+        p: &Self::Panel,
+        a: &[i16],
+        b: &[i8],
+        panels: usize,
+        bias: &[i32],
+        c: &mut [Self::T],
+        ldc: usize,
+    );
     /// Column `col` of the X panel `b`, the 4 channels.
     fn column(p: &Self::Panel, a: &[i16], b: &[i8], col: usize, bias: &[i32]) -> [Self::T; MR];
 }
@@ -401,24 +411,45 @@ impl TileOutput for Requantize<'_> {
 
     fn panel(&self, w: &PackedWeightsQs8, i: usize) -> Self::Panel {
         let n = w.n;
-        assert_eq!(self.requant.len(), n, "qs8 gemm: {} requantizers for {n} channels", self.requant.len());
+        assert_eq!(
+            self.requant.len(),
+            n,
+            "qs8 gemm: {} requantizers for {n} channels",
+            self.requant.len()
+        );
         // Padding channels of the last panel: any fast requantizer (their outputs are dropped).
         let mut rq = [PreparedRequant::new(&Requantizer::from_real(0.25), 0); MR];
         let row = i * MR;
         for (r, p) in rq.iter_mut().enumerate().take(MR.min(n - row)) {
             *p = match self.requant {
                 ChannelRequant::Prepared(v) => v[row + r],
-                ChannelRequant::Plain(v) => PreparedRequant::new(&v[row + r], w.max_abs_acc[row + r]),
+                ChannelRequant::Plain(v) => {
+                    PreparedRequant::new(&v[row + r], w.max_abs_acc[row + r])
+                }
             };
         }
         (rq, *self.params)
     }
 
-    fn tiles((rq, params): &Self::Panel, a: &[i16], b: &[i8], panels: usize, bias: &[i32], c: &mut [i8], ldc: usize) {
+    fn tiles(
+        (rq, params): &Self::Panel,
+        a: &[i16],
+        b: &[i8],
+        panels: usize,
+        bias: &[i32],
+        c: &mut [i8],
+        ldc: usize,
+    ) {
         qs8_gemm_minmax_4x8c2(a, b, panels, bias, rq, params, c, ldc);
     }
 
-    fn column((rq, params): &Self::Panel, a: &[i16], b: &[i8], col: usize, bias: &[i32]) -> [i8; MR] {
+    fn column(
+        (rq, params): &Self::Panel,
+        a: &[i16],
+        b: &[i8],
+        col: usize,
+        bias: &[i32],
+    ) -> [i8; MR] {
         let mut o = [0i8; MR];
         qs8_gemm_minmax_4x1c2(a, b, col, bias, rq, params, &mut o);
         o
@@ -730,7 +761,14 @@ fn tile_4x8c2_scalar(a: &[i16], b: &[i8], bias: &[i32]) -> [[i32; NR]; MR] {
 
 /// Asserts the operand sizes of `panels` tiles written to `c` with row stride `ldc`; returns
 /// the k steps.
-fn check_tiles(a: &[i16], b: &[i8], panels: usize, bias: &[i32], c_len: usize, ldc: usize) -> usize {
+fn check_tiles(
+    a: &[i16],
+    b: &[i8],
+    panels: usize,
+    bias: &[i32],
+    c_len: usize,
+    ldc: usize,
+) -> usize {
     let steps = a.len() / (MR * KR);
     assert!(
         a.len() == steps * MR * KR
@@ -771,7 +809,14 @@ fn qs8_gemm_minmax_4x8c2_scalar(
 /// The accumulators of `panels` tiles as `qs8_gemm_minmax_4x8c2_scalar` computes them,
 /// written as they are: `c[r * ldc + j * NR + col] = bias[r] + Σ_p a(r, p) · b_j(p, col)`.
 #[cfg(any(test, not(all(target_arch = "wasm32", target_feature = "simd128"))))]
-fn qs8_gemm_4x8c2_scalar(a: &[i16], b: &[i8], panels: usize, bias: &[i32], c: &mut [i32], ldc: usize) {
+fn qs8_gemm_4x8c2_scalar(
+    a: &[i16],
+    b: &[i8],
+    panels: usize,
+    bias: &[i32],
+    c: &mut [i32],
+    ldc: usize,
+) {
     let steps = check_tiles(a, b, panels, bias, c.len(), ldc);
     for j in 0..panels {
         let b = &b[j * steps * NR * KR..][..steps * NR * KR];
@@ -887,7 +932,14 @@ fn qs8_gemm_minmax_4x8c2_simd128(
 /// The simd128 version of `qs8_gemm_4x8c2_scalar`: the tiles of `tile_4x8c2_simd128`, stored
 /// as they are, 32 bytes per row.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-fn qs8_gemm_4x8c2_simd128(a: &[i16], b: &[i8], panels: usize, bias: &[i32], c: &mut [i32], ldc: usize) {
+fn qs8_gemm_4x8c2_simd128(
+    a: &[i16],
+    b: &[i8],
+    panels: usize,
+    bias: &[i32],
+    c: &mut [i32],
+    ldc: usize,
+) {
     use core::arch::wasm32::*;
     let steps = check_tiles(a, b, panels, bias, c.len(), ldc);
     // SAFETY: as in `qs8_gemm_minmax_4x8c2_simd128`, with 8 i32 stored per row.
@@ -991,11 +1043,21 @@ mod tests {
             gemm_packed(&panels, &x, self.m, &Accumulate, &mut sums, [1, self.ldc]);
             for (idx, &got) in sums.iter().enumerate() {
                 let (i, c) = (idx / self.ldc, idx % self.ldc);
-                let want = if i < self.m && c < self.n { acc[i * self.n + c] } else { i32::MIN as i64 };
+                let want = if i < self.m && c < self.n {
+                    acc[i * self.n + c]
+                } else {
+                    i32::MIN as i64
+                };
                 assert_eq!(got as i64, want, "{what} (accumulators): out[{i}][{c}]");
             }
-            let rows =
-                PackedWeightsQs8::for_rows(1, &self.w, self.n, self.k, self.bias.as_deref(), self.zx);
+            let rows = PackedWeightsQs8::for_rows(
+                1,
+                &self.w,
+                self.n,
+                self.k,
+                self.bias.as_deref(),
+                self.zx,
+            );
             for (w, layout) in [(panels, "panels"), (rows, "rows")] {
                 let what = format!("{what} ({layout})");
                 let mut out = vec![SENTINEL; self.m * self.ldc + 3];
@@ -1204,13 +1266,24 @@ mod tests {
                 qs8_gemm_4x8c2_simd128(&a, &b, panels, &bias, &mut got_acc, ldc);
                 for r in 0..MR {
                     let row = r * ldc..r * ldc + panels * NR;
-                    assert_eq!(got_acc[row.clone()], want_acc[row], "seed {seed} steps={steps} panels={panels} accumulators, row {r}");
+                    assert_eq!(
+                        got_acc[row.clone()],
+                        want_acc[row],
+                        "seed {seed} steps={steps} panels={panels} accumulators, row {r}"
+                    );
                 }
                 let b0 = &b[..steps * NR * KR];
                 for col in 0..NR {
                     let want1 = qs8_gemm_4x1c2_scalar(&a, b0, col, &bias);
-                    assert_eq!(qs8_gemm_4x1c2_simd128(&a, b0, col, &bias), want1, "seed {seed} steps={steps} 4x1 col={col}");
-                    assert_eq!(&want1[..], &(0..MR).map(|r| want_acc[r * ldc + col]).collect::<Vec<_>>()[..]);
+                    assert_eq!(
+                        qs8_gemm_4x1c2_simd128(&a, b0, col, &bias),
+                        want1,
+                        "seed {seed} steps={steps} 4x1 col={col}"
+                    );
+                    assert_eq!(
+                        &want1[..],
+                        &(0..MR).map(|r| want_acc[r * ldc + col]).collect::<Vec<_>>()[..]
+                    );
                 }
             }
         }

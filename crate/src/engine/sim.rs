@@ -166,7 +166,11 @@ impl PlanCache {
             }
         }
         let ints = Arc::new(weight_ints(g, node)?);
-        self.nodes[n] = Some(CachedWeights { op: node.op.clone(), data: data.to_vec(), quant: v.quant.clone(), ints: ints.clone(), packed: None });
+        // The old copy's buffer takes the new data: in full mode every weight changes every step.
+        let mut copy = self.nodes[n].take().map_or_else(Vec::new, |c| c.data);
+        copy.clear();
+        copy.extend_from_slice(data);
+        self.nodes[n] = Some(CachedWeights { op: node.op.clone(), data: copy, quant: v.quant.clone(), ints: ints.clone(), packed: None });
         Ok(ints)
     }
 

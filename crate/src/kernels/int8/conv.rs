@@ -200,17 +200,7 @@ impl PackedQs8Conv2d {
     /// Convolves one image. `scratch` is grown as needed and reused across calls, so a warm call
     /// does not allocate; its contents on entry do not matter.
     pub fn run(&self, input: &[i8], output: &mut [i8], scratch: &mut Vec<i8>) {
-        let s = &self.shape;
-        assert_eq!(
-            input.len(),
-            s.in_c * s.in_h * s.in_w,
-            "qs8 conv input size for {s:?}"
-        );
-        assert_eq!(
-            output.len(),
-            s.out_c * s.out_h * s.out_w,
-            "qs8 conv output size for {s:?}"
-        );
+        self.check_sizes(input.len(), output.len());
         if output.is_empty() {
             return;
         }
@@ -223,7 +213,7 @@ impl PackedQs8Conv2d {
             } => {
                 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
                 if dw_simd::run(
-                    s,
+                    &self.shape,
                     self.input_zero_point,
                     weight,
                     bias,
@@ -257,17 +247,7 @@ impl PackedQs8Conv2d {
         output: &mut [i32],
         scratch: &mut Vec<i8>,
     ) -> bool {
-        let s = &self.shape;
-        assert_eq!(
-            input.len(),
-            s.in_c * s.in_h * s.in_w,
-            "qs8 conv input size for {s:?}"
-        );
-        assert_eq!(
-            output.len(),
-            s.out_c * s.out_h * s.out_w,
-            "qs8 conv output size for {s:?}"
-        );
+        self.check_sizes(input.len(), output.len());
         match &self.path {
             Path::Depthwise { .. } => false,
             Path::Pointwise { w } | Path::Im2col { w } => {
@@ -275,6 +255,21 @@ impl PackedQs8Conv2d {
                 true
             }
         }
+    }
+
+    /// Panics unless the input and output sizes are one image's of the shape.
+    fn check_sizes(&self, input: usize, output: usize) {
+        let s = &self.shape;
+        assert_eq!(
+            input,
+            s.in_c * s.in_h * s.in_w,
+            "qs8 conv input size for {s:?}"
+        );
+        assert_eq!(
+            output,
+            s.out_c * s.out_h * s.out_w,
+            "qs8 conv output size for {s:?}"
+        );
     }
 
     /// Per group and per block of output pixels: packs columns `n0..n0 + nc` of `X` (the

@@ -31,9 +31,10 @@
 //!
 //! # Agreement with the simulation
 //! The FP32 engine on the same annotated graph is the simulation, and computes the same
-//! integers on every value (`engine::sim`): Conv/Gemm/MatMul accumulate exactly with the FP32
-//! kernels on integer operands and requantize with the same `Requantizer`s; Add/Sub/Mul,
-//! average pools and tables run the kernels' scalar definitions; data movement, Concat and max
+//! integers on every value (`engine::sim`): Conv/Gemm/MatMul accumulate exactly (the FP32
+//! kernels on integer operands, or in wasm these int8 GEMM kernels stopped before
+//! requantization) and requantize with the same `Requantizer`s; Add/Sub/Mul, average pools and
+//! tables run these very kernels; data movement, Concat and max
 //! pools rescale with a table of `quantize_f32(sx · (q - zx))`, which is the simulation's own
 //! fake quantization (`qs8_rescale`'s fixed-point multiplier could differ from it by one step,
 //! so it is not used); float fallbacks run the same FP32 kernel in both.

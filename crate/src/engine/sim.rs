@@ -24,9 +24,9 @@
 //!   fixed-point multiplier, single rounding and fused clamp) gives the output integer; it is
 //!   computed in f64 for the channels where that is exact, as the int8 depthwise kernels do
 //!   (see [`Epilogue::new`]), which vectorises.
-//! - **Add, Sub, Mul, average pools, activations and PRelu as tables**: the int8 kernels'
-//!   scalar definitions on the integers ([`Qs8AddParams::add`], `requantize_clamped` of the
-//!   centred product, [`Qs8AvgPool2d`], [`qs8_global_avg_pool`], table lookups).
+//! - **Add, Sub, Mul, average pools, activations and PRelu as tables**: the int8 engine's own
+//!   kernels on the integers ([`qs8_add`], [`qs8_mul`], [`qs8_lut`], [`Qs8AvgPool2d`],
+//!   [`qs8_global_avg_pool`]; PRelu's per-channel tables), called as the engine calls them.
 //! - **Max pools, Concat, data movement, nearest Resize** need nothing here: the int8 engine
 //!   moves integers and rescales them with a table of `quantize_f32(sx · (q - zx))`, which is
 //!   the float path's fake quantization of the moved (dequantized, monotonically ordered)
@@ -61,11 +61,11 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::qplan::{plan_node_with, quant_params, weight_ints, Broadcast, Clamp, IntOp, IntWeights, Qp, WeightInts};
+use super::qplan::{plan_node_with, quant_params, weight_ints, Clamp, IntOp, IntWeights, Qp, WeightInts};
 use crate::ir::{Activation, Graph, Node, Op};
 use crate::kernels::conv::PackedConv2d;
 use crate::kernels::gemm::{gemm, GemmBias, PackedA, PackedB};
-use crate::kernels::int8::{qs8_global_avg_pool, requantize_clamped, PackedQs8Conv2d, Qs8AvgPool2d, Requantizer};
+use crate::kernels::int8::{qs8_add, qs8_global_avg_pool, qs8_lut, qs8_mul, requantize_clamped, PackedQs8Conv2d, Qs8AvgPool2d, Requantizer};
 use crate::kernels::layout;
 use crate::quant::Quant;
 use crate::Result;
@@ -595,7 +595,8 @@ impl SimNode {
         Ok(())
     }
 
-    /// The scalar definitions of the int8 kernels of Add/Sub, Mul, tables and global averages.
+    /// The int8 engine's kernels for Add/Sub, Mul, tables and global averages, called as it
+    /// calls them.
     fn int_op(&self, op: &IntOp, q: &dyn Fn(usize) -> Vec<i8>, len: usize) -> Vec<i8> {
         let mut y = vec![0i8; len];
         match op {
@@ -604,21 +605,23 @@ impl SimNode {
                 if *complement_b {
                     b.iter_mut().for_each(|v| *v = !*v);
                 }
-                blocks(bc, &a, &b, &mut y, |a, b| params.add(a, b));
+                bc.for_each(|o, ia, ib| qs8_add(&a[ia..][..bc.a_len], &b[ib..][..bc.b_len], params, &mut y[o..][..bc.inner]));
             }
             IntOp::Mul { requant, zero_points: [za, zb], broadcast: bc, out } => {
                 let (a, b) = (q(0), q(1));
-                blocks(bc, &a, &b, &mut y, |a, b| requantize_clamped((a as i32 - za) * (b as i32 - zb), requant, out.zero_point, out.qmin, out.qmax));
+                bc.for_each(|o, ia, ib| {
+                    let (a, b) = (&a[ia..][..bc.a_len], &b[ib..][..bc.b_len]);
+                    qs8_mul(a, *za, b, *zb, requant, out.zero_point, out.qmin, out.qmax, &mut y[o..][..bc.inner])
+                });
             }
-            IntOp::Lut(lut) => y.iter_mut().zip(q(0)).for_each(|(y, x)| *y = lut[x as u8 as usize]),
+            IntOp::Lut(lut) => qs8_lut(&q(0), lut, &mut y),
             IntOp::PRelu { luts, slope_lut, broadcast: bc } => {
                 let x = q(0);
-                let table = |x: i8, t: u16| luts[t as usize][x as u8 as usize];
                 bc.for_each(|o, ix, is| {
                     let (x, y) = (&x[ix..][..bc.inner], &mut y[o..][..bc.inner]);
                     match &slope_lut[is..][..bc.b_len] {
-                        [t] => y.iter_mut().zip(x).for_each(|(y, &x)| *y = table(x, *t)),
-                        ts => y.iter_mut().zip(x).zip(ts).for_each(|((y, &x), &t)| *y = table(x, t)),
+                        [t] => qs8_lut(x, &luts[*t as usize], y),
+                        ts => y.iter_mut().zip(x).zip(ts).for_each(|((y, &x), &t)| *y = luts[t as usize][x as u8 as usize]),
                     }
                 });
             }
@@ -629,19 +632,6 @@ impl SimNode {
         }
         y
     }
-}
-
-/// `y = f(a, b)` elementwise over the blocks of a broadcast, each operand a slice or one value.
-fn blocks(bc: &Broadcast, a: &[i8], b: &[i8], y: &mut [i8], f: impl Fn(i8, i8) -> i8) {
-    bc.for_each(|o, ia, ib| {
-        let (a, b, y) = (&a[ia..][..bc.a_len], &b[ib..][..bc.b_len], &mut y[o..][..bc.inner]);
-        match (a, b) {
-            (&[a], &[b]) => y.fill(f(a, b)),
-            (&[a], b) => y.iter_mut().zip(b).for_each(|(y, &b)| *y = f(a, b)),
-            (a, &[b]) => y.iter_mut().zip(a).for_each(|(y, &a)| *y = f(a, b)),
-            (a, b) => y.iter_mut().zip(a).zip(b).for_each(|((y, &a), &b)| *y = f(a, b)),
-        }
-    });
 }
 
 #[cfg(test)]

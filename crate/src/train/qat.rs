@@ -8,8 +8,9 @@
 //!   Weights of layers kept in float are trained as they are ("full" mode).
 //! - Activations annotated `Quant::Tensor`: one step size per calibrated value, shared by the
 //!   values that follow it (a MaxPool or Reshape output takes its input's parameters, as the
-//!   plan says); the zero point stays. Graph inputs keep theirs unless asked (preprocessing
-//!   fixes their range).
+//!   plan says); the zero point stays. The input data (graph inputs, and what is computed
+//!   from them alone before any trainable parameter: a layout transpose, a normalisation) keep
+//!   theirs unless asked (preprocessing fixes their range).
 //! - Biases of Conv/ConvTranspose/Gemm: float, and where the int8 engine holds them as int32
 //!   (input and weight quantized) the forward uses them snapped to that grid
 //!   (`ptq::snap_bias` with the current step sizes), as export writes them.
@@ -127,7 +128,8 @@ pub struct QatConfig {
     /// GEMM per layer). `None`: in full mode only (at 8 bits they barely move the rounding and
     /// their noisy gradients cost fidelity; see the module docs).
     pub learn_weight_scales: Option<bool>,
-    /// Learn the step size of the graph inputs too.
+    /// Learn the step sizes of the input data too: the graph inputs and the values computed
+    /// from them alone, before any trainable parameter (a layout transpose, a normalisation).
     pub learn_input_scales: bool,
     /// Adam rate of the weights (full mode).
     pub lr: f32,
@@ -453,11 +455,24 @@ impl Trainer {
         // Activation step sizes: one per calibrated value, shared along Follow ops and with a
         // ReLU/Clip folded into its input's range (`plan::fold_clamps_into_producers`: equal
         // parameters on both sides), which must stay an identity on integers as it trains.
+        // Input data: the graph inputs and what is computed from them alone, before any
+        // trainable parameter (a layout transpose, a normalisation). Their step sizes are the
+        // input's, learned only with `learn_input_scales`: learning one needs its gradient, a
+        // backward through the first layer for nothing else (BlazeFace's NHWC transpose cost
+        // 1.6 ms a frame that way, a tenth of a step).
+        let mut input_data = vec![false; nv];
+        ptq.inputs.iter().for_each(|&i| input_data[i] = true);
+        let fixed_const = |v: ValueId| ptq.values[v].is_const() && weight_of[v].is_none() && !biases.iter().any(|b| b.value == v);
+        for node in &ptq.nodes {
+            if node.inputs.iter().any(|&i| input_data[i]) && node.inputs.iter().all(|&i| input_data[i] || fixed_const(i)) {
+                node.outputs.iter().for_each(|&o| input_data[o] = true);
+            }
+        }
         let mut act_of: Vec<Option<usize>> = vec![None; nv];
         let mut acts: Vec<ActParam> = Vec::new();
         let tensor = |v: ValueId| if ptq.values[v].is_const() { None } else { ptq.values[v].quant.as_ref().and_then(|q| q.tensor()).copied() };
         let new_act = |acts: &mut Vec<ActParam>, act_of: &mut Vec<Option<usize>>, v: ValueId, p: QuantParams| {
-            let learn = learn_scales && (config.learn_input_scales || !ptq.inputs.contains(&v));
+            let learn = learn_scales && (config.learn_input_scales || !input_data[v]);
             act_of[v] = Some(acts.len());
             acts.push(ActParam { base: p, members: vec![v], learn, numel: ptq.values[v].len(), m: Moments::new(1) });
         };
@@ -989,6 +1004,11 @@ mod tests {
     fn tiny() -> Graph {
         let mut b = Builder::new(21);
         let x = b.input("x", &[1, 3, 12, 12]);
+        tiny_on(b, x)
+    }
+
+    /// `tiny` on `x` ([1, 3, 12, 12]), built by `b`.
+    fn tiny_on(mut b: Builder, x: ValueId) -> Graph {
         let w1 = b.konst("w1", &[8, 3, 3, 3]);
         let b1 = b.konst("b1", &[8]);
         let c1 = b.conv("c1", x, w1, Some(b1), [3, 3], 1, [1; 4], 1, 1, Activation::Clip { min: 0.0, max: 6.0 });
@@ -1114,6 +1134,40 @@ mod tests {
         assert_eq!(a.outputs, t.teacher(&pool[0]).unwrap());
         assert!(t.step(&[]).is_err());
         assert!(t.step(&[vec![vec![0.0; 3]]]).is_err());
+    }
+
+    /// The input data (the graph input, its NHWC -> NCHW transpose and a normalisation, all
+    /// before the first trainable layer) keep their step sizes unless `learn_input_scales`:
+    /// then, and only then, the first convolution passes a gradient to its input.
+    #[test]
+    fn input_data_step_sizes_are_learned_only_when_asked() {
+        let mut b = Builder::new(21);
+        let nhwc = b.input("nhwc", &[1, 12, 12, 3]);
+        let nchw = b.one("to_nchw", Op::Transpose { perm: vec![0, 3, 1, 2] }, &[nhwc]);
+        let mean = b.konst_with("mean", &[1, 3, 1, 1], vec![0.1, -0.2, 0.05]);
+        let x = b.one("centre", Op::Binary(BinaryOp::Sub), &[nchw, mean]);
+        let g = tiny_on(b, x);
+        let mut cal = Calibrator::new(&g, QuantConfig::default()).unwrap();
+        let mut rng = Rng::seeded(1);
+        let to_nhwc = |f: &[f32]| (0..f.len()).map(|i| f[(i % 3) * 144 + i / 3]).collect::<Vec<f32>>();
+        for _ in 0..32 {
+            cal.observe(&[&to_nhwc(&frame(&mut rng)[0])]).unwrap();
+        }
+        let q = cal.quantize().unwrap();
+        let batch: Vec<Vec<Vec<f32>>> = (0..2).map(|_| vec![to_nhwc(&frame(&mut rng)[0])]).collect();
+        let input_data = [nhwc, nchw, x];
+        assert!(input_data.iter().any(|&v| q.values[v].quant.is_some()), "the input data is quantized");
+        for learn_input_scales in [false, true] {
+            let mut t = Trainer::new(cal.graph(), &q, QatConfig { learn_input_scales, ..QatConfig::default() }).unwrap();
+            assert_eq!(t.tape_mut().needs_grad(x), learn_input_scales);
+            for _ in 0..3 {
+                t.step(&batch).unwrap();
+            }
+            let g = t.graph().unwrap();
+            let moved = |v: ValueId| g.values[v].quant != q.values[v].quant;
+            assert!(g.values.iter().enumerate().any(|(v, _)| !input_data.contains(&v) && moved(v)), "other step sizes learn");
+            assert_eq!(input_data.iter().any(|&v| moved(v)), learn_input_scales, "learn_input_scales: {learn_input_scales}");
+        }
     }
 
     #[test]

@@ -73,19 +73,26 @@ impl View {
         let y0 = ((self.crop[1].clamp(0.0, 1.0) * height as f32) as usize).min(height.saturating_sub(1));
         let w = ((self.crop[2].clamp(0.0, 1.0) * width as f32).round() as usize).clamp(1, width - x0);
         let h = ((self.crop[3].clamp(0.0, 1.0) * height as f32).round() as usize).clamp(1, height - y0);
-        let mut out = Vec::with_capacity(w * h * 4);
-        for y in y0..y0 + h {
-            for i in 0..w {
-                let x = if self.flip { x0 + w - 1 - i } else { x0 + i };
-                let p = &rgba[(y * width + x) * 4..][..4];
-                for &c in &p[..3] {
-                    let v = (c as f32 - 128.0) * self.contrast + 128.0 + self.brightness;
-                    out.push(v.round().clamp(0.0, 255.0) as u8);
-                }
-                out.push(p[3]);
+        // The colour change of a channel value, once for each of the 256: a lookup per byte.
+        // Evaluated per byte, the float expression (with `round`, a library call in wasm) cost
+        // about 4 ms a 410x410 crop in V8, a fifth of a BlazeFace QAT step per frame.
+        let tone: [u8; 256] = core::array::from_fn(|c| self.tone(c as u8));
+        let mut out = vec![0u8; w * h * 4];
+        for (row, y) in out.chunks_exact_mut(w * 4).zip(y0..) {
+            let src = &rgba[(y * width + x0) * 4..][..w * 4];
+            for (i, o) in row.chunks_exact_mut(4).enumerate() {
+                let x = if self.flip { w - 1 - i } else { i };
+                let p = &src[x * 4..][..4];
+                o.copy_from_slice(&[tone[p[0] as usize], tone[p[1] as usize], tone[p[2] as usize], p[3]]);
             }
         }
         (out, w, h)
+    }
+
+    /// One channel value after the brightness and contrast change, on the 0..255 scale.
+    fn tone(&self, c: u8) -> u8 {
+        let v = (c as f32 - 128.0) * self.contrast + 128.0 + self.brightness;
+        v.round().clamp(0.0, 255.0) as u8
     }
 }
 
@@ -118,6 +125,44 @@ mod tests {
         let flipped = View { flip: true, ..View::identity() }.apply(&rgba, 3, 2).0;
         assert_eq!(&flipped[..4], &rgba[8..12]);
         assert_eq!(&flipped[12..16], &rgba[20..24]);
+    }
+
+    /// The view pixel by pixel, as its definition reads: the crop, mirrored when flipped, each
+    /// colour channel through the brightness and contrast change, alpha kept.
+    fn reference(v: &View, rgba: &[u8], width: usize, height: usize) -> Vec<u8> {
+        let (_, w, h) = v.apply(rgba, width, height);
+        let x0 = ((v.crop[0].clamp(0.0, 1.0) * width as f32) as usize).min(width - 1);
+        let y0 = ((v.crop[1].clamp(0.0, 1.0) * height as f32) as usize).min(height - 1);
+        let mut out = Vec::new();
+        for y in y0..y0 + h {
+            for i in 0..w {
+                let x = if v.flip { x0 + w - 1 - i } else { x0 + i };
+                let p = &rgba[(y * width + x) * 4..][..4];
+                for &c in &p[..3] {
+                    let t = (c as f32 - 128.0) * v.contrast + 128.0 + v.brightness;
+                    out.push(t.round().clamp(0.0, 255.0) as u8);
+                }
+                out.push(p[3]);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn views_equal_their_pixel_by_pixel_definition() {
+        let mut rng = Rng::seeded(11);
+        let (width, height) = (41, 29);
+        let rgba: Vec<u8> = (0..width * height * 4).map(|_| rng.int(0, 255) as u8).collect();
+        let (strong, usual) = (Augment { brightness: 200.0, contrast: 0.9, ..Augment::default() }, Augment::default());
+        for k in 0..300 {
+            let v = View::random(&mut rng, if k % 2 == 0 { &strong } else { &usual });
+            assert_eq!(v.apply(&rgba, width, height).0, reference(&v, &rgba, width, height), "{v:?}");
+        }
+        // Ties of the rounding (half steps) and both ends of the clamp.
+        for (brightness, contrast) in [(0.5, 1.0), (-0.5, 1.0), (300.0, 1.0), (-300.0, 1.0), (0.0, 1.5), (0.25, 0.5)] {
+            let v = View { brightness, contrast, ..View::identity() };
+            assert_eq!(v.apply(&rgba, width, height).0, reference(&v, &rgba, width, height), "{v:?}");
+        }
     }
 
     #[test]

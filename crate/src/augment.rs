@@ -75,7 +75,8 @@ impl View {
         let h = ((self.crop[3].clamp(0.0, 1.0) * height as f32).round() as usize).clamp(1, height - y0);
         // The colour change of a channel value, once for each of the 256: a lookup per byte.
         // Evaluated per byte, the float expression (with `round`, a library call in wasm) cost
-        // about 4 ms a 410x410 crop in V8, a fifth of a BlazeFace QAT step per frame.
+        // about 4 ms a 410x410 crop in V8; the table took BlazeFace's QAT step from 22.5 to
+        // 19.4 ms a frame (`node bench/run.mjs qat`).
         let tone: [u8; 256] = core::array::from_fn(|c| self.tone(c as u8));
         let mut out = vec![0u8; w * h * 4];
         for (row, y) in out.chunks_exact_mut(w * 4).zip(y0..) {

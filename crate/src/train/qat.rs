@@ -458,8 +458,8 @@ impl Trainer {
         // Input data: the graph inputs and what is computed from them alone, before any
         // trainable parameter (a layout transpose, a normalisation). Their step sizes are the
         // input's, learned only with `learn_input_scales`: learning one needs its gradient, a
-        // backward through the first layer for nothing else (BlazeFace's NHWC transpose cost
-        // 1.6 ms a frame that way, a tenth of a step).
+        // backward through the first layer for nothing else (BlazeFace's NHWC transpose: its stem's
+        // backward went from 2.37 to 0.08 ms a frame, `node bench/run.mjs qat-profile`).
         let mut input_data = vec![false; nv];
         ptq.inputs.iter().for_each(|&i| input_data[i] = true);
         let fixed_const = |v: ValueId| ptq.values[v].is_const() && weight_of[v].is_none() && !biases.iter().any(|b| b.value == v);

@@ -488,6 +488,45 @@ fn accumulate_with<K: BinaryKernel>(acc: &mut [f32], x: &[f32]) {
     }
 }
 
+/// `acc[i] = op(acc[i], x[i · stride])`: one kernel column of a pooling window over an output
+/// row. Stride 2 (2x2 stride-2 pools) takes the even lanes of two vectors on wasm32; every
+/// path applies the same operations in the same order, so the results are equal bit for bit.
+pub(crate) fn accumulate_strided(op: BinaryOp, acc: &mut [f32], x: &[f32], stride: usize) {
+    with_binary_kernel!(op, K => accumulate_strided_with::<K>(acc, x, stride))
+}
+
+#[inline(always)]
+fn accumulate_strided_with<K: BinaryKernel>(acc: &mut [f32], x: &[f32], stride: usize) {
+    let Some(last) = acc.len().checked_sub(1) else { return };
+    assert!(stride > 0 && last * stride < x.len(), "strided taps past the input row");
+    if stride == 1 {
+        return accumulate_with::<K>(acc, &x[..acc.len()]);
+    }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    let done = if stride == 2 {
+        // Block i reads x[2i..2i + 8], one past its last tap.
+        let mut i = 0;
+        while i + 4 <= acc.len() && 2 * i + 8 <= x.len() {
+            // SAFETY: i + 4 <= acc.len() and 2i + 8 <= x.len().
+            unsafe {
+                let p = acc.as_mut_ptr().add(i) as *mut v128;
+                let lo = v128_load(x.as_ptr().add(2 * i) as *const v128);
+                let hi = v128_load(x.as_ptr().add(2 * i + 4) as *const v128);
+                v128_store(p, K::simd128(v128_load(p), i32x4_shuffle::<0, 2, 4, 6>(lo, hi)));
+            }
+            i += 4;
+        }
+        i
+    } else {
+        0
+    };
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    let done = 0;
+    for (a, &v) in acc[done..].iter_mut().zip(x[done * stride..].iter().step_by(stride)) {
+        *a = K::scalar(*a, v);
+    }
+}
+
 /// A unary elementwise operator, applied in place.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum UnaryOp {
@@ -743,6 +782,38 @@ mod tests {
         BinaryOp::Min,
         BinaryOp::Pow,
     ];
+
+    /// The pooling column update against `acc[i] = op.apply_scalar(acc[i], x[i·stride])` bit
+    /// for bit (NaN payloads aside): strides 1-3, rows of 0-19 outputs, input rows that end at
+    /// the last tap or past it (the stride-2 SIMD path reads one element past a block), NaN
+    /// and equal values.
+    #[test]
+    fn strided_accumulation_is_the_scalar_definition() {
+        let mut rng = Rng(41);
+        for op in OPS {
+            for stride in 1..=3 {
+                for len in 0..20 {
+                    for extra in 0..3 {
+                        let x_len = if len == 0 { extra } else { (len - 1) * stride + 1 + extra };
+                        let mut x = rng.vec(x_len);
+                        let mut acc = rng.vec(len);
+                        for v in x.iter_mut().chain(acc.iter_mut()) {
+                            match rng.below(8) {
+                                0 => *v = f32::NAN,
+                                1 => *v = 1.0,
+                                _ => {}
+                            }
+                        }
+                        let want: Vec<f32> = acc.iter().enumerate().map(|(i, &a)| op.apply_scalar(a, x[i * stride])).collect();
+                        accumulate_strided(op, &mut acc, &x, stride);
+                        // Any NaN is NaN: wasm does not fix NaN payloads.
+                        let bits = |v: &[f32]| v.iter().map(|f| if f.is_nan() { u32::MAX } else { f.to_bits() }).collect::<Vec<_>>();
+                        assert_eq!(bits(&acc), bits(&want), "{op:?} stride {stride} len {len} extra {extra}");
+                    }
+                }
+            }
+        }
+    }
 
     /// Index-by-index broadcast: unravel each output index, clamp broadcast
     /// axes to 0, ravel into each input.

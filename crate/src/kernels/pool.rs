@@ -27,7 +27,7 @@
 //! pads, dilations, strides and ceil-mode windows, and against the known
 //! onnxruntime results of the ceil-mode `count_include_pad` cases.
 
-use super::elementwise::{accumulate, f32_rmax, f32_rsum, BinaryOp};
+use super::elementwise::{accumulate, accumulate_strided, f32_rmax, f32_rsum, BinaryOp};
 
 /// Geometry of a 2-D pooling window over `channels` planes.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -132,15 +132,12 @@ fn pool_plane(
             let in_row = &input[ih as usize * s.in_w..][..s.in_w];
             for col in cols.iter().filter(|c| c.lo < c.hi) {
                 let first = (col.lo * s.stride_w) as isize + col.offset;
-                let acc = &mut out_row[col.lo..col.hi];
-                if s.stride_w == 1 {
-                    accumulate(op, acc, &in_row[first as usize..][..acc.len()]);
-                } else {
-                    let taps = in_row[first as usize..].iter().step_by(s.stride_w);
-                    acc.iter_mut()
-                        .zip(taps)
-                        .for_each(|(a, &x)| *a = op.apply_scalar(*a, x));
-                }
+                accumulate_strided(
+                    op,
+                    &mut out_row[col.lo..col.hi],
+                    &in_row[first as usize..],
+                    s.stride_w,
+                );
             }
         }
     }

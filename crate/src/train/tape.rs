@@ -24,6 +24,13 @@
 //! (`vals`) and the value before rounding (`pre`), which the straight-through estimator and the
 //! step-size gradient need. All buffers are allocated once, at the first frame.
 //!
+//! A value that only selects elements of values on its own grid (a MaxPool, Reshape or
+//! Concat whose inputs share its parameters, the ReLU folded into an Add's range) is
+//! already on that grid: its fake quantization is the identity, in the forward (bit for bit,
+//! `fake_quant::tests::fake_quantization_is_the_identity_on_its_grid`) and in the backward
+//! (every element in range, `∂x̂/∂s = round(t) - t = 0`). The tape skips it, and keeps one
+//! buffer for such a value ([`on_grid`]).
+//!
 //! # Backward
 //! Seeds (the loss gradients of some values) are added, then nodes run in reverse: the
 //! gradients of a node's outputs first go through their fake quantization's backward (which
@@ -46,7 +53,7 @@
 use super::fake_quant::FakeQuant;
 use super::ops::{self, add_into, Bwd, Fwd, Scratch, TrainOp};
 use crate::engine::sim::{self, PlanCache, SimNode, SimScratch};
-use crate::ir::{Graph, ValueId};
+use crate::ir::{Activation, Graph, Op, PadMode, ReduceOp, ResizeMode, ValueId};
 use crate::{Error, Result};
 
 /// What a tape trains and how it quantizes.
@@ -67,6 +74,9 @@ pub struct Tape {
     g: Graph,
     ops: Vec<Box<dyn TrainOp>>,
     quant: Vec<Option<FakeQuant>>,
+    /// Per value: its fake quantization is the identity (see [`on_grid`]), as of the last
+    /// forward.
+    on_grid: Vec<bool>,
     scale_grad: Vec<bool>,
     needs: Vec<bool>,
     /// Gradients kept across backward passes (trainable constants, graph inputs in tests).
@@ -166,6 +176,7 @@ impl Tape {
         let max_out = g.nodes.iter().flat_map(|n| n.outputs.iter().map(|&o| g.values[o].len())).max().unwrap_or(0);
         Ok(Tape {
             ops,
+            on_grid: vec![false; nv],
             quant,
             scale_grad,
             needs,
@@ -323,7 +334,7 @@ impl Tape {
         if !self.prepared {
             self.prepare();
         }
-        let Tape { g, ops, quant, consts, vals, pre, aux, scratch, sim, sim_scratch, aux_free, profile, .. } = self;
+        let Tape { g, ops, quant, on_grid, consts, vals, pre, aux, scratch, sim, sim_scratch, aux_free, profile, .. } = self;
         if inputs.len() != g.inputs.len() {
             return Err(Error::Invalid(format!("the model takes {} inputs, {} were given", g.inputs.len(), inputs.len())));
         }
@@ -342,14 +353,20 @@ impl Tape {
                 None => vals[id].copy_from_slice(x),
             }
         }
+        on_grid.fill(false);
         for (n, node) in g.nodes.iter().enumerate() {
             let t0 = if profile.is_some() { clock() } else { 0.0 };
-            let plan = sim.get(n).and_then(Option::as_ref);
+            for &o in &node.outputs {
+                on_grid[o] = self::on_grid(g, node, quant, o);
+            }
+            // An on-grid value is the float op's output itself, which is what the integer plan
+            // would compute (a folded ReLU's table is the identity above the zero point).
+            let plan = sim.get(n).and_then(Option::as_ref).filter(|_| !on_grid[node.outputs[0]]);
             let mut outs: Vec<Vec<f32>> = node
                 .outputs
                 .iter()
                 .map(|&o| {
-                    let mut b = std::mem::take(if quant[o].is_some() { &mut pre[o] } else { &mut vals[o] });
+                    let mut b = std::mem::take(if quant[o].is_some() && !on_grid[o] { &mut pre[o] } else { &mut vals[o] });
                     b.resize(g.values[o].len(), 0.0);
                     b
                 })
@@ -380,6 +397,7 @@ impl Tape {
                         vals[o] = s;
                         pre[o] = b;
                     }
+                    (Some(_), None) if on_grid[o] => vals[o] = b,
                     (Some(q), None) => {
                         vals[o].resize(b.len(), 0.0);
                         q.forward(&b, &mut vals[o]);
@@ -403,7 +421,7 @@ impl Tape {
 
     /// A value of the last forward before fake quantization.
     pub fn pre_quant(&self, v: ValueId) -> &[f32] {
-        if self.quant[v].is_some() {
+        if self.quant[v].is_some() && !self.on_grid[v] {
             &self.pre[v]
         } else {
             self.value(v)
@@ -463,7 +481,7 @@ impl Tape {
     /// Backward of the last forward from `seeds` (`∂L/∂v` of some values, as consumers read
     /// them). Gradients of trainable constants and step sizes accumulate.
     pub fn backward(&mut self, seeds: &[(ValueId, &[f32])]) {
-        let Tape { g, ops, quant, scale_grad, needs, keep, consts, vals, pre, aux, grads, scale_grads, pool, scratch, zeros, profile, .. } = self;
+        let Tape { g, ops, quant, on_grid, scale_grad, needs, keep, consts, vals, pre, aux, grads, scale_grads, pool, scratch, zeros, profile, .. } = self;
         for &(v, s) in seeds {
             if needs[v] {
                 let mut b = Self::acquire(pool, s.len(), false);
@@ -476,7 +494,7 @@ impl Tape {
                 continue;
             }
             let t0 = if profile.is_some() { clock() } else { 0.0 };
-            for &o in &node.outputs {
+            for &o in node.outputs.iter().filter(|&&o| !on_grid[o]) {
                 if let (Some(q), Some(gr)) = (quant[o], grads[o].as_deref_mut()) {
                     let ds = q.backward(&pre[o], gr);
                     if scale_grad[o] {
@@ -491,7 +509,7 @@ impl Tape {
                     node.inputs.iter().enumerate().map(|(k, &i)| needs[i].then(|| Self::acquire(pool, g.values[i].len(), !op.overwrites_dx(k)))).collect();
                 {
                     let args: Vec<&[f32]> = node.inputs.iter().map(|&i| consts[i].as_deref().or_else(|| g.const_data(i)).unwrap_or(&vals[i])).collect();
-                    let ys: Vec<&[f32]> = node.outputs.iter().map(|&o| if quant[o].is_some() { &pre[o][..] } else { &vals[o][..] }).collect();
+                    let ys: Vec<&[f32]> = node.outputs.iter().map(|&o| if quant[o].is_some() && !on_grid[o] { &pre[o][..] } else { &vals[o][..] }).collect();
                     let dys: Vec<&[f32]> = node.outputs.iter().map(|&o| grads[o].as_deref().unwrap_or(&zeros[..g.values[o].len()])).collect();
                     ops[n].backward(&mut Bwd { x: &args, y: &ys, aux: &aux[n], dy: &dys, dx: &mut dx, scratch });
                 }
@@ -528,11 +546,27 @@ impl Tape {
     }
 }
 
+/// True when output `o` of `node` is on its grid without rounding: the node only selects
+/// elements of its inputs (or zeros, which every grid holds: zero points are integers), and
+/// every input is an activation with `o`'s fake quantization. Constants are not on a grid.
+fn on_grid(g: &Graph, node: &crate::ir::Node, quant: &[Option<FakeQuant>], o: ValueId) -> bool {
+    let selects = match &node.op {
+        Op::Reshape { .. } | Op::Transpose { .. } | Op::Concat { .. } | Op::Split { .. } | Op::Slice { .. } | Op::Gather { .. } => true,
+        Op::Activation(Activation::Relu) | Op::GlobalMaxPool | Op::Reduce { op: ReduceOp::Max | ReduceOp::Min, .. } => true,
+        Op::Resize { mode: ResizeMode::Nearest, .. } => true,
+        Op::Pad { mode, .. } => !matches!(mode, PadMode::Constant(v) if *v != 0.0),
+        // Padding is -inf: a window must reach the input for its maximum to be an input element.
+        Op::MaxPool { window: w, .. } => (0..4).all(|p| w.pads[p] < w.dilations[p % 2] * (w.kernel[p % 2] - 1) + 1),
+        _ => false,
+    };
+    selects && quant[o].is_some() && node.inputs.iter().all(|&i| !g.values[i].is_const() && quant[i] == quant[o])
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::gradcheck::{check_graph, Builder};
     use super::*;
-    use crate::ir::{Activation, BinaryOp, Op};
+    use crate::ir::{Activation, BinaryOp, Op, Window2d};
     use crate::quant::params::from_range;
 
     #[test]
@@ -807,5 +841,47 @@ mod tests {
             sim.copy_from_slice(&e.run(&[data]).unwrap()[0]);
             sim
         });
+    }
+
+    /// x -> FQ -> MaxPool -> Relu -> FQ(same) -> Sigmoid: the pool and the ReLU select values on
+    /// x's grid, so the tape keeps one buffer for them (no value before rounding), gives them
+    /// no step-size term, and still passes their gradients to x as the estimator does. With
+    /// other parameters than x's, the ReLU's output is fake-quantized again.
+    #[test]
+    fn values_that_select_from_their_own_grid_skip_their_fake_quantization() {
+        let mut b = Builder::new(5);
+        let x = b.input("x", &[1, 2, 4, 4]);
+        let window = Window2d { kernel: [2, 2], strides: [2, 2], dilations: [1, 1], pads: [0; 4] };
+        let mp = b.one("mp", Op::MaxPool { window, ceil_mode: false }, &[x]);
+        let r = b.one("r", Op::Activation(Activation::Relu), &[mp]);
+        let y = b.one("y", Op::Activation(Activation::Sigmoid), &[r]);
+        let (g, inputs) = b.finish(&[y]);
+        let qx = FakeQuant::new(&from_range(-1.0, 1.0, 8, false));
+        for other in [false, true] {
+            let qr = if other { FakeQuant::new(&from_range(0.0, 1.3, 8, false)) } else { qx };
+            let mut quant = vec![None; g.values.len()];
+            (quant[x], quant[mp], quant[r]) = (Some(qx), Some(qx), Some(qr));
+            let spec = TapeSpec { quant, scale_grad: vec![true; g.values.len()], input_grads: true, ..Default::default() };
+            let mut tape = Tape::new(g.clone(), spec).unwrap();
+            tape.forward(&[&inputs[0]]).unwrap();
+            let seed = vec![1.0; 8];
+            tape.backward(&[(y, &seed)]);
+            let one_buffer = |v| std::ptr::eq(tape.pre_quant(v), tape.value(v));
+            assert!(one_buffer(mp));
+            assert_eq!(tape.scale_grad(mp), 0.0);
+            assert_eq!(one_buffer(r), !other, "other parameters: {other}");
+            assert_eq!(tape.scale_grad(r) != 0.0, other);
+            // Each output's gradient reaches exactly one tap of its window, where x is inside
+            // its range and the ReLU passes.
+            let dx = tape.grad(x).unwrap();
+            let xh: Vec<f32> = inputs[0].iter().map(|&v| qx.apply(v)).collect();
+            for (o, &v) in tape.value(mp).iter().enumerate() {
+                let (c, oh, ow) = (o / 4, o / 2 % 2, o % 2);
+                let taps: Vec<usize> = (0..4).map(|t| c * 16 + (2 * oh + t / 2) * 4 + 2 * ow + t % 2).collect();
+                let kept = *taps.iter().find(|&&i| xh[i] == v).unwrap();
+                let inside = |i: usize| (inputs[0][i] / qx.scale).round_ties_even() + qx.zero_point as f32 <= qx.qmax as f32;
+                assert!(taps.iter().all(|&i| (dx[i] != 0.0) == (i == kept && v > 0.0 && inside(i))), "output {o}");
+            }
+        }
     }
 }

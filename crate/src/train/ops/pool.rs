@@ -8,6 +8,8 @@
 //! - Reduce: Sum `dy`, Mean `dy / count`, Max/Min to the first element equal to the result,
 //!   Prod `dy · y / x`, SumSquare `2x·dy`, L2 `dy · x / y`.
 
+use std::ops::Range;
+
 use super::{broadcast_strides, for_each_broadcast, strides, Bwd, Fwd, TrainOp};
 use crate::engine::pool_shape;
 use crate::ir::{ReduceOp, Window2d};
@@ -24,6 +26,18 @@ pub struct PoolNode {
     kind: Kind,
     /// Average pools: the divisor of each output position of a plane.
     divisors: Vec<f32>,
+    /// Per output row and column: the kernel rows and columns whose taps are in bounds.
+    rows: Vec<Range<usize>>,
+    cols: Vec<Range<usize>>,
+}
+
+/// The kernel taps `t < kernel` of output position `o` that land inside `[0, len)`: input
+/// `o · stride + t · dilation - pad`.
+fn inside(o: usize, len: usize, kernel: usize, stride: usize, dilation: usize, pad: usize) -> Range<usize> {
+    let start = o * stride;
+    let first = |bound: usize| if start >= bound { 0 } else { (bound - start).div_ceil(dilation) };
+    let lo = first(pad).min(kernel);
+    lo..first(pad + len).clamp(lo, kernel)
 }
 
 impl PoolNode {
@@ -57,22 +71,22 @@ impl PoolNode {
                 d
             }
         };
-        PoolNode { s, kind, divisors }
+        let rows = (0..s.out_h).map(|o| inside(o, s.in_h, s.kernel_h, s.stride_h, s.dilation_h, s.pad_top)).collect();
+        let cols = (0..s.out_w).map(|o| inside(o, s.in_w, s.kernel_w, s.stride_w, s.dilation_w, s.pad_left)).collect();
+        PoolNode { s, kind, divisors, rows, cols }
     }
 
     /// Calls `f(input index within the plane)` for each in-bounds tap of output `(oh, ow)`, in
-    /// window order.
-    fn taps(&self, oh: usize, ow: usize, mut f: impl FnMut(usize)) {
+    /// window order, until it returns true.
+    #[inline(always)]
+    fn taps(&self, oh: usize, ow: usize, mut f: impl FnMut(usize) -> bool) {
         let s = &self.s;
-        for ky in 0..s.kernel_h {
-            let ih = (oh * s.stride_h + ky * s.dilation_h) as isize - s.pad_top as isize;
-            if ih < 0 || ih >= s.in_h as isize {
-                continue;
-            }
-            for kx in 0..s.kernel_w {
-                let iw = (ow * s.stride_w + kx * s.dilation_w) as isize - s.pad_left as isize;
-                if iw >= 0 && iw < s.in_w as isize {
-                    f(ih as usize * s.in_w + iw as usize);
+        for ky in self.rows[oh].clone() {
+            // Wrapping: the column of tap 0 may be left of the input; the in-bounds taps are not.
+            let row = ((oh * s.stride_h + ky * s.dilation_h - s.pad_top) * s.in_w + ow * s.stride_w).wrapping_sub(s.pad_left);
+            for kx in self.cols[ow].clone() {
+                if f(row.wrapping_add(kx * s.dilation_w)) {
+                    return;
                 }
             }
         }
@@ -89,31 +103,37 @@ impl TrainOp for PoolNode {
 
     fn backward(&self, b: &mut Bwd) {
         let s = &self.s;
-        let (x, dy) = (b.x[0], b.dy[0]);
+        let (x, y, dy) = (b.x[0], b.y[0], b.dy[0]);
         let Some(dx) = b.dx(0) else { return };
         let (ip, op) = (s.in_h * s.in_w, s.out_h * s.out_w);
         for c in 0..s.channels {
-            let (xp, dyp) = (&x[c * ip..][..ip], &dy[c * op..][..op]);
+            let (xp, yp, dyp) = (&x[c * ip..][..ip], &y[c * op..][..op], &dy[c * op..][..op]);
             let dxp = &mut dx[c * ip..][..ip];
             for oh in 0..s.out_h {
                 for ow in 0..s.out_w {
-                    let g = dyp[oh * s.out_w + ow];
+                    let o = oh * s.out_w + ow;
+                    let g = dyp[o];
                     match self.kind {
+                        // The output is the window's maximum itself (`pmax` returns one of
+                        // its operands), so the first tap equal to it is the one kept. Found
+                        // with a select per tap, not a branch: which tap wins is data, and on
+                        // random data the mispredictions cost a third more (natively).
                         Kind::Max => {
-                            let (mut best, mut arg) = (f32::NEG_INFINITY, None);
+                            let mut kept = usize::MAX;
                             self.taps(oh, ow, |i| {
-                                if best < xp[i] {
-                                    best = xp[i];
-                                    arg = Some(i);
-                                }
+                                kept = if (kept == usize::MAX) & (xp[i] == yp[o]) { i } else { kept };
+                                false
                             });
-                            if let Some(i) = arg {
-                                dxp[i] += g;
+                            if let Some(d) = dxp.get_mut(kept) {
+                                *d += g;
                             }
                         }
                         Kind::Average { .. } => {
-                            let g = g / self.divisors[oh * s.out_w + ow];
-                            self.taps(oh, ow, |i| dxp[i] += g);
+                            let g = g / self.divisors[o];
+                            self.taps(oh, ow, |i| {
+                                dxp[i] += g;
+                                false
+                            });
                         }
                     }
                 }

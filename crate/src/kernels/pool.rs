@@ -15,10 +15,10 @@
 //!   false`, taps inside the padded input `[-pad_top, in_h + pad_bottom)` ×
 //!   `[-pad_left, in_w + pad_right)` for `true` (ONNX and PyTorch: the
 //!   overhang of a `ceil_mode` window is not counted). An empty count gives 0.
-//! - The kernel accumulates one whole output row per kernel tap, so with
-//!   unit column stride the update is a contiguous `accumulate` (SIMD128 on
-//!   wasm); every path does the same operations in the same order, so SIMD128
-//!   and scalar results are equal bit for bit.
+//! - The kernel accumulates one whole output row per kernel tap
+//!   (`accumulate_strided`: SIMD128 on wasm for column strides 1 and 2);
+//!   every path does the same operations in the same order, so SIMD128 and
+//!   scalar results are equal bit for bit.
 //! - `reduce` keeps the reduced axes with size 1 (keepdims is the caller's
 //!   business); partial sums are formed per contiguous run, so results may
 //!   differ from a sequential sum by rounding.

@@ -77,17 +77,15 @@ impl PoolNode {
     }
 
     /// Calls `f(input index within the plane)` for each in-bounds tap of output `(oh, ow)`, in
-    /// window order, until it returns true.
+    /// window order.
     #[inline(always)]
-    fn taps(&self, oh: usize, ow: usize, mut f: impl FnMut(usize) -> bool) {
+    fn taps(&self, oh: usize, ow: usize, mut f: impl FnMut(usize)) {
         let s = &self.s;
         for ky in self.rows[oh].clone() {
             // Wrapping: the column of tap 0 may be left of the input; the in-bounds taps are not.
             let row = ((oh * s.stride_h + ky * s.dilation_h - s.pad_top) * s.in_w + ow * s.stride_w).wrapping_sub(s.pad_left);
             for kx in self.cols[ow].clone() {
-                if f(row.wrapping_add(kx * s.dilation_w)) {
-                    return;
-                }
+                f(row.wrapping_add(kx * s.dilation_w));
             }
         }
     }
@@ -120,20 +118,14 @@ impl TrainOp for PoolNode {
                         // random data the mispredictions cost a third more (natively).
                         Kind::Max => {
                             let mut kept = usize::MAX;
-                            self.taps(oh, ow, |i| {
-                                kept = if (kept == usize::MAX) & (xp[i] == yp[o]) { i } else { kept };
-                                false
-                            });
+                            self.taps(oh, ow, |i| kept = if (kept == usize::MAX) & (xp[i] == yp[o]) { i } else { kept });
                             if let Some(d) = dxp.get_mut(kept) {
                                 *d += g;
                             }
                         }
                         Kind::Average { .. } => {
                             let g = g / self.divisors[o];
-                            self.taps(oh, ow, |i| {
-                                dxp[i] += g;
-                                false
-                            });
+                            self.taps(oh, ow, |i| dxp[i] += g);
                         }
                     }
                 }

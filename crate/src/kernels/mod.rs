@@ -15,6 +15,7 @@ pub mod elementwise;
 pub mod gemm;
 pub mod int8;
 pub mod conv;
+pub mod dwconv_grad;
 pub mod pool;
 pub mod resize;
 pub mod softmax;

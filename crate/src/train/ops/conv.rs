@@ -8,9 +8,10 @@
 //! - `dW_g = dz_g · Col(X_g)ᵀ` and `dX_g = col2im(W_gᵀ · dz_g)`.
 //!
 //! Paths, chosen as the forward kernel chooses:
-//! - depthwise (`group == in_c`, any channel multiplier): direct loops over polyphase planes
-//!   of the zero-padded input, so that at any stride each tap is one contiguous dot product
-//!   (`dW`) fused with one axpy (`dX`) over the whole plane (see `depthwise_backward`);
+//! - depthwise (`group == in_c`, any channel multiplier): polyphase planes of the zero-padded
+//!   input, in which at any stride each tap is one contiguous run over the whole plane; one
+//!   pass of [`f32_dwconv2d_grad`] serves a group of taps, both gradients (see
+//!   `depthwise_backward`);
 //! - pointwise (1x1, stride 1, no padding): no im2col; `dX_g = W_gᵀ · dz_g` written into the
 //!   gradient in column blocks (as the forward kernel blocks its packed B), `dW_g = dz_g · X_gᵀ`
 //!   contracted over blocks of 256 pixels so that the GEMM's panels stay in L1;
@@ -33,6 +34,7 @@
 use super::{activation_backward, buf, derivable_from_output, sum, zeroed, Bwd, Fwd, Scratch, TrainOp};
 use crate::ir::{Activation, Graph, Node, Op};
 use crate::kernels::conv::{Conv2dShape, PackedConv2d, PackedConvTranspose2d};
+use crate::kernels::dwconv_grad::{f32_dwconv2d_grad, DwGradArgs, PhaseTap};
 use crate::kernels::gemm::{gemm, GemmBias, PackedA};
 use crate::engine::conv_shape;
 use crate::{Error, Result};
@@ -254,36 +256,21 @@ fn im2col_transposed(s: &Conv2dShape, x: &[f32], n0: usize, nc: usize, out: &mut
     }
 }
 
-/// `Σ g · x` and `d += w · g` in one pass over `g` (eight lanes, as [`super::dot`]).
-fn dot_and_axpy(g: &[f32], x: &[f32], d: &mut [f32], w: f32) -> f32 {
-    let n = g.len();
-    let (x, d) = (&x[..n], &mut d[..n]);
-    let mut acc = [0f32; 8];
-    let full = n / 8 * 8;
-    for i in (0..full).step_by(8) {
-        for l in 0..8 {
-            acc[l] += g[i + l] * x[i + l];
-            d[i + l] += w * g[i + l];
-        }
-    }
-    let mut s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-    for i in full..n {
-        s += g[i] * x[i];
-        d[i] += w * g[i];
-    }
-    s
-}
-
 /// The phase planes of a depthwise backward (see [`depthwise_backward`]): `sh · sw` planes of
-/// `rows` rows of `pitch` floats plus slack (the last tap's column offset lets a pitched run
-/// read past the last row), and the input pixels in phase-plane order: runs of `count` pixels
-/// from input offset `src` (step `sw`) to plane offset `dst` (contiguous). Pixel (iy, ix) is
-/// padded pixel (y, x) = (iy + pad_top, ix + pad_left), in phase `(y % sh) · sw + x % sw` at
+/// `plane` floats (`rows` rows of `pitch`, rounded up to whole vectors), the kernel's taps in
+/// them, and the input pixels in phase-plane order: runs of `count` pixels from input offset
+/// `src` (step `sw`) to plane offset `dst` (contiguous). Pixel (iy, ix) is padded pixel
+/// (y, x) = (iy + pad_top, ix + pad_left), in phase `(y % sh) · sw + x % sw` at
 /// `(y / sh, x / sw)`; pixels past the planes are never read by a tap.
 struct Phases {
     pitch: usize,
     plane: usize,
     runs: Vec<(usize, usize, usize)>,
+    /// Tap `(ky, kx)` reads phase `(ky·dh mod sh, kx·dw mod sw)` at the stride-1 offset
+    /// `(ky·dh / sh, kx·dw / sw)`; sorted by phase.
+    taps: Vec<PhaseTap>,
+    /// The largest tap offset: the zeros before the output gradient.
+    margin: usize,
 }
 
 impl Phases {
@@ -291,7 +278,7 @@ impl Phases {
         let (sh, sw) = (s.stride_h, s.stride_w);
         let rows = s.out_h + (s.kernel_h - 1) * s.dilation_h / sh + 1;
         let pitch = s.out_w + (s.kernel_w - 1) * s.dilation_w / sw + 1;
-        let plane = rows * pitch + (s.kernel_w - 1) * s.dilation_w / sw + 1;
+        let plane = (rows * pitch).next_multiple_of(4);
         let mut runs = Vec::new();
         for iy in 0..s.in_h {
             let y = iy + s.pad_top;
@@ -308,37 +295,41 @@ impl Phases {
                 runs.push((iy * s.in_w + ix0, ((y % sh) * sw + px) * plane + (y / sh) * pitch + j0, count));
             }
         }
-        Phases { pitch, plane, runs }
+        let mut taps: Vec<PhaseTap> = (0..s.kernel_h * s.kernel_w)
+            .map(|index| {
+                let (y, x) = (index / s.kernel_w * s.dilation_h, index % s.kernel_w * s.dilation_w);
+                PhaseTap { phase: (y % sh) * sw + x % sw, offset: (y / sh) * pitch + x / sw, index }
+            })
+            .collect();
+        taps.sort_by_key(|t| t.phase);
+        let margin = taps.iter().map(|t| t.offset).max().unwrap_or(0);
+        Phases { pitch, plane, runs, taps, margin }
     }
 }
 
 /// Depthwise backward for one image: `dW[co][tap] += Σ dz[co] · x_shifted` and
 /// `dX[ci] += Σ_taps w · dz_shifted`.
 ///
-/// Polyphase, so that every tap is one contiguous dot product (`dW`) and one axpy (`dX`) over
-/// a whole plane, whatever the stride: the zero-padded input plane is split into `sh · sw`
-/// phase planes (rows `≡ py mod sh`, columns `≡ px mod sw`), in which the tap `(ky, kx)` reads
-/// phase `(ky·dh mod sh, kx·dw mod sw)` at the stride-1 offset `(ky·dh / sh, kx·dw / sw)`. The
-/// output gradient is laid out with the phase planes' row pitch (zeros in the extra columns,
-/// which make the extra products vanish), so a tap is a single run instead of one short run per
-/// output row (rows are 7 to 112 wide). `dX` accumulates in phase planes and is scattered back.
+/// Polyphase, so that at any stride every tap is one contiguous run over a whole plane (see
+/// [`f32_dwconv2d_grad`]): the zero-padded input plane is split into `sh · sw` phase planes,
+/// and the output gradient is laid out with the phase planes' row pitch (zeros in the extra
+/// columns and around it, which make the extra products vanish), so a tap is a single run
+/// instead of one short run per output row (rows are 7 to 112 wide). `dX` accumulates in phase
+/// planes and is scattered back. Padding never moves, so the planes are zeroed once.
 fn depthwise_backward(s: &Conv2dShape, p: &Phases, x: &[f32], w: &[f32], dz: &[f32], mut dx: Option<&mut [f32]>, mut dw: Option<&mut [f32]>, sc: &mut Scratch) {
-    let (kh, kw) = (s.kernel_h, s.kernel_w);
-    let (sh, sw, dh, dwl) = (s.stride_h, s.stride_w, s.dilation_h, s.dilation_w);
-    let (oh, ow) = (s.out_h, s.out_w);
-    let (pitch, plane, runs) = (p.pitch, p.plane, &p.runs);
-    let span = oh * pitch;
-    let (in_plane, out_plane) = (s.in_h * s.in_w, oh * ow);
+    let (kk, ow) = (s.kernel_h * s.kernel_w, s.out_w);
+    let (pitch, plane, margin, runs) = (p.pitch, p.plane, p.margin, &p.runs);
+    let (in_plane, out_plane) = (s.in_h * s.in_w, s.out_h * ow);
     let multiplier = s.out_c / s.in_c;
-    let xp = buf(&mut sc.t0, sh * sw * plane);
-    let dxp = buf(&mut sc.t1, sh * sw * plane);
-    let dzp = zeroed(&mut sc.t2, span);
+    let phases = s.stride_h * s.stride_w;
+    let xp = zeroed(&mut sc.t0, if dw.is_some() { phases * plane } else { 0 });
+    let dxp = buf(&mut sc.t1, phases * plane);
+    let dzm = zeroed(&mut sc.t2, margin + plane);
     for ci in 0..s.in_c {
         if dw.is_some() {
-            xp.fill(0.0);
             let xc = &x[ci * in_plane..][..in_plane];
             for &(src, dst, count) in runs {
-                xp[dst..dst + count].iter_mut().zip(xc[src..].iter().step_by(sw)).for_each(|(d, &v)| *d = v);
+                xp[dst..dst + count].iter_mut().zip(xc[src..].iter().step_by(s.stride_w)).for_each(|(d, &v)| *d = v);
             }
         }
         if dx.is_some() {
@@ -346,29 +337,23 @@ fn depthwise_backward(s: &Conv2dShape, p: &Phases, x: &[f32], w: &[f32], dz: &[f
         }
         for co in ci * multiplier..(ci + 1) * multiplier {
             for (oy, row) in dz[co * out_plane..][..out_plane].chunks_exact(ow).enumerate() {
-                dzp[oy * pitch..][..ow].copy_from_slice(row);
+                dzm[margin + oy * pitch..][..ow].copy_from_slice(row);
             }
-            for ky in 0..kh {
-                for kx in 0..kw {
-                    let tap = co * kh * kw + ky * kw + kx;
-                    let (py, px) = ((ky * dh) % sh, (kx * dwl) % sw);
-                    let off = (py * sw + px) * plane + (ky * dh / sh) * pitch + kx * dwl / sw;
-                    match (dw.as_deref_mut(), dx.is_some()) {
-                        (Some(dw), true) => dw[tap] += dot_and_axpy(dzp, &xp[off..off + span], &mut dxp[off..off + span], w[tap]),
-                        (Some(dw), false) => dw[tap] += super::dot(dzp, &xp[off..off + span]),
-                        (None, true) => {
-                            let wv = w[tap];
-                            dxp[off..off + span].iter_mut().zip(dzp.iter()).for_each(|(d, &g)| *d += wv * g);
-                        }
-                        (None, false) => {}
-                    }
-                }
-            }
+            f32_dwconv2d_grad(DwGradArgs {
+                x: xp,
+                dz: dzm,
+                margin,
+                plane,
+                taps: &p.taps,
+                weight: &w[co * kk..][..kk],
+                dx: dx.is_some().then_some(&mut dxp[..]),
+                dw: dw.as_deref_mut().map(|d| &mut d[co * kk..][..kk]),
+            });
         }
         if let Some(dx) = dx.as_deref_mut() {
             let dxc = &mut dx[ci * in_plane..][..in_plane];
             for &(src, dst, count) in runs {
-                dxc[src..].iter_mut().step_by(sw).zip(&dxp[dst..dst + count]).for_each(|(d, &v)| *d += v);
+                dxc[src..].iter_mut().step_by(s.stride_w).zip(&dxp[dst..dst + count]).for_each(|(d, &v)| *d += v);
             }
         }
     }

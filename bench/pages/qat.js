@@ -5,7 +5,8 @@
 //   images are added the way the page's "samples" button adds them and calibrated with the
 //   page's default PTQ settings (read from www/index.html) and the bundled model's
 //   preprocessing preset, then quantized. Timed: one FP32 forward and one int8 forward
-//   (runVariant on one preprocessed image), and QAT steps (qatStep(1), batch of the recipe).
+//   (runVariant on one preprocessed image), and QAT steps (qatStep(1), batch of the recipe),
+//   each timed step followed by a timed FP32 forward.
 //   The trainer is started with `evalEvery: 2`, so every second step also measures the loss on
 //   the 4 held-out frames: 4 training forwards (the fake-quantized simulation on the tape)
 //   without a backward. (eval step - plain step) / 4 is one simulation forward, and the plain
@@ -148,15 +149,24 @@ async function timeModel({ file, bits, forwardRuns, qat }) {
       const warm = [];
       // In order: {ms, eval}; `eval` steps also measured the held-out loss.
       const steps = [];
+      // One FP32 forward after each timed step: step and forward sampled under the same
+      // machine conditions, for a ratio that a slow or fast spell of a shared machine does not skew.
+      const fp32 = [];
       for (let i = 0; i < warmup + timed; i++) {
         t0 = performance.now();
         const stats = session.qatStep(1);
         const ms = performance.now() - t0;
         if (!Number.isFinite(stats.loss)) throw new Error(`${label}: QAT loss ${stats.loss} at step ${stats.step}`);
-        if (i < warmup) warm.push(ms);
-        else steps.push({ ms, eval: stats.holdoutLoss != null });
+        if (i < warmup) {
+          warm.push(ms);
+          continue;
+        }
+        steps.push({ ms, eval: stats.holdoutLoss != null });
+        t0 = performance.now();
+        runners.fp32();
+        fp32.push(performance.now() - t0);
       }
-      trainers.push({ label, config, mode: begun.mode, batchSize: begun.batchSize, beginMs, warm, steps });
+      trainers.push({ label, config, mode: begun.mode, batchSize: begun.batchSize, beginMs, warm, steps, fp32 });
     }
     return {
       inputShape: shape,

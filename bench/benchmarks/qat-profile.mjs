@@ -5,6 +5,8 @@
 // the tape's per-node profile (forward, fake-quant backward of the node's outputs, backward).
 // Reports the per-op-kind sums per frame beside one FP32 forward. A diagnostic: per-node timing
 // adds a little overhead, so the step and forward times of record are the `qat` benchmark's.
+// Also the phases of a step (Trainer::step_profile): its frames, the update, and reloading the
+// new parameters (into the tape, repacking, export, the simulation's plans), per step.
 // QP_PROFILE_OUT=file.json writes the per-node profiles.
 
 import { writeFileSync } from 'node:fs';
@@ -63,6 +65,13 @@ export async function run(ctx) {
         `${id} (${p.mode}, batch ${p.batch}): step per frame ${p.stepMs.toFixed(1)} ms = ${(p.stepMs / p.fp32Ms).toFixed(2)}x the FP32 forward (${p.fp32Ms.toFixed(1)} ms); ` +
           `nodes: forward ${total[0].toFixed(1)}, fake-quant backward ${total[1].toFixed(1)}, backward ${total[2].toFixed(1)} ms`,
       );
+      const ph = p.phasesMs;
+      ctx.log(
+        `  per step (batch ${p.batch}): frames ${ph.frames.toFixed(1)}, update ${ph.update.toFixed(1)}, new parameters into the tape ${ph.constants.toFixed(1)}, ` +
+          `repacking ${ph.prepare.toFixed(1)}, export ${ph.export.toFixed(1)}, simulation plans ${ph.simulate.toFixed(1)} ms`,
+      );
+      const fixed = ph.update + ph.constants + ph.prepare + ph.export + ph.simulate;
+      out.push({ metric: `${id}: step cost besides its frames (per step)`, unit: 'ms', value: r2(fixed), note: Object.entries(ph).map(([k, v]) => `${k} ${r2(v)}`).join(', ') + ' ms (Trainer::step_profile)' });
       const sorted = [...kinds].sort((a, b) => b[1].ms.reduce((x, y) => x + y) - a[1].ms.reduce((x, y) => x + y));
       for (const [k, e] of sorted) {
         ctx.log(`  ${k.padEnd(18)} (${String(e.nodes).padStart(2)})  forward ${e.ms[0].toFixed(2).padStart(6)} (alone ${e.alone.toFixed(2).padStart(6)})  fq backward ${e.ms[1].toFixed(2).padStart(5)}  backward ${e.ms[2].toFixed(2).padStart(6)} ms`);

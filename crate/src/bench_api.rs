@@ -361,6 +361,7 @@ pub fn profile_qat(bytes: &[u8], frames: &[f32], steps: u32, config: &str) -> Re
         trainer.step(&batch).map_err(err)?;
     }
     trainer.tape_mut().set_profiling(true);
+    trainer.set_step_profiling(true);
     let mut step_ms = Vec::new();
     for _ in 0..steps.max(1) {
         let t = performance_now();
@@ -368,6 +369,9 @@ pub fn profile_qat(bytes: &[u8], frames: &[f32], steps: u32, config: &str) -> Re
         step_ms.push((performance_now() - t) / batch.len() as f64);
     }
     let profile = trainer.tape_mut().profile().map(<[_]>::to_vec).unwrap_or_default();
+    let phases = trainer.step_profile().unwrap_or_default();
+    trainer.set_step_profiling(false);
+    let per_step = |s: f64| s * 1e3 / phases.steps.max(1) as f64;
     // The same forwards back to back, without a backward between them.
     trainer.tape_mut().set_profiling(true);
     for _ in 0..steps.max(1) {
@@ -404,6 +408,14 @@ pub fn profile_qat(bytes: &[u8], frames: &[f32], steps: u32, config: &str) -> Re
         "batch": batch.len(),
         "mode": format!("{:?}", trainer.mode()),
         "nodes": nodes,
+        "phasesMs": {
+            "frames": per_step(phases.frames),
+            "update": per_step(phases.update),
+            "constants": per_step(phases.constants),
+            "prepare": per_step(phases.prepare),
+            "export": per_step(phases.export),
+            "simulate": per_step(phases.simulate),
+        },
     })
     .to_string())
 }

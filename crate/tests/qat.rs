@@ -282,7 +282,19 @@ fn qat_step_time_against_a_forward() {
                 training_forward = training_forward.min(time(&mut || drop(trainer.forward(f).unwrap())));
             }
             trainer.tape_mut().set_profiling(true);
+            trainer.set_step_profiling(true);
             cached = cached.min(time(&mut || drop(trainer.step(&batch).unwrap())) / batch.len() as f64);
+            let phases = trainer.step_profile().unwrap();
+            trainer.set_step_profiling(false);
+            eprintln!(
+                "  step phases: frames {:.1}, update {:.1}, new parameters into the tape {:.1}, repacking {:.1}, export {:.1}, simulation plans {:.1} ms",
+                phases.frames * 1e3,
+                phases.update * 1e3,
+                phases.constants * 1e3,
+                phases.prepare * 1e3,
+                phases.export * 1e3,
+                phases.simulate * 1e3
+            );
             let step_profile = trainer.tape_mut().profile().unwrap().to_vec();
             trainer.tape_mut().set_profiling(false);
             prof = Some(match prof {

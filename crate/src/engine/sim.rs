@@ -111,8 +111,11 @@ struct CachedWeights {
     data: Vec<f32>,
     quant: Option<Quant>,
     ints: Arc<WeightInts>,
-    /// The packed reduction, for inputs with these parameters.
-    packed: Option<(Qp, Arc<Packed>)>,
+    /// The packed reduction, for inputs with this zero point: of the input's parameters, the
+    /// sums depend on that alone (the int8 kernels fold it into the packed weights; the plans
+    /// take their accumulators, never their requantization). So a step size that changes (QAT
+    /// learns them at every step) keeps the packing.
+    packed: Option<(i32, Arc<Packed>)>,
 }
 
 /// A Conv's or Gemm's packed reduction.
@@ -182,10 +185,10 @@ impl PlanCache {
         }
         let c = self.nodes[n].as_mut().expect("weights came first");
         match &c.packed {
-            Some((x, p)) if Arc::ptr_eq(&c.ints, &w.ints) && *x == w.x => p.clone(),
+            Some((zero_point, p)) if Arc::ptr_eq(&c.ints, &w.ints) && *zero_point == w.x.zero_point => p.clone(),
             _ => {
                 let p = Arc::new(pack());
-                c.packed = Some((w.x, p.clone()));
+                c.packed = Some((w.x.zero_point, p.clone()));
                 p
             }
         }

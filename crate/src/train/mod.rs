@@ -50,4 +50,4 @@ pub mod tape;
 #[cfg(test)]
 mod gradcheck;
 
-pub use qat::{QatConfig, QatMode, StepStats, Trainer};
+pub use qat::{QatConfig, QatMode, StepPhases, StepStats, Trainer};

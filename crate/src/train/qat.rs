@@ -91,7 +91,7 @@ use super::fake_quant::{self, grad_scale, ChannelLayout, FakeQuant};
 use super::features::{self, FeatureMatch};
 use super::loss::{Distillation, LabelLoss};
 use super::optim::{AdamW, Moments, Schedule};
-use super::tape::{Tape, TapeSpec};
+use super::tape::{clock, Tape, TapeSpec};
 use crate::engine::Fp32Engine;
 use crate::ir::{Graph, Op, ValueId};
 use crate::quant::params::{ChannelParams, QuantParams, MAX_SCALE, MIN_SCALE};
@@ -214,6 +214,26 @@ pub struct StepStats {
     pub holdout_loss: Option<f64>,
     /// The best loss so far (held-out, else running mean of training losses).
     pub best_loss: Option<f64>,
+}
+
+/// Seconds in the phases of the optimizer steps since profiling began
+/// ([`Trainer::set_step_profiling`]): what a step costs besides its frames.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct StepPhases {
+    pub steps: usize,
+    /// Every frame's teacher targets, forward, loss and backward.
+    pub frames: f64,
+    /// The optimizer update: the weights' fake-quant backward, AdamW.
+    pub update: f64,
+    /// The new parameters written into the tape: weights fake-quantized, biases snapped.
+    pub constants: f64,
+    /// The tape's ops repacking the constants that changed.
+    pub prepare: f64,
+    /// The annotated graph of the new parameters ([`Trainer::graph`]).
+    pub export: f64,
+    /// The simulation's plans of it: the int8 engine's integers and packed sums of every
+    /// weight that changed.
+    pub simulate: f64,
 }
 
 struct WeightParam {
@@ -354,6 +374,8 @@ pub struct Trainer {
     best: Option<(f64, State)>,
     holdout: Vec<(Vec<Vec<f32>>, Vec<Vec<f32>>)>,
     history: Vec<StepStats>,
+    /// Where the steps' time went, while profiling ([`Trainer::set_step_profiling`]).
+    phases: Option<StepPhases>,
     /// Scratch for the weight backward.
     dw: Vec<f32>,
     dscale: Vec<f64>,
@@ -560,6 +582,7 @@ impl Trainer {
             best: None,
             holdout: Vec::new(),
             history: Vec::new(),
+            phases: None,
             dw: Vec::new(),
             dscale: Vec::new(),
             config,
@@ -633,6 +656,16 @@ impl Trainer {
         &mut self.tape
     }
 
+    /// Starts (from zero) or stops timing the phases of each step.
+    pub fn set_step_profiling(&mut self, on: bool) {
+        self.phases = on.then(StepPhases::default);
+    }
+
+    /// The phases' times since [`set_step_profiling`](Self::set_step_profiling)`(true)`.
+    pub fn step_profile(&self) -> Option<StepPhases> {
+        self.phases
+    }
+
     /// Numbers of trained values: (weights, step sizes, biases).
     pub fn parameter_counts(&self) -> (usize, usize, usize) {
         let w = self.weights.iter().zip(&self.state.weights).filter(|(p, _)| p.train_weights).map(|(_, s)| s.0.len()).sum();
@@ -659,6 +692,9 @@ impl Trainer {
     /// Writes the current parameters into the tape: `ŵ`, snapped biases, step sizes; then
     /// gives it their annotated graph to simulate, so that its forward is the int8 engine's.
     fn load_state(&mut self) -> Result<()> {
+        let timing = self.phases.is_some();
+        let tick = || if timing { clock() } else { 0.0 };
+        let t0 = tick();
         let Trainer { weights, biases, acts, state, tape, act_of, .. } = self;
         for (wp, (latent, scales)) in weights.iter().zip(&state.weights) {
             if !wp.train_weights && !wp.learn_scales {
@@ -679,9 +715,18 @@ impl Trainer {
                 tape.set_quant(m, FakeQuant { scale: s, ..FakeQuant::new(&a.base) });
             }
         }
+        let t1 = tick();
         tape.prepare();
+        let t2 = tick();
         let g = self.export(&self.state)?;
+        let t3 = tick();
         self.tape.simulate(&g)?;
+        if let Some(p) = self.phases.as_mut() {
+            p.constants += t1 - t0;
+            p.prepare += t2 - t1;
+            p.export += t3 - t2;
+            p.simulate += tick() - t3;
+        }
         Ok(())
     }
 
@@ -728,6 +773,9 @@ impl Trainer {
             let l = self.holdout_loss()?;
             self.best = Some((l, self.state.clone()));
         }
+        let timing = self.phases.is_some();
+        let tick = || if timing { clock() } else { 0.0 };
+        let t0 = tick();
         self.tape.zero_grads();
         let weight = 1.0 / batch.len() as f32;
         let c = &self.config;
@@ -771,10 +819,17 @@ impl Trainer {
                 self.best = Some((ema, self.state.clone()));
             }
         }
+        let t1 = tick();
         let factor = self.schedule.factor(self.step);
         self.update(factor);
+        let t2 = tick();
         self.step += 1;
         self.load_state()?;
+        if let Some(p) = self.phases.as_mut() {
+            p.steps += 1;
+            p.frames += t1 - t0;
+            p.update += t2 - t1;
+        }
         let mut holdout_loss = None;
         if !self.holdout.is_empty() && (self.step % self.config.eval_every.max(1) == 0 || self.step == self.steps) {
             let l = self.holdout_loss()?;
@@ -1134,6 +1189,30 @@ mod tests {
         assert_eq!(a.outputs, t.teacher(&pool[0]).unwrap());
         assert!(t.step(&[]).is_err());
         assert!(t.step(&[vec![vec![0.0; 3]]]).is_err());
+    }
+
+    #[test]
+    fn step_phases_are_timed_only_while_asked() {
+        let (cal, q) = ptq(&tiny(), QuantConfig { weight_bits: 4, ..QuantConfig::default() });
+        let mut t = Trainer::new(cal.graph(), &q, QatConfig::default()).unwrap();
+        let mut rng = Rng::seeded(5);
+        let batch = vec![frame(&mut rng), frame(&mut rng)];
+        t.step(&batch).unwrap();
+        assert_eq!(t.step_profile(), None);
+        t.set_step_profiling(true);
+        t.step(&batch).unwrap();
+        t.step(&batch).unwrap();
+        let p = t.step_profile().unwrap();
+        assert_eq!(p.steps, 2);
+        // Full mode (4 bits): every phase has work, the weights change at every step.
+        for (name, s) in [("frames", p.frames), ("update", p.update), ("constants", p.constants), ("prepare", p.prepare), ("export", p.export), ("simulate", p.simulate)] {
+            assert!(s > 0.0 && s < 60.0, "{name}: {s} s");
+        }
+        t.set_step_profiling(false);
+        t.step(&batch).unwrap();
+        assert_eq!(t.step_profile(), None);
+        t.set_step_profiling(true);
+        assert_eq!(t.step_profile(), Some(StepPhases::default()));
     }
 
     /// The input data (the graph input, its NHWC -> NCHW transpose and a normalisation, all

@@ -112,7 +112,7 @@ pub struct Tape {
 
 /// Wall-clock seconds since an arbitrary origin: `Instant` natively, `performance.now()` on
 /// wasm32 (in a page, a worker and Node), read only while profiling.
-fn clock() -> f64 {
+pub(crate) fn clock() -> f64 {
     #[cfg(not(target_arch = "wasm32"))]
     {
         use std::sync::OnceLock;
@@ -567,7 +567,8 @@ mod tests {
     use super::super::gradcheck::{check_graph, Builder};
     use super::*;
     use crate::ir::{Activation, BinaryOp, Op, Window2d};
-    use crate::quant::params::from_range;
+    use crate::quant::params::{from_range, QuantParams};
+    use crate::quant::Quant;
 
     #[test]
     fn shared_values_and_several_consumers_sum_their_gradients() {
@@ -682,7 +683,8 @@ mod tests {
 
     /// Both ways the simulation sums a convolution (the int8 kernels' accumulators, wasm's
     /// default; the FP32 kernels on integers, native's) give the int8 engine's values, before
-    /// and after a weight changes; a re-plan packs again exactly the weights that changed.
+    /// and after a weight changes, and after step sizes change; a re-plan packs again exactly
+    /// the weights that changed (a new step size of a layer's input keeps its packing).
     #[test]
     fn both_convolution_sums_and_kept_weights_follow_the_int8_engine() {
         let (q, spec, frames) = quantized_graph();
@@ -693,7 +695,7 @@ mod tests {
             tape.plan_cache = PlanCache::with_int8_sums(int8_sums);
             let mut g = q.clone();
             let (mut ids, mut _held) = (Vec::new(), None);
-            for round in 0..3 {
+            for round in 0..4 {
                 assert!(tape.simulate(&g).unwrap());
                 let int8 = crate::engine::Int8Engine::new(g.clone()).unwrap();
                 for f in &frames {
@@ -707,9 +709,19 @@ mod tests {
                         assert_ne!(now[node_of(w3)], ids[node_of(w3)], "the changed weight is packed again");
                         assert_eq!(now[node_of(w4)], ids[node_of(w4)], "the unchanged weight is kept");
                     }
+                    2 => assert_eq!(now, ids, "new step sizes keep every packing"),
                     _ => assert_eq!(now, ids, "nothing changed, everything is kept"),
                 }
                 (ids, _held) = (now, Some(held));
+                if round == 1 {
+                    // New step sizes of c3's input (c2's output) and output, zero points kept.
+                    for v in [q.find_value("c2.0").unwrap(), q.find_value("c3.0").unwrap()] {
+                        let Some(Quant::Tensor(p)) = g.values[v].quant.clone() else { panic!("c2 and c3 are quantized") };
+                        let p = QuantParams { scale: p.scale * 1.37, ..p };
+                        tape.set_quant(v, FakeQuant::new(&p));
+                        g.values[v].quant = Some(Quant::Tensor(p));
+                    }
+                }
                 if round == 0 {
                     // The pointwise weight negated: still on its grid (symmetric integers).
                     let d = tape.const_data_mut(w3);

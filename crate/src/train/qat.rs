@@ -218,7 +218,7 @@ pub struct StepStats {
 
 /// Seconds in the phases of the optimizer steps since profiling began
 /// ([`Trainer::set_step_profiling`]): what a step costs besides its frames.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct StepPhases {
     pub steps: usize,
     /// Every frame's teacher targets, forward, loss and backward.

@@ -120,26 +120,7 @@ pub fn add_into(acc: &mut [f32], x: &[f32]) {
     acc.iter_mut().zip(x).for_each(|(a, &v)| *a += v);
 }
 
-/// A dot product in eight independent lanes, so it vectorises without fast-math.
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ar, br) = (ac.remainder(), bc.remainder());
-    for (x, y) in ac.zip(bc) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-    for (x, y) in ar.iter().zip(br) {
-        s += x * y;
-    }
-    s
-}
-
-/// The sum of `x` in eight lanes (see [`dot`]).
+/// The sum of `x` in eight independent lanes, so it vectorises without fast-math.
 pub fn sum(x: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let c = x.chunks_exact(8);

@@ -1528,10 +1528,11 @@ function readQatConfig() {
 const QAT_MODES = { scales: 'step sizes and biases', full: 'weights, step sizes and biases' };
 
 /** What QAT trains on, from qatBegin's `augmentation` (protocol.js QatAugmentation). */
-function augmentationText({ augment: a, frames, images, heldOut = 0, labelled }, labelWeight = 1) {
+function augmentationText({ augment: a, frames, images, heldOut = 0, views: drawn, labelled }, labelWeight = 1, framesTrained = 0) {
   const pct = (x) => `${Math.round(100 * x)}%`;
+  const reuse = drawn && framesTrained ? ` (drawn once for the run, each trained on about ${Math.max(1, Math.round(framesTrained / drawn))} times, so its FP32 targets are computed once)` : '';
   const views =
-    `random views of ${images === frames ? `the ${frames}` : `${images} of the ${frames}`} training frames, as the command line trains: ` +
+    `${drawn ? `${drawn} ` : ''}random views of ${images === frames ? `the ${frames}` : `${images} of the ${frames}`} training frames${reuse}, as the command line trains: ` +
     `a crop of ${pct(a.minArea)}–100% of the image (width/height ${a.aspect[0].toFixed(2)}–${a.aspect[1].toFixed(2)}) scaled to the input` +
     `${a.flip ? ', mirrored half the time' : ''}, brightness ±${Math.round(a.brightness)}, contrast ±${pct(a.contrast)}; ` +
     'each made from the frame\'s image and preprocessed as for calibration';
@@ -1602,7 +1603,7 @@ qatForm.addEventListener('submit', async (event) => {
         // The plan: what the engine chose where the form said "auto".
         plan = { total: p.total, mode: p.mode };
         bar.max = p.total;
-        if (p.augmentation) field('qat-augment').textContent = augmentationText(p.augmentation, config.labelWeight);
+        if (p.augmentation) field('qat-augment').textContent = augmentationText(p.augmentation, config.labelWeight, (p.total ?? 0) * (p.batchSize ?? 0));
         const why = config.mode ? '' : ` (chosen for ${state.ptq.config?.weightBits ?? '?'}-bit weights)`;
         const withLabels = trainedLabels
           ? `, with ${trainedLabels.images} labelled images in ${new Set(trainedLabels.classes.map((c) => c.class)).size} classes`

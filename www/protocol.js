@@ -336,6 +336,8 @@ export const NOT_AVAILABLE = 'NotAvailableError';
  * @property {number} frames   training frames (the held-out ones excluded)
  * @property {number} images   of them, those with an image (the others were tensors: only mirrored)
  * @property {number} heldOut  kept frames held out, unaugmented, to keep the best weights
+ * @property {number} views    random views drawn for the run; its frames come from them, each view
+ *   met about steps × batch / views times (its FP32 targets computed once)
  * @property {{images: number, classes: number}} [labelled]  labelled images trained on too
  */
 

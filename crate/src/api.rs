@@ -11,7 +11,7 @@ use js_sys::{Array, Float32Array, Object, Reflect};
 use wasm_bindgen::prelude::*;
 use web_sys::ImageData;
 
-use crate::augment::Augment;
+use crate::augment::{Augment, ViewPool};
 use crate::model::{Model, Output};
 use crate::onnx::ImportOptions;
 use crate::preprocess::{preprocess, Preprocess};
@@ -67,8 +67,8 @@ fn outputs_to_js(outputs: Vec<Output>) -> JsValue {
 #[wasm_bindgen]
 pub struct Session {
     session: session::Session,
-    /// QAT in progress (between `qatBegin` and `qatFinish`).
-    trainer: Option<Trainer>,
+    /// QAT in progress (between `qatBegin` and `qatFinish`) and the views it draws from.
+    trainer: Option<(Trainer, ViewPool)>,
     /// Labelled frames that QAT in progress has trained on so far.
     labelled_trained: usize,
     rng: Rng,
@@ -241,10 +241,11 @@ impl Session {
     /// the labelled images (`qatAddLabelledRgba`), which add the cross-entropy to their class
     /// (weight `labelWeight`). `config` as `QatConfig` (`{}`: the default recipe, mode chosen
     /// by weight width). Returns `{steps, mode, batchSize, augmentation: {augment, frames,
-    /// images, heldOut, labelled: {images, classes}}}`: the views' ranges (augment.rs
+    /// images, heldOut, views, labelled: {images, classes}}}`: the views' ranges (augment.rs
     /// `Augment`), the training frames, how many of them have an image (the others, given as
-    /// tensors, are only mirrored), the held-out frames and the labelled images and their
-    /// classes.
+    /// tensors, are only mirrored), the held-out frames, the random views drawn for the run
+    /// (`ViewPool`: each met about steps × batch / views times, its teacher targets computed
+    /// once) and the labelled images and their classes.
     #[wasm_bindgen(js_name = qatBegin)]
     pub fn qat_begin(&mut self, config: JsValue) -> Result<JsValue, JsError> {
         let config: QatConfig = optional(config)?;
@@ -254,6 +255,7 @@ impl Session {
             trainer.set_holdout(&kept[kept.len() - QAT_HOLDOUT..]).map_err(err)?;
         }
         let train = self.training_frames();
+        let views = self.session.qat_views(train.clone(), trainer.views(), &Augment::default()).map_err(err)?;
         let images = train.clone().filter(|&i| self.session.kept_has_image(i)).count();
         let held_out = kept.len() - train.len();
         let labelled = self.session.labelled();
@@ -263,10 +265,11 @@ impl Session {
             "frames": train.len(),
             "images": images,
             "heldOut": held_out,
+            "views": views.size(),
             "labelled": { "images": labelled.len(), "classes": classes },
         });
         let reply = serde_json::json!({ "steps": trainer.steps(), "mode": trainer.mode(), "batchSize": trainer.batch_size(), "augmentation": augmentation });
-        self.trainer = Some(trainer);
+        self.trainer = Some((trainer, views));
         self.labelled_trained = 0;
         to_js(&reply)
     }
@@ -279,8 +282,7 @@ impl Session {
     #[wasm_bindgen(js_name = qatStep)]
     pub fn qat_step(&mut self, n: usize) -> Result<JsValue, JsError> {
         let train = self.training_frames();
-        let trainer = self.trainer.as_mut().ok_or_else(|| JsError::new("QAT has not started: call qatBegin first"))?;
-        let augment = Augment::default();
+        let (trainer, views) = self.trainer.as_mut().ok_or_else(|| JsError::new("QAT has not started: call qatBegin first"))?;
         let mut last = None;
         // Per labelled frame, so that a step with more of them counts for more.
         let (mut label_sum, mut label_frames) = (0f64, 0usize);
@@ -288,7 +290,7 @@ impl Session {
             if trainer.steps_done() >= trainer.steps() {
                 break;
             }
-            let (batch, labels) = self.session.qat_batch(train.clone(), trainer.batch_size(), &mut self.rng, &augment).map_err(err)?;
+            let (batch, labels) = self.session.qat_batch(train.clone(), views, trainer.batch_size(), &mut self.rng).map_err(err)?;
             let stats = trainer.step_labelled(&batch, &labels).map_err(err)?;
             let labelled = labels.iter().flatten().count();
             if let Some(l) = stats.label_loss {
@@ -317,7 +319,7 @@ impl Session {
     /// its report, measured like PTQ's.
     #[wasm_bindgen(js_name = qatFinish)]
     pub fn qat_finish(&mut self) -> Result<JsValue, JsError> {
-        let trainer = self.trainer.take().ok_or_else(|| JsError::new("QAT has not started: call qatBegin first"))?;
+        let (trainer, _) = self.trainer.take().ok_or_else(|| JsError::new("QAT has not started: call qatBegin first"))?;
         let report = self.session.finish_qat(&trainer).map_err(err)?;
         to_js(report)
     }

@@ -97,6 +97,71 @@ impl View {
     }
 }
 
+/// The views a training run draws from: up to `size` pairs (source, view), a random view of
+/// each source of `0..sources` in turn (every source once, in a random order, before any
+/// twice), made as they are first drawn, then served again in epochs (every view once per
+/// epoch, in a new random order). A run of N frames on a pool of P views meets each view N / P
+/// times, so the float teacher's targets of a view, which the trainer caches, are paid for
+/// once rather than N / P times (`train::qat`, the teacher cache). A pool larger than the run
+/// holds only the views it drew, each of them new; one smaller than `sources` (a run of a
+/// few steps) leaves some sources out.
+#[derive(Clone, Debug)]
+pub struct ViewPool {
+    sources: usize,
+    size: usize,
+    augment: Augment,
+    entries: Vec<(usize, View)>,
+    /// Sources of the current turn, in their order.
+    turn: Vec<usize>,
+    /// The current epoch's order of `entries`, once all of them exist.
+    order: Vec<usize>,
+    next: usize,
+}
+
+/// `0..n` in a random order (Fisher-Yates).
+fn shuffled(n: usize, rng: &mut Rng) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+    }
+    order
+}
+
+impl ViewPool {
+    /// A pool of `size` views (at least 1) of `sources` sources (none when 0:
+    /// [`draw`](Self::draw) then has nothing to give, and callers refuse that first).
+    pub fn new(sources: usize, size: usize, augment: &Augment) -> ViewPool {
+        ViewPool { sources, size: size.max(1), augment: augment.clone(), entries: Vec::new(), turn: Vec::new(), order: Vec::new(), next: 0 }
+    }
+
+    /// The views the pool holds at most.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// The next (source, view): a new view while the pool is not full, else the next of the
+    /// epoch (a new epoch in a new order). `None` only without sources.
+    pub fn draw(&mut self, rng: &mut Rng) -> Option<&(usize, View)> {
+        if self.sources == 0 {
+            return None;
+        }
+        let k = self.entries.len();
+        if k < self.size {
+            if k % self.sources == 0 {
+                self.turn = shuffled(self.sources, rng);
+            }
+            self.entries.push((self.turn[k % self.sources], View::random(rng, &self.augment)));
+            return self.entries.last();
+        }
+        if self.next == self.order.len() {
+            self.order = shuffled(self.entries.len(), rng);
+            self.next = 0;
+        }
+        self.next += 1;
+        Some(&self.entries[self.order[self.next - 1]])
+    }
+}
+
 /// An image tensor mirrored left-right (NCHW: width last; NHWC: width before the channels);
 /// tensors of other shapes are returned unchanged.
 pub fn mirror_width(x: &[f32], shape: &[usize]) -> Vec<f32> {
@@ -164,6 +229,35 @@ mod tests {
             let v = View { brightness, contrast, ..View::identity() };
             assert_eq!(v.apply(&rgba, width, height).0, reference(&v, &rgba, width, height), "{v:?}");
         }
+    }
+
+    #[test]
+    fn a_pool_serves_each_view_once_per_epoch() {
+        let mut rng = Rng::seeded(11);
+        let mut pool = ViewPool::new(5, 7, &Augment::default());
+        let draw = |pool: &mut ViewPool, rng: &mut Rng| pool.draw(rng).unwrap().clone();
+        // The first epoch makes the views: every source once before any twice.
+        let entries: Vec<(usize, View)> = (0..7).map(|_| draw(&mut pool, &mut rng)).collect();
+        assert_eq!(entries, pool.entries);
+        let mut first: Vec<usize> = entries[..5].iter().map(|(s, _)| *s).collect();
+        first.sort();
+        assert_eq!(first, vec![0, 1, 2, 3, 4]);
+        assert!(entries[5..].iter().all(|(s, _)| *s < 5) && entries[5].0 != entries[6].0);
+        assert!(entries.windows(2).all(|w| w[0].1 != w[1].1), "the views differ");
+        // Then every view once per epoch, each epoch in a new order.
+        let mut orders = Vec::new();
+        for _ in 0..3 {
+            let mut epoch: Vec<usize> = (0..7).map(|_| {
+                let e = draw(&mut pool, &mut rng);
+                entries.iter().position(|x| *x == e).unwrap()
+            }).collect();
+            orders.push(epoch.clone());
+            epoch.sort();
+            assert_eq!(epoch, (0..7).collect::<Vec<_>>(), "every view once per epoch");
+        }
+        assert!(orders[0] != orders[1] || orders[1] != orders[2], "epochs are reshuffled");
+        assert_eq!(pool.entries.len(), 7);
+        assert!(ViewPool::new(0, 4, &Augment::default()).draw(&mut rng).is_none());
     }
 
     #[test]

@@ -596,6 +596,7 @@ mod tests {
     use super::*;
     use crate::onnx::ImportOptions;
     use crate::preprocess::Layout;
+    use crate::augment::ViewPool;
     use crate::train::QatConfig;
 
     const BLAZEFACE: &[u8] = include_bytes!("../../models/blazeface_front_128.onnx");
@@ -755,10 +756,11 @@ mod tests {
         assert!(s.labelled().is_empty());
     }
 
-    /// QAT batches draw uniformly from the training frames and the labelled images together
-    /// (as the CLI's --qat-labels): a labelled draw is a view of the image with its class, an
-    /// unlabelled one a view of a kept frame; without labelled images the draws are exactly
-    /// those of unlabelled training. The trainer then reports the label loss.
+    /// QAT batches come from a pool of views of the training frames and the labelled images
+    /// together (as the CLI's --qat-labels): a labelled draw is a view of the image with its
+    /// class, an unlabelled one a view of a kept frame; each source is in the pool as often
+    /// as the others (give or take one), and each view is drawn once per epoch. The trainer
+    /// then reports the label loss.
     #[test]
     fn qat_batches_mix_labelled_images_with_their_classes() {
         let p = Preprocess::preset("ppocr", 192, 48, Layout::Nchw).unwrap();
@@ -770,15 +772,23 @@ mod tests {
         s.quantize_ptq().unwrap();
         let (train, augment) = (0..3, Augment::default());
 
-        // No labelled images: the draws of before (a frame index, then its view).
+        // No labelled images: the pool's views of the kept frames, in the pool's order.
         let (mut a, mut b) = (Rng::seeded(11), Rng::seeded(11));
-        let (frames, labels) = s.qat_batch(train.clone(), 6, &mut a, &augment).unwrap();
+        let mut views = s.qat_views(train.clone(), 4, &augment).unwrap();
+        let (frames, labels) = s.qat_batch(train.clone(), &mut views, 6, &mut a).unwrap();
+        let mut expected = ViewPool::new(3, 4, &augment);
         let before: Vec<_> = (0..6).map(|_| {
-            let i = (b.next_u64() % 3) as usize;
-            s.training_frame(i, &mut b, &augment).unwrap()
+            let (i, v) = expected.draw(&mut b).unwrap();
+            s.view_of_kept(*i, v).unwrap()
         }).collect();
         assert_eq!(frames, before);
         assert_eq!(labels, vec![None; 6]);
+        // A second epoch meets the same views: at most 4 distinct frames in 8 draws.
+        let (more, _) = s.qat_batch(train.clone(), &mut views, 2, &mut a).unwrap();
+        let mut distinct = frames.into_iter().chain(more).collect::<Vec<_>>();
+        distinct.sort_by(|x, y| x[0].partial_cmp(&y[0]).unwrap());
+        distinct.dedup();
+        assert!(distinct.len() <= 4, "{} distinct frames from a pool of 4 views", distinct.len());
 
         // Class 0, then class 1.
         let labelled = [(image(40, 90, 30), 90, 30), (image(41, 60, 40), 60, 40)];
@@ -788,12 +798,13 @@ mod tests {
         let kept: Vec<Vec<f32>> = s.kept_frames().iter().map(|f| f[0].clone()).collect();
         let images: Vec<Vec<f32>> = labelled.iter().map(|(rgba, w, h)| preprocess(rgba, *w, *h, &p).unwrap()).collect();
         let mut rng = Rng::seeded(12);
-        let (mut counts, mut draws) = ([0usize; 2], 0);
-        for _ in 0..75 {
-            let (frames, labels) = s.qat_batch(train.clone(), 4, &mut rng, &no_change()).unwrap();
+        // 50 views of 5 sources: 10 of each; two epochs of them.
+        let mut views = s.qat_views(train.clone(), 50, &no_change()).unwrap();
+        let mut counts = [0usize; 2];
+        for _ in 0..25 {
+            let (frames, labels) = s.qat_batch(train.clone(), &mut views, 4, &mut rng).unwrap();
             assert_eq!((frames.len(), labels.len()), (4, 4));
             for (f, label) in frames.iter().zip(&labels) {
-                draws += 1;
                 match label {
                     None => assert!(kept.contains(&f[0]), "an unlabelled draw is a kept frame"),
                     Some(c) => {
@@ -803,19 +814,19 @@ mod tests {
                 }
             }
         }
-        // 2 of the 5 in the pool are labelled: 120 of 300 draws expected (sd 8.5).
-        let share = (counts[0] + counts[1]) as f64 / draws as f64;
-        assert!((0.3..0.5).contains(&share) && counts.iter().all(|&c| c > 30), "{counts:?} of {draws}");
+        assert_eq!(counts, [20, 20]);
 
         let mut trainer = s.qat_trainer(QatConfig { steps: Some(2), ..QatConfig::default() }).unwrap();
-        let (frames, mut labels) = s.qat_batch(train.clone(), 3, &mut rng, &augment).unwrap();
+        let mut views = s.qat_views(train.clone(), trainer.views(), &augment).unwrap();
+        let (frames, mut labels) = s.qat_batch(train.clone(), &mut views, 3, &mut rng).unwrap();
         labels[0] = Some(1); // at least one labelled frame in the step
         let stats = trainer.step_labelled(&frames, &labels).unwrap();
         assert!(stats.label_loss.is_some_and(f64::is_finite), "{stats:?}");
         assert!(trainer.losses().contains(&"cross-entropy"));
 
-        assert!(s.qat_batch(0..0, 2, &mut rng, &augment).unwrap_err().to_string().contains("QAT needs calibration frames"));
-        assert!(s.qat_batch(0..4, 2, &mut rng, &augment).unwrap_err().to_string().contains("kept frames 0..4, and 3 are kept"));
+        assert!(s.qat_views(0..0, 2, &augment).unwrap_err().to_string().contains("QAT needs calibration frames"));
+        assert!(s.qat_views(0..4, 2, &augment).unwrap_err().to_string().contains("kept frames 0..4, and 3 are kept"));
+        assert!(s.qat_batch(0..4, &mut views, 2, &mut rng).unwrap_err().to_string().contains("kept frames 0..4, and 3 are kept"));
     }
 
     /// The stepped analysis is dropped when the calibration changes, and gives the one-shot

@@ -18,7 +18,7 @@ use quant_playground::ir::{Graph, ValueId};
 use quant_playground::onnx::ImportOptions;
 use quant_playground::preprocess::Layout;
 use quant_playground::quant::ptq::{Calibrator, QuantConfig};
-use quant_playground::train::qat::FEATURE_CACHE_BYTES;
+use quant_playground::train::qat::TEACHER_CACHE_BYTES;
 use quant_playground::train::{QatConfig, QatMode, Trainer};
 use quant_playground::Model;
 
@@ -49,7 +49,8 @@ fn default_features_are_one_cut_point_per_resolution() {
     assert_eq!(shapes, vec![vec![1, 16, 112, 112], vec![1, 24, 56, 56], vec![1, 40, 28, 28], vec![1, 80, 14, 14], vec![1, 192, 7, 7]]);
     let bytes: usize = shapes.iter().map(|s| 4 * s.iter().product::<usize>()).sum();
     assert_eq!(bytes, 4 * 332_416);
-    assert_eq!(t.teacher_cache_frames(), FEATURE_CACHE_BYTES / bytes);
+    // Each entry also holds the 1000 class scores.
+    assert_eq!(t.teacher_cache_frames(), TEACHER_CACHE_BYTES / (bytes + 4 * 1000));
     assert_eq!(t.losses(), vec!["kl", "feature-mse"]);
 
     // BlazeFace: two heads (16x16 and 8x8 anchors); no head layer is a feature.

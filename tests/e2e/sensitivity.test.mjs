@@ -118,7 +118,7 @@ test('sensitive layers on EfficientNet-Lite0: progress, cancel, ranking, keep th
       assert.equal(await page.locator('#qat-panel').getAttribute('data-state'), 'done', await field(page, 'qat-notice'));
       assert.match(
         await field(page, 'qat-augment'),
-        /^Trains on random views of the 3 training frames, as the command line trains: a crop of 25%–100% of the image \(width\/height 0\.75–1\.33\) scaled to the input, mirrored half the time, brightness ±32, contrast ±25%; each made from the frame's image and preprocessed as for calibration\. No frame is held out: with so few, all of them train\.$/,
+        /^Trains on 2 random views of the 3 training frames \(drawn once for the run, each trained on about 4 times, so its FP32 targets are computed once\), as the command line trains: a crop of 25%–100% of the image \(width\/height 0\.75–1\.33\) scaled to the input, mirrored half the time, brightness ±32, contrast ±25%; each made from the frame's image and preprocessed as for calibration\. No frame is held out: with so few, all of them train\.$/,
       );
     }
 

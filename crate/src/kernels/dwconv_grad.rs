@@ -85,6 +85,7 @@ impl DwGradArgs<'_> {
 type GroupKernel<const G: usize> = fn(x: &[f32], dz: &[f32], start: [usize; G], w: [f32; G], dx: &mut [f32], plane: usize) -> [f32; G];
 
 /// The portable kernel: the definition of the summation order.
+#[cfg(any(test, not(all(target_arch = "wasm32", target_feature = "simd128"))))]
 fn group_scalar<const G: usize, const DX: bool, const DW: bool>(x: &[f32], dz: &[f32], start: [usize; G], w: [f32; G], dx: &mut [f32], plane: usize) -> [f32; G] {
     let mut acc = [[0f32; 4]; G];
     let dz = start.map(|s| &dz[s..s + plane]);

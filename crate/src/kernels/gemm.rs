@@ -62,16 +62,8 @@ impl PackedA {
             return;
         }
         for (i, panel) in self.data.chunks_exact_mut(MR * k).enumerate() {
-            for r in 0..MR {
-                let row = i * MR + r;
-                if row < m {
-                    for (p, &v) in a[row * lda..][..k].iter().enumerate() {
-                        panel[p * MR + r] = v;
-                    }
-                } else {
-                    (0..k).for_each(|p| panel[p * MR + r] = 0.0);
-                }
-            }
+            let row = i * MR;
+            interleave_rows::<MR>(panel, &a[row * lda..], MR.min(m - row), k, lda);
         }
     }
 
@@ -103,18 +95,25 @@ impl PackedB {
     /// Packs `B` given as its transpose `bt` (`n x k`, row stride `ldbt`), the layout of ONNX
     /// `Gemm` weights with `transB = 1` and of `MatMul` weights read column by column.
     pub fn pack_transposed(bt: &[f32], k: usize, n: usize, ldbt: usize) -> PackedB {
+        let mut packed = PackedB::default();
+        packed.repack_transposed_from(bt, k, n, ldbt);
+        packed
+    }
+
+    /// Like `pack_transposed`, reusing this value's allocation: `B` whose columns are
+    /// contiguous, such as `X_gᵀ` in a weight gradient `dz_g · X_gᵀ` (`train::ops::conv`).
+    pub fn repack_transposed_from(&mut self, bt: &[f32], k: usize, n: usize, ldbt: usize) {
         check_matrix("B^T", bt.len(), n, k, ldbt);
-        let mut data = vec![0.0; packed_b_len(k, n)];
-        if k > 0 {
-            for (j, panel) in data.chunks_exact_mut(NR * k).enumerate() {
-                for c in 0..NR.min(n - j * NR) {
-                    for (p, &v) in bt[(j * NR + c) * ldbt..][..k].iter().enumerate() {
-                        panel[p * NR + c] = v;
-                    }
-                }
-            }
+        self.k = k;
+        self.n = n;
+        self.data.resize(packed_b_len(k, n), 0.0);
+        if k == 0 {
+            return;
         }
-        PackedB { k, n, data }
+        for (j, panel) in self.data.chunks_exact_mut(NR * k).enumerate() {
+            let col = j * NR;
+            interleave_rows::<NR>(panel, &bt[col * ldbt..], NR.min(n - col), k, ldbt);
+        }
     }
 
     /// Like `pack`, reusing this value's allocation: the per-call packing of the hot path.
@@ -181,6 +180,62 @@ pub(super) fn pack_b_panels(dst: &mut [f32], b: &[f32], k: usize, n: usize, ldb:
         for (p, row) in panel.chunks_exact_mut(NR).enumerate() {
             row[..cols].copy_from_slice(&b[p * ldb + col..][..cols]);
             row[cols..].fill(0.0);
+        }
+    }
+}
+
+/// One panel from `rows` (at most `R`) rows of `src` (`k` values each, row stride `ld`):
+/// `panel[p * R + r] = src[r * ld + p]`, and 0 for `r >= rows`. The layout of an `A` panel
+/// (`R = MR`, from `A`'s rows) and of a `B` panel given `Bᵀ` (`R = NR`, from its rows): both
+/// are transposes of `R x k` blocks, which SIMD128 does 4x4 at a time with shuffles (a scalar
+/// element at a time cost more than the GEMM itself in weight gradients, where `k` is the
+/// pixel count and the output small). Pure data movement: every build packs the same panel.
+fn interleave_rows<const R: usize>(panel: &mut [f32], src: &[f32], rows: usize, k: usize, ld: usize) {
+    let panel = &mut panel[..R * k];
+    #[allow(unused_mut)]
+    let mut done = 0;
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    if rows == R && R % 4 == 0 {
+        done = k / 4 * 4;
+        interleave_rows_4x4_simd128::<R>(panel, src, done, ld);
+    }
+    for p in done..k {
+        for r in 0..R {
+            panel[p * R + r] = if r < rows { src[r * ld + p] } else { 0.0 };
+        }
+    }
+}
+
+/// The first `k` (a multiple of 4) columns of [`interleave_rows`] for a full panel, by 4x4
+/// transposes: rows `4g..4g+4`, columns `p..p+4` become `panel[(p + q) * R + 4g..][..4]`.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+fn interleave_rows_4x4_simd128<const R: usize>(panel: &mut [f32], src: &[f32], k: usize, ld: usize) {
+    use core::arch::wasm32::*;
+    assert!(k % 4 == 0 && R % 4 == 0 && panel.len() >= R * k && (k == 0 || src.len() >= (R - 1) * ld + k));
+    let load = |i: usize| -> v128 {
+        let v = &src[i..i + 4];
+        // SAFETY: `v` holds 4 floats; v128.load needs no alignment.
+        unsafe { v128_load(v.as_ptr() as *const v128) }
+    };
+    for g in 0..R / 4 {
+        let row = 4 * g * ld;
+        for p in (0..k).step_by(4) {
+            let (a, b, c, d) = (load(row + p), load(row + ld + p), load(row + 2 * ld + p), load(row + 3 * ld + p));
+            let ab_lo = i32x4_shuffle::<0, 4, 1, 5>(a, b); // a0 b0 a1 b1
+            let ab_hi = i32x4_shuffle::<2, 6, 3, 7>(a, b); // a2 b2 a3 b3
+            let cd_lo = i32x4_shuffle::<0, 4, 1, 5>(c, d);
+            let cd_hi = i32x4_shuffle::<2, 6, 3, 7>(c, d);
+            let columns = [
+                i32x4_shuffle::<0, 1, 4, 5>(ab_lo, cd_lo), // a0 b0 c0 d0
+                i32x4_shuffle::<2, 3, 6, 7>(ab_lo, cd_lo),
+                i32x4_shuffle::<0, 1, 4, 5>(ab_hi, cd_hi),
+                i32x4_shuffle::<2, 3, 6, 7>(ab_hi, cd_hi),
+            ];
+            for (q, v) in columns.into_iter().enumerate() {
+                let out = &mut panel[(p + q) * R + 4 * g..][..4];
+                // SAFETY: `out` holds 4 floats; v128.store needs no alignment.
+                unsafe { v128_store(out.as_mut_ptr() as *mut v128, v) };
+            }
         }
     }
 }
@@ -408,6 +463,40 @@ mod tests {
 
         fn vec(&mut self, len: usize) -> Vec<f32> {
             (0..len).map(|_| self.f32()).collect()
+        }
+    }
+
+    /// Both packings against their definition (module contract), on every row count of a
+    /// panel, widths around the 4-column SIMD128 step, row strides past the width, and
+    /// reusing a bigger buffer (stale values must not survive).
+    #[test]
+    fn packing_is_the_panel_layout() {
+        let mut rng = Rng(0x51ed);
+        let (mut pa, mut pb, mut pbt) = (PackedA::default(), PackedB::default(), PackedB::default());
+        for (m, k, ld_pad) in [(1, 1, 0), (3, 5, 2), (4, 4, 0), (5, 7, 1), (8, 8, 3), (9, 12, 0), (13, 3, 4), (17, 16, 1), (2, 0, 0)] {
+            let ld = k + ld_pad;
+            let src = rng.vec(m * ld);
+            // A (m x k) and B given transposed (n = m columns of k values).
+            pa.repack_from(&src, m, k, ld);
+            pbt.repack_transposed_from(&src, k, m, ld);
+            assert_eq!((pa.m(), pa.k(), pbt.k(), pbt.n()), (m, k, k, m));
+            for (panel_rows, data) in [(MR, &pa.data), (NR, &pbt.data)] {
+                assert_eq!(data.len(), m.div_ceil(panel_rows) * panel_rows * k, "m={m} k={k}");
+                for (i, panel) in data.chunks(panel_rows * k.max(1)).enumerate() {
+                    for p in 0..k {
+                        for r in 0..panel_rows {
+                            let row = i * panel_rows + r;
+                            let want = if row < m { src[row * ld + p] } else { 0.0 };
+                            assert_eq!(panel[p * panel_rows + r].to_bits(), want.to_bits(), "R={panel_rows} m={m} k={k} ld={ld} panel {i} p={p} r={r}");
+                        }
+                    }
+                }
+            }
+            assert_eq!(pbt, PackedB::pack_transposed(&src, k, m, ld));
+            // The same B given as is: one packed form.
+            let b: Vec<f32> = (0..k * m).map(|i| src[(i % m) * ld + i / m]).collect();
+            pb.repack_from(&b, k, m, m);
+            assert_eq!(pb, pbt, "m={m} k={k}");
         }
     }
 

@@ -5,7 +5,8 @@
 //! ```text
 //! session.quantize_ptq()
 //! let mut t = session.qat_trainer(QatConfig::default())?   // float graph = teacher, PTQ = start
-//! let (frames, labels) = session.qat_batch(..)?            // or any (augmented) frames
+//! let mut views = session.qat_views(.., t.views(), ..)?     // the run's random views
+//! let (frames, labels) = session.qat_batch(.., &mut views, ..)?  // or any (augmented) frames
 //! t.step_labelled(&frames, &labels) x N
 //! session.finish_qat(&t)?                                   // best graph -> Variant::Qat + report
 //! ```
@@ -13,7 +14,7 @@
 use std::ops::Range;
 
 use super::qat::{QatConfig, Trainer};
-use crate::augment::{Augment, View};
+use crate::augment::{Augment, ViewPool};
 use crate::rng::Rng;
 use crate::session::{QuantReport, Session, Variant};
 use crate::{Error, Result};
@@ -37,14 +38,41 @@ impl Session {
         Ok(trainer)
     }
 
-    /// A batch of `size` frames drawn as the CLI's `quantize --qat-labels` draws them: each
-    /// frame uniformly from the kept frames `train` and the labelled images together, as a
-    /// fresh random view (`augment`); labelled images carry their class. So labelled and
-    /// unlabelled frames mix within a batch in proportion to their numbers: every frame is
-    /// distilled from the float model, and the labelled ones add the cross-entropy to their
-    /// class ([`Trainer::step_labelled`]). Without labelled images the draws (and so a seeded
-    /// run) are those of unlabelled training.
-    pub fn qat_batch(&self, train: Range<usize>, size: usize, rng: &mut Rng, augment: &Augment) -> Result<Batch> {
+    /// The views a QAT run draws its frames from: `size` random views (`augment`) of sources
+    /// drawn uniformly from the kept frames `train` and the labelled images together, as the
+    /// CLI's `quantize --qat-labels` draws them, so labelled and unlabelled frames mix in
+    /// proportion to their numbers. [`Trainer::views`] is the recipe's size.
+    pub fn qat_views(&self, train: Range<usize>, size: usize, augment: &Augment) -> Result<ViewPool> {
+        self.check_training_frames(&train)?;
+        Ok(ViewPool::new(train.len() + self.labelled().len(), size, augment))
+    }
+
+    /// A batch of `size` frames from `pool` (made by [`qat_views`](Self::qat_views) with the
+    /// same `train`): each the view of its kept frame or labelled image, preprocessed as the
+    /// calibration frames were; labelled images carry their class. Every frame is distilled
+    /// from the float model, and the labelled ones add the cross-entropy to their class
+    /// ([`Trainer::step_labelled`]).
+    pub fn qat_batch(&self, train: Range<usize>, pool: &mut ViewPool, size: usize, rng: &mut Rng) -> Result<Batch> {
+        self.check_training_frames(&train)?;
+        let labelled = self.labelled();
+        let mut frames = Vec::with_capacity(size);
+        let mut labels = Vec::with_capacity(size);
+        for _ in 0..size {
+            let (j, view) = pool.draw(rng).ok_or_else(|| Error::Invalid("the QAT view pool is empty".into()))?;
+            if *j < train.len() {
+                frames.push(self.view_of_kept(train.start + j, view)?);
+                labels.push(None);
+            } else {
+                let i = j - train.len();
+                frames.push(self.view_of_labelled(i, view)?);
+                let class = labelled[i].class; // view_of_labelled checked that it exists
+                labels.push(Some(class));
+            }
+        }
+        Ok((frames, labels))
+    }
+
+    fn check_training_frames(&self, train: &Range<usize>) -> Result<()> {
         let kept = self.kept_frames().len();
         if train.is_empty() {
             return Err(Error::Invalid("QAT needs calibration frames: calibrate first".into()));
@@ -52,22 +80,7 @@ impl Session {
         if train.end > kept {
             return Err(Error::Invalid(format!("QAT was asked to train on kept frames {}..{}, and {kept} are kept", train.start, train.end)));
         }
-        let labelled = self.labelled();
-        let pool = (train.len() + labelled.len()) as u64;
-        let mut frames = Vec::with_capacity(size);
-        let mut labels = Vec::with_capacity(size);
-        for _ in 0..size {
-            let j = (rng.next_u64() % pool) as usize;
-            if j < train.len() {
-                frames.push(self.training_frame(train.start + j, rng, augment)?);
-                labels.push(None);
-            } else {
-                let i = j - train.len();
-                frames.push(self.view_of_labelled(i, &View::random(rng, augment))?);
-                labels.push(Some(labelled[i].class));
-            }
-        }
-        Ok((frames, labels))
+        Ok(())
     }
 
     /// Installs the trainer's best graph as the QAT variant, measured like PTQ (fidelity on

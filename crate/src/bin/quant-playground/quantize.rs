@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
-use quant_playground::augment::{Augment, View};
+use quant_playground::augment::{Augment, View, ViewPool};
 use quant_playground::model::Model;
 use quant_playground::onnx::export::{export, ExportOptions};
 use quant_playground::preprocess::{preprocess, Preprocess};
@@ -99,7 +99,7 @@ pub struct QuantizeArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub auto_float: usize,
     /// Quantization-aware fine-tuning steps after PTQ (0: none), distilled from the FP32 model
-    /// on fresh random views of the calibration images.
+    /// on random views of the calibration images (see --qat-views).
     #[arg(long, default_value_t = 0)]
     pub qat_steps: usize,
     /// QAT learning rate of the weights (default: the recipe's).
@@ -111,6 +111,10 @@ pub struct QuantizeArgs {
     /// Frames per QAT step (default: the recipe's, 4 in scales mode and 8 in full mode).
     #[arg(long)]
     pub qat_batch: Option<usize>,
+    /// Random views QAT draws its frames from, each met about steps x batch / N times (its
+    /// FP32 targets computed once). Default: the recipe's, steps x batch / 4.
+    #[arg(long, value_name = "N")]
+    pub qat_views: Option<usize>,
     /// QAT: also match intermediate features to the FP32 model's, with this weight relative
     /// to the output distillation (normalised MSE; default values: the narrowest quantized
     /// cut point at each resolution). Default 0 (off), or 1 with --qat-feature-layers.
@@ -442,6 +446,9 @@ pub fn quantize(a: &QuantizeArgs) -> Result<()> {
         if let Some(b) = a.qat_batch {
             config.batch_size = Some(b);
         }
+        if let Some(v) = a.qat_views {
+            config.views = Some(v);
+        }
         config.mode = a.qat_mode.map(|m| match m {
             QatModeArg::Scales => QatMode::Scales,
             QatModeArg::Full => QatMode::Full,
@@ -451,13 +458,14 @@ pub fn quantize(a: &QuantizeArgs) -> Result<()> {
         config.label_weight = a.qat_label_weight;
         let mut trainer = session.qat_trainer(config.clone())?;
         trainer.set_holdout(session.kept_frames())?;
-        eprintln!("QAT: {} steps, mode {:?}, batch {}", trainer.steps(), trainer.mode(), trainer.batch_size());
+        eprintln!("QAT: {} steps, mode {:?}, batch {}, {} random views", trainer.steps(), trainer.mode(), trainer.batch_size(), trainer.views());
         let features = trainer.feature_values();
         if !features.is_empty() {
             eprintln!("QAT: matching the features of {} (teacher cache: {} frames)", features.join(", "), trainer.teacher_cache_frames());
         }
-        // Each step draws its frames uniformly from the calibration images and the labelled
-        // ones together, each a fresh random view; labelled frames carry their class.
+        // The steps draw their frames from a pool of random views of the calibration images and
+        // the labelled ones together (each image as often as the others); labelled frames carry
+        // their class.
         let calib_source = load_folder(&a.calib, &session.model)?;
         let mut pool: Vec<(Item, Option<usize>)> = items(&calib_source).into_iter().map(|i| (i, None)).collect();
         if let Some((sets, summary)) = &labelled {
@@ -467,6 +475,7 @@ pub fn quantize(a: &QuantizeArgs) -> Result<()> {
             }
         }
         let mut rng = Rng::seeded(a.seed.wrapping_add(0x7a7));
+        let mut views = ViewPool::new(pool.len(), trainer.views(), &Augment::default());
         let batch = trainer.batch_size();
         let start = Instant::now();
         let mut bar = Progress::new("training", a.qat_steps);
@@ -475,10 +484,11 @@ pub fn quantize(a: &QuantizeArgs) -> Result<()> {
             let mut frames = Vec::with_capacity(batch);
             let mut labels = Vec::with_capacity(batch);
             for _ in 0..batch {
-                let (item, label) = &pool[(rng.next_u64() % pool.len() as u64) as usize];
+                let (source, view) = views.draw(&mut rng).expect("the pool has the calibration images");
+                let (item, label) = &pool[*source];
                 frames.push(vec![match item {
                     Item::Image((px, w, h)) => {
-                        let (v, vw, vh) = View::random(&mut rng, &Augment::default()).apply(px, *w, *h);
+                        let (v, vw, vh) = view.apply(px, *w, *h);
                         preprocess(&v, vw, vh, &p)?
                     }
                     Item::Tensor(t) => t.to_vec(),

@@ -31,6 +31,8 @@
 //! to `dz` (the packed FP32 conv), its `dW` the Conv's weight gradient with the roles of input
 //! and output swapped.
 
+use std::cell::OnceCell;
+
 use super::{activation_backward, buf, derivable_from_output, sum, zeroed, Bwd, Fwd, Scratch, TrainOp};
 use crate::ir::{Activation, Graph, Node, Op};
 use crate::kernels::conv::{Conv2dShape, PackedConv2d, PackedConvTranspose2d};
@@ -114,9 +116,7 @@ fn pointwise_dw(dz_g: &[f32], x_g: &[f32], ocg: usize, icg: usize, hw: usize, dw
     for c0 in (0..hw).step_by(KC) {
         let kc = KC.min(hw - c0);
         sc.a.repack_from(&a_src[c0..], m, kc, hw);
-        let bt = buf(&mut sc.t1, kc * n);
-        super::transpose_block(&b_src[c0..], hw, n, kc, bt);
-        sc.b.repack_from(bt, kc, n, n);
+        sc.b.repack_transposed_from(&b_src[c0..], kc, n, hw);
         let t = buf(&mut sc.t2, m * n);
         gemm(&sc.a, &sc.b, t, n, GemmBias::None, Activation::Identity);
         super::add_into(acc, t);
@@ -380,7 +380,10 @@ pub struct ConvOp {
     keep_z: bool,
     kind: Kind,
     need_dx: bool,
-    packed: Option<PackedConv2d>,
+    /// The forward's packed weights, packed by the first forward after they change: in QAT
+    /// the simulation gives a Conv's values (the integer plan), and its float forward runs
+    /// only once, to learn that the backward needs nothing from it (`Tape::forward`).
+    packed: OnceCell<PackedConv2d>,
     /// Per group `W_gᵀ`, for `dX` on the GEMM paths.
     wt: Vec<PackedA>,
     t: Vec<f32>,
@@ -400,7 +403,7 @@ impl ConvOp {
             keep_z: !derivable_from_output(c.activation),
             kind: kind(&s),
             need_dx: needs.first().copied().unwrap_or(false),
-            packed: None,
+            packed: OnceCell::new(),
             wt: Vec::new(),
             t: Vec::new(),
             phases: (kind(&s) == Kind::Depthwise).then(|| Phases::new(&s)),
@@ -411,14 +414,14 @@ impl ConvOp {
 impl TrainOp for ConvOp {
     fn prepare(&mut self, consts: &[Option<&[f32]>], changed: &[bool]) {
         let w = consts[1].expect("checked: constant weights");
-        let b = consts.get(2).copied().flatten();
-        if let (false, Some(packed)) = (changed[1], self.packed.as_mut()) {
+        if !changed[1] {
             // Only the bias changed (scales mode): the packed weights stay.
-            packed.set_bias(b);
+            if let Some(packed) = self.packed.get_mut() {
+                packed.set_bias(consts.get(2).copied().flatten());
+            }
             return;
         }
-        let act = if self.keep_z { Activation::Identity } else { self.act };
-        self.packed = Some(PackedConv2d::new(self.s, w, b, act));
+        self.packed = OnceCell::new();
         if self.need_dx && self.kind != Kind::Depthwise {
             pack_transposed_groups(&self.s, w, &mut self.wt, &mut self.t);
         }
@@ -430,7 +433,8 @@ impl TrainOp for ConvOp {
     }
 
     fn forward(&self, f: &mut Fwd) {
-        let packed = self.packed.as_ref().expect("prepared before the forward");
+        let act = if self.keep_z { Activation::Identity } else { self.act };
+        let packed = self.packed.get_or_init(|| PackedConv2d::new(self.s, f.x[1], f.x.get(2).copied(), act));
         let s = &self.s;
         let (px, py) = (s.in_c * s.in_h * s.in_w, s.out_c * s.out_h * s.out_w);
         let out: &mut [f32] = if self.keep_z { buf(f.aux, py * self.batch) } else { &mut f.y[0] };

@@ -9,6 +9,8 @@
 //! MatMul (numpy semantics, batch broadcasting): per batch item `dA_i += dY_i·B_iᵀ` and
 //! `dB_i += A_iᵀ·dY_i`, summed into the operand item that was broadcast.
 
+use std::cell::OnceCell;
+
 use super::{activation_backward, broadcast_strides, buf, derivable_from_output, for_each_broadcast, matmul, Bwd, Fwd, TrainOp};
 use crate::ir::{Activation, Graph, Node, Op};
 use crate::kernels::elementwise::broadcast_shape;
@@ -28,8 +30,10 @@ pub struct GemmOp {
     c_shape: Option<Vec<usize>>,
     /// `C` constant and broadcast along rows: added as the GEMM's per-column bias.
     c_per_column: bool,
-    /// Per step: `α·B` packed, `β·C` per column.
-    packed_b: Option<PackedB>,
+    /// `α·B` packed, by the first forward after B changes (in QAT the simulation gives a
+    /// Gemm's values, and its float forward runs only once: see `ConvOp::packed`).
+    packed_b: OnceCell<PackedB>,
+    /// Per step: `β·C` per column.
     bias: Option<Vec<f32>>,
     /// Per step, when `dA` is wanted and B is constant: `op(B)ᵀ` packed as the right operand
     /// of `d op(A) = dz · op(B)ᵀ`.
@@ -62,7 +66,7 @@ impl GemmOp {
             b_const,
             c_shape,
             c_per_column,
-            packed_b: None,
+            packed_b: OnceCell::new(),
             bias: None,
             packed_bt: None,
             need_da: needs.first().copied().unwrap_or(false),
@@ -72,6 +76,23 @@ impl GemmOp {
     /// The engine's constant-B path applies: B constant and C absent or per column.
     fn const_path(&self) -> bool {
         self.b_const && (self.c_shape.is_none() || self.c_per_column)
+    }
+
+    /// `α·B` packed as the GEMM's right operand.
+    fn pack_b(&self, b: &[f32]) -> PackedB {
+        let scaled: Vec<f32>;
+        let b = if self.alpha != 1.0 {
+            scaled = b.iter().map(|v| v * self.alpha).collect();
+            &scaled[..]
+        } else {
+            b
+        };
+        let (k, n) = (self.k, self.n);
+        if self.trans_b {
+            PackedB::pack_transposed(b, k, n, k)
+        } else {
+            PackedB::pack(b, k, n, n)
+        }
     }
 }
 
@@ -90,26 +111,17 @@ impl TrainOp for GemmOp {
         if changed.get(2).copied().unwrap_or(false) {
             self.bias = consts.get(2).copied().flatten().map(|c| (0..self.n).map(|j| self.beta * c[if c.len() == 1 { 0 } else { j }]).collect());
         }
-        if !b_changed {
-            return;
+        if b_changed {
+            self.packed_b = OnceCell::new();
         }
-        let b = consts[1].expect("constant B");
-        let scaled: Vec<f32>;
-        let b = if self.alpha != 1.0 {
-            scaled = b.iter().map(|v| v * self.alpha).collect();
-            &scaled[..]
-        } else {
-            b
-        };
-        let (k, n) = (self.k, self.n);
-        self.packed_b = Some(if self.trans_b { PackedB::pack_transposed(b, k, n, k) } else { PackedB::pack(b, k, n, n) });
     }
 
     fn forward(&self, f: &mut Fwd) {
         let (m, k, n) = (self.m, self.k, self.n);
         let sc = &mut *f.scratch;
         let out: &mut [f32] = if self.keep_z { buf(f.aux, m * n) } else { &mut f.y[0] };
-        if let (true, Some(pb)) = (self.const_path(), &self.packed_b) {
+        if self.const_path() {
+            let pb = self.packed_b.get_or_init(|| self.pack_b(f.x[1]));
             if self.trans_a {
                 super::transpose2d(f.x[0], k, m, buf(&mut sc.t0, m * k));
                 sc.a.repack_from(&sc.t0[..m * k], m, k, k);

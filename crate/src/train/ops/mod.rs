@@ -137,22 +137,6 @@ pub fn sum(x: &[f32]) -> f32 {
     s
 }
 
-/// `out[p][c] = src[c · ld + p]` for `c < rows`, `p < cols`: the transpose of a block of a
-/// wider row-major matrix, in 16x16 tiles.
-pub fn transpose_block(src: &[f32], ld: usize, rows: usize, cols: usize, out: &mut [f32]) {
-    const T: usize = 16;
-    for c0 in (0..rows).step_by(T) {
-        for p0 in (0..cols).step_by(T) {
-            for c in c0..(c0 + T).min(rows) {
-                let row = &src[c * ld..];
-                for p in p0..(p0 + T).min(cols) {
-                    out[p * rows + c] = row[p];
-                }
-            }
-        }
-    }
-}
-
 /// Transposes a row-major `rows x cols` matrix into `out` (`cols x rows`).
 pub fn transpose2d(a: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
     crate::kernels::layout::transpose(&a[..rows * cols], &[rows, cols], &[1, 0], &mut out[..rows * cols]);
@@ -180,8 +164,7 @@ pub fn matmul(a: &[f32], a_t: bool, b: &[f32], b_t: bool, m: usize, k: usize, n:
         s.a.repack_from(&a[..m * k], m, k, k);
     }
     if b_t {
-        transpose2d(b, n, k, buf(&mut s.t1, k * n));
-        s.b.repack_from(&s.t1[..k * n], k, n, n);
+        s.b.repack_transposed_from(&b[..n * k], k, n, k);
     } else {
         s.b.repack_from(&b[..k * n], k, n, n);
     }

@@ -38,9 +38,9 @@ impl Session {
         Ok(trainer)
     }
 
-    /// The views a QAT run draws its frames from: `size` random views (`augment`) of sources
-    /// drawn uniformly from the kept frames `train` and the labelled images together, as the
-    /// CLI's `quantize --qat-labels` draws them, so labelled and unlabelled frames mix in
+    /// The views a QAT run draws its frames from: `size` random views (`augment`) of the kept
+    /// frames `train` and the labelled images together, each source in turn (`ViewPool`), as
+    /// the CLI's `quantize --qat-labels` draws them, so labelled and unlabelled frames mix in
     /// proportion to their numbers. [`Trainer::views`] is the recipe's size.
     pub fn qat_views(&self, train: Range<usize>, size: usize, augment: &Augment) -> Result<ViewPool> {
         self.check_training_frames(&train)?;

@@ -67,10 +67,12 @@
 //! frames from [`Trainer::views`] views (`augment::ViewPool`): by default steps × batch /
 //! [`VIEW_REUSE`], each met 4 times, which takes three quarters of the teacher forwards out of
 //! the recipe. Distinct views matter less than this: on EfficientNet-Lite0
-//! (`quantize --qat-steps`, 256 held-out views) 600 views for the W4 recipe's 2,400 frames gave
-//! KL 0.178 and confident-view top-1 98.4% against 0.177 and 95.3% with a new view every frame,
-//! and 100 views for the W8 recipe's 400 frames KL 0.0081 against 0.0068 (PTQ: 0.0198; the
-//! target is half of it), all-view top-1 92.2% against 93.4%.
+//! (`quantize --qat-steps`, 256 held-out views, README) 600 views for the W4 recipe's 2,400
+//! frames gave KL 0.142, confident-view top-1 98.4% and all-view 80.1% against 0.177, 95.3%
+//! and 76.2% with a new view every frame, and 100 views for the W8 recipe's 400 frames KL
+//! 0.0080 against 0.0068 (PTQ: 0.0198; the target is half of it), all-view top-1 91.8%
+//! against 93.4%. A view met again is made again (crop, tone, preprocessing) and hashed to
+//! find its targets: cheaper than keeping hundreds of preprocessed frames.
 //! With feature matching each entry also holds the matched features (EfficientNet-Lite0's
 //! default: 1.33 MB a frame); entries stay within [`TEACHER_CACHE_BYTES`] (50 frames of
 //! EfficientNet-Lite0 with features) rather than growing to hundreds of MB, and a frame that

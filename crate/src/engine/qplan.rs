@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::ir::{activation_name, Activation, BinaryOp, Conv, Graph, Node, Op, PadMode, Quant, ReduceOp, ResizeMode, ValueId};
 use crate::kernels::conv::Conv2dShape;
-use crate::kernels::int8::{channel_requantizers, lut_from_fn, quantize_f32, Qs8AddParams, Requantizer};
+use crate::kernels::int8::{channel_requantizers, lut_from_fn, quantize_f32, quantize_symmetric_into, Qs8AddParams, Requantizer};
 use crate::kernels::pool::Pool2dShape;
 use crate::kernels::{layout, resize};
 use crate::quant::params::{check_bits, ChannelParams, QuantParams};
@@ -387,16 +387,14 @@ pub(crate) fn weight_q(g: &Graph, v: ValueId, channel_axis: usize) -> std::resul
             }
             let qmax = c.qmax();
             let inner: usize = value.shape[channel_axis + 1..].iter().product();
-            // Run by run of one channel's scale: QAT re-plans every step, and an index division
-            // per weight was most of the planning time.
-            let q = data
-                .chunks(inner.max(1))
-                .enumerate()
-                .flat_map(|(r, run)| {
-                    let s = c.scale(r % channels.max(1));
-                    run.iter().map(move |&x| quantize_f32(x, s, 0, -qmax, qmax) as i8)
-                })
-                .collect();
+            // Run by run of one channel's scale, into a buffer of the final size: QAT re-plans
+            // every step, and an index division per weight, then a flattening iterator that
+            // grew its vector and a `rintf` call per weight, were most of the planning time.
+            let mut q = Vec::with_capacity(data.len());
+            for (r, run) in data.chunks(inner.max(1)).enumerate() {
+                let s = c.scale(r % channels.max(1));
+                quantize_symmetric_into(run, s, qmax, &mut q);
+            }
             Ok((q, (0..channels).map(|ch| c.scale(ch)).collect()))
         }
         Some(Quant::Tensor(p)) => {

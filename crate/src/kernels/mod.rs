@@ -13,6 +13,7 @@
 pub mod activation;
 pub mod elementwise;
 pub mod gemm;
+pub mod gemm_nt;
 pub mod int8;
 pub mod conv;
 pub mod dwconv_grad;

@@ -56,7 +56,7 @@ pub use elementwise::{qs8_add, qs8_mul, qs8_rescale, Qs8AddParams};
 pub use gemm::{qs8_gemm, PackedWeightsQs8};
 pub use lut::{lut_from_fn, qs8_lut};
 pub use pool::{qs8_global_avg_pool, qs8_max_pool2d, Qs8AvgPool2d};
-pub use requant::{channel_requantizers, quantize_f32, requantize_clamped, Requantizer};
+pub use requant::{channel_requantizers, quantize_f32, quantize_symmetric_into, requantize_clamped, Requantizer};
 
 /// Shared by the test modules of the int8 kernels.
 #[cfg(test)]

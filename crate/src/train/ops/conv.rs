@@ -108,7 +108,7 @@ fn pointwise_dx(wt: &PackedA, dz_g: &[f32], ocg: usize, hw: usize, dx_g: &mut [f
 /// `dW_g += dz_g · X_gᵀ` of a pointwise conv (`dz_g` is `ocg x hw`, `x_g` is `icg x hw`), whose
 /// reduction runs over the pixels. With SIMD128, as dot products of the rows as they lie
 /// ([`f32_gemm_nt_acc`]): no packing, and EfficientNet-Lite0's pointwise weight gradients went
-/// from about 50 to 31 ms a frame in Chromium (`node bench/run.mjs qat-profile`, full mode).
+/// from about 50 to 30 ms a frame in Chromium (`node bench/run.mjs qat-profile`, full mode).
 /// The portable build keeps the packed GEMM ([`pointwise_dw_packed`]): there the scalar dot
 /// tile does not vectorise as well and measured 1.3-3x slower (`pointwise_pieces` below).
 fn pointwise_dw(dz_g: &[f32], x_g: &[f32], ocg: usize, icg: usize, hw: usize, dw_g: &mut [f32], sc: &mut Scratch) {

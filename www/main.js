@@ -1522,10 +1522,20 @@ function readQatConfig() {
   if (els.steps.value.trim()) config.steps = Math.max(1, Math.round(Number(els.steps.value) || 1));
   if (els.lr.value.trim()) config.lr = Number(els.lr.value);
   if (els.mode.value !== 'auto') config.mode = els.mode.value;
+  if (els.freezeStem.value.trim()) config.freezeStem = Number(els.freezeStem.value) / 100;
   return config;
 }
 
 const QAT_MODES = { scales: 'step sizes and biases', full: 'weights, step sizes and biases' };
+
+/** qatBegin's `frozenStem` in words ('' when nothing is frozen). */
+function frozenStemText(stem) {
+  const n = stem?.layers?.length ?? 0;
+  if (!n) return '';
+  const weights = (100 * stem.weights) / Math.max(1, stem.totalWeights);
+  const share = `${weights < 10 ? weights.toFixed(1) : Math.round(weights)}% of the weights`;
+  return ` after the first ${n} layer${n === 1 ? '' : 's'} (${Math.round(100 * stem.macsShare)}% of the work, ${share}, kept as PTQ made them)`;
+}
 
 /** What QAT trains on, from qatBegin's `augmentation` (protocol.js QatAugmentation). */
 function augmentationText({ augment: a, frames, images, heldOut = 0, views: drawn, labelled }, labelWeight = 1, framesTrained = 0) {
@@ -1554,6 +1564,10 @@ qatForm.addEventListener('submit', async (event) => {
   const config = readQatConfig();
   if ('lr' in config && !(config.lr > 0)) {
     notice(field('qat-notice'), 'The learning rate must be above 0.', 'error');
+    return;
+  }
+  if ('freezeStem' in config && !(config.freezeStem >= 0 && config.freezeStem <= 1)) {
+    notice(field('qat-notice'), 'The frozen stem is a share of the work from 0 to 100%.', 'error');
     return;
   }
   const images = state.features.labels ? state.labels.images : [];
@@ -1601,7 +1615,7 @@ qatForm.addEventListener('submit', async (event) => {
     onProgress: (p) => {
       if (p.done === 0) {
         // The plan: what the engine chose where the form said "auto".
-        plan = { total: p.total, mode: p.mode };
+        plan = { total: p.total, mode: p.mode, frozenStem: p.frozenStem };
         bar.max = p.total;
         if (p.augmentation) field('qat-augment').textContent = augmentationText(p.augmentation, config.labelWeight, (p.total ?? 0) * (p.batchSize ?? 0));
         const why = config.mode ? '' : ` (chosen for ${state.ptq.config?.weightBits ?? '?'}-bit weights)`;
@@ -1610,7 +1624,7 @@ qatForm.addEventListener('submit', async (event) => {
           : state.labels.pick
             ? ', without labels (the labelled images cannot be used: see above)'
             : '';
-        notice(field('qat-notice'), `Training: step 0 of ${p.total}, learning ${QAT_MODES[p.mode] ?? p.mode}${why}, ${p.batchSize ?? '?'} frames a step${withLabels}…`);
+        notice(field('qat-notice'), `Training: step 0 of ${p.total}, learning ${QAT_MODES[p.mode] ?? p.mode}${frozenStemText(p.frozenStem)}${why}, ${p.batchSize ?? '?'} frames a step${withLabels}…`);
         return;
       }
       bar.value = p.done;
@@ -1642,7 +1656,7 @@ qatForm.addEventListener('submit', async (event) => {
     setQatState('done');
     panes.qat.resetMetrics();
     updatePanes();
-    const what = QAT_MODES[result.mode ?? plan.mode] ?? result.mode ?? plan.mode;
+    const what = `${QAT_MODES[result.mode ?? plan.mode] ?? result.mode ?? plan.mode}${frozenStemText(plan.frozenStem)}`;
     const total = result.total ?? plan.total;
     const how = result.cancelled ? `Stopped after ${result.steps} of ${total} steps of ${what} (the model keeps what it learned)` : `Trained ${what} for ${result.steps} steps`;
     let labels = '';

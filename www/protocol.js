@@ -70,7 +70,10 @@ export const Req = Object.freeze({
    * class (weight `config.labelWeight`).
    * Payload: `{config: QatConfig, labelled?: {frame: FrameData, class: number}[]}` (bitmaps
    * transferred; the engine keeps them for this run only). Progress: first `{done: 0, total,
-   * mode, batchSize, augmentation}` (the plan, with the engine's defaults filled in), then
+   * mode, batchSize, frozenStem, augmentation}` (the plan, with the engine's defaults filled
+   * in; `frozenStem`: `{layers: string[], macsShare, weights, totalWeights}`, the first layers
+   * left as PTQ made them, their share of the multiply-adds, their weights and the model's),
+   * then
    * `{done: step, total: steps, loss, distillLoss, holdoutLoss, labelLoss, labelledFrames,
    * elapsedMs}` per chunk (`labelLoss`: the mean cross-entropy of the chunk's labelled frames,
    * null when it drew none). Result: `{steps, total, mode, loss, labelLoss, labelledFrames,
@@ -294,6 +297,8 @@ export const NOT_AVAILABLE = 'NotAvailableError';
  * @property {number} [steps]
  * @property {number} [lr]   Adam's rate of the weights (full mode)
  * @property {'scales' | 'full'} [mode]   train step sizes and biases only, or the weights too
+ * @property {number} [freezeStem]   the first layers, up to this share (0 to 1) of the
+ *   multiply-adds, stay as PTQ made them (faster steps, less fidelity; default 0)
  * @property {number} [labelWeight]  weight of the cross-entropy to labels, relative to the
  *   distillation (default 1, as the command line's --qat-label-weight)
  */

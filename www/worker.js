@@ -122,7 +122,7 @@ async function trainQat(session, id, config, progress, t0) {
   const plan = session.qatBegin(config) ?? {};
   const total = plan.steps ?? config.steps;
   const mode = plan.mode ?? config.mode ?? null;
-  progress({ done: 0, total, mode, batchSize: plan.batchSize ?? null, augmentation: plan.augmentation ?? null, loss: null, holdoutLoss: null, elapsedMs: 0 });
+  progress({ done: 0, total, mode, batchSize: plan.batchSize ?? null, frozenStem: plan.frozenStem ?? null, augmentation: plan.augmentation ?? null, loss: null, holdoutLoss: null, elapsedMs: 0 });
   cancellable.add(id);
   let last = { step: 0, loss: NaN, done: false };
   // The last label loss measured (a chunk that drew no labelled frame has none).

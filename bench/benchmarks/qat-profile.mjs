@@ -1,7 +1,7 @@
 // Where a QAT step's time goes, per node, in headless Chromium (one thread): profileQat
 // (crate/src/bench_api.rs) calibrates each model with the default PTQ settings on the
 // calibration images of the `int8` benchmark, then times steps of QAT (the default recipe at
-// 8 bits, scales mode; and full mode, every weight trained) with
+// 8 bits, scales mode; full mode, the default below 8 bits; full mode with a frozen stem) with
 // the tape's per-node profile (forward, fake-quant backward of the node's outputs, backward).
 // Reports the per-op-kind sums per frame beside one FP32 forward. A diagnostic: per-node timing
 // adds a little overhead, so the step and forward times of record are the `qat` benchmark's.
@@ -19,10 +19,12 @@ export const name = 'qat-profile';
 export const description = 'Per-node profile of a QAT step (default recipe) in headless Chromium (1 thread), summed by op kind';
 
 const STEPS = 4;
-/** The engine's default recipe at 8-bit weights (scales mode), and full mode (the default at lower widths). */
+/** The engine's default recipe at 8-bit weights (scales mode), full mode (the default at lower
+ * widths), and full mode with the first 30% of the work frozen (`freezeStem`). */
 const RECIPES = [
   ['default (W8)', {}],
   ['full', { mode: 'full' }],
+  ['full, frozen stem 0.3', { mode: 'full', freezeStem: 0.3 }],
 ];
 const r2 = (x) => Math.round(x * 100) / 100;
 

@@ -268,7 +268,13 @@ impl Session {
             "views": views.size(),
             "labelled": { "images": labelled.len(), "classes": classes },
         });
-        let reply = serde_json::json!({ "steps": trainer.steps(), "mode": trainer.mode(), "batchSize": trainer.batch_size(), "augmentation": augmentation });
+        let reply = serde_json::json!({
+            "steps": trainer.steps(),
+            "mode": trainer.mode(),
+            "batchSize": trainer.batch_size(),
+            "frozenStem": trainer.frozen_stem(),
+            "augmentation": augmentation,
+        });
         self.trainer = Some((trainer, views));
         self.labelled_trained = 0;
         to_js(&reply)

@@ -106,17 +106,19 @@ test('without a webcam: images, calibration, PTQ, QAT, insight, downloads, and a
     await page.waitForFunction((v) => document.querySelector('[data-field="histogram-facts"]').textContent.startsWith(`${v}:`), chosen);
     await page.locator('#insight-panel').screenshot({ path: `${ARTIFACTS}/standin-insight.png` });
 
-    // QAT: progress, loss curve, done; the QAT pane shows the model.
+    // QAT with a frozen stem: progress, loss curve, done; the QAT pane shows the model.
     await page.fill('#qat-form input[name="steps"]', '150');
+    await page.fill('#qat-form input[name="freezeStem"]', '20');
     await page.locator('#qat-run').click();
     await page.waitForSelector('#qat-panel[data-state="done"]', { timeout: 60_000 });
-    assert.match(await field(page, 'qat-notice'), /^Trained weights, step sizes and biases for 150 steps in \d+ s; final loss 0\.06250\.$/);
+    assert.match(await field(page, 'qat-notice'), /^Trained weights, step sizes and biases after the first 2 layers \(18% of the work, 1\.5% of the weights, kept as PTQ made them\) for 150 steps in \d+ s; final loss 0\.06250\.$/);
     await page.waitForSelector('#loss-chart canvas');
     await page.waitForSelector('.pane[data-variant="qat"][data-state="ok"]');
     assert.equal((await topLabels(page, 'qat'))[0], 'espresso');
 
-    // A long run, cancelled: it keeps what it learned.
+    // A long run with no frozen stem, cancelled: it keeps what it learned.
     await page.fill('#qat-form input[name="steps"]', '20000');
+    await page.fill('#qat-form input[name="freezeStem"]', '0');
     await page.locator('#qat-run').click();
     await page.waitForFunction(() => /^Training: step \d+ of 20000, loss .*left$/.test(document.querySelector('[data-field="qat-notice"]').textContent));
     await page.locator('#qat-cancel').click();

@@ -95,14 +95,21 @@ P.exportOnnx = function (variant) {
 P.qatBegin = function (config) {
   const s = st(this);
   if (!s.ptq) throw new Error('QAT starts from PTQ: quantize first');
-  const bad = ('steps' in config && !(config.steps > 0)) || ('lr' in config && !(config.lr > 0)) || ('mode' in config && !['scales', 'full'].includes(config.mode));
+  const bad =
+    ('steps' in config && !(config.steps > 0)) ||
+    ('lr' in config && !(config.lr > 0)) ||
+    ('mode' in config && !['scales', 'full'].includes(config.mode)) ||
+    ('freezeStem' in config && !(config.freezeStem >= 0 && config.freezeStem <= 1));
   if (bad) throw new Error('bad QAT config ' + JSON.stringify(config));
   // The engine's default recipe: the mode by weight width, the steps by mode.
   const mode = config.mode ?? (s.config.weightBits < 8 ? 'full' : 'scales');
   const steps = config.steps ?? (mode === 'full' ? 300 : 100);
   s.training = { steps, step: 0 };
   s.qat = false;
-  return { steps, mode, batchSize: mode === 'full' ? 8 : 4 };
+  // The stem as the engine reports it: the first layers within the share of the work asked.
+  const share = config.freezeStem ?? 0;
+  const frozenStem = { layers: share > 0 ? ['stem_conv', 'stem_dw'].slice(0, share < 0.1 ? 1 : 2) : [], macsShare: share > 0 ? Math.min(share, 0.18) : 0, weights: share > 0 ? 1500 : 0, totalWeights: 100000 };
+  return { steps, mode, batchSize: mode === 'full' ? 8 : 4, frozenStem };
 };
 P.qatStep = function (n) {
   const t = st(this).training;

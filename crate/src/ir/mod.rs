@@ -126,6 +126,34 @@ impl Graph {
         count
     }
 
+    /// Multiply-accumulates of node `n` on its input shapes: those of a convolution or of a
+    /// Gemm/MatMul (each output, or for ConvTranspose each input, times the weights it meets);
+    /// 0 for every other op.
+    pub fn node_macs(&self, n: usize) -> u64 {
+        let node = &self.nodes[n];
+        let numel = |v: ValueId| self.values[v].len() as u64;
+        let shape = |v: ValueId| &self.values[v].shape;
+        let per = |v: ValueId, axis: usize| {
+            let s = shape(v);
+            s.get(axis).filter(|&&d| d > 0).map_or(0, |&d| numel(v) / d as u64)
+        };
+        match (&node.op, node.inputs.get(1)) {
+            // Weights [Cout, Cin/group, kh, kw]: each output meets Cin/group·kh·kw of them.
+            (Op::Conv(_), Some(&w)) => numel(node.outputs[0]) * per(w, 0),
+            // Weights [Cin, Cout/group, kh, kw]: each input is spread over Cout/group·kh·kw.
+            (Op::ConvTranspose(_), Some(&w)) => numel(node.inputs[0]) * per(w, 0),
+            (Op::Gemm { .. } | Op::MatMul, Some(_)) => {
+                let a = shape(node.inputs[0]);
+                let k = match &node.op {
+                    Op::Gemm { trans_a: true, .. } => a.first(),
+                    _ => a.last(),
+                };
+                numel(node.outputs[0]) * k.copied().unwrap_or(1) as u64
+            }
+            _ => 0,
+        }
+    }
+
     /// Op type name -> number of nodes, in a stable order.
     pub fn op_histogram(&self) -> Vec<(String, usize)> {
         let mut counts: HashMap<&'static str, usize> = HashMap::new();

@@ -36,6 +36,20 @@
 //!   1.04 → 0.23, confident-view top-1 0.31 → 1.0, all-view 0.28 → 0.64. Half these rates
 //!   reached 0.26; three times them (at 100 steps) spiked early and overfit.
 //!
+//! A frozen stem ([`QatConfig::freeze_stem`], off by default) trades fidelity for speed: the
+//! first layers, as many as make up at most a given fraction of the forward's multiply-adds
+//! ([`stem_nodes`]), keep PTQ's weights, step sizes and biases. Their values are then input
+//! data, so nothing below the first trained layer needs a gradient. They are the layers at the
+//! highest resolutions, with the fewest weights and the costliest gradients per weight: at 0.3,
+//! on EfficientNet-Lite0 the blocks at 112x112 and 56x56 and the first at 28x28 (15 layers,
+//! 1.1% of the weights), on BlazeFace its 5x5 stem and first depthwise layer. On
+//! EfficientNet-Lite0 it took the full-mode step from 171 to 132 ms a frame in Chromium
+//! (profiled, `node bench/run.mjs qat-profile`). The W4 recipe's KL to FP32 on 256 held-out
+//! views stayed (0.141 and 0.150 against 0.142 and 0.177 with every layer trained, two seeds of
+//! `quantize --weight-bits 4 --qat-steps 300`), but its confident-view top-1 fell in one of
+//! two (98.4% and 89.4% against 98.4% and 98.5%; the target is 95%), and a 0.2 stem gave 93.8%
+//! on the first seed. So the default trains every layer.
+//!
 //! # The objective
 //! Per frame: `distill_weight ·` the output distillation (`loss::Distillation`), plus
 //! `feature_weight ·` the intermediate-feature matching when on (`train::features`), plus
@@ -139,8 +153,14 @@ pub struct QatConfig {
     /// their noisy gradients cost fidelity; see the module docs).
     pub learn_weight_scales: Option<bool>,
     /// Learn the step sizes of the input data too: the graph inputs and the values computed
-    /// from them alone, before any trainable parameter (a layout transpose, a normalisation).
+    /// from them alone, before any trainable parameter (a layout transpose, a normalisation;
+    /// with a frozen stem, the stem's values).
     pub learn_input_scales: bool,
+    /// Freeze the stem: the first layers from the input, as many as make up at most this
+    /// fraction of the forward's multiply-adds ([`stem_nodes`]). Their weights, step sizes and
+    /// biases stay PTQ's, so nothing below the first trained layer needs a gradient: faster
+    /// steps, at a cost in fidelity (see the module docs). 0: every layer trains.
+    pub freeze_stem: f32,
     /// Adam rate of the weights (full mode).
     pub lr: f32,
     /// Adam rate of `ln(step size)`: a relative change per step. `None`: 5e-3 in full mode,
@@ -184,6 +204,55 @@ pub const TEACHER_CACHE_BYTES: usize = 64 << 20;
 /// How many times the default recipe meets each of its views (see the module docs).
 pub const VIEW_REUSE: usize = 4;
 
+/// The layers a run leaves frozen at the input ([`QatConfig::freeze_stem`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FrozenStem {
+    /// The frozen nodes that hold weights, by name.
+    pub layers: Vec<String>,
+    /// Their share of the forward's multiply-adds.
+    pub macs_share: f64,
+    /// Their weights (elements), and those of the whole graph's weighted layers.
+    pub weights: usize,
+    pub total_weights: usize,
+}
+
+impl FrozenStem {
+    fn of(g: &Graph, stem: &[bool]) -> FrozenStem {
+        let macs: Vec<u64> = (0..g.nodes.len()).map(|n| g.node_macs(n)).collect();
+        let total = macs.iter().sum::<u64>().max(1) as f64;
+        let frozen = || g.nodes.iter().zip(stem).enumerate().filter(|(_, (_, &f))| f);
+        let weights = |node: &crate::ir::Node| match node.inputs.get(1) {
+            Some(&w) if node.op.has_weights() && g.values[w].is_const() => g.values[w].len(),
+            _ => 0,
+        };
+        FrozenStem {
+            layers: frozen().filter(|(_, (node, _))| node.op.has_weights()).map(|(_, (node, _))| node.name.clone()).collect(),
+            macs_share: frozen().map(|(n, _)| macs[n]).sum::<u64>() as f64 / total,
+            weights: frozen().map(|(_, (node, _))| weights(node)).sum(),
+            total_weights: g.nodes.iter().map(weights).sum(),
+        }
+    }
+}
+
+/// The stem of `g` for `fraction`: per node, whether it belongs to the longest run of nodes
+/// from the first (the graph's order is topological, so the run holds every ancestor of its
+/// nodes) whose multiply-adds make up at most `fraction` of the graph's. None for 0.
+pub fn stem_nodes(g: &Graph, fraction: f32) -> Vec<bool> {
+    let macs: Vec<u64> = (0..g.nodes.len()).map(|n| g.node_macs(n)).collect();
+    let limit = fraction as f64 * macs.iter().sum::<u64>() as f64;
+    let mut stem = vec![false; g.nodes.len()];
+    let mut sum = 0u64;
+    for (n, &m) in macs.iter().enumerate() {
+        sum += m;
+        if fraction <= 0.0 || sum as f64 > limit {
+            break;
+        }
+        stem[n] = true;
+    }
+    stem
+}
+
 impl Default for QatConfig {
     fn default() -> Self {
         QatConfig {
@@ -193,6 +262,7 @@ impl Default for QatConfig {
             freeze_scales: false,
             learn_weight_scales: None,
             learn_input_scales: false,
+            freeze_stem: 0.0,
             lr: 4e-5,
             scale_lr: None,
             bias_lr: None,
@@ -365,6 +435,7 @@ impl TeacherCache {
 pub struct Trainer {
     config: QatConfig,
     mode: QatMode,
+    frozen_stem: FrozenStem,
     steps: usize,
     /// Distinct views for drivers that draw them (configured or by the recipe's length).
     views: usize,
@@ -429,6 +500,12 @@ impl Trainer {
                 return Err(Error::Invalid(format!("the QAT {what} weight must be a number ≥ 0, not {w}")));
             }
         }
+        let freeze_stem = config.freeze_stem;
+        if !(0.0..=1.0).contains(&freeze_stem) {
+            return Err(Error::Invalid(format!("the QAT stem to freeze is a fraction of the multiply-adds, from 0 to 1, not {freeze_stem}")));
+        }
+        let stem = stem_nodes(ptq, freeze_stem);
+        let frozen_stem = FrozenStem::of(ptq, &stem);
         let learn_scales = !config.freeze_scales;
         let learn_weight_scales = learn_scales && config.learn_weight_scales.unwrap_or(mode == QatMode::Full);
         let (scale_lr, bias_lr) = match mode {
@@ -442,7 +519,7 @@ impl Trainer {
         let mut biases: Vec<BiasParam> = Vec::new();
         let mut weight_of = vec![None; nv];
         let mut state = State { weights: Vec::new(), biases: Vec::new(), act_scales: Vec::new() };
-        for node in &ptq.nodes {
+        for (node, _) in ptq.nodes.iter().zip(&stem).filter(|(_, &frozen)| !frozen) {
             if !node.op.has_weights() {
                 continue;
             }
@@ -478,7 +555,7 @@ impl Trainer {
             weight_of[w] = Some(weights.len());
             weights.push(param);
         }
-        for node in &ptq.nodes {
+        for (node, _) in ptq.nodes.iter().zip(&stem).filter(|(_, &frozen)| !frozen) {
             if !matches!(node.op, Op::Conv(_) | Op::ConvTranspose(_) | Op::Gemm { .. }) {
                 continue;
             }
@@ -581,6 +658,7 @@ impl Trainer {
         );
         let mut t = Trainer {
             mode,
+            frozen_stem,
             steps,
             views,
             batch_size,
@@ -622,6 +700,11 @@ impl Trainer {
     /// The mode in use (the configured one, or the one the weight width chose).
     pub fn mode(&self) -> QatMode {
         self.mode
+    }
+
+    /// The layers left frozen at the input (configured, or by mode).
+    pub fn frozen_stem(&self) -> &FrozenStem {
+        &self.frozen_stem
     }
 
     /// The length of the schedule.
@@ -1283,6 +1366,62 @@ mod tests {
             assert!(g.values.iter().enumerate().any(|(v, _)| !input_data.contains(&v) && moved(v)), "other step sizes learn");
             assert_eq!(input_data.iter().any(|&v| moved(v)), learn_input_scales, "learn_input_scales: {learn_input_scales}");
         }
+    }
+
+    /// The stem is the longest run of nodes from the first within the fraction of the
+    /// multiply-adds.
+    #[test]
+    fn the_stem_is_the_longest_prefix_within_its_share_of_the_work() {
+        let g = tiny();
+        let macs: Vec<u64> = (0..g.nodes.len()).map(|n| g.node_macs(n)).collect();
+        // c1: 8 outputs of 12x12, 27 weights each; the depthwise c2 9 weights per output.
+        assert_eq!(macs[..2], [8 * 144 * 27, 8 * 36 * 9]);
+        let total = macs.iter().sum::<u64>() as f32;
+        assert_eq!(stem_nodes(&g, 0.0), vec![false; g.nodes.len()]);
+        assert_eq!(stem_nodes(&g, 1.0), vec![true; g.nodes.len()]);
+        for fraction in [0.5, 0.8, 0.9, 0.99] {
+            let stem = stem_nodes(&g, fraction);
+            let len = stem.iter().take_while(|&&s| s).count();
+            assert!(stem[len..].iter().all(|&s| !s), "a prefix");
+            let within: u64 = macs[..len].iter().sum();
+            assert!(within as f32 <= fraction * total, "{fraction}: within");
+            assert!(len == g.nodes.len() || (within + macs[len]) as f32 > fraction * total, "{fraction}: longest");
+        }
+    }
+
+    /// A frozen stem keeps PTQ's weights, step sizes and biases, and its values need no
+    /// gradient: their step sizes are input data, learned only with `learn_input_scales`.
+    #[test]
+    fn a_frozen_stem_keeps_ptq_parameters_and_needs_no_gradient() {
+        let g = tiny();
+        let (cal, q) = ptq(&g, QuantConfig { weight_bits: 4, ..QuantConfig::default() });
+        let id = |name: &str| q.find_value(name).unwrap();
+        let (w1, b1, w3) = (id("w1"), id("b1"), id("w3"));
+        let c1 = q.nodes.iter().find(|n| n.name == "c1").unwrap().outputs[0];
+        let mut rng = Rng::seeded(8);
+        let batch: Vec<_> = (0..2).map(|_| frame(&mut rng)).collect();
+        // c1 holds 76% of the work: a stem of 0.8 is c1 alone; by default none.
+        assert!(Trainer::new(cal.graph(), &q, QatConfig::default()).unwrap().frozen_stem().layers.is_empty());
+        for learn_input_scales in [false, true] {
+            let config = QatConfig { freeze_stem: 0.8, learn_input_scales, ..QatConfig::default() };
+            let mut t = Trainer::new(cal.graph(), &q, config).unwrap();
+            assert_eq!(t.mode(), QatMode::Full);
+            assert_eq!(t.frozen_stem().layers, ["c1"]);
+            assert!((t.frozen_stem().macs_share - 0.755).abs() < 0.01, "{}", t.frozen_stem().macs_share);
+            // w1 against w1..w5.
+            assert_eq!((t.frozen_stem().weights, t.frozen_stem().total_weights), (216, 216 + 72 + 96 + 96 + 80));
+            assert_eq!(t.tape_mut().needs_grad(c1), learn_input_scales);
+            for _ in 0..3 {
+                t.step(&batch).unwrap();
+            }
+            let e = t.graph().unwrap();
+            for v in [w1, b1] {
+                assert_eq!((&e.values[v].quant, &e.values[v].data), (&q.values[v].quant, &q.values[v].data), "{}", q.values[v].name);
+            }
+            assert_ne!(e.values[w3].data, q.values[w3].data, "the weights after the stem train");
+            assert_eq!(e.values[c1].quant != q.values[c1].quant, learn_input_scales, "the stem's step size");
+        }
+        assert!(Trainer::new(cal.graph(), &q, QatConfig { freeze_stem: 1.5, ..QatConfig::default() }).is_err());
     }
 
     #[test]

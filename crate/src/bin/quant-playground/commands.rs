@@ -248,31 +248,26 @@ fn percentile(xs: &[f64], p: f64) -> f64 {
 }
 
 /// What a node is, for the profile: convolutions by kernel and grouping, the rest by op name.
-/// Also its multiply-accumulates when it is a convolution or a Gemm/MatMul.
-fn bench_kind(g: &quant_playground::ir::Graph, node: &quant_playground::ir::Node) -> (String, u64) {
+/// Also its multiply-accumulates ([`Graph::node_macs`](quant_playground::ir::Graph::node_macs)).
+fn bench_kind(g: &quant_playground::ir::Graph, n: usize) -> (String, u64) {
     use quant_playground::ir::Op;
-    let shape = |v: usize| g.values[v].shape.clone();
-    match &node.op {
+    let node = &g.nodes[n];
+    let kind = match &node.op {
         Op::Conv(c) => {
-            let (x, y) = (shape(node.inputs[0]), shape(node.outputs[0]));
+            let (x, y) = (&g.values[node.inputs[0]].shape, &g.values[node.outputs[0]].shape);
             let k = &c.window.kernel;
-            let macs = (y.iter().product::<usize>() * (x[1] / c.group) * k[0] * k[1]) as u64;
             let stride = if c.window.strides.iter().any(|&s| s != 1) { format!(" s{}", c.window.strides[0]) } else { String::new() };
-            let kind = if c.group == 1 {
+            if c.group == 1 {
                 format!("Conv {}x{}{stride}", k[0], k[1])
             } else if c.group == x[1] && c.group == y[1] {
                 format!("Conv depthwise {}x{}{stride}", k[0], k[1])
             } else {
                 format!("Conv grouped {}x{}{stride}", k[0], k[1])
-            };
-            (kind, macs)
+            }
         }
-        Op::Gemm { .. } | Op::MatMul => {
-            let (a, y) = (shape(node.inputs[0]), shape(node.outputs[0]));
-            (node.op.name().to_string(), (y.iter().product::<usize>() * a.last().copied().unwrap_or(1)) as u64)
-        }
-        other => (other.name().to_string(), 0),
-    }
+        other => other.name().to_string(),
+    };
+    (kind, g.node_macs(n))
 }
 
 fn bench(args: &BenchArgs) -> Result<()> {
@@ -323,15 +318,15 @@ fn bench(args: &BenchArgs) -> Result<()> {
         let node_ms: Vec<f64> = per_node.iter().map(|s| if s.is_empty() { 0.0 } else { median(s) }).collect();
         let total: f64 = node_ms.iter().sum();
         let mut kinds: Vec<(String, usize, f64, u64)> = Vec::new();
-        for (n, node) in g.nodes.iter().enumerate() {
-            let (kind, macs) = bench_kind(g, node);
+        for (n, &t) in node_ms.iter().enumerate() {
+            let (kind, macs) = bench_kind(g, n);
             match kinds.iter_mut().find(|k| k.0 == kind) {
                 Some(k) => {
                     k.1 += 1;
-                    k.2 += node_ms[n];
+                    k.2 += t;
                     k.3 += macs;
                 }
-                None => kinds.push((kind, 1, node_ms[n], macs)),
+                None => kinds.push((kind, 1, t, macs)),
             }
         }
         kinds.sort_by(|a, b| b.2.total_cmp(&a.2));
@@ -349,7 +344,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
             .take(15)
             .map(|&n| {
                 let node = &g.nodes[n];
-                let (kind, macs) = bench_kind(g, node);
+                let (kind, macs) = bench_kind(g, n);
                 serde_json::json!({
                     "node": node.name, "kind": kind, "ms": node_ms[n], "share": node_ms[n] / total,
                     "input": g.values[node.inputs[0]].shape, "output": g.values[node.outputs[0]].shape, "gmacPerS": gmacs(macs, node_ms[n]),

@@ -17,7 +17,7 @@ use quant_playground::quant::sensitivity::Sensitivity;
 use quant_playground::rng::Rng;
 use quant_playground::session::{evaluate, QuantReport, Session, Variant};
 use quant_playground::train::labels::ClassMap;
-use quant_playground::train::qat::{QatConfig, QatMode, StepStats};
+use quant_playground::train::qat::{FrozenStem, QatConfig, QatMode, StepStats};
 use quant_playground::{npy, Error, Result};
 use serde::Serialize;
 
@@ -111,6 +111,11 @@ pub struct QuantizeArgs {
     /// Frames per QAT step (default: the recipe's, 4 in scales mode and 8 in full mode).
     #[arg(long)]
     pub qat_batch: Option<usize>,
+    /// QAT leaves the first layers frozen as PTQ made them, as many as make up at most this
+    /// fraction of the multiply-adds (0 to 1): faster steps (nothing below them needs a
+    /// gradient), at a cost in fidelity. Default 0: every layer trains.
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.0)]
+    pub qat_freeze_stem: f32,
     /// Random views QAT draws its frames from, each met about steps x batch / N times (its
     /// FP32 targets computed once). Default: the recipe's, steps x batch / 4.
     #[arg(long, value_name = "N")]
@@ -278,6 +283,8 @@ struct QatSummary<'a> {
     config: &'a QatConfig,
     mode: QatMode,
     batch_size: usize,
+    /// The layers left frozen at the input.
+    frozen_stem: FrozenStem,
     /// The loss terms used: per output `kl`, `anchor-kl` or `mse`, then `feature-mse`,
     /// `cross-entropy`.
     losses: Vec<&'static str>,
@@ -317,6 +324,7 @@ struct QatRun {
     config: QatConfig,
     mode: QatMode,
     batch_size: usize,
+    frozen_stem: FrozenStem,
     losses: Vec<&'static str>,
     feature_values: Vec<String>,
     labels: Option<LabelSummary>,
@@ -449,6 +457,7 @@ pub fn quantize(a: &QuantizeArgs) -> Result<()> {
         if let Some(v) = a.qat_views {
             config.views = Some(v);
         }
+        config.freeze_stem = a.qat_freeze_stem;
         config.mode = a.qat_mode.map(|m| match m {
             QatModeArg::Scales => QatMode::Scales,
             QatModeArg::Full => QatMode::Full,
@@ -459,6 +468,17 @@ pub fn quantize(a: &QuantizeArgs) -> Result<()> {
         let mut trainer = session.qat_trainer(config.clone())?;
         trainer.set_holdout(session.kept_frames())?;
         eprintln!("QAT: {} steps, mode {:?}, batch {}, {} random views", trainer.steps(), trainer.mode(), trainer.batch_size(), trainer.views());
+        let stem = trainer.frozen_stem();
+        if !stem.layers.is_empty() {
+            eprintln!(
+                "QAT: the stem stays frozen: {} layers, {:.0}% of the multiply-adds, {} of {} weights ({})",
+                stem.layers.len(),
+                stem.macs_share * 100.0,
+                stem.weights,
+                stem.total_weights,
+                stem.layers.join(", ")
+            );
+        }
         let features = trainer.feature_values();
         if !features.is_empty() {
             eprintln!("QAT: matching the features of {} (teacher cache: {} frames)", features.join(", "), trainer.teacher_cache_frames());
@@ -509,6 +529,7 @@ pub fn quantize(a: &QuantizeArgs) -> Result<()> {
             config,
             mode: trainer.mode(),
             batch_size: trainer.batch_size(),
+            frozen_stem: trainer.frozen_stem().clone(),
             losses: trainer.losses(),
             feature_values: features,
             labels: labelled.map(|(_, summary)| summary),
@@ -536,6 +557,7 @@ pub fn quantize(a: &QuantizeArgs) -> Result<()> {
             config: &q.config,
             mode: q.mode,
             batch_size: q.batch_size,
+            frozen_stem: q.frozen_stem.clone(),
             losses: q.losses.clone(),
             feature_values: q.feature_values.clone(),
             labels: q.labels.as_ref(),

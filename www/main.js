@@ -1523,6 +1523,7 @@ function readQatConfig() {
   if (els.lr.value.trim()) config.lr = Number(els.lr.value);
   if (els.mode.value !== 'auto') config.mode = els.mode.value;
   if (els.freezeStem.value.trim()) config.freezeStem = Number(els.freezeStem.value) / 100;
+  if (els.freezeStemAt.value.trim()) config.freezeStemAt = Number(els.freezeStemAt.value) / 100;
   return config;
 }
 
@@ -1533,8 +1534,9 @@ function frozenStemText(stem) {
   const n = stem?.layers?.length ?? 0;
   if (!n) return '';
   const weights = (100 * stem.weights) / Math.max(1, stem.totalWeights);
-  const share = `${weights < 10 ? weights.toFixed(1) : Math.round(weights)}% of the weights`;
-  return ` after the first ${n} layer${n === 1 ? '' : 's'} (${Math.round(100 * stem.macsShare)}% of the work, ${share}, kept as PTQ made them)`;
+  const layers = `the first ${n} layer${n === 1 ? '' : 's'}`;
+  const share = `${Math.round(100 * stem.macsShare)}% of the work, ${weights < 10 ? weights.toFixed(1) : Math.round(weights)}% of the weights`;
+  return stem.fromStep > 0 ? ` (${layers}, ${share}, frozen after step ${stem.fromStep})` : ` after ${layers} (${share}, kept as PTQ made them)`;
 }
 
 /** What QAT trains on, from qatBegin's `augmentation` (protocol.js QatAugmentation). */
@@ -1568,6 +1570,10 @@ qatForm.addEventListener('submit', async (event) => {
   }
   if ('freezeStem' in config && !(config.freezeStem >= 0 && config.freezeStem <= 1)) {
     notice(field('qat-notice'), 'The frozen stem is a share of the work from 0 to 100%.', 'error');
+    return;
+  }
+  if ('freezeStemAt' in config && !(config.freezeStemAt >= 0 && config.freezeStemAt < 1)) {
+    notice(field('qat-notice'), 'The stem freezes after a share of the steps from 0 to below 100%.', 'error');
     return;
   }
   const images = state.features.labels ? state.labels.images : [];

@@ -71,8 +71,9 @@ export const Req = Object.freeze({
    * Payload: `{config: QatConfig, labelled?: {frame: FrameData, class: number}[]}` (bitmaps
    * transferred; the engine keeps them for this run only). Progress: first `{done: 0, total,
    * mode, batchSize, frozenStem, augmentation}` (the plan, with the engine's defaults filled
-   * in; `frozenStem`: `{layers: string[], macsShare, weights, totalWeights}`, the first layers
-   * left as PTQ made them, their share of the multiply-adds, their weights and the model's),
+   * in; `frozenStem`: `{layers: string[], macsShare, weights, totalWeights, fromStep}`, the first
+   * layers frozen from step `fromStep` (0: kept as PTQ made them), their share of the
+   * multiply-adds, their weights and the model's),
    * then
    * `{done: step, total: steps, loss, distillLoss, holdoutLoss, labelLoss, labelledFrames,
    * elapsedMs}` per chunk (`labelLoss`: the mean cross-entropy of the chunk's labelled frames,
@@ -298,7 +299,10 @@ export const NOT_AVAILABLE = 'NotAvailableError';
  * @property {number} [lr]   Adam's rate of the weights (full mode)
  * @property {'scales' | 'full'} [mode]   train step sizes and biases only, or the weights too
  * @property {number} [freezeStem]   the first layers, up to this share (0 to 1) of the
- *   multiply-adds, stay as PTQ made them (faster steps, less fidelity; default 0)
+ *   multiply-adds, freeze at `freezeStemAt` (the steps after it are faster; default 0.3 in
+ *   full mode, 0 in scales mode)
+ * @property {number} [freezeStemAt]   when, as a share of the steps (0 to below 1; 0: from the
+ *   start, as PTQ made them; default 1/3)
  * @property {number} [labelWeight]  weight of the cross-entropy to labels, relative to the
  *   distillation (default 1, as the command line's --qat-label-weight)
  */

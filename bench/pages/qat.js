@@ -66,6 +66,10 @@ function readQatConfig(form, attr, selected) {
   if (steps) config.steps = Math.max(1, Math.round(Number(steps) || 1));
   if (lr) config.lr = Number(lr);
   if (mode !== 'auto') config.mode = mode;
+  const freezeStem = attr(form, 'freezeStem').trim();
+  const freezeStemAt = attr(form, 'freezeStemAt').trim();
+  if (freezeStem) config.freezeStem = Number(freezeStem) / 100;
+  if (freezeStemAt) config.freezeStemAt = Number(freezeStemAt) / 100;
   return config;
 }
 

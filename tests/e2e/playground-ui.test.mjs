@@ -106,12 +106,20 @@ test('without a webcam: images, calibration, PTQ, QAT, insight, downloads, and a
     await page.waitForFunction((v) => document.querySelector('[data-field="histogram-facts"]').textContent.startsWith(`${v}:`), chosen);
     await page.locator('#insight-panel').screenshot({ path: `${ARTIFACTS}/standin-insight.png` });
 
-    // QAT with a frozen stem: progress, loss curve, done; the QAT pane shows the model.
+    // QAT with a stem frozen from the start: progress, loss curve, done; the QAT pane shows
+    // the model.
     await page.fill('#qat-form input[name="steps"]', '150');
     await page.fill('#qat-form input[name="freezeStem"]', '20');
+    await page.fill('#qat-form input[name="freezeStemAt"]', '0');
     await page.locator('#qat-run').click();
     await page.waitForSelector('#qat-panel[data-state="done"]', { timeout: 60_000 });
     assert.match(await field(page, 'qat-notice'), /^Trained weights, step sizes and biases after the first 2 layers \(18% of the work, 1\.5% of the weights, kept as PTQ made them\) for 150 steps in \d+ s; final loss 0\.06250\.$/);
+    // The default stem of full mode, frozen after a third of the steps.
+    await page.fill('#qat-form input[name="freezeStem"]', '');
+    await page.fill('#qat-form input[name="freezeStemAt"]', '');
+    await page.locator('#qat-run').click();
+    await page.waitForSelector('#qat-panel[data-state="done"]', { timeout: 60_000 });
+    assert.match(await field(page, 'qat-notice'), /^Trained weights, step sizes and biases \(the first 2 layers, 18% of the work, 1\.5% of the weights, frozen after step 50\) for 150 steps in \d+ s; final loss 0\.06250\.$/);
     await page.waitForSelector('#loss-chart canvas');
     await page.waitForSelector('.pane[data-variant="qat"][data-state="ok"]');
     assert.equal((await topLabels(page, 'qat'))[0], 'espresso');

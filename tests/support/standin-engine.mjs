@@ -99,16 +99,19 @@ P.qatBegin = function (config) {
     ('steps' in config && !(config.steps > 0)) ||
     ('lr' in config && !(config.lr > 0)) ||
     ('mode' in config && !['scales', 'full'].includes(config.mode)) ||
-    ('freezeStem' in config && !(config.freezeStem >= 0 && config.freezeStem <= 1));
+    ('freezeStem' in config && !(config.freezeStem >= 0 && config.freezeStem <= 1)) ||
+    ('freezeStemAt' in config && !(config.freezeStemAt >= 0 && config.freezeStemAt < 1));
   if (bad) throw new Error('bad QAT config ' + JSON.stringify(config));
   // The engine's default recipe: the mode by weight width, the steps by mode.
   const mode = config.mode ?? (s.config.weightBits < 8 ? 'full' : 'scales');
   const steps = config.steps ?? (mode === 'full' ? 300 : 100);
   s.training = { steps, step: 0 };
   s.qat = false;
-  // The stem as the engine reports it: the first layers within the share of the work asked.
-  const share = config.freezeStem ?? 0;
-  const frozenStem = { layers: share > 0 ? ['stem_conv', 'stem_dw'].slice(0, share < 0.1 ? 1 : 2) : [], macsShare: share > 0 ? Math.min(share, 0.18) : 0, weights: share > 0 ? 1500 : 0, totalWeights: 100000 };
+  // The stem as the engine reports it: the first layers within the share of the work asked
+  // (by default 0.3 in full mode), frozen after a share of the steps (by default a third).
+  const share = config.freezeStem ?? (mode === 'full' ? 0.3 : 0);
+  const fromStep = Math.round((config.freezeStemAt ?? 1 / 3) * steps);
+  const frozenStem = { layers: share > 0 ? ['stem_conv', 'stem_dw'].slice(0, share < 0.1 ? 1 : 2) : [], macsShare: share > 0 ? Math.min(share, 0.18) : 0, weights: share > 0 ? 1500 : 0, totalWeights: 100000, fromStep };
   return { steps, mode, batchSize: mode === 'full' ? 8 : 4, frozenStem };
 };
 P.qatStep = function (n) {

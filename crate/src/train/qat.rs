@@ -36,19 +36,27 @@
 //!   1.04 → 0.23, confident-view top-1 0.31 → 1.0, all-view 0.28 → 0.64. Half these rates
 //!   reached 0.26; three times them (at 100 steps) spiked early and overfit.
 //!
-//! A frozen stem ([`QatConfig::freeze_stem`], off by default) trades fidelity for speed: the
-//! first layers, as many as make up at most a given fraction of the forward's multiply-adds
-//! ([`stem_nodes`]), keep PTQ's weights, step sizes and biases. Their values are then input
-//! data, so nothing below the first trained layer needs a gradient. They are the layers at the
-//! highest resolutions, with the fewest weights and the costliest gradients per weight: at 0.3,
-//! on EfficientNet-Lite0 the blocks at 112x112 and 56x56 and the first at 28x28 (15 layers,
-//! 1.1% of the weights), on BlazeFace its 5x5 stem and first depthwise layer. On
-//! EfficientNet-Lite0 it took the full-mode step from 171 to 132 ms a frame in Chromium
-//! (profiled, `node bench/run.mjs qat-profile`). The W4 recipe's KL to FP32 on 256 held-out
-//! views stayed (0.141 and 0.150 against 0.142 and 0.177 with every layer trained, two seeds of
-//! `quantize --weight-bits 4 --qat-steps 300`), but its confident-view top-1 fell in one of
-//! two (98.4% and 89.4% against 98.4% and 98.5%; the target is 95%), and a 0.2 stem gave 93.8%
-//! on the first seed. So the default trains every layer.
+//! # The stem freezes after a third of the W4 recipe
+//! A frozen stem ([`QatConfig::freeze_stem`]) is the first layers, as many as make up at most a
+//! given fraction of the forward's multiply-adds ([`stem_nodes`]); once frozen, they keep
+//! their weights, step sizes and biases, their values count as input data, and nothing below
+//! the first trained layer needs a gradient. They are the layers at the highest resolutions,
+//! with the fewest weights and the costliest gradients per weight: at 0.3, on
+//! EfficientNet-Lite0 the blocks at 112x112 and 56x56 and the first at 28x28 (15 layers, 1.1%
+//! of the weights), on BlazeFace its 5x5 stem and first depthwise layer. Frozen, they took the
+//! full-mode step from 171 to 132 ms a frame in Chromium (profiled, `node bench/run.mjs
+//! qat-profile`).
+//!
+//! Frozen from the start, as PTQ made them, they cost the W4 recipe fidelity: on 256 held-out
+//! views (`quantize --weight-bits 4 --qat-steps 300`, two seeds) KL held (0.141, 0.150 against
+//! 0.142, 0.177 with every layer trained) but confident-view top-1 fell under the 95% target
+//! in one of two (98.4%, 89.4% against 98.4%, 98.5%), and a 0.2 stem gave 93.8% on the first.
+//! Frozen after a third of the steps instead ([`QatConfig::freeze_stem_at`]: progressive
+//! freezing, as FreezeOut does), the stem first learns with the rest, through warm-up and the
+//! highest rates: KL 0.158, 0.158, 0.139 (6.7-7.7x under PTQ), confident 98.4%, 97.0%, 97.1%,
+//! all views 77.7%, 69.5%, 73.8% (seeds 1-3; with every layer trained, seeds 1-2: 80.1%,
+//! 67.6%). So full mode, the W4 default, freezes a 0.3 stem after a third of its steps, and
+//! the two thirds after cost about a quarter less.
 //!
 //! # The objective
 //! Per frame: `distill_weight ·` the output distillation (`loss::Distillation`), plus
@@ -156,11 +164,16 @@ pub struct QatConfig {
     /// from them alone, before any trainable parameter (a layout transpose, a normalisation;
     /// with a frozen stem, the stem's values).
     pub learn_input_scales: bool,
-    /// Freeze the stem: the first layers from the input, as many as make up at most this
-    /// fraction of the forward's multiply-adds ([`stem_nodes`]). Their weights, step sizes and
-    /// biases stay PTQ's, so nothing below the first trained layer needs a gradient: faster
-    /// steps, at a cost in fidelity (see the module docs). 0: every layer trains.
-    pub freeze_stem: f32,
+    /// The stem to freeze: the first layers from the input, as many as make up at most this
+    /// fraction of the forward's multiply-adds ([`stem_nodes`]). Once frozen, their weights,
+    /// step sizes and biases stay as they are and nothing below the first trained layer needs
+    /// a gradient: faster steps (see the module docs). 0: every layer trains to the end.
+    /// `None`: [`FULL_MODE_STEM`] in full mode, 0 in scales mode.
+    pub freeze_stem: Option<f32>,
+    /// When the stem freezes, as a fraction of `steps`: 0, from the start (it stays as PTQ made
+    /// it); later, every layer trains until then and the stem keeps what it learned
+    /// (progressive freezing: the steps after it are the cheaper ones).
+    pub freeze_stem_at: f32,
     /// Adam rate of the weights (full mode).
     pub lr: f32,
     /// Adam rate of `ln(step size)`: a relative change per step. `None`: 5e-3 in full mode,
@@ -201,10 +214,15 @@ pub struct QatConfig {
 /// module docs).
 pub const TEACHER_CACHE_BYTES: usize = 64 << 20;
 
+/// The stem full mode freezes by default, as a fraction of the multiply-adds, and when, as a
+/// fraction of the steps (see the module docs).
+pub const FULL_MODE_STEM: f32 = 0.3;
+pub const STEM_FREEZES_AT: f32 = 1.0 / 3.0;
+
 /// How many times the default recipe meets each of its views (see the module docs).
 pub const VIEW_REUSE: usize = 4;
 
-/// The layers a run leaves frozen at the input ([`QatConfig::freeze_stem`]).
+/// The layers a run freezes at the input ([`QatConfig::freeze_stem`]), and from when.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FrozenStem {
@@ -215,10 +233,12 @@ pub struct FrozenStem {
     /// Their weights (elements), and those of the whole graph's weighted layers.
     pub weights: usize,
     pub total_weights: usize,
+    /// The step from which they are frozen (0: they never train).
+    pub from_step: usize,
 }
 
 impl FrozenStem {
-    fn of(g: &Graph, stem: &[bool]) -> FrozenStem {
+    fn of(g: &Graph, stem: &[bool], from_step: usize) -> FrozenStem {
         let macs: Vec<u64> = (0..g.nodes.len()).map(|n| g.node_macs(n)).collect();
         let total = macs.iter().sum::<u64>().max(1) as f64;
         let frozen = || g.nodes.iter().zip(stem).enumerate().filter(|(_, (_, &f))| f);
@@ -231,6 +251,7 @@ impl FrozenStem {
             macs_share: frozen().map(|(n, _)| macs[n]).sum::<u64>() as f64 / total,
             weights: frozen().map(|(_, (node, _))| weights(node)).sum(),
             total_weights: g.nodes.iter().map(weights).sum(),
+            from_step,
         }
     }
 }
@@ -262,7 +283,8 @@ impl Default for QatConfig {
             freeze_scales: false,
             learn_weight_scales: None,
             learn_input_scales: false,
-            freeze_stem: 0.0,
+            freeze_stem: None,
+            freeze_stem_at: STEM_FREEZES_AT,
             lr: 4e-5,
             scale_lr: None,
             bias_lr: None,
@@ -331,6 +353,8 @@ struct WeightParam {
     quant: Option<(ChannelLayout, u32, usize)>,
     train_weights: bool,
     learn_scales: bool,
+    /// In a frozen stem: it keeps its current data.
+    frozen: bool,
     mw: Moments,
     ms: Moments,
 }
@@ -339,6 +363,8 @@ struct BiasParam {
     value: ValueId,
     /// Snapped to the int32 grid: (the layer's input, index of its weight in `weights`).
     snap: Option<(ValueId, usize)>,
+    /// In a frozen stem: it keeps its current data.
+    frozen: bool,
     m: Moments,
 }
 
@@ -436,6 +462,9 @@ pub struct Trainer {
     config: QatConfig,
     mode: QatMode,
     frozen_stem: FrozenStem,
+    /// Per node: in the stem to freeze; and whether it is frozen yet.
+    stem: Vec<bool>,
+    stem_frozen: bool,
     steps: usize,
     /// Distinct views for drivers that draw them (configured or by the recipe's length).
     views: usize,
@@ -500,12 +529,18 @@ impl Trainer {
                 return Err(Error::Invalid(format!("the QAT {what} weight must be a number ≥ 0, not {w}")));
             }
         }
-        let freeze_stem = config.freeze_stem;
+        let freeze_stem = config.freeze_stem.unwrap_or(match mode {
+            QatMode::Full => FULL_MODE_STEM,
+            QatMode::Scales => 0.0,
+        });
         if !(0.0..=1.0).contains(&freeze_stem) {
             return Err(Error::Invalid(format!("the QAT stem to freeze is a fraction of the multiply-adds, from 0 to 1, not {freeze_stem}")));
         }
+        if !(0.0..1.0).contains(&config.freeze_stem_at) {
+            return Err(Error::Invalid(format!("the QAT stem freezes at a fraction of the steps, from 0 up to 1, not {}", config.freeze_stem_at)));
+        }
         let stem = stem_nodes(ptq, freeze_stem);
-        let frozen_stem = FrozenStem::of(ptq, &stem);
+        let frozen_stem = FrozenStem::of(ptq, &stem, (config.freeze_stem_at * steps as f32).round() as usize);
         let learn_scales = !config.freeze_scales;
         let learn_weight_scales = learn_scales && config.learn_weight_scales.unwrap_or(mode == QatMode::Full);
         let (scale_lr, bias_lr) = match mode {
@@ -519,7 +554,7 @@ impl Trainer {
         let mut biases: Vec<BiasParam> = Vec::new();
         let mut weight_of = vec![None; nv];
         let mut state = State { weights: Vec::new(), biases: Vec::new(), act_scales: Vec::new() };
-        for (node, _) in ptq.nodes.iter().zip(&stem).filter(|(_, &frozen)| !frozen) {
+        for node in &ptq.nodes {
             if !node.op.has_weights() {
                 continue;
             }
@@ -540,13 +575,14 @@ impl Trainer {
                         quant: Some((layout, c.bits, c.axis)),
                         train_weights: mode == QatMode::Full,
                         learn_scales: learn_weight_scales,
+                        frozen: false,
                         mw: Moments::new(if mode == QatMode::Full { value.len() } else { 0 }),
                         ms: Moments::new(c.scales.len()),
                     }
                 }
                 None if mode == QatMode::Full => {
                     state.weights.push((data, Vec::new()));
-                    WeightParam { value: w, quant: None, train_weights: true, learn_scales: false, mw: Moments::new(value.len()), ms: Moments::new(0) }
+                    WeightParam { value: w, quant: None, train_weights: true, learn_scales: false, frozen: false, mw: Moments::new(value.len()), ms: Moments::new(0) }
                 }
                 // Float weights in scales mode, and weights quantized per tensor as constants,
                 // stay as they are.
@@ -555,7 +591,7 @@ impl Trainer {
             weight_of[w] = Some(weights.len());
             weights.push(param);
         }
-        for (node, _) in ptq.nodes.iter().zip(&stem).filter(|(_, &frozen)| !frozen) {
+        for node in &ptq.nodes {
             if !matches!(node.op, Op::Conv(_) | Op::ConvTranspose(_) | Op::Gemm { .. }) {
                 continue;
             }
@@ -570,7 +606,7 @@ impl Trainer {
                 _ => None,
             };
             state.biases.push(ptq.const_data(b).expect("constant").to_vec());
-            biases.push(BiasParam { value: b, snap, m: Moments::new(ptq.values[b].len()) });
+            biases.push(BiasParam { value: b, snap, frozen: false, m: Moments::new(ptq.values[b].len()) });
         }
 
         // Activation step sizes: one per calibrated value, shared along Follow ops and with a
@@ -581,14 +617,7 @@ impl Trainer {
         // input's, learned only with `learn_input_scales`: learning one needs its gradient, a
         // backward through the first layer for nothing else (BlazeFace's NHWC transpose: its stem's
         // backward went from 2.37 to 0.08 ms a frame, `node bench/run.mjs qat-profile`).
-        let mut input_data = vec![false; nv];
-        ptq.inputs.iter().for_each(|&i| input_data[i] = true);
-        let fixed_const = |v: ValueId| ptq.values[v].is_const() && weight_of[v].is_none() && !biases.iter().any(|b| b.value == v);
-        for node in &ptq.nodes {
-            if node.inputs.iter().any(|&i| input_data[i]) && node.inputs.iter().all(|&i| input_data[i] || fixed_const(i)) {
-                node.outputs.iter().for_each(|&o| input_data[o] = true);
-            }
-        }
+        let input_data = input_data(ptq, |v| weight_of[v].is_none() && !biases.iter().any(|b| b.value == v));
         let mut act_of: Vec<Option<usize>> = vec![None; nv];
         let mut acts: Vec<ActParam> = Vec::new();
         let tensor = |v: ValueId| if ptq.values[v].is_const() { None } else { ptq.values[v].quant.as_ref().and_then(|q| q.tensor()).copied() };
@@ -659,6 +688,8 @@ impl Trainer {
         let mut t = Trainer {
             mode,
             frozen_stem,
+            stem,
+            stem_frozen: false,
             steps,
             views,
             batch_size,
@@ -689,8 +720,46 @@ impl Trainer {
             dscale: Vec::new(),
             config,
         };
+        if t.frozen_stem.from_step == 0 {
+            t.freeze_stem()?;
+        }
         t.load_state()?;
         Ok(t)
+    }
+
+    /// Freezes the stem (if any, and not yet): its weights and biases keep their current
+    /// data, and the step sizes of the values then computed from the input data and fixed
+    /// constants alone stop learning (unless `learn_input_scales`), so that the backward stops
+    /// above the stem.
+    fn freeze_stem(&mut self) -> Result<()> {
+        if self.stem_frozen || !self.stem.contains(&true) {
+            return Ok(());
+        }
+        self.stem_frozen = true;
+        let g = &self.template;
+        let mut in_stem = vec![false; g.values.len()];
+        for (node, _) in g.nodes.iter().zip(&self.stem).filter(|(_, &s)| s) {
+            node.inputs.iter().filter(|&&i| g.values[i].is_const()).for_each(|&i| in_stem[i] = true);
+        }
+        let mut frozen = Vec::new();
+        for wp in self.weights.iter_mut().filter(|wp| in_stem[wp.value]) {
+            wp.frozen = true;
+            frozen.push(wp.value);
+        }
+        for bp in self.biases.iter_mut().filter(|bp| in_stem[bp.value]) {
+            bp.frozen = true;
+            frozen.push(bp.value);
+        }
+        let trained: std::collections::HashSet<ValueId> =
+            self.weights.iter().filter(|p| !p.frozen).map(|p| p.value).chain(self.biases.iter().filter(|p| !p.frozen).map(|p| p.value)).collect();
+        let input_data = input_data(g, |v| !trained.contains(&v));
+        if !self.config.learn_input_scales {
+            for a in self.acts.iter_mut().filter(|a| a.learn && input_data[a.members[0]]) {
+                a.learn = false;
+                frozen.extend(&a.members);
+            }
+        }
+        self.tape.freeze(&frozen)
     }
 
     pub fn config(&self) -> &QatConfig {
@@ -702,7 +771,7 @@ impl Trainer {
         self.mode
     }
 
-    /// The layers left frozen at the input (configured, or by mode).
+    /// The layers frozen at the input, and from which step (configured, or by mode).
     pub fn frozen_stem(&self) -> &FrozenStem {
         &self.frozen_stem
     }
@@ -782,10 +851,10 @@ impl Trainer {
 
     /// Numbers of trained values: (weights, step sizes, biases).
     pub fn parameter_counts(&self) -> (usize, usize, usize) {
-        let w = self.weights.iter().zip(&self.state.weights).filter(|(p, _)| p.train_weights).map(|(_, s)| s.0.len()).sum();
-        let s = self.weights.iter().zip(&self.state.weights).filter(|(p, _)| p.learn_scales).map(|(_, s)| s.1.len()).sum::<usize>()
+        let w = self.weights.iter().zip(&self.state.weights).filter(|(p, _)| p.train_weights && !p.frozen).map(|(_, s)| s.0.len()).sum();
+        let s = self.weights.iter().zip(&self.state.weights).filter(|(p, _)| p.learn_scales && !p.frozen).map(|(_, s)| s.1.len()).sum::<usize>()
             + self.acts.iter().filter(|a| a.learn).count();
-        let b = self.state.biases.iter().map(|b| b.len()).sum();
+        let b = self.biases.iter().zip(&self.state.biases).filter(|(p, _)| !p.frozen).map(|(_, b)| b.len()).sum();
         (w, s, b)
     }
 
@@ -811,8 +880,8 @@ impl Trainer {
         let t0 = tick();
         let Trainer { weights, biases, acts, state, tape, act_of, .. } = self;
         for (wp, (latent, scales)) in weights.iter().zip(&state.weights) {
-            if !wp.train_weights && !wp.learn_scales {
-                continue; // ŵ never changes: the tape keeps PTQ's data
+            if wp.frozen || (!wp.train_weights && !wp.learn_scales) {
+                continue; // ŵ does not change: the tape keeps its data
             }
             let dst = tape.const_data_mut(wp.value);
             match wp.quant {
@@ -820,7 +889,7 @@ impl Trainer {
                 None => dst.copy_from_slice(latent),
             }
         }
-        for (bp, b) in biases.iter().zip(&state.biases) {
+        for (bp, b) in biases.iter().zip(&state.biases).filter(|(bp, _)| !bp.frozen) {
             let data = snapped_bias(bp, b, weights, state, act_of);
             tape.const_data_mut(bp.value).copy_from_slice(&data);
         }
@@ -886,6 +955,10 @@ impl Trainer {
         if self.best.is_none() && !self.holdout.is_empty() {
             let l = self.holdout_loss()?;
             self.best = Some((l, self.state.clone()));
+        }
+        if self.step >= self.frozen_stem.from_step && !self.stem_frozen {
+            self.freeze_stem()?;
+            self.load_state()?;
         }
         let timing = self.phases.is_some();
         let tick = || if timing { clock() } else { 0.0 };
@@ -984,7 +1057,7 @@ impl Trainer {
         let t = self.step as u32 + 1;
         let (lr_w, lr_s, lr_b) = (self.config.lr * factor, self.scale_lr * factor, self.bias_lr * factor);
         let Trainer { weights, biases, acts, state, tape, opt, dw, dscale, config, .. } = self;
-        for (wp, (latent, scales)) in weights.iter_mut().zip(state.weights.iter_mut()) {
+        for (wp, (latent, scales)) in weights.iter_mut().zip(state.weights.iter_mut()).filter(|(wp, _)| !wp.frozen) {
             let Some(dwhat) = tape.grad(wp.value) else { continue };
             match wp.quant {
                 None => opt.update(latent, dwhat, &mut wp.mw, t, lr_w, config.weight_decay),
@@ -1004,7 +1077,7 @@ impl Trainer {
                 }
             }
         }
-        for (bp, b) in biases.iter_mut().zip(state.biases.iter_mut()) {
+        for (bp, b) in biases.iter_mut().zip(state.biases.iter_mut()).filter(|(bp, _)| !bp.frozen) {
             if let Some(g) = tape.grad(bp.value) {
                 opt.update(b, g, &mut bp.m, t, lr_b, 0.0);
             }
@@ -1108,6 +1181,20 @@ impl Trainer {
         g.validate()?;
         Ok(g)
     }
+}
+
+/// Per value: input data, that is a graph input or computed from input data and constants
+/// that `fixed` says do not train alone (a layout transpose, a normalisation, a frozen stem).
+fn input_data(g: &Graph, fixed: impl Fn(ValueId) -> bool) -> Vec<bool> {
+    let mut input_data = vec![false; g.values.len()];
+    g.inputs.iter().for_each(|&i| input_data[i] = true);
+    let fixed_const = |v: ValueId| g.values[v].is_const() && fixed(v);
+    for node in &g.nodes {
+        if node.inputs.iter().any(|&i| input_data[i]) && node.inputs.iter().all(|&i| input_data[i] || fixed_const(i)) {
+            node.outputs.iter().for_each(|&o| input_data[o] = true);
+        }
+    }
+    input_data
 }
 
 fn qmax(bits: u32) -> i32 {
@@ -1389,21 +1476,29 @@ mod tests {
         }
     }
 
+    /// The tiny graph at W4 for the stem tests: the calibrator, PTQ, the values `w1`, `b1`,
+    /// `w3` and `c1`'s output, and a batch of two frames.
+    fn stem_case(seed: u64) -> (Calibrator, Graph, [ValueId; 4], Vec<Vec<Vec<f32>>>) {
+        let (cal, q) = ptq(&tiny(), QuantConfig { weight_bits: 4, ..QuantConfig::default() });
+        let id = |name: &str| q.find_value(name).unwrap();
+        let c1 = q.nodes.iter().find(|n| n.name == "c1").unwrap().outputs[0];
+        let values = [id("w1"), id("b1"), id("w3"), c1];
+        let mut rng = Rng::seeded(seed);
+        let batch = (0..2).map(|_| frame(&mut rng)).collect();
+        (cal, q, values, batch)
+    }
+
     /// A frozen stem keeps PTQ's weights, step sizes and biases, and its values need no
     /// gradient: their step sizes are input data, learned only with `learn_input_scales`.
     #[test]
     fn a_frozen_stem_keeps_ptq_parameters_and_needs_no_gradient() {
-        let g = tiny();
-        let (cal, q) = ptq(&g, QuantConfig { weight_bits: 4, ..QuantConfig::default() });
-        let id = |name: &str| q.find_value(name).unwrap();
-        let (w1, b1, w3) = (id("w1"), id("b1"), id("w3"));
-        let c1 = q.nodes.iter().find(|n| n.name == "c1").unwrap().outputs[0];
-        let mut rng = Rng::seeded(8);
-        let batch: Vec<_> = (0..2).map(|_| frame(&mut rng)).collect();
-        // c1 holds 76% of the work: a stem of 0.8 is c1 alone; by default none.
-        assert!(Trainer::new(cal.graph(), &q, QatConfig::default()).unwrap().frozen_stem().layers.is_empty());
+        let (cal, q, [w1, b1, w3, c1], batch) = stem_case(8);
+        // c1 holds 76% of the work: a stem of 0.8 is c1 alone; the default share (0.3, in full
+        // mode after a third of the steps) holds none of this graph.
+        let default = Trainer::new(cal.graph(), &q, QatConfig::default()).unwrap();
+        assert_eq!((default.mode(), default.frozen_stem().layers.len(), default.frozen_stem().from_step), (QatMode::Full, 0, 100));
         for learn_input_scales in [false, true] {
-            let config = QatConfig { freeze_stem: 0.8, learn_input_scales, ..QatConfig::default() };
+            let config = QatConfig { freeze_stem: Some(0.8), freeze_stem_at: 0.0, learn_input_scales, ..QatConfig::default() };
             let mut t = Trainer::new(cal.graph(), &q, config).unwrap();
             assert_eq!(t.mode(), QatMode::Full);
             assert_eq!(t.frozen_stem().layers, ["c1"]);
@@ -1421,7 +1516,43 @@ mod tests {
             assert_ne!(e.values[w3].data, q.values[w3].data, "the weights after the stem train");
             assert_eq!(e.values[c1].quant != q.values[c1].quant, learn_input_scales, "the stem's step size");
         }
-        assert!(Trainer::new(cal.graph(), &q, QatConfig { freeze_stem: 1.5, ..QatConfig::default() }).is_err());
+        assert!(Trainer::new(cal.graph(), &q, QatConfig { freeze_stem: Some(1.5), ..QatConfig::default() }).is_err());
+        assert!(Trainer::new(cal.graph(), &q, QatConfig { freeze_stem: Some(0.8), freeze_stem_at: 1.0, ..QatConfig::default() }).is_err());
+    }
+
+    /// A stem that freezes during the run trains until its step, then keeps what it learned
+    /// (bit for bit, in the tape and in the export) while the layers after it go on training,
+    /// and its values stop needing a gradient.
+    #[test]
+    fn a_stem_frozen_during_the_run_keeps_what_it_learned() {
+        let (cal, q, [w1, b1, w3, c1], batch) = stem_case(9);
+        let config = QatConfig { freeze_stem: Some(0.8), freeze_stem_at: 0.5, steps: Some(6), ..QatConfig::default() };
+        let mut t = Trainer::new(cal.graph(), &q, config).unwrap();
+        assert_eq!((t.frozen_stem().layers.as_slice(), t.frozen_stem().from_step), (&["c1".to_string()][..], 3));
+        assert!(t.tape_mut().needs_grad(c1) && t.tape_mut().needs_grad(w1));
+        let trainable = t.parameter_counts();
+        for _ in 0..3 {
+            t.step(&batch).unwrap();
+        }
+        let at_freeze = t.graph().unwrap();
+        // (b1 moves too, by less than its int32 grid's step in 3 steps.)
+        for v in [w1, c1] {
+            assert_ne!((&at_freeze.values[v].quant, &at_freeze.values[v].data), (&q.values[v].quant, &q.values[v].data), "{} trains first", q.values[v].name);
+        }
+        for _ in 0..3 {
+            t.step(&batch).unwrap();
+        }
+        assert!(!t.tape_mut().needs_grad(c1) && !t.tape_mut().needs_grad(w1), "no gradient below the first trained layer");
+        let (w, s, b) = t.parameter_counts();
+        assert!(w < trainable.0 && s < trainable.1 && b < trainable.2, "{:?} of {trainable:?} still train", (w, s, b));
+        let e = t.graph().unwrap();
+        for v in [w1, b1, c1] {
+            assert_eq!((&e.values[v].quant, &e.values[v].data), (&at_freeze.values[v].quant, &at_freeze.values[v].data), "{} kept", q.values[v].name);
+        }
+        assert_ne!(e.values[w3].data, at_freeze.values[w3].data, "the weights after the stem go on training");
+        // The tape runs the frozen data: the trainer's forward is the export's int8 engine.
+        let int8 = Int8Engine::new(e).unwrap().run(&[&batch[0][0]]).unwrap();
+        assert_eq!(t.forward(&batch[0]).unwrap(), int8, "the forward after freezing is the export's");
     }
 
     #[test]

@@ -130,6 +130,18 @@ pub(crate) fn clock() -> f64 {
     }
 }
 
+/// Per value: whether it needs a gradient, that is whether something upstream of it does:
+/// a kept gradient (a trainable constant, a graph input asked for) or a learned step size.
+fn needs_of(g: &Graph, keep: &[bool], scale_grad: &[bool]) -> Vec<bool> {
+    let mut needs: Vec<bool> = keep.iter().zip(scale_grad).map(|(&k, &s)| k || s).collect();
+    for node in &g.nodes {
+        if node.inputs.iter().any(|&i| needs[i]) {
+            node.outputs.iter().for_each(|&o| needs[o] = true);
+        }
+    }
+    needs
+}
+
 impl Tape {
     pub fn new(g: Graph, spec: TapeSpec) -> Result<Tape> {
         g.validate()?;
@@ -137,7 +149,6 @@ impl Tape {
         let get = |v: &[bool], i: usize| v.get(i).copied().unwrap_or(false);
         let mut quant = spec.quant.clone();
         quant.resize(nv, None);
-        let mut needs = vec![false; nv];
         let mut keep = vec![false; nv];
         let mut consts = vec![None; nv];
         for v in 0..nv {
@@ -145,25 +156,18 @@ impl Tape {
             if value.is_const() {
                 quant[v] = None; // constants already hold their quantized data
                 if get(&spec.trainable, v) {
-                    needs[v] = true;
                     keep[v] = true;
                     consts[v] = value.data.as_ref().map(|d| d.to_vec());
                 }
-            } else if quant[v].is_some() && get(&spec.scale_grad, v) {
-                needs[v] = true;
             }
         }
         if spec.input_grads {
             for &i in &g.inputs {
-                needs[i] = true;
                 keep[i] = true;
             }
         }
-        for node in &g.nodes {
-            if node.inputs.iter().any(|&i| needs[i]) {
-                node.outputs.iter().for_each(|&o| needs[o] = true);
-            }
-        }
+        let scale_grad: Vec<bool> = (0..nv).map(|v| get(&spec.scale_grad, v) && quant[v].is_some()).collect();
+        let needs = needs_of(&g, &keep, &scale_grad);
         let ops = g
             .nodes
             .iter()
@@ -172,7 +176,6 @@ impl Tape {
                 ops::build(&g, node, &wants)
             })
             .collect::<Result<Vec<_>>>()?;
-        let scale_grad = (0..nv).map(|v| get(&spec.scale_grad, v) && quant[v].is_some()).collect();
         let max_out = g.nodes.iter().flat_map(|n| n.outputs.iter().map(|&o| g.values[o].len())).max().unwrap_or(0);
         Ok(Tape {
             ops,
@@ -200,6 +203,37 @@ impl Tape {
             profile: None,
             g,
         })
+    }
+
+    /// Stops training `values`: a trainable constant keeps its current data as the graph's
+    /// and gets no gradient any more; a quantized value stops accumulating its step-size
+    /// gradient. Whatever needed a gradient only for them stops getting one, and the ops whose
+    /// inputs' needs changed are rebuilt (their constants are packed again at the next
+    /// [`prepare`](Self::prepare), which must come before the next forward). A simulation
+    /// stays valid: no data or quantization changes.
+    pub fn freeze(&mut self, values: &[ValueId]) -> Result<()> {
+        for &v in values {
+            if let Some(data) = self.consts[v].take() {
+                self.g.values[v].data = Some(std::sync::Arc::new(data));
+                self.keep[v] = false;
+                self.grads[v] = None;
+            }
+            self.scale_grad[v] = false;
+        }
+        let needs = needs_of(&self.g, &self.keep, &self.scale_grad);
+        for (n, node) in self.g.nodes.iter().enumerate() {
+            if node.inputs.iter().all(|&i| needs[i] == self.needs[i]) {
+                continue;
+            }
+            let wants: Vec<bool> = node.inputs.iter().map(|&i| needs[i]).collect();
+            self.ops[n] = ops::build(&self.g, node, &wants)?;
+            self.aux[n] = Vec::new();
+            self.aux_free[n] = None;
+            node.inputs.iter().for_each(|&i| self.dirty[i] = true);
+            self.prepared = false;
+        }
+        self.needs = needs;
+        Ok(())
     }
 
     pub fn graph(&self) -> &Graph {

@@ -111,11 +111,16 @@ pub struct QuantizeArgs {
     /// Frames per QAT step (default: the recipe's, 4 in scales mode and 8 in full mode).
     #[arg(long)]
     pub qat_batch: Option<usize>,
-    /// QAT leaves the first layers frozen as PTQ made them, as many as make up at most this
-    /// fraction of the multiply-adds (0 to 1): faster steps (nothing below them needs a
-    /// gradient), at a cost in fidelity. Default 0: every layer trains.
-    #[arg(long, value_name = "FRACTION", default_value_t = 0.0)]
-    pub qat_freeze_stem: f32,
+    /// QAT freezes the first layers, as many as make up at most this fraction of the
+    /// multiply-adds (0 to 1), at --qat-freeze-stem-at: the steps after it are faster (nothing
+    /// below them needs a gradient). 0: every layer trains to the end. Default: 0.3 in full
+    /// mode, 0 in scales mode.
+    #[arg(long, value_name = "FRACTION")]
+    pub qat_freeze_stem: Option<f32>,
+    /// When the stem freezes, as a fraction of the QAT steps (0 to below 1): every layer trains
+    /// until then, and the stem keeps what it learned. 0: from the start, as PTQ made it.
+    #[arg(long, value_name = "FRACTION", default_value_t = 1.0 / 3.0)]
+    pub qat_freeze_stem_at: f32,
     /// Random views QAT draws its frames from, each met about steps x batch / N times (its
     /// FP32 targets computed once). Default: the recipe's, steps x batch / 4.
     #[arg(long, value_name = "N")]
@@ -458,6 +463,7 @@ pub fn quantize(a: &QuantizeArgs) -> Result<()> {
             config.views = Some(v);
         }
         config.freeze_stem = a.qat_freeze_stem;
+        config.freeze_stem_at = a.qat_freeze_stem_at;
         config.mode = a.qat_mode.map(|m| match m {
             QatModeArg::Scales => QatMode::Scales,
             QatModeArg::Full => QatMode::Full,
@@ -471,7 +477,8 @@ pub fn quantize(a: &QuantizeArgs) -> Result<()> {
         let stem = trainer.frozen_stem();
         if !stem.layers.is_empty() {
             eprintln!(
-                "QAT: the stem stays frozen: {} layers, {:.0}% of the multiply-adds, {} of {} weights ({})",
+                "QAT: the stem freezes {}: {} layers, {:.0}% of the multiply-adds, {} of {} weights ({})",
+                if stem.from_step == 0 { "from the start".to_string() } else { format!("after step {}", stem.from_step) },
                 stem.layers.len(),
                 stem.macs_share * 100.0,
                 stem.weights,

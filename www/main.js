@@ -1529,14 +1529,17 @@ function readQatConfig() {
 
 const QAT_MODES = { scales: 'step sizes and biases', full: 'weights, step sizes and biases' };
 
-/** qatBegin's `frozenStem` in words ('' when nothing is frozen). */
-function frozenStemText(stem) {
+/** qatBegin's `frozenStem` in words ('' when nothing is frozen); `stepsDone`, once the run is over,
+ * tells a stem that froze from one whose step the run (cancelled) never reached. */
+function frozenStemText(stem, stepsDone = Infinity) {
   const n = stem?.layers?.length ?? 0;
   if (!n) return '';
   const weights = (100 * stem.weights) / Math.max(1, stem.totalWeights);
   const layers = `the first ${n} layer${n === 1 ? '' : 's'}`;
   const share = `${Math.round(100 * stem.macsShare)}% of the work, ${weights < 10 ? weights.toFixed(1) : Math.round(weights)}% of the weights`;
-  return stem.fromStep > 0 ? ` (${layers}, ${share}, frozen after step ${stem.fromStep})` : ` after ${layers} (${share}, kept as PTQ made them)`;
+  if (stem.fromStep === 0) return ` after ${layers} (${share}, kept as PTQ made them)`;
+  const when = stepsDone > stem.fromStep ? `frozen after step ${stem.fromStep}` : `to freeze after step ${stem.fromStep}, which the run did not reach`;
+  return ` (${layers}, ${share}, ${when})`;
 }
 
 /** What QAT trains on, from qatBegin's `augmentation` (protocol.js QatAugmentation). */
@@ -1662,7 +1665,7 @@ qatForm.addEventListener('submit', async (event) => {
     setQatState('done');
     panes.qat.resetMetrics();
     updatePanes();
-    const what = `${QAT_MODES[result.mode ?? plan.mode] ?? result.mode ?? plan.mode}${frozenStemText(plan.frozenStem)}`;
+    const what = `${QAT_MODES[result.mode ?? plan.mode] ?? result.mode ?? plan.mode}${frozenStemText(plan.frozenStem, result.steps)}`;
     const total = result.total ?? plan.total;
     const how = result.cancelled ? `Stopped after ${result.steps} of ${total} steps of ${what} (the model keeps what it learned)` : `Trained ${what} for ${result.steps} steps`;
     let labels = '';

@@ -234,8 +234,9 @@ export async function run(ctx) {
         }
       }
 
-      // --- the default recipe, in the page's worker ---
-      for (const bits of BITS) {
+      // --- the default recipe, in the page's worker (QAT_BENCH_RECIPES=0 skips it: a quicker
+      // run of the step ratios alone) ---
+      for (const bits of process.env.QAT_BENCH_RECIPES === '0' ? [] : BITS) {
         const r = await page.evaluate((args) => window.qpBench.defaultRecipe(args), { file: m.file, bits, budgetMs: RECIPE_BUDGET_MS, minSteps: 10 });
         const t = recipeTime(r);
         const c = r.config;

@@ -7,13 +7,13 @@
 //! requantizers, clamps and tables, derived by the same code), so the two cannot drift apart.
 //! An annotated input holds values on its grid, `s · (q - z)`, and `quantize` recovers `q`
 //! exactly (the relative error of `s · (q - z) / s` is far below `0.5 / 255`).
-//! - **Pointwise and im2col Conv, in wasm**: the int8 engine's own GEMM kernels on the input's
-//!   integers, stopped before requantization (`PackedQs8Conv2d::run_accumulators`, the i32
-//!   accumulators without bias, which fit i32 wherever `255 · Σ|w| < 2^31`); in SIMD128 they
-//!   are twice as fast as the FP32 kernels. Natively the int8 kernels are the portable
-//!   fallbacks, slower than the autovectorised FP32 ones, so convolutions there take the path
-//!   below (both give the same integers; `train::tape`'s tests run both).
-//! - **Depthwise Conv, Gemm, MatMul** (and every Conv natively): the FP32 kernels run on integer operands, `q - zx` for the input
+//! - **Conv, in wasm**: the int8 engine's own kernels (GEMM, pair-plane depthwise) on the
+//!   input's integers, stopped before requantization (`PackedQs8Conv2d::run_accumulators`, the
+//!   i32 accumulators without bias, which fit i32 wherever `255 · Σ|w| < 2^31`); in SIMD128
+//!   they are about twice as fast as the FP32 kernels. Natively the int8 kernels are the
+//!   portable fallbacks, slower than the autovectorised FP32 ones, so convolutions there take
+//!   the path below (both give the same integers; `train::tape`'s tests run both).
+//! - **Gemm, MatMul** (and every Conv natively): the FP32 kernels run on integer operands, `q - zx` for the input
 //!   (padding reads 0, the real 0, as the int8 kernels read the zero point) and the weights'
 //!   integers, without bias or activation. Every product and partial sum is an integer; f32
 //!   holds all integers up to `2^24` exactly, and every partial sum of output channel `c`, in
@@ -97,7 +97,7 @@ const INT8_SUMS: bool = cfg!(all(target_arch = "wasm32", target_feature = "simd1
 pub(crate) struct PlanCache {
     /// False for a one-off plan ([`plan`]), which keeps nothing.
     keep: bool,
-    /// Pointwise and im2col convolutions sum with the int8 kernels (`ConvSums::Int8`).
+    /// Convolutions sum with the int8 kernels (`ConvSums::Int8`).
     int8_sums: bool,
     nodes: Vec<Option<CachedWeights>>,
 }
@@ -268,11 +268,11 @@ enum SimOp {
 
 /// How a Conv computes its exact sums `Σ (x - zx) · w`.
 enum ConvSums {
-    /// The int8 engine's own GEMM kernels, stopped before requantization
-    /// (`PackedQs8Conv2d::run_accumulators`): pointwise and im2col convolutions, whose
-    /// accumulators stay inside i32 without the bias.
+    /// The int8 engine's own kernels, stopped before requantization
+    /// (`PackedQs8Conv2d::run_accumulators`), where the accumulators stay inside i32 without
+    /// the bias.
     Int8(Box<PackedQs8Conv2d>),
-    /// One packed FP32 convolution per exact range of the reduction (depthwise convolutions).
+    /// One packed FP32 convolution per exact range of the reduction.
     Float(Vec<PackedConv2d>),
 }
 
@@ -282,8 +282,7 @@ enum ConvSums {
 /// can cancel part of the zero-point term, so this bound is checked again.
 fn int8_accumulators(shape: &crate::kernels::conv::Conv2dShape, w: &IntWeights) -> Option<PackedQs8Conv2d> {
     let fits = w.ints.abs_sums.iter().all(|&s| 255 * s <= i32::MAX as i64);
-    let depthwise = shape.group == shape.in_c;
-    (fits && !depthwise).then(|| PackedQs8Conv2d::new(*shape, &w.ints.q, None, w.x.zero_point, w.requant.clone(), w.out.zero_point, w.out.qmin, w.out.qmax))
+    fits.then(|| PackedQs8Conv2d::new(*shape, &w.ints.q, None, w.x.zero_point, w.requant.clone(), w.out.zero_point, w.out.qmin, w.out.qmax))
 }
 
 /// Buffers of simulated runs, reused across nodes and frames.
@@ -551,7 +550,7 @@ impl SimNode {
                     ints.iter_mut().zip(args[0]).for_each(|(q, &v)| *q = (centred_int(v, inv) + x.zero_point) as i8);
                     sums.resize(per_y, 0);
                     for (n, (xn, yn)) in ints.chunks_exact(per_x).zip(out.chunks_exact_mut(per_y)).enumerate() {
-                        assert!(conv.run_accumulators(xn, sums, packing), "a GEMM convolution gives its accumulators");
+                        conv.run_accumulators(xn, sums, packing);
                         let rn = real.as_deref_mut().map(|r| &mut r[n * per_y..][..per_y]);
                         epilogue.finish(yn, Sums::I32(sums), *plane, y, rn);
                     }

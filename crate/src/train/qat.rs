@@ -439,6 +439,20 @@ impl TeacherCache {
         Ok(Targets { outputs, features })
     }
 
+    /// Runs the teacher on the frames of `batch` it has no targets for, one after the other,
+    /// when the whole batch fits in the cache. A step then runs the teacher's forwards back to
+    /// back and the student's passes back to back, each with its own weights warm in the
+    /// cache, instead of alternating the two models frame by frame.
+    fn prefetch(&mut self, teacher: &Fp32Engine, batch: &[Vec<Vec<f32>>]) -> Result<()> {
+        if batch.len() <= self.capacity {
+            for frame in batch {
+                let inputs: Vec<&[f32]> = frame.iter().map(|v| v.as_slice()).collect();
+                self.get(teacher, &inputs)?;
+            }
+        }
+        Ok(())
+    }
+
     fn get(&mut self, teacher: &Fp32Engine, inputs: &[&[f32]]) -> Result<&Targets> {
         let key = Self::key(inputs);
         if !self.map.contains_key(&key) {
@@ -968,6 +982,7 @@ impl Trainer {
         let c = &self.config;
         let (wd, wf, wl) = (c.distill_weight, c.feature_weight, c.label_weight);
         let (mut distill, mut feature, mut label, mut labelled) = (0f64, 0f64, 0f64, 0usize);
+        self.cache.prefetch(&self.teacher, batch)?;
         for (k, frame) in batch.iter().enumerate() {
             let inputs: Vec<&[f32]> = frame.iter().map(|v| v.as_slice()).collect();
             let targets = self.cache.get(&self.teacher, &inputs)?;
@@ -1395,6 +1410,23 @@ mod tests {
         assert_eq!(a.outputs, t.teacher(&pool[0]).unwrap());
         assert!(t.step(&[]).is_err());
         assert!(t.step(&[vec![vec![0.0; 3]]]).is_err());
+    }
+
+    #[test]
+    fn a_batch_runs_its_teacher_first_with_the_same_step() {
+        // The batch fits in the cache: its teacher forwards run first, back to back. It does
+        // not: they run frame by frame. The same targets either way, so the same steps.
+        let (cal, q) = ptq(&tiny(), QuantConfig::default());
+        let mut rng = Rng::seeded(6);
+        let batch = vec![frame(&mut rng), frame(&mut rng), frame(&mut rng)];
+        let run = |cache| {
+            let mut t = Trainer::new(cal.graph(), &q, QatConfig { teacher_cache: cache, views: Some(1), ..QatConfig::default() }).unwrap();
+            let losses = [t.step(&batch).unwrap().loss, t.step(&batch).unwrap().loss];
+            (losses.map(f64::to_bits), t.cache.map.len())
+        };
+        let (prefetched, kept) = run(3);
+        assert_eq!(kept, 3);
+        assert_eq!(run(2), (prefetched, 2));
     }
 
     #[test]

@@ -288,7 +288,7 @@ struct QatSummary<'a> {
     config: &'a QatConfig,
     mode: QatMode,
     batch_size: usize,
-    /// The layers left frozen at the input.
+    /// The stem: the first layers, kept as they are from `frozenStem.fromStep` on (0: as PTQ made them).
     frozen_stem: FrozenStem,
     /// The loss terms used: per output `kl`, `anchor-kl` or `mse`, then `feature-mse`,
     /// `cross-entropy`.

@@ -31,13 +31,18 @@
 //! Blocks of `X` hold about `X_BLOCK_BYTES`, so a packed block is still in cache when the GEMM
 //! reads it and `scratch` stays small.
 //!
+//! Every path also gives its exact i32 accumulators instead of int8 outputs
+//! ([`PackedQs8Conv2d::run_accumulators`]: QAT's simulation keeps the values before rounding),
+//! from the same accumulation code: the GEMM's `Accumulate` tiles, the pair-plane kernels'
+//! `Sums` planes, the scalar loops' `dw_sum`.
+//!
 //! # Tests
 //! Every path (depthwise 3x3/5x5 at stride 1 and 2, multiplier 2, generic depthwise, pointwise,
 //! grouped, dilated, strided, asymmetric pads) with non-zero and extreme zero points, against an
 //! exact i64 convolution and the same requantizers; natively and on wasm32 with simd128, where
 //! the pair-plane depthwise path is also compared bit for bit with the scalar kernels on every
 //! output width from 1 to 19 and more, all pads, multipliers 1 and 2, and requantizers on both
-//! sides of the split-shift formula.
+//! sides of the split-shift formula, outputs and accumulators alike.
 
 use super::super::conv::Conv2dShape;
 use super::gemm::{self, PackedWeightsQs8, NR};
@@ -212,18 +217,12 @@ impl PackedQs8Conv2d {
                 kernel,
             } => {
                 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-                if dw_simd::run(
-                    &self.shape,
-                    self.input_zero_point,
-                    weight,
-                    bias,
-                    prepared,
-                    &self.params,
-                    input,
-                    output,
-                    scratch,
-                ) {
-                    return;
+                {
+                    let o = dw_simd::OutputLanes::new(&self.params);
+                    let out = dw_simd::Output::Requantized { prepared, o, output: &mut *output };
+                    if dw_simd::run(&self.shape, self.input_zero_point, weight, bias, input, scratch, out) {
+                        return;
+                    }
                 }
                 let _ = prepared;
                 self.run_depthwise(weight, bias, *kernel, input, output, scratch)
@@ -239,20 +238,21 @@ impl PackedQs8Conv2d {
 
     /// The exact accumulators `bias[c] + Σ (x - zx) · w` of every output, in i32 and in the
     /// output's layout, before requantization: what [`run`](Self::run) requantizes, from the
-    /// same kernels. Only the GEMM paths (pointwise and im2col) have them; returns false, and
-    /// writes nothing, for a depthwise convolution.
-    pub fn run_accumulators(
-        &self,
-        input: &[i8],
-        output: &mut [i32],
-        scratch: &mut Vec<i8>,
-    ) -> bool {
+    /// same kernels (QAT's simulation takes them to keep the values before rounding). Every
+    /// path has them; on the depthwise shapes without a pair-plane kernel (and natively) they
+    /// come from the scalar loop.
+    pub fn run_accumulators(&self, input: &[i8], output: &mut [i32], scratch: &mut Vec<i8>) {
         self.check_sizes(input.len(), output.len());
         match &self.path {
-            Path::Depthwise { .. } => false,
+            Path::Depthwise { weight, bias, .. } => {
+                #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+                if dw_simd::run(&self.shape, self.input_zero_point, weight, bias, input, scratch, dw_simd::Output::Sums(&mut *output)) {
+                    return;
+                }
+                self.run_depthwise_sums(weight, bias, input, output, scratch)
+            }
             Path::Pointwise { w } | Path::Im2col { w } => {
-                self.run_gemm(w, input, output, scratch, |_| gemm::Accumulate);
-                true
+                self.run_gemm(w, input, output, scratch, |_| gemm::Accumulate)
             }
         }
     }
@@ -307,6 +307,27 @@ impl PackedQs8Conv2d {
         }
     }
 
+    /// Per output channel `co`, `f(co, plane, pw)` with the padded plane of its input channel
+    /// (rows of `pw` bytes, the input zero point around the input), which covers every tap of
+    /// every output.
+    fn depthwise_planes(&self, input: &[i8], scratch: &mut Vec<i8>, mut f: impl FnMut(usize, &[i8], usize)) {
+        let s = &self.shape;
+        let (kh, kw) = (s.kernel_h, s.kernel_w);
+        // The padded plane covers every tap of every output, and at least the whole input.
+        let ph = (s.pad_top + s.in_h).max((s.out_h - 1) * s.stride_h + (kh - 1) * s.dilation_h + 1);
+        let pw =
+            (s.pad_left + s.in_w).max((s.out_w - 1) * s.stride_w + (kw - 1) * s.dilation_w + 1);
+        let plane = gemm::grow(scratch, ph * pw);
+        let in_plane = s.in_h * s.in_w;
+        let multiplier = s.out_c / s.in_c;
+        for ci in 0..s.in_c {
+            pad_plane(plane, &input[ci * in_plane..][..in_plane], s, pw, self.input_zero_point);
+            for co in ci * multiplier..(ci + 1) * multiplier {
+                f(co, plane, pw);
+            }
+        }
+    }
+
     fn run_depthwise(
         &self,
         weight: &[i8],
@@ -317,39 +338,47 @@ impl PackedQs8Conv2d {
         scratch: &mut Vec<i8>,
     ) {
         let s = &self.shape;
-        let (kh, kw) = (s.kernel_h, s.kernel_w);
-        // The padded plane covers every tap of every output, and at least the whole input.
-        let ph = (s.pad_top + s.in_h).max((s.out_h - 1) * s.stride_h + (kh - 1) * s.dilation_h + 1);
-        let pw =
-            (s.pad_left + s.in_w).max((s.out_w - 1) * s.stride_w + (kw - 1) * s.dilation_w + 1);
-        let plane = gemm::grow(scratch, ph * pw);
-        let (in_plane, out_plane) = (s.in_h * s.in_w, s.out_h * s.out_w);
-        let multiplier = s.out_c / s.in_c;
-        for ci in 0..s.in_c {
-            pad_plane(
-                plane,
-                &input[ci * in_plane..][..in_plane],
-                s,
+        let (kh, kw, out_plane) = (s.kernel_h, s.kernel_w, s.out_h * s.out_w);
+        self.depthwise_planes(input, scratch, |co, plane, pw| {
+            kernel(&mut DwArgs {
+                input: plane,
                 pw,
-                self.input_zero_point,
-            );
-            for co in ci * multiplier..(ci + 1) * multiplier {
-                kernel(&mut DwArgs {
-                    input: plane,
-                    pw,
-                    weight: &weight[co * kh * kw..][..kh * kw],
-                    bias: bias[co],
-                    requant: &self.requant[co],
-                    params: &self.params,
-                    output: &mut output[co * out_plane..][..out_plane],
-                    out_h: s.out_h,
-                    out_w: s.out_w,
-                    kernel: [kh, kw],
-                    stride: [s.stride_h, s.stride_w],
-                    dilation: [s.dilation_h, s.dilation_w],
-                });
+                weight: &weight[co * kh * kw..][..kh * kw],
+                bias: bias[co],
+                requant: &self.requant[co],
+                params: &self.params,
+                output: &mut output[co * out_plane..][..out_plane],
+                out_h: s.out_h,
+                out_w: s.out_w,
+                kernel: [kh, kw],
+                stride: [s.stride_h, s.stride_w],
+                dilation: [s.dilation_h, s.dilation_w],
+            })
+        });
+    }
+
+    /// The accumulators of [`run_depthwise`](Self::run_depthwise): the same padded planes and
+    /// sums, stored instead of requantized.
+    fn run_depthwise_sums(
+        &self,
+        weight: &[i8],
+        bias: &[i32],
+        input: &[i8],
+        output: &mut [i32],
+        scratch: &mut Vec<i8>,
+    ) {
+        let s = &self.shape;
+        let (kh, kw, out_plane) = (s.kernel_h, s.kernel_w, s.out_h * s.out_w);
+        self.depthwise_planes(input, scratch, |co, plane, pw| {
+            let w = &weight[co * kh * kw..][..kh * kw];
+            let out = &mut output[co * out_plane..][..out_plane];
+            for (oy, row) in out.chunks_exact_mut(s.out_w).enumerate() {
+                for (ox, acc) in row.iter_mut().enumerate() {
+                    let at = [oy, ox];
+                    *acc = dw_sum(plane, pw, w, bias[co], at, [kh, kw], [s.stride_h, s.stride_w], [s.dilation_h, s.dilation_w]);
+                }
             }
-        }
+        });
     }
 }
 
@@ -373,27 +402,37 @@ impl PackedQs8Conv2d {
 mod dw_simd {
     use super::super::super::conv::Conv2dShape;
     use super::super::requant::simd::{
-        f64_lanes, prepared_lanes, requantize, requantize_f64, requantize_fast, Lanes, OutputLanes,
+        f64_lanes, prepared_lanes, requantize, requantize_f64, requantize_fast, Lanes,
     };
-    use super::super::requant::{OutputParams, PreparedRequant};
+    pub(super) use super::super::requant::simd::OutputLanes;
+    use super::super::requant::PreparedRequant;
     use super::gemm;
     use core::arch::wasm32::*;
 
-    /// Outputs of a row per block (two i32x4 accumulators, one 8-byte store).
+    /// Outputs of a row per block (two i32x4 accumulators).
     const BLOCK: usize = 8;
 
-    /// Runs the depthwise convolution if its shape has a pair-plane kernel; false otherwise.
-    #[allow(clippy::too_many_arguments)]
+    /// What becomes of the accumulators: requantized to int8 with each channel's
+    /// [`PreparedRequant`] (the engine), or stored in i32 (QAT's simulation).
+    pub(super) enum Output<'a> {
+        Requantized {
+            prepared: &'a [PreparedRequant],
+            o: OutputLanes,
+            output: &'a mut [i8],
+        },
+        Sums(&'a mut [i32]),
+    }
+
+    /// Runs the depthwise convolution into `out` if its shape has a pair-plane kernel; false
+    /// otherwise (nothing written).
     pub(super) fn run(
         s: &Conv2dShape,
         zx: i8,
         weight: &[i8],
         bias: &[i32],
-        prepared: &[PreparedRequant],
-        params: &OutputParams,
         input: &[i8],
-        output: &mut [i8],
         scratch: &mut Vec<i8>,
+        out: Output,
     ) -> bool {
         if (s.dilation_h, s.dilation_w) != (1, 1)
             || s.stride_h != s.stride_w
@@ -402,18 +441,10 @@ mod dw_simd {
             return false;
         }
         match (s.kernel_h, s.stride_h) {
-            (3, 1) => run_k::<3, 1>(
-                s, zx, weight, bias, prepared, params, input, output, scratch,
-            ),
-            (3, 2) => run_k::<3, 2>(
-                s, zx, weight, bias, prepared, params, input, output, scratch,
-            ),
-            (5, 1) => run_k::<5, 1>(
-                s, zx, weight, bias, prepared, params, input, output, scratch,
-            ),
-            (5, 2) => run_k::<5, 2>(
-                s, zx, weight, bias, prepared, params, input, output, scratch,
-            ),
+            (3, 1) => run_k::<3, 1>(s, zx, weight, bias, input, scratch, out),
+            (3, 2) => run_k::<3, 2>(s, zx, weight, bias, input, scratch, out),
+            (5, 1) => run_k::<5, 1>(s, zx, weight, bias, input, scratch, out),
+            (5, 2) => run_k::<5, 2>(s, zx, weight, bias, input, scratch, out),
             _ => return false,
         }
         true
@@ -436,11 +467,9 @@ mod dw_simd {
         zx: i8,
         weight: &[i8],
         bias: &[i32],
-        prepared: &[PreparedRequant],
-        params: &OutputParams,
         input: &[i8],
-        output: &mut [i8],
         scratch: &mut Vec<i8>,
+        mut out: Output,
     ) {
         let ph = (s.out_h - 1) * S + K;
         let elems = row_elems::<K, S>(s.out_w);
@@ -452,7 +481,6 @@ mod dw_simd {
         let (plane, rowbuf) = buf.split_at_mut(ph * pitch);
         let (in_plane, out_plane) = (s.in_h * s.in_w, s.out_h * s.out_w);
         let multiplier = s.out_c / s.in_c;
-        let o = OutputLanes::new(params);
         rowbuf.fill(zx);
         for ci in 0..s.in_c {
             build_plane::<S>(
@@ -465,17 +493,28 @@ mod dw_simd {
                 zx,
             );
             for co in ci * multiplier..(ci + 1) * multiplier {
-                qs8_dwconv2d_chw_pairs_minmax_simd128::<K, S>(
-                    plane,
-                    pitch,
-                    &weight[co * K * K..][..K * K],
-                    bias[co],
-                    &prepared[co],
-                    &o,
-                    &mut output[co * out_plane..][..out_plane],
-                    s.out_h,
-                    s.out_w,
-                );
+                let (w, b) = (&weight[co * K * K..][..K * K], bias[co]);
+                let (oh, ow) = (s.out_h, s.out_w);
+                match &mut out {
+                    Output::Requantized { prepared, o, output } => {
+                        let y = &mut output[co * out_plane..][..out_plane];
+                        qs8_dwconv2d_chw_pairs_minmax_simd128::<K, S>(
+                            plane,
+                            pitch,
+                            w,
+                            b,
+                            &prepared[co],
+                            o,
+                            y,
+                            oh,
+                            ow,
+                        );
+                    }
+                    Output::Sums(output) => {
+                        let y = &mut output[co * out_plane..][..out_plane];
+                        qs8_dwconv2d_chw_pairs_sums_simd128::<K, S>(plane, pitch, w, b, y, oh, ow);
+                    }
+                }
             }
         }
     }
@@ -552,10 +591,76 @@ mod dw_simd {
         }
     }
 
-    /// One output plane from a pair plane: blocks of 8 outputs of a row, each `K` rows of
-    /// `ceil(K / 2)` tap pairs (see the module docs), requantized and stored as 8 bytes. The
-    /// last block of a row may store past the row's end into the next row (computed later)
-    /// except in the last row, whose tail goes through a buffer.
+    /// The weight pairs `(w[ky][2j], w[ky][2j + 1] or 0)` of a `K x K` kernel, as i32 lanes of
+    /// two i16.
+    fn weight_pairs<const K: usize>(weight: &[i8]) -> [[u32; 3]; 5] {
+        assert!(weight.len() == K * K);
+        let mut wp = [[0u32; 3]; 5];
+        for ky in 0..K {
+            for j in 0..K.div_ceil(2) {
+                let w0 = weight[ky * K + 2 * j];
+                let w1 = if 2 * j + 1 < K {
+                    weight[ky * K + 2 * j + 1]
+                } else {
+                    0
+                };
+                wp[ky][j] = (w0 as i16 as u16 as u32) | ((w1 as i16 as u16 as u32) << 16);
+            }
+        }
+        wp
+    }
+
+    /// Calls `f(at, acc0, acc1)` with the accumulators of each block of 8 outputs of an
+    /// `out_h x out_w` plane, in order (`at = oy * out_w + ox`): per block, `K` rows of
+    /// `ceil(K / 2)` tap pairs (see the module docs). The last block of a row covers outputs
+    /// past `out_w`, which `f` may store into the next row (computed later) but, in the last
+    /// row, not past `out_h * out_w`.
+    #[inline(always)]
+    fn pair_plane_blocks<const K: usize, const S: usize>(
+        plane: &[i8],
+        pitch: usize,
+        weight: &[i8],
+        bias: i32,
+        out_h: usize,
+        out_w: usize,
+        mut f: impl FnMut(usize, v128, v128),
+    ) {
+        const { assert!((K == 3 || K == 5) && (S == 1 || S == 2)) };
+        assert!(plane.len() >= ((out_h - 1) * S + K) * pitch);
+        assert!(pitch >= row_elems::<K, S>(out_w) * 4 / S);
+        let wp = weight_pairs::<K>(weight);
+        let bias = i32x4_splat(bias);
+        // SAFETY: block (oy, ox) with ox < out_w reads 32 bytes at byte
+        // (oy * S + ky) * pitch + 4 * ox + 2 j * 4 / S for ky < K, j < pairs, which ends
+        // within the row (`pitch` covers `row_elems`, see its derivation) and the plane
+        // (checked above).
+        unsafe {
+            let pp = plane.as_ptr();
+            for oy in 0..out_h {
+                let base = pp.add(oy * S * pitch);
+                for ox in (0..out_w).step_by(BLOCK) {
+                    let mut acc0 = bias;
+                    let mut acc1 = bias;
+                    for (ky, wrow) in wp.iter().enumerate().take(K) {
+                        let row = base.add(ky * pitch + 4 * ox);
+                        for (j, w) in wrow.iter().enumerate().take(K.div_ceil(2)) {
+                            let w = v128_load32_splat(w);
+                            let p = row.add(2 * j * 4 / S);
+                            acc0 = i32x4_add(acc0, i32x4_dot_i16x8(v128_load(p as *const v128), w));
+                            acc1 = i32x4_add(
+                                acc1,
+                                i32x4_dot_i16x8(v128_load(p.add(16) as *const v128), w),
+                            );
+                        }
+                    }
+                    f(oy * out_w + ox, acc0, acc1);
+                }
+            }
+        }
+    }
+
+    /// One output plane from a pair plane ([`pair_plane_blocks`]), requantized and stored as
+    /// 8 bytes a block; the last row's tail goes through a buffer.
     #[allow(clippy::too_many_arguments)]
     fn qs8_dwconv2d_chw_pairs_minmax_simd128<const K: usize, const S: usize>(
         plane: &[i8],
@@ -568,82 +673,66 @@ mod dw_simd {
         out_h: usize,
         out_w: usize,
     ) {
-        const { assert!((K == 3 || K == 5) && (S == 1 || S == 2)) };
-        let pairs = K.div_ceil(2);
-        assert!(weight.len() == K * K && out.len() == out_h * out_w);
-        assert!(plane.len() >= ((out_h - 1) * S + K) * pitch);
-        assert!(pitch >= row_elems::<K, S>(out_w) * 4 / S);
-        // The weight pairs (w[ky][2j], w[ky][2j + 1] or 0) as i32 lanes of two i16.
-        let mut wp = [[0u32; 3]; 5];
-        for ky in 0..K {
-            for j in 0..pairs {
-                let w0 = weight[ky * K + 2 * j];
-                let w1 = if 2 * j + 1 < K {
-                    weight[ky * K + 2 * j + 1]
-                } else {
-                    0
-                };
-                wp[ky][j] = (w0 as i16 as u16 as u32) | ((w1 as i16 as u16 as u32) << 16);
-            }
-        }
+        assert!(out.len() == out_h * out_w);
         // A depthwise accumulator is at most K² products: the f64 formula always applies in
         // practice (checked per channel all the same).
         let (exact_f64, fast) = (rq.exact_f64, rq.fast);
         let lanes = Lanes::new(&rq.rq);
-        let bias = i32x4_splat(bias);
-        // SAFETY: block (oy, ox) with ox < out_w reads 32 bytes at byte
-        // (oy * S + ky) * pitch + 4 * ox + 2 j * 4 / S for ky < K, j < pairs, which ends
-        // within the row (`pitch` covers `row_elems`, see its derivation) and the plane
-        // (checked above). Stores: 8 bytes at oy * out_w + ox, only when they fit in `out`.
-        unsafe {
-            let pp = plane.as_ptr();
-            let op = out.as_mut_ptr();
-            for oy in 0..out_h {
-                let base = pp.add(oy * S * pitch);
-                for ox in (0..out_w).step_by(BLOCK) {
-                    let mut acc0 = bias;
-                    let mut acc1 = bias;
-                    for (ky, wrow) in wp.iter().enumerate().take(K) {
-                        let row = base.add(ky * pitch + 4 * ox);
-                        for (j, w) in wrow.iter().enumerate().take(pairs) {
-                            let w = v128_load32_splat(w);
-                            let p = row.add(2 * j * 4 / S);
-                            acc0 = i32x4_add(acc0, i32x4_dot_i16x8(v128_load(p as *const v128), w));
-                            acc1 = i32x4_add(
-                                acc1,
-                                i32x4_dot_i16x8(v128_load(p.add(16) as *const v128), w),
-                            );
-                        }
-                    }
-                    let (v0, v1) = if exact_f64 {
-                        let (scale, half) = f64_lanes(rq);
-                        (
-                            requantize_f64(acc0, scale, half),
-                            requantize_f64(acc1, scale, half),
-                        )
-                    } else if fast {
-                        let (m, nudge) = prepared_lanes(rq);
-                        (
-                            requantize_fast(acc0, m, nudge, rq.right),
-                            requantize_fast(acc1, m, nudge, rq.right),
-                        )
-                    } else {
-                        (requantize(acc0, &lanes), requantize(acc1, &lanes))
-                    };
-                    let v = o.narrow_clamp8(v0, v1);
-                    let at = oy * out_w + ox;
-                    if at + BLOCK <= out.len() {
-                        v128_store64_lane::<0>(v, op.add(at) as *mut u64);
-                    } else {
-                        let mut last = [0i8; 16];
-                        v128_store(last.as_mut_ptr() as *mut v128, v);
-                        for (i, &v) in last.iter().enumerate().take(out.len() - at) {
-                            *op.add(at + i) = v;
-                        }
-                    }
-                }
+        pair_plane_blocks::<K, S>(plane, pitch, weight, bias, out_h, out_w, |at, acc0, acc1| {
+            let (v0, v1) = if exact_f64 {
+                let (scale, half) = f64_lanes(rq);
+                (requantize_f64(acc0, scale, half), requantize_f64(acc1, scale, half))
+            } else if fast {
+                let (m, nudge) = prepared_lanes(rq);
+                (requantize_fast(acc0, m, nudge, rq.right), requantize_fast(acc1, m, nudge, rq.right))
+            } else {
+                (requantize(acc0, &lanes), requantize(acc1, &lanes))
+            };
+            let v = o.narrow_clamp8(v0, v1);
+            if at + BLOCK <= out.len() {
+                // SAFETY: 8 bytes at `at`, within `out`.
+                unsafe { v128_store64_lane::<0>(v, out.as_mut_ptr().add(at) as *mut u64) };
+            } else {
+                let mut last = [0i8; 16];
+                // SAFETY: 16 bytes into `last`.
+                unsafe { v128_store(last.as_mut_ptr() as *mut v128, v) };
+                let n = out.len() - at;
+                out[at..].copy_from_slice(&last[..n]);
             }
-        }
+        });
+    }
+
+    /// [`qs8_dwconv2d_chw_pairs_minmax_simd128`]'s accumulators, stored as they are: 8 i32 a
+    /// block; the last row's tail goes through a buffer.
+    fn qs8_dwconv2d_chw_pairs_sums_simd128<const K: usize, const S: usize>(
+        plane: &[i8],
+        pitch: usize,
+        weight: &[i8],
+        bias: i32,
+        out: &mut [i32],
+        out_h: usize,
+        out_w: usize,
+    ) {
+        assert!(out.len() == out_h * out_w);
+        pair_plane_blocks::<K, S>(plane, pitch, weight, bias, out_h, out_w, |at, acc0, acc1| {
+            if at + BLOCK <= out.len() {
+                // SAFETY: 32 bytes at `at`, within `out`.
+                unsafe {
+                    let p = out.as_mut_ptr().add(at);
+                    v128_store(p as *mut v128, acc0);
+                    v128_store(p.add(4) as *mut v128, acc1);
+                }
+            } else {
+                let mut last = [0i32; BLOCK];
+                // SAFETY: 32 bytes into `last`.
+                unsafe {
+                    v128_store(last.as_mut_ptr() as *mut v128, acc0);
+                    v128_store(last.as_mut_ptr().add(4) as *mut v128, acc1);
+                }
+                let n = out.len() - at;
+                out[at..].copy_from_slice(&last[..n]);
+            }
+        });
     }
 }
 
@@ -869,16 +958,34 @@ fn dwconv2d_chw_scalar(
     p.check();
     for (oy, out_row) in p.output.chunks_exact_mut(p.out_w).enumerate() {
         for (ox, out) in out_row.iter_mut().enumerate() {
-            let mut acc = p.bias;
-            for ky in 0..kh {
-                let x_row = &p.input[(oy * sh + ky * dh) * p.pw + ox * sw..];
-                for kx in 0..kw {
-                    acc += p.weight[ky * kw + kx] as i32 * x_row[kx * dw] as i32;
-                }
-            }
+            let acc = dw_sum(p.input, p.pw, p.weight, p.bias, [oy, ox], [kh, kw], [sh, sw], [dh, dw]);
             *out = requantize(acc, p.requant, p.params);
         }
     }
+}
+
+/// `bias + Σ_{ky, kx} w[ky][kx] · in[oy * sh + ky * dh][ox * sw + kx * dw]`: one output's
+/// accumulator on a padded plane of rows of `pw`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn dw_sum(
+    input: &[i8],
+    pw: usize,
+    weight: &[i8],
+    bias: i32,
+    [oy, ox]: [usize; 2],
+    [kh, kw]: [usize; 2],
+    [sh, sw]: [usize; 2],
+    [dh, dw]: [usize; 2],
+) -> i32 {
+    let mut acc = bias;
+    for ky in 0..kh {
+        let x_row = &input[(oy * sh + ky * dh) * pw + ox * sw..];
+        for kx in 0..kw {
+            acc += weight[ky * kw + kx] as i32 * x_row[kx * dw] as i32;
+        }
+    }
+    acc
 }
 
 /// `qs8_dwconv2d_chw_minmax_scalar` with a constant `K x K` kernel, stride `S` and no
@@ -1150,23 +1257,11 @@ mod tests {
             let want = reference_output(a, &rq[i / plane], zy, clamp.0, clamp.1);
             assert_eq!(got, want, "{what}: output[{i}] (c {}, acc {a})", i / plane);
         }
-        // The accumulators themselves on the GEMM paths; the depthwise one has none.
+        // The accumulators themselves, from the same kernels.
         let mut sums = vec![i32::MIN; acc.len()];
-        let given = conv.run_accumulators(x, &mut sums, &mut scratch);
-        assert_eq!(
-            given,
-            PathKind::choose(s) != PathKind::Depthwise,
-            "{what}: accumulators given"
-        );
-        if given {
-            let sums: Vec<i64> = sums.iter().map(|&v| v as i64).collect();
-            assert_eq!(sums, acc, "{what}: accumulators");
-        } else {
-            assert!(
-                sums.iter().all(|&v| v == i32::MIN),
-                "{what}: a depthwise run wrote accumulators"
-            );
-        }
+        conv.run_accumulators(x, &mut sums, &mut scratch);
+        let sums: Vec<i64> = sums.iter().map(|&v| v as i64).collect();
+        assert_eq!(sums, acc, "{what}: accumulators");
     }
 
     #[test]
@@ -1313,17 +1408,32 @@ mod tests {
                     zx as i8,
                     weight,
                     bias,
-                    prepared,
-                    &conv.params,
                     &x,
-                    &mut simd,
-                    &mut scratch
+                    &mut scratch,
+                    dw_simd::Output::Requantized {
+                        prepared,
+                        o: dw_simd::OutputLanes::new(&conv.params),
+                        output: &mut simd,
+                    },
                 ));
                 conv.run_depthwise(weight, bias, *kernel, &x, &mut scalar, &mut scratch);
                 assert_eq!(
                     simd, scalar,
                     "seed {seed:#x} {k}x{k} s{st} {sh:?} zx={zx} zy={zy}"
                 );
+                // The accumulators, every row's tail included.
+                let (mut simd, mut scalar) = (vec![0x1111i32; n], vec![0x2222i32; n]);
+                assert!(dw_simd::run(
+                    &sh,
+                    zx as i8,
+                    weight,
+                    bias,
+                    &x,
+                    &mut scratch,
+                    dw_simd::Output::Sums(&mut simd),
+                ));
+                conv.run_depthwise_sums(weight, bias, &x, &mut scalar, &mut scratch);
+                assert_eq!(simd, scalar, "seed {seed:#x} {k}x{k} s{st} {sh:?} zx={zx}: accumulators");
                 cases += 1;
             }
         }

@@ -1427,6 +1427,15 @@ mod tests {
         let (prefetched, kept) = run(3);
         assert_eq!(kept, 3);
         assert_eq!(run(2), (prefetched, 2));
+        // The prefetch itself: every frame's targets before any student pass, or, when the
+        // batch does not fit, nothing (it would evict frames before their pass).
+        let t = Trainer::new(cal.graph(), &q, QatConfig { teacher_cache: 3, views: Some(1), ..QatConfig::default() }).unwrap();
+        let mut cache = TeacherCache::new(3, cal.graph(), Vec::new(), 0);
+        cache.prefetch(&t.teacher, &batch[..2]).unwrap();
+        assert_eq!(cache.order.len(), 2);
+        let mut small = TeacherCache::new(2, cal.graph(), Vec::new(), 0);
+        small.prefetch(&t.teacher, &batch).unwrap();
+        assert!(small.map.is_empty());
     }
 
     #[test]

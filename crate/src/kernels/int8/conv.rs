@@ -33,8 +33,8 @@
 //!
 //! Every path also gives its exact i32 accumulators instead of int8 outputs
 //! ([`PackedQs8Conv2d::run_accumulators`]: QAT's simulation keeps the values before rounding),
-//! from the same accumulation code: the GEMM's `Accumulate` tiles, the pair-plane kernels'
-//! `Sums` planes, the scalar loops' `dw_sum`.
+//! from the same accumulation code: the GEMM's `Accumulate` tiles, the pair-plane block walker
+//! (`dw_simd::Output::Sums`), the scalar loops' `dw_sum`.
 //!
 //! # Tests
 //! Every path (depthwise 3x3/5x5 at stride 1 and 2, multiplier 2, generic depthwise, pointwise,

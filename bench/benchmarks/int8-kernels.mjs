@@ -3,7 +3,8 @@
 // and 2, the 3x3 stride-2 stem), a few GEMMs, and the SIMD128 peak they are measured against.
 // The kernels are timed inside wasm by crate/src/bench_api.rs (the release build in www/pkg),
 // driven from bench/pages/int8-kernels.html; each number is the median of several rounds, the
-// f32 and qs8 runs alternating.
+// f32 and qs8 runs alternating. Last, the f32 pieces of QAT's step on each pointwise layer
+// (forward, input gradient, weight gradient by its two paths), which choose training's path.
 //
 // The peak is measured, not computed from a datasheet: a loop of nothing but
 // `acc = i32x4.add(acc, i32x4.dot_i16x8_s(acc, b))` in 12 independent chains (the instruction
@@ -18,7 +19,7 @@ import { benchContext } from '../lib/page.mjs';
 
 export const name = 'int8-kernels';
 export const description =
-  'Int8 vs FP32 kernels in headless Chromium (1 thread): EfficientNet-Lite0 conv layers, GEMM GMAC/s, SIMD128 peak';
+  'Int8 vs FP32 kernels in headless Chromium (1 thread): EfficientNet-Lite0 conv layers, GEMM GMAC/s, SIMD128 peak; QAT pointwise pieces';
 
 // [name, in_c, out_c, h (= w), kernel, stride, depthwise, count in EfficientNet-Lite0]
 export const EFFICIENTNET_LITE0 = [
@@ -167,6 +168,23 @@ export async function run(ctx) {
       { metric: 'EfficientNet-Lite0 all conv layers, sum: qs8', unit: 'ms', value: r2(total.all.qs8), note: 'kernels only (no other ops, no quantize/dequantize)' },
     );
     ctx.log(`sum of conv layers: f32 ${total.all.f32.toFixed(2)} ms, qs8 ${total.all.qs8.toFixed(2)} ms, ${(total.all.f32 / total.all.qs8).toFixed(2)}x`);
+
+    // QAT's pointwise pieces (full mode trains weights: forward, dX and dW per frame), with the
+    // two paths of dW that training chooses between by plane size.
+    const parts = ['forward', 'dx', 'dw', 'dw_rows', 'dw_packed'];
+    const qat = Object.fromEntries(parts.map((p) => [p, 0]));
+    for (const [label, inC, outC, h, k, , dw, count] of EFFICIENTNET_LITE0) {
+      if (dw || k !== 1) continue;
+      const r = await page.evaluate((a) => window.qpBench.pointwiseTraining(a), { inC, outC, hw: h * h, parts, rounds: 5, batchMs: 20 });
+      for (const p of parts) qat[p] += count * r.median[p];
+      const detail = parts.map((p) => `${p} ${r3(r.median[p])}`).join(', ');
+      ctx.log(`QAT ${label} x${count}: ${detail} ms`);
+      out.push({ metric: `EfficientNet-Lite0 QAT ${label} (x${count}): dW / forward`, unit: 'x', value: r2(r.median.dw / r.median.forward), note: `ms per call, medians of 5 rotating rounds: ${detail}` });
+    }
+    for (const p of parts) {
+      out.push({ metric: `EfficientNet-Lite0 QAT pointwise layers, sum: ${p}`, unit: 'ms', value: r2(qat[p]), note: 'one frame, f32 (training), sum over the layers x their count; dw is the path training takes, dw_rows and dw_packed its two candidates' });
+    }
+    ctx.log(`QAT pointwise sums: ${parts.map((p) => `${p} ${qat[p].toFixed(2)}`).join(', ')} ms`);
     assertClean();
     return out;
   } finally {

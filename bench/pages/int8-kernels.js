@@ -3,7 +3,7 @@
 // by bench/benchmarks/int8-kernels.mjs through window.qpBench; sets body.ready (or body.error)
 // once the module is initialised and warmed up.
 
-import init, { benchConv, benchGemm, benchPeak, convMacs, engineInfo } from '/pkg/quant_playground.js';
+import init, { benchConv, benchGemm, benchPeak, benchPointwiseTraining, convMacs, engineInfo } from '/pkg/quant_playground.js';
 
 import { median } from './shared.js';
 
@@ -53,7 +53,29 @@ async function peak({ rounds, iterations }) {
   return out;
 }
 
-window.qpBench = { conv, gemm, peak };
+/**
+ * The pieces of a pointwise convolution's QAT step on `hw` pixels (`parts`: forward, dx, dw,
+ * dw_rows, dw_packed; see crate/src/train/ops/conv.rs), in `rounds` rounds, the order of the
+ * parts rotating: the median ms per call of each.
+ */
+async function pointwiseTraining({ inC, outC, hw, parts, rounds, batchMs }) {
+  const iterations = {};
+  const samples = {};
+  for (const p of parts) {
+    iterations[p] = Math.max(1, Math.round(batchMs / Math.max(benchPointwiseTraining(p, inC, outC, hw, 1), 1e-3)));
+    samples[p] = [];
+  }
+  for (let r = 0; r < rounds; r++) {
+    for (let i = 0; i < parts.length; i++) {
+      const p = parts[(i + r) % parts.length];
+      samples[p].push(benchPointwiseTraining(p, inC, outC, hw, iterations[p]));
+      await pause();
+    }
+  }
+  return { samples, iterations, median: Object.fromEntries(parts.map((p) => [p, median(samples[p])])) };
+}
+
+window.qpBench = { conv, gemm, peak, pointwiseTraining };
 
 (async () => {
   try {
@@ -68,6 +90,7 @@ window.qpBench = { conv, gemm, peak };
         for (const [k, stride] of [[3, 1], [3, 2], [5, 1], [5, 2]]) benchConv(kind, 16, 16, 14, 14, k, stride, 16, 2);
         benchConv(kind, 3, 8, 16, 16, 3, 2, 1, 2);
       }
+      for (const part of ['forward', 'dx', 'dw', 'dw_rows', 'dw_packed']) benchPointwiseTraining(part, 16, 24, 196, 2);
       await new Promise((resolve) => setTimeout(resolve, 20));
     }
     window.qpBench.info = { engine: engineInfo(), crossOriginIsolated };

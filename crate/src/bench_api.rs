@@ -165,6 +165,15 @@ pub fn conv_macs(
     Ok((out_c * s.out_h * s.out_w * (in_c / group) * kernel * kernel) as f64)
 }
 
+/// Milliseconds per call of one piece of a pointwise convolution's QAT step (`"forward"`,
+/// `"dx"` or `"dw"`, see `train::ops::conv::pointwise_training_piece`) on `hw` pixels.
+#[wasm_bindgen(js_name = benchPointwiseTraining)]
+pub fn bench_pointwise_training(part: &str, in_c: usize, out_c: usize, hw: usize, iterations: u32) -> Result<f64, JsError> {
+    let mut run = crate::train::ops::conv::pointwise_training_piece(part, in_c, out_c, hw)
+        .ok_or_else(|| JsError::new(&format!("benchPointwiseTraining: unknown part {part:?} (forward, dx or dw)")))?;
+    Ok(time(iterations, &mut *run))
+}
+
 /// GMAC/s of a loop of nothing but the kernels' multiply-accumulate instructions, in 12
 /// independent chains (enough to cover their latency, few enough to stay in registers):
 /// - `"dot_i16x8"`: `acc = i32x4.add(acc, i32x4.dot_i16x8_s(acc, b))`, 8 MACs per pair: the

@@ -14,8 +14,9 @@
 //!   `depthwise_backward`);
 //! - pointwise (1x1, stride 1, no padding): no im2col; `dX_g = W_gᵀ · dz_g` written into the
 //!   gradient in column blocks (as the forward kernel blocks its packed B), `dW_g = dz_g · X_gᵀ`
-//!   as dot products of their rows with SIMD128 ([`f32_gemm_nt_acc`]: no packing), through the
-//!   packed GEMM in blocks of 256 pixels otherwise;
+//!   on planes of 2048 pixels and more as dot products of their rows with SIMD128
+//!   ([`f32_gemm_nt_acc`]: no packing), through the packed GEMM in blocks of 256 pixels
+//!   otherwise;
 //! - everything else through im2col in column blocks, so scratch stays bounded; col2im adds
 //!   each tap's columns row by row as strided runs, bounds found once per run; with SIMD128
 //!   `dW_g` reads the im2col matrix written in rows by the same runs, through the dot tile.
@@ -106,17 +107,41 @@ fn pointwise_dx(wt: &PackedA, dz_g: &[f32], ocg: usize, hw: usize, dx_g: &mut [f
     }
 }
 
+/// Pixels from which the SIMD128 build computes a pointwise weight gradient as dot products of
+/// rows ([`pointwise_dw_rows`]) rather than through the packed GEMM ([`pointwise_dw_packed`]).
+/// Measured per EfficientNet-Lite0 layer in Chromium (`node bench/run.mjs int8-kernels`, the
+/// "QAT pointwise" rows): the rows win at 56x56 and 112x112 (up to 1.3x, few channels, long
+/// rows), the packed GEMM from 28x28 down (up to 1.9x at 7x7, where a row is 49 products and
+/// the dot tiles' final sums dominate).
+const DW_ROWS_MIN_PIXELS: usize = 2048;
+
 /// `dW_g += dz_g · X_gᵀ` of a pointwise conv (`dz_g` is `ocg x hw`, `x_g` is `icg x hw`), whose
-/// reduction runs over the pixels. With SIMD128, as dot products of the rows as they lie
-/// ([`f32_gemm_nt_acc`]): no packing, and EfficientNet-Lite0's pointwise weight gradients went
-/// from about 50 to 30 ms a frame in Chromium (`node bench/run.mjs qat-profile`, full mode).
-/// The portable build keeps the packed GEMM ([`pointwise_dw_packed`]): there the scalar dot
-/// tile does not vectorise as well and measured 1.3-3x slower (`pointwise_pieces` below).
+/// reduction runs over the pixels: by rows with SIMD128 on large planes, through the packed
+/// GEMM otherwise (see [`DW_ROWS_MIN_PIXELS`]; the portable build's scalar dot tile does not
+/// vectorise as well and measured 1.3-3x slower, `pointwise_pieces` below).
 fn pointwise_dw(dz_g: &[f32], x_g: &[f32], ocg: usize, icg: usize, hw: usize, dw_g: &mut [f32], sc: &mut Scratch) {
-    if cfg!(all(target_arch = "wasm32", target_feature = "simd128")) {
-        f32_gemm_nt_acc(dz_g, hw, x_g, hw, ocg, icg, hw, dw_g, icg);
+    if cfg!(all(target_arch = "wasm32", target_feature = "simd128")) && hw >= DW_ROWS_MIN_PIXELS {
+        pointwise_dw_rows(dz_g, x_g, ocg, icg, hw, dw_g, sc);
     } else {
         pointwise_dw_packed(dz_g, x_g, ocg, icg, hw, dw_g, sc);
+    }
+}
+
+/// [`pointwise_dw`] as dot products of the rows as they lie ([`f32_gemm_nt_acc`]: no packing).
+/// The operand with fewer rows is the dot tiles' `B`, whose block of the reduction stays in L1
+/// while the other streams: when `icg > ocg` this computes `dW_gᵀ = X_g · dz_gᵀ` and adds its
+/// transpose.
+fn pointwise_dw_rows(dz_g: &[f32], x_g: &[f32], ocg: usize, icg: usize, hw: usize, dw_g: &mut [f32], sc: &mut Scratch) {
+    if icg > ocg {
+        let t = zeroed(&mut sc.t4, icg * ocg);
+        f32_gemm_nt_acc(x_g, hw, dz_g, hw, icg, ocg, hw, t, ocg);
+        for (o, row) in dw_g.chunks_exact_mut(icg).enumerate() {
+            for (i, d) in row.iter_mut().enumerate() {
+                *d += t[i * ocg + o];
+            }
+        }
+    } else {
+        f32_gemm_nt_acc(dz_g, hw, x_g, hw, ocg, icg, hw, dw_g, icg);
     }
 }
 
@@ -125,17 +150,27 @@ fn pointwise_dw(dz_g: &[f32], x_g: &[f32], ocg: usize, icg: usize, hw: usize, dw
 /// (computing `dW_gᵀ = X_g · dz_gᵀ` when `icg > ocg`).
 fn pointwise_dw_packed(dz_g: &[f32], x_g: &[f32], ocg: usize, icg: usize, hw: usize, dw_g: &mut [f32], sc: &mut Scratch) {
     const KC: usize = 256;
+    if hw == 0 {
+        return;
+    }
     let transposed = icg > ocg;
     let (m, n) = if transposed { (icg, ocg) } else { (ocg, icg) };
     let (a_src, b_src) = if transposed { (x_g, dz_g) } else { (dz_g, x_g) };
-    let acc = zeroed(&mut sc.t4, m * n);
+    // The first block's product is the sum so far (the same bits as adding it to zeros);
+    // later blocks add theirs. On small planes (one block) that saves two passes over a
+    // product that can be larger than the block (1280 x 320 at 7x7).
+    let acc = buf(&mut sc.t4, m * n);
     for c0 in (0..hw).step_by(KC) {
         let kc = KC.min(hw - c0);
         sc.a.repack_from(&a_src[c0..], m, kc, hw);
         sc.b.repack_transposed_from(&b_src[c0..], kc, n, hw);
-        let t = buf(&mut sc.t2, m * n);
-        gemm(&sc.a, &sc.b, t, n, GemmBias::None, Activation::Identity);
-        super::add_into(acc, t);
+        if c0 == 0 {
+            gemm(&sc.a, &sc.b, acc, n, GemmBias::None, Activation::Identity);
+        } else {
+            let t = buf(&mut sc.t2, m * n);
+            gemm(&sc.a, &sc.b, t, n, GemmBias::None, Activation::Identity);
+            super::add_into(acc, t);
+        }
     }
     if transposed {
         // acc is dW_gᵀ (icg x ocg).
@@ -661,6 +696,43 @@ impl TrainOp for ConvTransposeOp {
     }
 }
 
+/// The pieces of a pointwise convolution's training step on one `[ic][hw]` image with `oc`
+/// outputs, for the browser's kernel benchmark (`bench_api::bench_pointwise_training`):
+/// `"forward"` (the FP32 conv), `"dx"` (`W^T dz`) or `"dw"` (`dz X^T`, as training computes it;
+/// `"dw_rows"` and `"dw_packed"` are its two paths), as a closure that runs the piece once.
+/// Deterministic pseudo-random data.
+#[cfg(target_arch = "wasm32")]
+pub(crate) fn pointwise_training_piece(part: &str, ic: usize, oc: usize, hw: usize) -> Option<Box<dyn FnMut()>> {
+    let mut rng = crate::rng::Rng::seeded((ic * 31 + oc * 7 + hw) as u64);
+    let mut random = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.uniform(-1.0, 1.0) as f32).collect() };
+    let (w, x, dz) = (random(ic * oc), random(ic * hw), random(oc * hw));
+    let s = Conv2dShape { in_c: ic, in_h: 1, in_w: hw, out_c: oc, out_h: 1, out_w: hw, kernel_h: 1, kernel_w: 1, stride_h: 1, stride_w: 1, dilation_h: 1, dilation_w: 1, pad_top: 0, pad_left: 0, group: 1 };
+    let mut sc = Scratch::default();
+    Some(match part {
+        "forward" => {
+            let packed = PackedConv2d::new(s, &w, None, Activation::Clip { min: 0.0, max: 6.0 });
+            let mut y = vec![0f32; oc * hw];
+            Box::new(move || packed.run(&x, &mut y, &mut sc.conv))
+        }
+        "dx" => {
+            let (mut wt, mut t) = (Vec::new(), Vec::new());
+            pack_transposed_groups(&s, &w, &mut wt, &mut t);
+            let mut dx = vec![0f32; ic * hw];
+            Box::new(move || pointwise_dx(&wt[0], &dz, oc, hw, &mut dx, &mut sc))
+        }
+        "dw" | "dw_rows" | "dw_packed" => {
+            let f = match part {
+                "dw" => pointwise_dw,
+                "dw_rows" => pointwise_dw_rows,
+                _ => pointwise_dw_packed,
+            };
+            let mut dw = vec![0f32; ic * oc];
+            Box::new(move || f(&dz, &x, oc, ic, hw, &mut dw, &mut sc))
+        }
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[cfg(target_arch = "wasm32")]
@@ -792,6 +864,36 @@ mod tests {
                 assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{s:?} dW[{i}]: {a} against {b}");
             }
             assert_ne!(rows, start, "{s:?}: the gradient was added");
+        }
+    }
+
+    /// Both paths of the pointwise weight gradient (rows, in either orientation, and the packed
+    /// GEMM across its 256-pixel blocks) add `dz · Xᵀ` to what the gradient holds, against an
+    /// f64 reference, on odd sizes around the tiles.
+    #[test]
+    fn pointwise_weight_gradients_by_rows_and_packed_add_dz_xt() {
+        use super::{pointwise_dw, pointwise_dw_packed, pointwise_dw_rows, Scratch};
+        use crate::rng::Rng;
+        let mut rng = Rng::seeded(17);
+        for (ocg, icg, hw) in [(1, 1, 1), (5, 3, 67), (3, 7, 130), (4, 4, 9), (9, 2, 257), (2, 9, 513), (6, 5, 2051), (3, 2, 0)] {
+            let x: Vec<f32> = (0..icg * hw).map(|_| rng.uniform(-1.0, 1.0) as f32).collect();
+            let dz: Vec<f32> = (0..ocg * hw).map(|_| rng.uniform(-1.0, 1.0) as f32).collect();
+            let start: Vec<f32> = (0..ocg * icg).map(|_| rng.uniform(-1.0, 1.0) as f32).collect();
+            let want: Vec<f64> = (0..ocg * icg)
+                .map(|j| {
+                    let (o, i) = (j / icg, j % icg);
+                    start[j] as f64 + (0..hw).map(|p| dz[o * hw + p] as f64 * x[i * hw + p] as f64).sum::<f64>()
+                })
+                .collect();
+            type Path = fn(&[f32], &[f32], usize, usize, usize, &mut [f32], &mut Scratch);
+            let paths: [(&str, Path); 3] = [("rows", pointwise_dw_rows), ("packed", pointwise_dw_packed), ("chosen", pointwise_dw)];
+            for (name, f) in paths {
+                let mut dw = start.clone();
+                f(&dz, &x, ocg, icg, hw, &mut dw, &mut Scratch::default());
+                for (j, (got, want)) in dw.iter().zip(&want).enumerate() {
+                    assert!((*got as f64 - want).abs() <= 1e-5 * (hw as f64).sqrt() * (1.0 + want.abs()), "{name} {ocg}x{icg}x{hw} dW[{j}]: {got} against {want}");
+                }
+            }
         }
     }
 

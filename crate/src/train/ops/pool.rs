@@ -1,7 +1,9 @@
 //! Pools and reductions.
 //!
 //! - MaxPool: `dy` goes to the tap the kernel kept: the first maximum in window order (rows,
-//!   then columns; `pmax` keeps the earlier of equal values), in-bounds taps only.
+//!   then columns; `pmax` keeps the earlier of equal values), in-bounds taps only. 2x2 windows
+//!   at stride 2 inside the input (stride-2 shortcuts) take a loop over pairs of rows with no
+//!   per-tap bounds, the same rule.
 //! - AveragePool: `dy / count` to every in-bounds tap, `count` the kernel's divisor
 //!   (`count_include_pad` and ceil-mode windows included).
 //! - GlobalAveragePool `dy / (h·w)`; GlobalMaxPool to the first maximum.
@@ -29,6 +31,10 @@ pub struct PoolNode {
     /// Per output row and column: the kernel rows and columns whose taps are in bounds.
     rows: Vec<Range<usize>>,
     cols: Vec<Range<usize>>,
+    /// A 2x2 window at stride 2, unpadded and undilated, every window inside the input: the
+    /// shortcut of stride-2 blocks (BlazeFace, MobileNet-style), whose max backward takes
+    /// [`max_backward_2x2s2`].
+    pairs: bool,
 }
 
 /// The kernel taps `t < kernel` of output position `o` that land inside `[0, len)`: input
@@ -73,7 +79,12 @@ impl PoolNode {
         };
         let rows = (0..s.out_h).map(|o| inside(o, s.in_h, s.kernel_h, s.stride_h, s.dilation_h, s.pad_top)).collect();
         let cols = (0..s.out_w).map(|o| inside(o, s.in_w, s.kernel_w, s.stride_w, s.dilation_w, s.pad_left)).collect();
-        PoolNode { s, kind, divisors, rows, cols }
+        let pairs = [s.kernel_h, s.kernel_w, s.stride_h, s.stride_w] == [2; 4]
+            && [s.dilation_h, s.dilation_w] == [1, 1]
+            && [s.pad_top, s.pad_left] == [0, 0]
+            && 2 * s.out_h <= s.in_h
+            && 2 * s.out_w <= s.in_w;
+        PoolNode { s, kind, divisors, rows, cols, pairs }
     }
 
     /// Calls `f(input index within the plane)` for each in-bounds tap of output `(oh, ow)`, in
@@ -107,6 +118,10 @@ impl TrainOp for PoolNode {
         for c in 0..s.channels {
             let (xp, yp, dyp) = (&x[c * ip..][..ip], &y[c * op..][..op], &dy[c * op..][..op]);
             let dxp = &mut dx[c * ip..][..ip];
+            if self.kind == Kind::Max && self.pairs {
+                max_backward_2x2s2(s, xp, yp, dyp, dxp);
+                continue;
+            }
             for oh in 0..s.out_h {
                 for ow in 0..s.out_w {
                     let o = oh * s.out_w + ow;
@@ -130,6 +145,31 @@ impl TrainOp for PoolNode {
                     }
                 }
             }
+        }
+    }
+}
+
+/// The MaxPool backward of one plane for a 2x2 window at stride 2 whose windows all lie inside
+/// the input (`PoolNode::pairs`): the same rule as the general loop (the first tap in window
+/// order equal to the output gets `dy`), on two input rows at a time without per-tap bounds.
+fn max_backward_2x2s2(s: &Pool2dShape, xp: &[f32], yp: &[f32], dyp: &[f32], dxp: &mut [f32]) {
+    let w = s.in_w;
+    for oh in 0..s.out_h {
+        let top = 2 * oh * w;
+        let (y_row, dy_row) = (&yp[oh * s.out_w..][..s.out_w], &dyp[oh * s.out_w..][..s.out_w]);
+        for (ow, (&m, &g)) in y_row.iter().zip(dy_row).enumerate() {
+            let i = top + 2 * ow;
+            // Window order: the top row's two taps, then the bottom row's.
+            let kept = if xp[i] == m {
+                i
+            } else if xp[i + 1] == m {
+                i + 1
+            } else if xp[i + w] == m {
+                i + w
+            } else {
+                i + w + 1
+            };
+            dxp[kept] += g;
         }
     }
 }
@@ -283,6 +323,37 @@ mod tests {
                 let (g, inputs) = b.finish(&[y]);
                 check_graph(&g, &inputs, 2e-3, 2e-3, 0);
             }
+        }
+    }
+
+    /// The 2x2 stride-2 MaxPool backward equals the general loop, on values with many ties
+    /// (quantized activations repeat) and odd sizes that leave the last row and column out.
+    #[test]
+    fn max_pool_2x2_stride_2_backward_equals_the_general_loop() {
+        use super::super::{Bwd, Scratch, TrainOp};
+        use super::{max_pool2d, Kind, PoolNode};
+        let mut rng = Rng::seeded(21);
+        for (h, w) in [(2, 2), (4, 6), (7, 5), (8, 8)] {
+            let window = Window2d { kernel: [2, 2], strides: [2, 2], dilations: [1, 1], pads: [0; 4] };
+            let (x_shape, y_shape) = ([1, 3, h, w], [1, 3, h / 2, w / 2]);
+            let mut node = PoolNode::new(&x_shape, &y_shape, &window, Kind::Max);
+            assert!(node.pairs, "{h}x{w}");
+            let x: Vec<f32> = (0..3 * h * w).map(|_| rng.int(0, 3) as f32).collect();
+            let mut y = vec![0f32; 3 * (h / 2) * (w / 2)];
+            max_pool2d(&node.s, &x, &mut y);
+            let dy: Vec<f32> = (0..y.len()).map(|_| rng.uniform(-1.0, 1.0) as f32).collect();
+            let mut grads = Vec::new();
+            for pairs in [true, false] {
+                node.pairs = pairs;
+                let mut dx = vec![0.5f32; x.len()];
+                let (xs, ys, dys) = ([&x[..]], [&y[..]], [&dy[..]]);
+                let mut dxs = vec![Some(std::mem::take(&mut dx))];
+                let mut scratch = Scratch::default();
+                node.backward(&mut Bwd { x: &xs, y: &ys, aux: &[], dy: &dys, dx: &mut dxs, scratch: &mut scratch });
+                grads.push(dxs.remove(0).expect("dx"));
+            }
+            assert_eq!(grads[0], grads[1], "{h}x{w}");
+            assert_ne!(grads[0], vec![0.5f32; x.len()], "{h}x{w}: the gradient was added");
         }
     }
 

@@ -111,7 +111,7 @@ fn pointwise_dx(wt: &PackedA, dz_g: &[f32], ocg: usize, hw: usize, dx_g: &mut [f
 /// rows ([`pointwise_dw_rows`]) rather than through the packed GEMM ([`pointwise_dw_packed`]).
 /// Measured per EfficientNet-Lite0 layer in Chromium (`node bench/run.mjs int8-kernels`, the
 /// "QAT pointwise" rows): the rows win at 56x56 and 112x112 (up to 1.3x, few channels, long
-/// rows), the packed GEMM from 28x28 down (up to 1.9x at 7x7, where a row is 49 products and
+/// rows), the packed GEMM from 28x28 down (up to 1.8x at 7x7, where a row is 49 products and
 /// the dot tiles' final sums dominate).
 const DW_ROWS_MIN_PIXELS: usize = 2048;
 

@@ -303,10 +303,7 @@ fn execute(g: &Graph, node: &Node, prepared: &Prepared, args: &[&[f32]], scratch
             y.copy_from_slice(args[0]);
             unary(*op, &mut y);
         }
-        (Op::Activation(act), _) => {
-            y.copy_from_slice(args[0]);
-            act.apply(&mut y);
-        }
+        (Op::Activation(act), _) => act.apply_to(args[0], &mut y),
         (Op::PRelu, _) => {
             y.copy_from_slice(args[0]);
             prelu(&mut y, shape(0), args[1], shape(1));

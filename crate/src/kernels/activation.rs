@@ -44,17 +44,34 @@ impl Activation {
 
     /// Applies the activation to every element of `xs` in place.
     pub fn apply(self, xs: &mut [f32]) {
+        if self != Activation::Identity {
+            self.each(xs.iter_mut().map(|x| {
+                let v = *x;
+                (x, v)
+            }));
+        }
+    }
+
+    /// `ys = act(xs)` in one pass (rather than a copy and [`apply`](Self::apply) in place).
+    pub fn apply_to(self, xs: &[f32], ys: &mut [f32]) {
+        assert_eq!(xs.len(), ys.len(), "apply_to: input and output lengths");
+        self.each(ys.iter_mut().zip(xs.iter().copied()));
+    }
+
+    /// Writes `act(x)` through every `(destination, x)` pair, in the forms that vectorise.
+    #[inline(always)]
+    fn each<'a>(self, pairs: impl Iterator<Item = (&'a mut f32, f32)>) {
         match self {
-            Activation::Identity => {}
+            Activation::Identity => pairs.for_each(|(y, x)| *y = x),
             // Plain compare-and-select loops: LLVM vectorises them to
             // f32x4.pmax/pmin on wasm SIMD128 (Rust's f32::max has NaN rules
             // wasm has no single instruction for, and costs ~8x more there).
-            Activation::Relu => xs.iter_mut().for_each(|x| *x = clamp(*x, 0.0, f32::INFINITY)),
-            Activation::Clip { min, max } => xs.iter_mut().for_each(|x| *x = clamp(*x, min, max)),
+            Activation::Relu => pairs.for_each(|(y, x)| *y = clamp(x, 0.0, f32::INFINITY)),
+            Activation::Clip { min, max } => pairs.for_each(|(y, x)| *y = clamp(x, min, max)),
             // Branch-free forms hoisted out of the per-element match, so they vectorise too.
-            Activation::HardSigmoid { alpha, beta } => xs.iter_mut().for_each(|x| *x = clamp(alpha * *x + beta, 0.0, 1.0)),
-            Activation::HardSwish => xs.iter_mut().for_each(|x| *x *= clamp(*x * (1.0 / 6.0) + 0.5, 0.0, 1.0)),
-            _ => xs.iter_mut().for_each(|x| *x = self.apply_scalar(*x)),
+            Activation::HardSigmoid { alpha, beta } => pairs.for_each(|(y, x)| *y = clamp(alpha * x + beta, 0.0, 1.0)),
+            Activation::HardSwish => pairs.for_each(|(y, x)| *y = x * clamp(x * (1.0 / 6.0) + 0.5, 0.0, 1.0)),
+            _ => pairs.for_each(|(y, x)| *y = self.apply_scalar(x)),
         }
     }
 
@@ -98,6 +115,7 @@ mod tests {
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
+    /// `apply` in place and `apply_to` against `apply_scalar`, bit for bit.
     #[test]
     fn vector_paths_match_scalar_definition() {
         let xs: Vec<f32> = (-40..=40).map(|i| i as f32 * 0.37).collect();
@@ -114,8 +132,11 @@ mod tests {
         ] {
             let mut ys = xs.clone();
             act.apply(&mut ys);
-            for (x, y) in xs.iter().zip(&ys) {
+            let mut to = vec![f32::NAN; xs.len()];
+            act.apply_to(&xs, &mut to);
+            for ((x, y), t) in xs.iter().zip(&ys).zip(&to) {
                 assert_eq!(*y, act.apply_scalar(*x), "{act:?} at {x}");
+                assert_eq!(*t, act.apply_scalar(*x), "{act:?} at {x}, apply_to");
                 let (lo, hi) = act.output_bounds();
                 assert!(*y >= lo && *y <= hi, "{act:?}({x}) = {y} outside [{lo}, {hi}]");
             }

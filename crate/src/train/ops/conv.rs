@@ -135,11 +135,7 @@ fn pointwise_dw_rows(dz_g: &[f32], x_g: &[f32], ocg: usize, icg: usize, hw: usiz
     if icg > ocg {
         let t = zeroed(&mut sc.t4, icg * ocg);
         f32_gemm_nt_acc(x_g, hw, dz_g, hw, icg, ocg, hw, t, ocg);
-        for (o, row) in dw_g.chunks_exact_mut(icg).enumerate() {
-            for (i, d) in row.iter_mut().enumerate() {
-                *d += t[i * ocg + o];
-            }
-        }
+        add_transposed(dw_g, t, ocg, icg);
     } else {
         f32_gemm_nt_acc(dz_g, hw, x_g, hw, ocg, icg, hw, dw_g, icg);
     }
@@ -174,13 +170,18 @@ fn pointwise_dw_packed(dz_g: &[f32], x_g: &[f32], ocg: usize, icg: usize, hw: us
     }
     if transposed {
         // acc is dW_gᵀ (icg x ocg).
-        for o in 0..ocg {
-            for i in 0..icg {
-                dw_g[o * icg + i] += acc[i * ocg + o];
-            }
-        }
+        add_transposed(dw_g, acc, ocg, icg);
     } else {
         super::add_into(dw_g, acc);
+    }
+}
+
+/// `dw += tᵀ` for `dw` of `rows x cols` and `t` of `cols x rows`, both row-major.
+fn add_transposed(dw: &mut [f32], t: &[f32], rows: usize, cols: usize) {
+    for (o, row) in dw[..rows * cols].chunks_exact_mut(cols.max(1)).enumerate() {
+        for (i, d) in row.iter_mut().enumerate() {
+            *d += t[i * rows + o];
+        }
     }
 }
 
@@ -528,8 +529,7 @@ impl TrainOp for ConvOp {
             packed.run(&f.x[0][n * px..][..px], &mut out[n * py..][..py], &mut f.scratch.conv);
         }
         if self.keep_z {
-            f.y[0].copy_from_slice(&f.aux[..py * self.batch]);
-            self.act.apply(&mut f.y[0]);
+            self.act.apply_to(&f.aux[..py * self.batch], &mut f.y[0]);
         }
     }
 

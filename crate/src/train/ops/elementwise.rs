@@ -131,22 +131,7 @@ pub struct ActivationNode {
 
 impl TrainOp for ActivationNode {
     fn forward(&self, f: &mut Fwd) {
-        let (x, y) = (f.x[0], &mut f.y[0]);
-        match self.act {
-            // One pass instead of a copy and a pass in place (BlazeFace has 16 ReLUs on
-            // planes of up to 64x64x32): the same clamp `Activation::apply` vectorises.
-            Activation::Relu | Activation::Clip { .. } => {
-                let (min, max) = match self.act {
-                    Activation::Clip { min, max } => (min, max),
-                    _ => (0.0, f32::INFINITY),
-                };
-                y.iter_mut().zip(x).for_each(|(y, &x)| *y = crate::kernels::activation::clamp(x, min, max));
-            }
-            act => {
-                y.copy_from_slice(x);
-                act.apply(y);
-            }
-        }
+        self.act.apply_to(f.x[0], &mut f.y[0]);
     }
 
     fn backward(&self, b: &mut Bwd) {

@@ -148,8 +148,7 @@ impl TrainOp for GemmOp {
             }
         }
         if self.keep_z {
-            f.y[0].copy_from_slice(&f.aux[..m * n]);
-            self.act.apply(&mut f.y[0]);
+            self.act.apply_to(&f.aux[..m * n], &mut f.y[0]);
         }
     }
 

@@ -17,10 +17,11 @@
 //!   two horizontally adjacent taps for 4 outputs are one 16-byte load, multiplied by the
 //!   weight pair with `i32x4.dot_i16x8_s`; blocks of 8 outputs, requantized with the
 //!   channel's `PreparedRequant` (its exact f64 formula, as the accumulators of at most 25
-//!   products allow; see `dw_simd` for the layout and costs). Elsewhere (other
-//!   kernels, dilations, and every shape natively) each input plane is copied into `scratch`
-//!   with a border of the input zero point and `qs8_dwconv2d_chw_minmax_kxk_scalar` (3x3, 5x5)
-//!   or `qs8_dwconv2d_chw_minmax_scalar` computes each output plane.
+//!   products allow, without its half where no accumulator is a tie; see `dw_simd` for the
+//!   layout and costs). Elsewhere (other kernels, dilations, and every shape natively) each
+//!   input plane is copied into `scratch` with a border of the input zero point and
+//!   `qs8_dwconv2d_chw_minmax_kxk_scalar` (3x3, 5x5) or `qs8_dwconv2d_chw_minmax_scalar`
+//!   computes each output plane.
 //! - Pointwise (1x1, stride 1, no padding): the input already is `X = [in_c][h*w]`; it is
 //!   packed block by block and multiplied by the weights packed at load (`gemm`).
 //! - Im2col (everything else, per group): the im2col matrix is written straight into the packed
@@ -41,8 +42,8 @@
 //! grouped, dilated, strided, asymmetric pads) with non-zero and extreme zero points, against an
 //! exact i64 convolution and the same requantizers; natively and on wasm32 with simd128, where
 //! the pair-plane depthwise path is also compared bit for bit with the scalar kernels on every
-//! output width from 1 to 19 and more, all pads, multipliers 1 and 2, and requantizers on both
-//! sides of the split-shift formula, outputs and accumulators alike.
+//! output width from 1 to 19 and more, all pads, multipliers 1 and 2, and requantizers that
+//! take each of its formulas, outputs and accumulators alike.
 
 use super::super::conv::Conv2dShape;
 use super::gemm::{self, PackedWeightsQs8, NR};
@@ -402,7 +403,8 @@ impl PackedQs8Conv2d {
 mod dw_simd {
     use super::super::super::conv::Conv2dShape;
     use super::super::requant::simd::{
-        f64_lanes, prepared_lanes, requantize, requantize_f64, requantize_fast, Lanes,
+        f64_lanes, prepared_lanes, requantize, requantize_f64, requantize_f64_no_ties,
+        requantize_fast, Lanes,
     };
     pub(super) use super::super::requant::simd::OutputLanes;
     use super::super::requant::PreparedRequant;
@@ -676,10 +678,13 @@ mod dw_simd {
         assert!(out.len() == out_h * out_w);
         // A depthwise accumulator is at most K² products: the f64 formula always applies in
         // practice (checked per channel all the same).
-        let (exact_f64, fast) = (rq.exact_f64, rq.fast);
+        let (no_ties, exact_f64, fast) = (rq.no_ties, rq.exact_f64, rq.fast);
         let lanes = Lanes::new(&rq.rq);
         pair_plane_blocks::<K, S>(plane, pitch, weight, bias, out_h, out_w, |at, acc0, acc1| {
-            let (v0, v1) = if exact_f64 {
+            let (v0, v1) = if no_ties {
+                let (scale, _) = f64_lanes(rq);
+                (requantize_f64_no_ties(acc0, scale), requantize_f64_no_ties(acc1, scale))
+            } else if exact_f64 {
                 let (scale, half) = f64_lanes(rq);
                 (requantize_f64(acc0, scale, half), requantize_f64(acc1, scale, half))
             } else if fast {
@@ -1326,8 +1331,8 @@ mod tests {
     /// The pair-plane depthwise path (`dw_simd`) against the scalar kernels, bit for bit: every
     /// output width from 1 to 19 and a few wider ones (blocks of 8, the last one partial), one to
     /// five rows, every pad combination, channel multipliers 1 and 2, zero points at both ends,
-    /// requantizers that take the split-shift formula and ones that cannot (multipliers of 1
-    /// and more, accumulator bounds too large), and a clamp.
+    /// requantizers that take the f64 formula without ties, with its half (powers of two) and
+    /// neither (multipliers of 1 and more), and a clamp.
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     #[test]
     fn simd128_depthwise_matches_scalar_bit_for_bit() {
@@ -1377,6 +1382,8 @@ mod tests {
                 let rq: Vec<Requantizer> = (0..c * mult)
                     .map(|i| match (cases + i) % 4 {
                         0 => Requantizer::from_real(0.5 + rng.unit()),
+                        // A power of two: ties within the bound, the f64 formula with its half.
+                        1 => Requantizer::from_real(2f64.powi(-(rng.int(4, 12) as i32))),
                         _ => Requantizer::from_real(2f64.powf(-14.0 + 10.0 * rng.unit())),
                     })
                     .collect();

@@ -25,9 +25,10 @@
 //! columns with `i16x8.load8x8_s` (two vectors), broadcasts each channel's weight pair with
 //! `v128.load32_splat` (no shuffle) and issues 8 `i32x4.dot_i16x8_s` (2 MACs per lane) and 8
 //! adds: 18 vector operations per 64 MACs, against a peak of 16 for `dot_i16x8` + add. The
-//! epilogue requantizes with the channels' [`PreparedRequant`] (the split-shift formula when
-//! all 4 channels allow it, about 14 vector operations per 4 outputs), narrows with saturation
-//! and stores 8 bytes per row.
+//! epilogue requantizes with the channels' [`PreparedRequant`] (when all 4 channels allow it,
+//! the exact f64 formula without ties, 8 vector operations per 4 outputs, as for small and
+//! moderate depths; else the split-shift formula, about 14), narrows with saturation and
+//! stores 8 bytes per row.
 //!
 //! The accumulation of a tile is one function (`tile_4x8c2_*`, `qs8_gemm_4x1c2_*`) and what
 //! happens to the accumulators is the driver's [`TileOutput`]: requantized to int8 (the
@@ -60,7 +61,8 @@
 //! output scales come from the accumulator range so every output code occurs. The tests run
 //! natively and on wasm32 with simd128, where the whole GEMM is the simd128 microkernel, which
 //! is also compared bit for bit with the scalar one on 1 and 3 panels, with requantizers that
-//! take the split-shift formula and ones that cannot; every case also runs on the row layout,
+//! take the f64 formula without ties, the split-shift formula and neither; every case also
+//! runs on the row layout,
 //! and its accumulators through the `Accumulate` output against the exact sums (the simd128
 //! accumulator tiles and one-column kernel are compared with the scalar ones too).
 
@@ -870,9 +872,9 @@ unsafe fn tile_4x8c2_simd128(
 }
 
 /// The simd128 version of `qs8_gemm_minmax_4x8c2_scalar`, bit for bit the same results: the
-/// tiles of `tile_4x8c2_simd128`, requantized with the split-shift formula of
-/// `PreparedRequant` when all 4 channels allow it (else per channel), narrowed with saturation
-/// and stored 8 bytes per row.
+/// tiles of `tile_4x8c2_simd128`, requantized with the f64 formula without ties of
+/// `PreparedRequant` when all 4 channels allow it, else its split-shift formula when they all
+/// allow that (else per channel), narrowed with saturation and stored 8 bytes per row.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 #[allow(clippy::too_many_arguments)]
 fn qs8_gemm_minmax_4x8c2_simd128(
@@ -886,10 +888,12 @@ fn qs8_gemm_minmax_4x8c2_simd128(
     ldc: usize,
 ) {
     use super::requant::simd::{
-        narrow_clamp, prepared_lanes, requantize, requantize_fast, Lanes, OutputLanes,
+        f64_lanes, narrow_clamp, prepared_lanes, requantize, requantize_f64_no_ties,
+        requantize_fast, Lanes, OutputLanes,
     };
     use core::arch::wasm32::*;
     let steps = check_tiles(a, b, panels, bias, c.len(), ldc);
+    let all_no_ties = rq.iter().all(|p| p.no_ties);
     let all_fast = rq.iter().all(|p| p.fast);
     let o = OutputLanes::new(params);
     // SAFETY: tile j reads a[..steps * 8] and b[j * steps * 16 ..][..steps * 16] for
@@ -903,7 +907,10 @@ fn qs8_gemm_minmax_4x8c2_simd128(
             bp = bp.add(steps * NR * KR);
             // No arrays indexed at run time: they would live in the shadow stack in memory.
             let row = |acc: [v128; 2], p: &PreparedRequant| -> (v128, v128) {
-                if all_fast || p.fast {
+                if all_no_ties {
+                    let (scale, _) = f64_lanes(p);
+                    (requantize_f64_no_ties(acc[0], scale), requantize_f64_no_ties(acc[1], scale))
+                } else if all_fast || p.fast {
                     let (m, nudge) = prepared_lanes(p);
                     (
                         requantize_fast(acc[0], m, nudge, p.right),
@@ -1230,7 +1237,11 @@ mod tests {
     fn simd128_microkernel_matches_scalar_bit_for_bit() {
         let seed = 3;
         let mut rng = Rng(seed);
-        for steps in [0, 1, 2, 5, 64, 301] {
+        for (steps, f64_tile) in [0, 1, 2, 5, 64, 301]
+            .into_iter()
+            .flat_map(|steps| [(steps, false), (steps, true)])
+            .filter(|&(steps, f64_tile)| !f64_tile || steps <= 5)
+        {
             for panels in [1, 3] {
                 let a: Vec<i16> = rng
                     .i8s(steps * MR * KR, -128, 127)
@@ -1241,10 +1252,14 @@ mod tests {
                 let bias: Vec<i32> = (0..MR).map(|_| rng.int(-100_000, 100_000) as i32).collect();
                 // Bounds that allow the fast path, then one that forces the general one;
                 // shift 0 and above (multipliers of 1/2 and more) take the general path too.
+                // With few steps, a bound of 2^21 (accumulators stay below 2^19 there) lets
+                // every channel take the f64 formula without ties.
                 let mut rq = [PreparedRequant::default(); MR];
                 for (r, p) in rq.iter_mut().enumerate() {
                     let m = 2f64.powf(-20.0 + 21.0 * rng.unit());
-                    let bound = if r == 3 && steps % 2 == 1 {
+                    let bound = if f64_tile {
+                        1 << 21
+                    } else if r == 3 && steps % 2 == 1 {
                         i32::MAX as u32
                     } else {
                         1 << 26
@@ -1257,7 +1272,7 @@ mod tests {
                 let mut got = want.clone();
                 qs8_gemm_minmax_4x8c2_scalar(&a, &b, panels, &bias, &rq, &params, &mut want, ldc);
                 qs8_gemm_minmax_4x8c2_simd128(&a, &b, panels, &bias, &rq, &params, &mut got, ldc);
-                assert_eq!(got, want, "seed {seed} steps={steps} panels={panels}");
+                assert_eq!(got, want, "seed {seed} steps={steps} panels={panels} f64 {f64_tile}");
                 // The accumulator tiles, and the one-column kernel on every column of the
                 // first panel, against the scalar tiles.
                 let mut want_acc = vec![0i32; MR * ldc];

@@ -14,7 +14,8 @@
 //!   a real 0, so it adds nothing to the sum). An empty count gives the real value 0, i.e. `zy`.
 //! - Global average pooling is the same over whole planes: `sx / (sy · spatial)`.
 //! - Integer sums and maxima do not depend on the order of evaluation; the loops are plain
-//!   Rust, which LLVM vectorises for simd128 where the access pattern allows.
+//!   Rust, which LLVM vectorises for simd128 where the access pattern allows, except the
+//!   stride-2 horizontal max of max pooling, which takes even bytes with a simd128 shuffle.
 //!
 //! # Tests
 //! Against window loops in i64 with the same requantizers, on shapes with pads, strides,
@@ -55,38 +56,94 @@ fn valid_outputs(out_len: usize, len: usize, stride: usize, offset: isize) -> Ra
 }
 
 /// Max pooling with the same scale and zero point in and out.
+///
+/// Separable, as max is: per output row, the maximum over the kernel's rows is taken column by
+/// column into a row buffer (contiguous, vectorised), then each kernel column updates the
+/// output row from that buffer at the pooling stride ([`max_at_stride`]). Both passes skip
+/// the taps outside the input, so a window without input taps stays at -128.
 pub fn qs8_max_pool2d(s: &Pool2dShape, input: &[i8], output: &mut [i8]) {
     check_buffers(s, input, output);
     output.fill(i8::MIN);
     if output.is_empty() || input.is_empty() {
         return;
     }
+    let mut rows_max = vec![i8::MIN; s.in_w];
     for (plane, out) in input
         .chunks_exact(s.in_h * s.in_w)
         .zip(output.chunks_exact_mut(s.out_h * s.out_w))
     {
-        // One output row per kernel tap: for unit stride the update is a contiguous max.
-        for ky in 0..s.kernel_h {
-            let offset_y = (ky * s.dilation_h) as isize - s.pad_top as isize;
-            for oy in valid_outputs(s.out_h, s.in_h, s.stride_h, offset_y) {
-                let iy = (oy * s.stride_h) as isize + offset_y;
-                let in_row = &plane[iy as usize * s.in_w..][..s.in_w];
-                let out_row = &mut out[oy * s.out_w..][..s.out_w];
-                for kx in 0..s.kernel_w {
-                    let offset_x = (kx * s.dilation_w) as isize - s.pad_left as isize;
-                    let xs = valid_outputs(s.out_w, s.in_w, s.stride_w, offset_x);
-                    if xs.is_empty() {
-                        continue;
-                    }
-                    let first = (xs.start * s.stride_w) as isize + offset_x;
-                    let taps = in_row[first.max(0) as usize..].iter().step_by(s.stride_w);
-                    for (o, &x) in out_row[xs].iter_mut().zip(taps) {
-                        *o = (*o).max(x);
-                    }
+        for (oy, out_row) in out.chunks_exact_mut(s.out_w).enumerate() {
+            rows_max.fill(i8::MIN);
+            let mut any_row = false;
+            for ky in 0..s.kernel_h {
+                let iy = (oy * s.stride_h + ky * s.dilation_h) as isize - s.pad_top as isize;
+                if !(0..s.in_h as isize).contains(&iy) {
+                    continue;
                 }
+                any_row = true;
+                let in_row = &plane[iy as usize * s.in_w..][..s.in_w];
+                for (m, &x) in rows_max.iter_mut().zip(in_row) {
+                    *m = (*m).max(x);
+                }
+            }
+            if !any_row {
+                continue;
+            }
+            for kx in 0..s.kernel_w {
+                let offset_x = (kx * s.dilation_w) as isize - s.pad_left as isize;
+                let xs = valid_outputs(s.out_w, s.in_w, s.stride_w, offset_x);
+                if xs.is_empty() {
+                    continue;
+                }
+                let first = ((xs.start * s.stride_w) as isize + offset_x) as usize;
+                max_at_stride(&mut out_row[xs], &rows_max[first..], s.stride_w);
             }
         }
     }
+}
+
+/// `out[o] = max(out[o], src[o * stride])` for every `o`; `src` holds at least
+/// `(out.len() - 1) * stride + 1` values. Stride 1 is a contiguous max; stride 2 (most
+/// downsampling pools) takes the even bytes of 32 with one shuffle on simd128.
+fn max_at_stride(out: &mut [i8], src: &[i8], stride: usize) {
+    if out.is_empty() {
+        return;
+    }
+    assert!(src.len() > (out.len() - 1) * stride, "max_at_stride: source too short");
+    if stride == 1 {
+        for (o, &x) in out.iter_mut().zip(src) {
+            *o = (*o).max(x);
+        }
+        return;
+    }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    let done = if stride == 2 { max_at_stride_2_simd128(out, src) } else { 0 };
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    let done = 0;
+    for (o, &x) in out[done..].iter_mut().zip(src[done * stride..].iter().step_by(stride)) {
+        *o = (*o).max(x);
+    }
+}
+
+/// [`max_at_stride`] at stride 2 for whole blocks of 16 outputs (each reading 32 bytes of
+/// `src`, their even bytes taken with one shuffle); returns the outputs done.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+fn max_at_stride_2_simd128(out: &mut [i8], src: &[i8]) -> usize {
+    use core::arch::wasm32::*;
+    let blocks = (out.len() / 16).min(src.len() / 32);
+    // SAFETY: block b reads 32 bytes of `src` at 32 b and 16 bytes of `out` at 16 b, and
+    // writes the latter: in bounds by the choice of `blocks`.
+    unsafe {
+        for b in 0..blocks {
+            let sp = src.as_ptr().add(32 * b);
+            let lo = v128_load(sp as *const v128);
+            let hi = v128_load(sp.add(16) as *const v128);
+            let even = i8x16_shuffle::<0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30>(lo, hi);
+            let op = out.as_mut_ptr().add(16 * b) as *mut v128;
+            v128_store(op, i8x16_max(v128_load(op), even));
+        }
+    }
+    16 * blocks
 }
 
 /// Average pooling with rescaling, its per-position requantizers computed once.
@@ -353,6 +410,20 @@ mod tests {
             (
                 "5x5 s1 pad 2",
                 shape(2, (5, 40), (5, 40), (5, 5), (1, 1), (1, 1), [2; 4]),
+            ),
+            // Rows wide enough for the stride-2 blocks of 16 outputs, with tails and a left
+            // pad that starts a kernel column's source at an odd byte.
+            (
+                "2x2 s2 wide",
+                shape(2, (6, 70), (3, 35), (2, 2), (2, 2), (1, 1), [0; 4]),
+            ),
+            (
+                "3x3 s2 pad 1 wide",
+                shape(2, (5, 67), (3, 34), (3, 3), (2, 2), (1, 1), [1; 4]),
+            ),
+            (
+                "2x2 s2 exact 32",
+                shape(1, (2, 64), (1, 32), (2, 2), (2, 2), (1, 1), [0; 4]),
             ),
         ]
     }

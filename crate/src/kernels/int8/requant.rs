@@ -214,8 +214,20 @@ pub fn channel_requantizers(
 /// and one shuffle, against the split shift's two widening multiplies (three instructions
 /// each on x64), two adds, two shifts, a shuffle and an i32 shift by a variable count.
 /// The depthwise kernels use it (EfficientNet-Lite0's depthwise layers: 1.80x to 2.08x of
-/// f32 in `node bench/run.mjs int8-kernels`). The 4x8 GEMM tile does not: there it measured
-/// slower than the split shift (k = 16: 11.0 against 15.0 GMAC/s).
+/// f32 in `node bench/run.mjs int8-kernels`).
+///
+/// Without ties ([`PreparedRequant::no_ties`]) the half goes too: `x` is a tie (an odd multiple
+/// of 1/2) only when `acc · multiplier` is an odd multiple of `2^(t-1)`, which takes
+/// `|acc| >= 2^(t-1-z)` with `z` the multiplier's trailing zero bits. Below that bound every
+/// `x` is off the ties, where `floor(x + 1/2)` is `x` rounded to nearest, which adding
+/// `1.5 · 2^52` to the exact `x` does: per four lanes one shuffle, two conversions, two
+/// multiplies, two adds and one shuffle (`simd::requantize_f64_no_ties`). Only multipliers with
+/// many trailing zeros (powers of two) keep their ties within a convolution's bound. The
+/// depthwise kernels and the 4x8 GEMM tile (when its 4 channels all allow it) use this form;
+/// with the half, the GEMM tile had measured slower than the split shift (k = 16: 11.0
+/// against 15.0 GMAC/s), without it faster (EfficientNet-Lite0's conv layers in
+/// `int8-kernels`, three alternating runs of each build: 1.96-1.99x of f32 before, 2.04-2.08x
+/// after; the 16 -> 96 expansion at 112x112 2.06-2.12x before, 2.28-2.60x after).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 #[repr(C, align(16))]
 pub(super) struct PreparedRequant {
@@ -234,6 +246,8 @@ pub(super) struct PreparedRequant {
     pub fast: bool,
     /// The f64 formula is exact for every accumulator within the bound.
     pub exact_f64: bool,
+    /// Also no accumulator within the bound is a tie: the f64 formula needs no half.
+    pub no_ties: bool,
     pub rq: Requantizer,
 }
 
@@ -250,6 +264,9 @@ impl PreparedRequant {
             && (max_abs_acc as i128) * (rq.multiplier as i128) + (nudge as i128) < (1i128 << 62);
         let exact_f64 = rq.shift <= 0 && (max_abs_acc as i128) * (rq.multiplier as i128) < (1i128 << 52);
         let t = 31 + right as i32;
+        // Ties need |acc| >= 2^(t - 1 - z) (see the type's docs); t - 1 - z >= 1.
+        let z = rq.multiplier.trailing_zeros().min(31) as i32;
+        let no_ties = exact_f64 && rq.multiplier != 0 && i64::from(max_abs_acc) < 1i64 << (t - 1 - z).min(62);
         PreparedRequant {
             scale: [rq.multiplier as f64 * 2f64.powi(-t); 2],
             half: [2f64.powi(-t - 1); 2],
@@ -258,6 +275,7 @@ impl PreparedRequant {
             right,
             fast,
             exact_f64,
+            no_ties,
             rq: *rq,
         }
     }
@@ -267,6 +285,14 @@ impl PreparedRequant {
     pub fn apply_f64(&self, x: i32) -> i32 {
         assert!(self.exact_f64);
         (x as f64 * self.scale[0] + self.half[0] + ROUND_MAGIC).to_bits() as u32 as i32
+    }
+
+    /// The f64 formula without the half (only without ties), in scalar code: what the SIMD
+    /// lanes compute (test reference).
+    #[cfg(test)]
+    pub fn apply_f64_no_ties(&self, x: i32) -> i32 {
+        assert!(self.no_ties);
+        (x as f64 * self.scale[0] + ROUND_MAGIC).to_bits() as u32 as i32
     }
 
     /// The fast formula in scalar code: what the SIMD lanes compute (test reference).
@@ -338,6 +364,16 @@ pub(super) mod simd {
     pub fn requantize_f64(acc: v128, scale: v128, half: v128) -> v128 {
         let magic = f64x2_splat(super::ROUND_MAGIC);
         let round = |x: v128| f64x2_add(f64x2_add(f64x2_mul(f64x2_convert_low_i32x4(x), scale), half), magic);
+        let lo = round(acc);
+        let hi = round(i32x4_shuffle::<2, 3, 2, 3>(acc, acc));
+        i32x4_shuffle::<0, 2, 4, 6>(lo, hi)
+    }
+
+    /// [`requantize_f64`] for a prepared requantizer with `no_ties` set, without the half.
+    #[inline(always)]
+    pub fn requantize_f64_no_ties(acc: v128, scale: v128) -> v128 {
+        let magic = f64x2_splat(super::ROUND_MAGIC);
+        let round = |x: v128| f64x2_add(f64x2_mul(f64x2_convert_low_i32x4(x), scale), magic);
         let lo = round(acc);
         let hi = round(i32x4_shuffle::<2, 3, 2, 3>(acc, acc));
         i32x4_shuffle::<0, 2, 4, 6>(lo, hi)
@@ -673,7 +709,7 @@ mod tests {
     fn prepared_f64_formula_equals_apply() {
         let seed = 0xf64;
         let mut rng = Rng(seed);
-        let mut exact = 0;
+        let (mut exact, mut no_ties) = (0, 0);
         for i in 0..400_000 {
             let rq = match i % 3 {
                 0 => Requantizer::from_real(2f64.powf(-33.0 + 33.0 * rng.unit())),
@@ -692,24 +728,34 @@ mod tests {
                 continue;
             }
             exact += 1;
+            no_ties += p.no_ties as usize;
             let b = bound as i64;
             for acc in [0, 1, -1, b, -b, rng.int(-b, b), rng.int(-b, b), rng.int(-1000, 1000)] {
                 let acc = acc as i32;
                 assert_eq!(p.apply_f64(acc), rq.apply(acc), "seed {seed:#x} case {i}: {rq:?} bound {bound} acc {acc}");
+                if p.no_ties {
+                    assert_eq!(p.apply_f64_no_ties(acc), rq.apply(acc), "seed {seed:#x} case {i}: {rq:?} bound {bound} acc {acc}");
+                }
             }
         }
-        assert!(exact > 200_000, "{exact}");
+        assert!(exact > 200_000 && no_ties > 150_000, "{exact} {no_ties}");
         // Ties (acc · m exactly k / 2) and their neighbours, for every shift.
         for shift in -31..=0 {
             for multiplier in [1 << 30, (1 << 30) + 1, i32::MAX] {
                 let rq = Requantizer { multiplier, shift };
                 let p = PreparedRequant::new(&rq, 1 << 20);
                 assert!(p.exact_f64);
+                // 2^30 · 2^-(31 + r) = 2^-(r + 1): odd multiples of 2^r are ties, within the
+                // bound 2^20 for r <= 20.
+                assert_eq!(p.no_ties, multiplier != 1 << 30 || -shift > 20, "{rq:?}");
                 let unit = 1i64 << (-shift);
                 for k in -9..=9i64 {
                     for d in [-1, 0, 1] {
                         let acc = (k * unit + d).clamp(-(1 << 20), 1 << 20) as i32;
                         assert_eq!(p.apply_f64(acc), rq.apply(acc), "{rq:?} acc {acc}");
+                        if p.no_ties {
+                            assert_eq!(p.apply_f64_no_ties(acc), rq.apply(acc), "{rq:?} acc {acc}");
+                        }
                     }
                 }
             }
@@ -734,12 +780,20 @@ mod tests {
                 _ => rng.int(-b, b) as i32,
             });
             let (scale, half) = simd::f64_lanes(&p);
-            let v = simd::requantize_f64(i32x4(accs[0], accs[1], accs[2], accs[3]), scale, half);
-            let mut got = [0i32; 4];
-            // SAFETY: a 16-byte store into a 16-byte array.
-            unsafe { v128_store(got.as_mut_ptr() as *mut v128, v) };
+            let acc = i32x4(accs[0], accs[1], accs[2], accs[3]);
+            let mut got = [[0i32; 4]; 2];
+            // SAFETY: 16-byte stores into 16-byte arrays.
+            unsafe {
+                v128_store(got[0].as_mut_ptr() as *mut v128, simd::requantize_f64(acc, scale, half));
+                if p.no_ties {
+                    v128_store(got[1].as_mut_ptr() as *mut v128, simd::requantize_f64_no_ties(acc, scale));
+                }
+            }
             for j in 0..4 {
-                assert_eq!(got[j], rq.apply(accs[j]), "seed {seed:#x} case {i}: {rq:?} acc {}", accs[j]);
+                assert_eq!(got[0][j], rq.apply(accs[j]), "seed {seed:#x} case {i}: {rq:?} acc {}", accs[j]);
+                if p.no_ties {
+                    assert_eq!(got[1][j], rq.apply(accs[j]), "no ties, seed {seed:#x} case {i}: {rq:?} acc {}", accs[j]);
+                }
             }
         }
     }

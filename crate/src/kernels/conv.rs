@@ -20,7 +20,9 @@
 //! - Pointwise (1x1, stride 1, no padding): the input already is `B = [in_c][h*w]`; it is
 //!   packed block by block and multiplied by the weights packed at load.
 //! - Im2col (everything else, per group): the im2col matrix is written straight into the
-//!   packed-B layout, block by block, then multiplied.
+//!   packed-B layout, block by block, then multiplied. A panel of 8 outputs on one row whose
+//!   whole receptive field lies inside the input copies each row from its tap's offset, worked
+//!   out once per call, without a test per row.
 //!
 //! Blocks of `B` hold about `B_BLOCK_FLOATS` floats, so the packed block is still in cache when
 //! the GEMM reads it and `scratch` stays small.
@@ -358,22 +360,60 @@ fn im2col_panels(dst: &mut [f32], x: &[f32], s: &Conv2dShape, n0: usize, nc: usi
             0.0
         }
     };
+    let plane_len = s.in_h * s.in_w;
+    // Row p's tap as an offset from the receptive field's top-left corner in `x`, worked out
+    // once, for the panels whose whole field lies inside the input; and that field's extent.
+    let tap_at: Vec<usize> = (0..icg)
+        .flat_map(|ci| {
+            (0..s.kernel_h).flat_map(move |ky| {
+                (0..s.kernel_w).map(move |kx| {
+                    ci * plane_len + ky * s.dilation_h * s.in_w + kx * s.dilation_w
+                })
+            })
+        })
+        .collect();
+    let (field_h, field_w) = (
+        (s.kernel_h as isize - 1) * dh,
+        (NR as isize - 1) * sw + (s.kernel_w as isize - 1) * dw,
+    );
     for (j, panel) in dst.chunks_exact_mut(NR * k).enumerate() {
         let col = n0 + j * NR;
         let cols = NR.min(n0 + nc - col);
         // Top-left input position of each lane's receptive field; None for padding lanes.
         let mut origin = [None; NR];
-        for (c, o) in origin.iter_mut().enumerate().take(cols) {
-            let (oy, ox) = ((col + c) / s.out_w, (col + c) % s.out_w);
+        let (mut oy, mut ox) = (col / s.out_w, col % s.out_w);
+        for o in origin.iter_mut().take(cols) {
             *o = Some((
                 (oy * s.stride_h) as isize - s.pad_top as isize,
                 (ox * s.stride_w) as isize - s.pad_left as isize,
             ));
+            ox += 1;
+            if ox == s.out_w {
+                (oy, ox) = (oy + 1, 0);
+            }
         }
         // All lanes on one output row: one row of input per tap, contiguous when sw == 1.
         let one_row = cols == NR && col % s.out_w + NR <= s.out_w;
+        if let (true, Some((y0, x0))) = (one_row, origin[0]) {
+            // Most panels: the whole field inside the input, every row a copy from its tap's
+            // offset, with no test per row (at 3 input channels the tests cost as much as the
+            // copies).
+            if y0 >= 0 && x0 >= 0 && y0 + field_h < ih && x0 + field_w < iw {
+                let corner = (y0 * iw + x0) as usize;
+                for (row, &tap) in panel.chunks_exact_mut(NR).zip(&tap_at) {
+                    let src = &x[corner + tap..][..(NR - 1) * sw as usize + 1];
+                    if sw == 1 {
+                        row.copy_from_slice(src);
+                    } else {
+                        for (c, v) in row.iter_mut().enumerate() {
+                            *v = src[c * sw as usize];
+                        }
+                    }
+                }
+                continue;
+            }
+        }
         let mut rows = panel.chunks_exact_mut(NR);
-        let plane_len = s.in_h * s.in_w;
         for ci in 0..icg {
             let plane = &x[ci * plane_len..][..plane_len];
             for ky in 0..s.kernel_h as isize {

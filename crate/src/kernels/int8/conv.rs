@@ -27,7 +27,9 @@
 //! - Im2col (everything else, per group): the im2col matrix is written straight into the packed
 //!   `X` layout, block by block, then multiplied. On wasm32 with simd128, a panel of 8 outputs
 //!   on one row with stride 1 or 2 is written 16 bytes at a time (one load per k row, an
-//!   even-byte shuffle for stride 2, one interleave per k pair).
+//!   even-byte shuffle for stride 2, one interleave per k pair); when the panel's whole
+//!   receptive field lies inside the input, each row is loaded from its tap's offset, worked
+//!   out once per call, without a test per row.
 //!
 //! Blocks of `X` hold about `X_BLOCK_BYTES`, so a packed block is still in cache when the GEMM
 //! reads it and `scratch` stays small.
@@ -773,6 +775,19 @@ fn im2col_packed(dst: &mut [i8], x: &[i8], s: &Conv2dShape, zx: i8, n0: usize, n
             )
         })
         .collect();
+    // Row p's tap as an offset from the receptive field's top-left corner in `x`, and the
+    // largest (the last row's), for panels whose whole field lies inside the input.
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    let tap_at: Vec<usize> = rows
+        .iter()
+        .map(|&(offset, dy, dx)| offset + dy as usize * s.in_w + dx as usize)
+        .collect();
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    let (last_tap, field_h, field_w) = (
+        tap_at.iter().copied().max().unwrap_or(0),
+        (s.kernel_h as isize - 1) * dh,
+        (NR as isize - 1) * sw + (s.kernel_w as isize - 1) * dw,
+    );
     let at = |plane: &[i8], y: isize, xi: isize| {
         if (0..ih).contains(&y) && (0..iw).contains(&xi) {
             plane[(y * iw + xi) as usize]
@@ -801,6 +816,37 @@ fn im2col_packed(dst: &mut [i8], x: &[i8], s: &Conv2dShape, zx: i8, n0: usize, n
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
         if let (true, Some((y0, x0)), 1 | 2) = (one_row, origin[0], sw) {
             use core::arch::wasm32::*;
+            // Most panels of a layer: the 8 lanes' whole receptive field inside the input, so
+            // each row is one 16-byte load at its tap's offset, with no test per row (the
+            // per-row tests and slicing below cost as much as the copies at 3 channels).
+            let corner = y0 * iw + x0;
+            if y0 >= 0
+                && x0 >= 0
+                && y0 + field_h < ih
+                && x0 + field_w < iw
+                && corner as usize + last_tap + 16 <= x.len()
+            {
+                let base = x.as_ptr().wrapping_add(corner as usize);
+                let row = |p: usize| -> v128 {
+                    if p >= k {
+                        return i8x16_splat(0);
+                    }
+                    // SAFETY: 16 bytes at corner + tap_at[p] <= corner + last_tap, inside `x`
+                    // (checked above).
+                    let a = unsafe { v128_load(base.add(tap_at[p]) as *const v128) };
+                    if sw == 1 {
+                        a
+                    } else {
+                        i8x16_shuffle::<0, 2, 4, 6, 8, 10, 12, 14, 0, 2, 4, 6, 8, 10, 12, 14>(a, a)
+                    }
+                };
+                for (st, step) in panel.chunks_exact_mut(2 * NR).enumerate() {
+                    let v = interleave_low(row(2 * st), row(2 * st + 1));
+                    // SAFETY: a 16-byte store into a 16-byte chunk.
+                    unsafe { v128_store(step.as_mut_ptr() as *mut v128, v) };
+                }
+                continue;
+            }
             // The 8 lanes of row p in the low 8 bytes: one 16-byte load (and an even-byte
             // shuffle for stride 2) when the row of taps lies inside the plane, else lane by
             // lane; rows p >= k are zero.
@@ -1146,6 +1192,13 @@ mod tests {
             (
                 "3x3 dilation 2",
                 shape(5, (10, 9), 3, (3, 3), (1, 1), (2, 2), [2; 4], 1),
+                Im2col,
+            ),
+            // Wide enough for panels whose whole receptive field is inside the input (one
+            // load per im2col row), at dilation 2 and stride 2, the last rows near the end.
+            (
+                "3x3 dilation 2 stride 2 wide",
+                shape(3, (12, 40), 4, (3, 3), (2, 2), (2, 2), [1; 4], 1),
                 Im2col,
             ),
             (

@@ -1,6 +1,7 @@
 // Int8 (qs8) vs FP32 kernels in headless Chromium, one thread: the convolution layers of
 // EfficientNet-Lite0 one by one (pointwise 1x1 at 112..7 px, depthwise 3x3/5x5 at stride 1
-// and 2, the 3x3 stride-2 stem), a few GEMMs, and the SIMD128 peak they are measured against.
+// and 2, the 3x3 stride-2 stem), BlazeFace's 5x5 stride-2 first convolution, a few GEMMs, and
+// the SIMD128 peak they are measured against.
 // The kernels are timed inside wasm by crate/src/bench_api.rs (the release build in www/pkg),
 // driven from bench/pages/int8-kernels.html; each number is the median of several rounds, the
 // f32 and qs8 runs alternating. Last, the f32 pieces of QAT's step on each pointwise layer
@@ -136,24 +137,31 @@ export async function run(ctx) {
     }
 
     const total = { all: { f32: 0, qs8: 0 }, pw: { f32: 0, qs8: 0 }, dw: { f32: 0, qs8: 0 }, stem: { f32: 0, qs8: 0 } };
-    for (const [label, inC, outC, h, k, stride, dw, count] of EFFICIENTNET_LITE0) {
+    // One layer, f32 against qs8: its medians, logged and pushed as a speed-up row.
+    const layer = async (model, label, inC, outC, h, k, stride, dw, count) => {
       const args = { inC, outC, h, w: h, k, stride, group: dw ? inC : 1, rounds: ROUNDS, batchMs: BATCH_MS };
       const r = await page.evaluate((a) => window.qpBench.conv(a), args);
-      const kind = dw ? 'dw' : k === 1 ? 'pw' : 'stem';
-      for (const t of ['f32', 'qs8']) {
-        total.all[t] += count * r.median[t];
-        total[kind][t] += count * r.median[t];
-      }
       const ratio = r.median.f32 / r.median.qs8;
       const detail = `qs8 ${r3(r.median.qs8)} ms (${gmacs(r.macs, r.median.qs8).toFixed(1)} GMAC/s), f32 ${r3(r.median.f32)} ms (${gmacs(r.macs, r.median.f32).toFixed(1)} GMAC/s)`;
-      ctx.log(`${label} x${count}: ${detail}, ${ratio.toFixed(2)}x`);
+      ctx.log(`${model === 'EfficientNet-Lite0' ? '' : `${model} `}${label} x${count}: ${detail}, ${ratio.toFixed(2)}x`);
       out.push({
-        metric: `EfficientNet-Lite0 ${label} (x${count}): qs8 speedup`,
+        metric: `${model} ${label} (x${count}): qs8 speedup`,
         unit: 'x',
         value: r2(ratio),
         note: `f32 median / qs8 median; ${detail}; ${ROUNDS} rounds alternating`,
       });
+      return r.median;
+    };
+    for (const [label, inC, outC, h, k, stride, dw, count] of EFFICIENTNET_LITE0) {
+      const median = await layer('EfficientNet-Lite0', label, inC, outC, h, k, stride, dw, count);
+      const kind = dw ? 'dw' : k === 1 ? 'pw' : 'stem';
+      for (const t of ['f32', 'qs8']) {
+        total.all[t] += count * median[t];
+        total[kind][t] += count * median[t];
+      }
     }
+    // BlazeFace's first convolution: 3 input channels at stride 2, as the stem, but 5x5.
+    await layer('BlazeFace', 'conv 5x5 s2 3->24 @128', 3, 24, 128, 5, 2, false, 1);
     for (const [kind, label] of [['pw', 'pointwise 1x1'], ['dw', 'depthwise'], ['stem', 'stem'], ['all', 'all conv layers']]) {
       const t = total[kind];
       out.push({

@@ -62,9 +62,9 @@
 //! natively and on wasm32 with simd128, where the whole GEMM is the simd128 microkernel, which
 //! is also compared bit for bit with the scalar one on 1 and 3 panels, with requantizers that
 //! take the f64 formula without ties, the split-shift formula and neither; every case also
-//! runs on the row layout,
-//! and its accumulators through the `Accumulate` output against the exact sums (the simd128
-//! accumulator tiles and one-column kernel are compared with the scalar ones too).
+//! runs on the row layout, and its accumulators through the `Accumulate` output against the
+//! exact sums (the simd128 accumulator tiles and one-column kernel are compared with the
+//! scalar ones too).
 
 use super::requant::{OutputParams, PreparedRequant, Requantizer};
 

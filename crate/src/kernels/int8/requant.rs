@@ -264,7 +264,7 @@ impl PreparedRequant {
             && (max_abs_acc as i128) * (rq.multiplier as i128) + (nudge as i128) < (1i128 << 62);
         let exact_f64 = rq.shift <= 0 && (max_abs_acc as i128) * (rq.multiplier as i128) < (1i128 << 52);
         let t = 31 + right as i32;
-        // Ties need |acc| >= 2^(t - 1 - z) (see the type's docs); t - 1 - z >= 1.
+        // Ties need |acc| >= 2^(t - 1 - z) (see the type's docs); t >= 31 and z <= 30.
         let z = rq.multiplier.trailing_zeros().min(31) as i32;
         let no_ties = exact_f64 && rq.multiplier != 0 && i64::from(max_abs_acc) < 1i64 << (t - 1 - z).min(62);
         PreparedRequant {

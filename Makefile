@@ -12,7 +12,8 @@ BENCH ?=
 setup:
 	@scripts/setup.sh
 
-# Release build of the engine for the browser (SIMD128, wasm-opt -O3) into www/pkg/.
+# Release builds of the engine for the browser (SIMD128, and SIMD128 + relaxed SIMD; wasm-opt
+# -O3) into www/pkg/.
 build: setup
 	@scripts/build-wasm.sh release
 
@@ -37,8 +38,11 @@ test-ort:
 	cargo build --bin quant-playground
 	node --test --test-concurrency=1 tests/ort/*.test.mjs
 
+# The crate's tests on the SIMD128 build, then on the relaxed-SIMD build (its GEMM tiles, the
+# probe of its dot product, and the engines on real models through them).
 test-wasm:
 	@scripts/test-wasm.sh
+	@WASM_SIMD=relaxed scripts/test-wasm.sh --lib
 
 test-e2e:
 	@scripts/build-wasm.sh release
@@ -53,4 +57,4 @@ dist: build
 	@scripts/dist.sh
 
 clean:
-	rm -rf www/pkg dist tests/artifacts
+	rm -rf www/pkg target/relaxed/pkg dist tests/artifacts

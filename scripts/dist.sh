@@ -5,11 +5,13 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
-[ -f www/pkg/quant_playground_bg.wasm ] || { echo "[dist] www/pkg is not built: run make dist" >&2; exit 1; }
+for f in quant_playground_bg.wasm quant_playground_relaxed_bg.wasm; do
+  [ -f "www/pkg/$f" ] || { echo "[dist] www/pkg/$f is not built: run make dist" >&2; exit 1; }
+done
 rm -rf dist
 mkdir -p dist/pkg dist/models/images
 cp www/*.html www/*.js www/*.css dist/
-cp www/pkg/quant_playground.js www/pkg/quant_playground_bg.wasm dist/pkg/
+cp www/pkg/quant_playground.js www/pkg/quant_playground_bg.wasm www/pkg/quant_playground_relaxed_bg.wasm dist/pkg/
 cp models/*.onnx models/imagenet_classes.txt models/LICENSES.md models/README.md dist/models/
 cp models/images/* dist/models/images/
 # The page's npm modules (scripts/serve.mjs VENDOR: /vendor/NAME/ <- a package folder).

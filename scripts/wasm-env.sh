@@ -18,4 +18,15 @@ export PATH
 if [ -n "${WASM_RUSTC_BOOTSTRAP:-}" ]; then export RUSTC_BOOTSTRAP="$WASM_RUSTC_BOOTSTRAP"; fi
 # shellcheck disable=SC2206
 WASM_CARGO_FLAGS=(${WASM_CARGO_FLAGS:-})
+# WASM_SIMD=relaxed: the relaxed-SIMD variant (crate/src/kernels/int8/relaxed.rs), in its own
+# target directory so that the two variants do not rebuild each other.
+case "${WASM_SIMD:-simd128}" in
+  simd128) ;;
+  relaxed)
+    # Relaxed SIMD only where the code asks for it (kernels/int8/relaxed.rs says why).
+    export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="-C target-feature=+simd128 --cfg qp_relaxed_simd"
+    export CARGO_TARGET_DIR="$_root/target/relaxed"
+    ;;
+  *) echo "WASM_SIMD=$WASM_SIMD: expected simd128 or relaxed" >&2; exit 2 ;;
+esac
 unset _root

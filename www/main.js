@@ -141,7 +141,11 @@ function renderInfo(info) {
   field('status-version').textContent = `v${info.version}`;
   field('state').textContent = 'Ready';
   field('version').textContent = info.version;
-  field('simd').textContent = info.simd128 ? 'WebAssembly SIMD128' : 'WebAssembly (no SIMD)';
+  field('simd').textContent = !info.simd128
+    ? 'WebAssembly (no SIMD)'
+    : !info.relaxedSimd
+      ? 'WebAssembly SIMD128'
+      : `WebAssembly SIMD128 + relaxed SIMD (${info.relaxedDot ? 'int8 dot product in use' : 'its int8 dot product is not exact on this CPU, not used'})`;
   field('runs-in').textContent = 'Web Worker';
   field('init').textContent = `${Math.round(info.initMs)} ms`;
   field('isolated').textContent = info.crossOriginIsolated ? 'Yes' : 'No (the server sends no COOP/COEP headers)';
@@ -1936,7 +1940,7 @@ function report() {
   return {
     generator: 'Quant Playground',
     createdAt: new Date().toISOString(),
-    engine: state.info && { version: state.info.version, simd128: state.info.simd128, features: state.features },
+    engine: state.info && { version: state.info.version, simd128: state.info.simd128, relaxedSimd: state.info.relaxedSimd, relaxedDot: state.info.relaxedDot, features: state.features },
     model: {
       name: m.name,
       fileBytes: m.summary.fileBytes,

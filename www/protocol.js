@@ -193,6 +193,8 @@ export const NOT_AVAILABLE = 'NotAvailableError';
  * @typedef {object} EngineInfo
  * @property {string} version          the crate's version
  * @property {boolean} simd128         built with the WebAssembly SIMD128 feature
+ * @property {boolean} relaxedSimd     the relaxed-SIMD build (engine-build.js)
+ * @property {boolean} relaxedDot      its int8 dot product is exact here, so the int8 GEMM uses it
  * @property {number} initMs           worker start to engine ready: fetch + compile + instantiate
  * @property {boolean} crossOriginIsolated  whether the worker could use shared memory (threads)
  * @property {Record<keyof typeof FEATURES, boolean>} features  what this engine build can do

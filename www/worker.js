@@ -5,18 +5,21 @@
 // `Session` has (protocol.js FEATURES); a request for a missing one fails with a
 // `NotAvailableError`, which the page shows as "not available in this build".
 
+import { initEngine } from './engine-build.js';
 import { FEATURES, NOT_AVAILABLE, Reply, Req, serializeError } from './protocol.js';
 
 const started = performance.now();
 
 // Loaded with a dynamic import so that a missing or broken build is reported as an error
 // reply with a message, not as an anonymous worker load failure.
-const engine = import('./pkg/quant_playground.js')
+const GLUE = new URL('./pkg/quant_playground.js', import.meta.url);
+const engine = import(GLUE.href)
   .catch((err) => {
     throw new Error(`the engine's files could not be loaded (${err.message})`);
   })
   .then(async (wasm) => {
-    await wasm.default(); // fetch, compile and instantiate quant_playground_bg.wasm
+    // Fetch, compile and instantiate the wasm build this browser runs (engine-build.js).
+    await initEngine(wasm, GLUE);
     return { wasm, initMs: performance.now() - started };
   });
 engine.catch(() => {}); // reported to each request that needs the engine

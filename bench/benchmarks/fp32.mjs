@@ -64,6 +64,7 @@ export async function run(ctx) {
       ['/bench/', path.join(ctx.root, 'bench', 'pages')],
       ['/ort/', ortDist],
       ['/pkg/', path.join(ctx.root, 'www', 'pkg')],
+      ['/app/', path.join(ctx.root, 'www')],
       ['/models/', path.join(ctx.root, 'models')],
     ],
   });

@@ -28,6 +28,7 @@ export async function run(ctx) {
       ['/bench/', path.join(ctx.root, 'bench', 'pages')],
       ['/ort/', path.join(ctx.root, 'node_modules', 'onnxruntime-web', 'dist')],
       ['/pkg/', path.join(ctx.root, 'www', 'pkg')],
+      ['/app/', path.join(ctx.root, 'www')],
       ['/models/', path.join(ctx.root, 'models')],
       ['/fixtures/', path.join(ctx.root, 'tests', 'fixtures', 'ort-qdq')],
     ],

@@ -3,6 +3,9 @@
 // FP32 model, onnxruntime's own int8 QDQ model (quantize_static, tests/fixtures/ort-qdq/,
 // uint8 activations, per-channel int8 weights) and our exported QDQ model. Targets (issue #4):
 // ours int8 >= 2x ours FP32 and >= 2x onnxruntime-web int8 on EfficientNet-Lite0.
+// The page runs the engine build the playground would choose (www/engine-build.js); where that
+// is the relaxed-SIMD build with its dot product in use, a second page runs ours again on the
+// SIMD128 build, to show what the relaxed dot brings.
 
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -48,6 +51,7 @@ export async function run(ctx) {
       ['/bench/', path.join(ctx.root, 'bench', 'pages')],
       ['/ort/', ortDist],
       ['/pkg/', path.join(ctx.root, 'www', 'pkg')],
+      ['/app/', path.join(ctx.root, 'www')],
       ['/models/', path.join(ctx.root, 'models')],
       ['/fixtures/', path.join(ctx.root, 'tests', 'fixtures', 'ort-qdq')],
     ],
@@ -61,6 +65,8 @@ export async function run(ctx) {
     const info = await page.evaluate(() => window.qpBench.info ?? { error: window.qpBench.error });
     if (info.error) throw new Error(`bench page failed: ${info.error}`);
     if (!info.ours.simd128) throw new Error('www/pkg is not a SIMD128 build');
+    const build = info.ours.relaxedDot ? 'relaxed SIMD build, its int8 dot product in use' : info.ours.relaxedSimd ? 'relaxed SIMD build, its dot product not exact here (unused)' : 'SIMD128 build';
+    ctx.log(`ours: ${build}`);
     const out = [];
     for (const m of MODELS) {
       const r = await page.evaluate((args) => window.qpBench.benchModel(args), { ...m, calibration: CALIBRATION, warmup: WARMUP });
@@ -70,7 +76,7 @@ export async function run(ctx) {
           `onnxruntime-web fp32 ${t.ortFp32.toFixed(2)}, its int8 ${t.ortInt8.toFixed(2)}, our QDQ ${t.ortOurQdq.toFixed(2)} ms; argmax ${JSON.stringify(r.argmaxes)}`,
       );
       if (r.floatNodes.length) ctx.log(`  in float: ${r.floatNodes.join('; ')}`);
-      const runs = `${WARMUP} warm-up, ${m.rounds}x${m.runsPerRound} timed, variants rotating by round; input ${m.image.image}`;
+      const runs = `${WARMUP} warm-up, ${m.rounds}x${m.runsPerRound} timed, variants rotating by round; input ${m.image.image}; ours: ${build}`;
       const row = (key, label) => ({ metric: `${m.id}: ${label}`, unit: 'ms', value: round(t[key]), samples: r.samples[key].map(round), note: runs });
       out.push(
         row('oursFp32', 'ours FP32'),
@@ -81,6 +87,23 @@ export async function run(ctx) {
         row('ortOurQdq', `onnxruntime-web ${ortVersion} on our QDQ export`),
         { metric: `${m.id}: speed-up ours int8 vs onnxruntime-web int8`, unit: 'x', value: round(t.ortInt8 / t.oursInt8), note: 'target >= 2 on EfficientNet-Lite0' },
       );
+    }
+    if (info.ours.relaxedDot) {
+      const simd = await newPage();
+      await simd.goto(`${server.url}bench/int8.html?build=simd128`);
+      await simd.waitForSelector('body.ready, body.error', { timeout: 60_000 });
+      const simdInfo = await simd.evaluate(() => window.qpBench.info ?? { error: window.qpBench.error });
+      if (simdInfo.error || simdInfo.ours.relaxedSimd) throw new Error(`the SIMD128 build did not load: ${simdInfo.error ?? 'relaxed build instead'}`);
+      for (const m of MODELS) {
+        const r = await simd.evaluate((args) => window.qpBench.benchModel(args), { ...m, calibration: CALIBRATION, warmup: WARMUP, only: ['oursFp32', 'oursInt8'] });
+        const t = r.medianMs;
+        ctx.log(`${m.id} on the SIMD128 build: ours fp32 ${t.oursFp32.toFixed(2)} ms, ours int8 ${t.oursInt8.toFixed(2)} ms (x${(t.oursFp32 / t.oursInt8).toFixed(2)})`);
+        const note = `${WARMUP} warm-up, ${m.rounds}x${m.runsPerRound} timed, alternating; the SIMD128 build (no relaxed dot), after the runs above`;
+        out.push(
+          { metric: `${m.id}: ours int8 on the SIMD128 build`, unit: 'ms', value: round(t.oursInt8), samples: r.samples.oursInt8.map(round), note },
+          { metric: `${m.id}: speed-up ours int8 vs ours FP32, SIMD128 build`, unit: 'x', value: round(t.oursFp32 / t.oursInt8), note },
+        );
+      }
     }
     assertClean();
     return out;

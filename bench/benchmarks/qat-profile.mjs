@@ -36,6 +36,7 @@ export async function run(ctx) {
       ['/bench/', path.join(ctx.root, 'bench', 'pages')],
       ['/ort/', path.join(ctx.root, 'node_modules', 'onnxruntime-web', 'dist')],
       ['/pkg/', path.join(ctx.root, 'www', 'pkg')],
+      ['/app/', path.join(ctx.root, 'www')],
       ['/models/', path.join(ctx.root, 'models')],
     ],
   });

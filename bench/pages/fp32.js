@@ -6,10 +6,12 @@
 // URLs (the bench's own server): /pkg/ (www/pkg), /ort/ (node_modules/onnxruntime-web/dist),
 // /models/ (models/). Everything comes from this origin.
 
-import init, { Session, engineInfo } from '/pkg/quant_playground.js';
+import * as glue from '/pkg/quant_playground.js';
 import * as ort from '/ort/ort.wasm.min.mjs';
 
-import { imageTensor, median } from './shared.js';
+import { imageTensor, initOurEngine, median } from './shared.js';
+
+const { Session, engineInfo } = glue;
 
 ort.env.wasm.numThreads = 1; // no worker threads
 ort.env.wasm.simd = true; // fixed-width SIMD (the default; the only build shipped)
@@ -114,7 +116,7 @@ window.qpBench = { benchModel };
 
 (async () => {
   try {
-    await init();
+    await initOurEngine(glue);
     window.qpBench.info = {
       ours: engineInfo(),
       ort: { version: ort.env.versions?.web ?? ort.env.versions?.common, numThreads: ort.env.wasm.numThreads, simd: ort.env.wasm.simd },

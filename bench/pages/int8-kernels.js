@@ -3,9 +3,11 @@
 // by bench/benchmarks/int8-kernels.mjs through window.qpBench; sets body.ready (or body.error)
 // once the module is initialised and warmed up.
 
-import init, { benchConv, benchGemm, benchPeak, benchPointwiseTraining, convMacs, engineInfo } from '/pkg/quant_playground.js';
+import * as glue from '/pkg/quant_playground.js';
 
-import { median } from './shared.js';
+import { initOurEngine, median } from './shared.js';
+
+const { benchConv, benchGemm, benchPeak, benchPointwiseTraining, convMacs, engineInfo } = glue;
 
 const pause = () => new Promise((resolve) => setTimeout(resolve, 0));
 
@@ -43,7 +45,8 @@ async function gemm({ m, n, k, rounds, batchMs }) {
 
 /** GMAC/s of the pure multiply-accumulate loops, `rounds` times each. */
 async function peak({ rounds, iterations }) {
-  const out = { dot_i16x8: [], f32x4: [] };
+  // The relaxed dot's loop where the GEMM uses it (the relaxed-SIMD build, exact here).
+  const out = { dot_i16x8: [], f32x4: [], ...(engineInfo().relaxedDot ? { relaxed_dot: [] } : {}) };
   for (let r = 0; r < rounds; r++) {
     for (const kind of Object.keys(out)) {
       out[kind].push(benchPeak(kind, iterations));
@@ -79,12 +82,13 @@ window.qpBench = { conv, gemm, peak, pointwiseTraining };
 
 (async () => {
   try {
-    await init();
+    await initOurEngine(glue);
     // Warm-up: V8 compiles wasm with its baseline compiler first and swaps in optimised code
     // in the background; run every entry point until that has happened.
     for (let i = 0; i < 30; i++) {
       benchPeak('dot_i16x8', 20000);
       benchPeak('f32x4', 20000);
+      if (engineInfo().relaxedDot) benchPeak('relaxed_dot', 20000);
       for (const kind of ['f32', 'qs8']) {
         benchConv(kind, 16, 16, 14, 14, 1, 1, 1, 2);
         for (const [k, stride] of [[3, 1], [3, 2], [5, 1], [5, 2]]) benchConv(kind, 16, 16, 14, 14, k, stride, 16, 2);

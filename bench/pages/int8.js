@@ -7,10 +7,12 @@
 // Variants are timed in rounds whose order rotates, so a burst of load hits all of them.
 // Driven by bench/benchmarks/int8.mjs through window.qpBench; body.ready / body.error as in fp32.js.
 
-import init, { Session, engineInfo, profileModel, profileQat } from '/pkg/quant_playground.js';
+import * as glue from '/pkg/quant_playground.js';
 import * as ort from '/ort/ort.wasm.min.mjs';
 
-import { imageTensor, median } from './shared.js';
+import { imageTensor, initOurEngine, median } from './shared.js';
+
+const { Session, engineInfo, profileModel, profileQat } = glue;
 
 ort.env.wasm.numThreads = 1;
 ort.env.wasm.simd = true;
@@ -24,7 +26,7 @@ async function ortSession(bytes) {
   return ort.InferenceSession.create(bytes, { executionProviders: ['wasm'], graphOptimizationLevel: 'all', logSeverityLevel: 3 });
 }
 
-async function benchModel({ model, ortInt8, inputShape, inputName, image, calibration, warmup, rounds, runsPerRound }) {
+async function benchModel({ model, ortInt8, inputShape, inputName, image, calibration, warmup, rounds, runsPerRound, only }) {
   const bytes = new Uint8Array(await (await fetch(`/models/${model}`)).arrayBuffer());
   const [width, height] = image.layout === 'nchw' ? [inputShape[3], inputShape[2]] : [inputShape[2], inputShape[1]];
   const ours = Session.load(bytes, inputName ? { [inputName]: inputShape } : undefined);
@@ -37,18 +39,21 @@ async function benchModel({ model, ortInt8, inputShape, inputName, image, calibr
   const input = ours.summary().inputs[0];
   const x = await imageTensor({ ...image, width, height });
   const feeds = { [input.name]: new ort.Tensor('float32', x, inputShape) };
-  const sessions = {
-    ortFp32: await ortSession(bytes),
-    ortInt8: await ortSession(new Uint8Array(await (await fetch(`/fixtures/${ortInt8}`)).arrayBuffer())),
-    ortOurQdq: await ortSession(exported),
-  };
-  const runners = {
-    oursFp32: () => ours.runVariant('fp32', [x]),
-    oursInt8: () => ours.runVariant('ptq', [x]),
-    ortFp32: () => sessions.ortFp32.run(feeds),
-    ortInt8: () => sessions.ortInt8.run(feeds),
-    ortOurQdq: () => sessions.ortOurQdq.run(feeds),
-  };
+  // `only`: a subset of the runners below (ours alone, to compare our two wasm builds).
+  const wanted = (n) => !only || only.includes(n);
+  const sessions = {};
+  if (wanted('ortFp32')) sessions.ortFp32 = await ortSession(bytes);
+  if (wanted('ortInt8')) sessions.ortInt8 = await ortSession(new Uint8Array(await (await fetch(`/fixtures/${ortInt8}`)).arrayBuffer()));
+  if (wanted('ortOurQdq')) sessions.ortOurQdq = await ortSession(exported);
+  const runners = Object.fromEntries(
+    Object.entries({
+      oursFp32: () => ours.runVariant('fp32', [x]),
+      oursInt8: () => ours.runVariant('ptq', [x]),
+      ortFp32: () => sessions.ortFp32.run(feeds),
+      ortInt8: () => sessions.ortInt8.run(feeds),
+      ortOurQdq: () => sessions.ortOurQdq.run(feeds),
+    }).filter(([n]) => wanted(n)),
+  );
   const names = Object.keys(runners);
   const last = {};
   for (let i = 0; i < warmup; i++) for (const n of names) last[n] = await runners[n]();
@@ -64,7 +69,7 @@ async function benchModel({ model, ortInt8, inputShape, inputName, image, calibr
     }
   }
   // First output's argmax per variant (ours: arrays of {name, data}; onnxruntime: a map by name).
-  const first = (out) => (Array.isArray(out) ? out[0].data : out[sessions.ortFp32.outputNames[0]].data);
+  const first = (out) => (Array.isArray(out) ? out[0].data : out[Object.keys(out)[0]].data);
   const argmaxes = Object.fromEntries(names.map((n) => [n, argmax(first(last[n]))]));
   ours.free();
   for (const s of Object.values(sessions)) await s.release();
@@ -112,7 +117,7 @@ window.qpBench = { benchModel, profile, qatProfile };
 
 (async () => {
   try {
-    await init();
+    await initOurEngine(glue);
     window.qpBench.info = { ours: engineInfo(), ort: { version: ort.env.versions?.web ?? ort.env.versions?.common }, crossOriginIsolated };
     document.body.classList.add('ready');
   } catch (err) {

@@ -21,13 +21,15 @@
 //
 // Driven by bench/benchmarks/qat.mjs through window.qpBench; body.ready / body.error as in fp32.js.
 
-import init, { Session, engineInfo } from '/app/pkg/quant_playground.js';
+import * as glue from '/app/pkg/quant_playground.js';
 import { EngineClient } from '/app/engine-client.js';
 import { CALIBRATION_SIDE, decodeImage, fitBitmap } from '/app/frames.js';
 import { BUNDLED, SAMPLE_IMAGES } from '/app/models.js';
 import * as pre from '/app/preprocess.js';
 
-import { median, normalizedTensor } from './shared.js';
+import { initOurEngine, median, normalizedTensor } from './shared.js';
+
+const { Session, engineInfo } = glue;
 
 /** The defaults of the page's PTQ and QAT forms, read as main.js's readPtqConfig / readQatConfig read them. */
 async function pageDefaults() {
@@ -258,7 +260,7 @@ window.qpBench = { timeModel, defaultRecipe, pageDefaults };
 
 (async () => {
   try {
-    await init();
+    await initOurEngine(glue, '/app/pkg/quant_playground.js');
     window.qpBench.info = { ours: engineInfo(), crossOriginIsolated, defaults: await pageDefaults() };
     document.body.classList.add('ready');
   } catch (err) {

@@ -1,5 +1,15 @@
 // Helpers shared by the bench pages (bench/pages/*.js; an ES module, served beside them).
 
+import { initEngine } from '/app/engine-build.js';
+
+/** Our engine (`glue`, the module at `glueUrl`) with the wasm build the page asks for in
+ * `?build=` (relaxed or simd128), else the one the playground's worker would choose; returns
+ * the build's name. */
+export function initOurEngine(glue, glueUrl = '/pkg/quant_playground.js') {
+  const build = new URLSearchParams(location.search).get('build') ?? undefined;
+  return initEngine(glue, new URL(glueUrl, location.href), build);
+}
+
 /** The median of `xs` (NaN if empty). */
 export const median = (xs) => {
   if (!xs.length) return NaN;

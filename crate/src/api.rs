@@ -34,12 +34,21 @@ pub fn start() {
 struct EngineInfo {
     version: &'static str,
     simd128: bool,
+    /// The relaxed-SIMD build (`www/engine-build.js` chose it).
+    relaxed_simd: bool,
+    /// Its dot product is exact on this machine, so the int8 GEMM uses it.
+    relaxed_dot: bool,
 }
 
 /// Version and build features of the engine, shown by the page once loaded.
 #[wasm_bindgen(js_name = engineInfo)]
 pub fn engine_info() -> Result<JsValue, JsError> {
-    let info = EngineInfo { version: env!("CARGO_PKG_VERSION"), simd128: cfg!(target_feature = "simd128") };
+    let info = EngineInfo {
+        version: env!("CARGO_PKG_VERSION"),
+        simd128: cfg!(target_feature = "simd128"),
+        relaxed_simd: cfg!(qp_relaxed_simd),
+        relaxed_dot: crate::kernels::int8::relaxed::unsigned_dot(),
+    };
     Ok(serde_wasm_bindgen::to_value(&info)?)
 }
 

@@ -180,7 +180,9 @@ pub fn bench_pointwise_training(part: &str, in_c: usize, out_c: usize, hw: usize
 ///   peak of the int8 kernels, which widen int8 to i16 and use `dot_i16x8_s` + `add`;
 /// - `"f32x4"`: `acc = f32x4.add(acc, f32x4.mul(acc, b))`, 4 MACs per pair (the f32 kernels
 ///   multiply then add, no FMA); a chain is a multiply then an add, so with 12 chains this is
-///   bound by their latency as much as by throughput: a lower bound of the f32 peak.
+///   bound by their latency as much as by throughput: a lower bound of the f32 peak;
+/// - `"relaxed_dot"` (relaxed-SIMD build): `acc = i32x4.relaxed_dot_i8x16_i7x16_add_s(a, b,
+///   acc)`, 16 MACs per instruction: the peak of the `4x8c4` GEMM tiles.
 ///
 /// Each operation depends on its accumulator, so nothing can be hoisted out of the loop.
 #[wasm_bindgen(js_name = benchPeak)]
@@ -193,33 +195,17 @@ pub fn bench_peak(kind: &str, iterations: u32) -> Result<f64, JsError> {
         let (ms, macs_per_op) = match kind {
             "dot_i16x8" => {
                 let b = black_box(i16x8_splat(3));
-                let mut acc: [v128; 12] = black_box([i32x4_splat(1); 12]);
-                let start = performance_now();
-                for _ in 0..n {
-                    for v in acc.iter_mut() {
-                        *v = i32x4_add(*v, i32x4_dot_i16x8(*v, b));
-                    }
-                }
-                let ms = performance_now() - start;
-                black_box(acc);
-                (ms, 8.0)
+                (time_chains(n, i32x4_splat(1), |v| i32x4_add(v, i32x4_dot_i16x8(v, b))), 8.0)
             }
             "f32x4" => {
                 let b = black_box(f32x4_splat(0.5));
-                let mut acc: [v128; 12] = black_box([f32x4_splat(1.0); 12]);
-                let start = performance_now();
-                for _ in 0..n {
-                    for v in acc.iter_mut() {
-                        *v = f32x4_add(*v, f32x4_mul(*v, b));
-                    }
-                }
-                let ms = performance_now() - start;
-                black_box(acc);
-                (ms, 4.0)
+                (time_chains(n, f32x4_splat(1.0), |v| f32x4_add(v, f32x4_mul(v, b))), 4.0)
             }
+            #[cfg(qp_relaxed_simd)]
+            "relaxed_dot" => (relaxed_dot_loop(n), 16.0),
             other => {
                 return Err(JsError::new(&format!(
-                    "benchPeak: unknown kind {other:?} (dot_i16x8 or f32x4)"
+                    "benchPeak: unknown kind {other:?} (dot_i16x8, f32x4, or relaxed_dot in the relaxed-SIMD build)"
                 )))
             }
         };
@@ -230,6 +216,38 @@ pub fn bench_peak(kind: &str, iterations: u32) -> Result<f64, JsError> {
         let _ = (kind, iterations);
         Err(JsError::new("benchPeak needs a SIMD128 build"))
     }
+}
+
+/// The milliseconds of `n` rounds of `step` on each of 12 independent accumulators starting at
+/// `init` (see `bench_peak`).
+#[cfg(target_feature = "simd128")]
+#[inline(always)]
+fn time_chains(
+    n: u32,
+    init: core::arch::wasm32::v128,
+    mut step: impl FnMut(core::arch::wasm32::v128) -> core::arch::wasm32::v128,
+) -> f64 {
+    use core::hint::black_box;
+    let mut acc = black_box([init; 12]);
+    let start = performance_now();
+    for _ in 0..n {
+        for v in acc.iter_mut() {
+            *v = step(*v);
+        }
+    }
+    let ms = performance_now() - start;
+    black_box(acc);
+    ms
+}
+
+/// The `"relaxed_dot"` loop of `bench_peak`, in a function of its own: the only place outside
+/// the GEMM where relaxed SIMD is enabled (see `kernels::int8::relaxed`).
+#[cfg(qp_relaxed_simd)]
+#[target_feature(enable = "relaxed-simd")]
+fn relaxed_dot_loop(n: u32) -> f64 {
+    use core::arch::wasm32::*;
+    let (a, b) = core::hint::black_box((i8x16_splat(3), u8x16_splat(200)));
+    time_chains(n, i32x4_splat(1), |v| i32x4_relaxed_dot_i8x16_i7x16_add(a, b, v))
 }
 
 /// Per-node profile of a model (ONNX bytes, a QDQ file for `"int8"`), `runs` runs after 3

@@ -1,5 +1,5 @@
-// The page in headless Chromium: the engine loads in a Web Worker with SIMD128, the page
-// says so, nothing goes wrong on the console and nothing is fetched from elsewhere.
+// The page in headless Chromium: the engine loads in a Web Worker with SIMD128 (the relaxed-SIMD
+// build where the browser has it, else the SIMD128 one), the page says so, nothing goes wrong on the console and nothing is fetched from elsewhere.
 // Writes tests/artifacts/page-ready.png.
 
 import assert from 'node:assert/strict';
@@ -25,6 +25,10 @@ test('the engine loads in a Web Worker with SIMD128 and the page shows it', asyn
     // What the engine reported, as the page recorded it.
     const info = await page.evaluate(() => performance.getEntriesByName('qp:engine-ready')[0]?.detail);
     assert.equal(info.simd128, true);
+    // Chromium compiles relaxed SIMD, so the worker chose that build (engine-build.js); whether
+    // its int8 dot product is used depends on the CPU, which the engine probes (relaxed.rs).
+    assert.equal(info.relaxedSimd, true, 'Chromium gets the relaxed-SIMD build');
+    assert.equal(typeof info.relaxedDot, 'boolean');
     assert.match(info.version, /^\d+\.\d+\.\d+/);
     assert.equal(info.crossOriginIsolated, true, 'COOP/COEP must make the worker cross-origin isolated');
     assert.ok(info.initMs > 0);
@@ -36,7 +40,10 @@ test('the engine loads in a Web Worker with SIMD128 and the page shows it', asyn
     // What the user sees.
     assert.equal(await page.locator('[data-field="status"]').textContent(), 'Engine loaded (wasm SIMD128)');
     assert.equal(await page.locator('[data-field="status-version"]').textContent(), `v${info.version}`);
-    assert.equal(await page.locator('[data-field="simd"]').textContent(), 'WebAssembly SIMD128');
+    assert.equal(
+      await page.locator('[data-field="simd"]').textContent(),
+      `WebAssembly SIMD128 + relaxed SIMD (${info.relaxedDot ? 'int8 dot product in use' : 'its int8 dot product is not exact on this CPU, not used'})`,
+    );
     assert.equal(await page.locator('#error-panel').isHidden(), true);
 
     // The default model is imported in the worker and its card shown.
@@ -58,8 +65,33 @@ test('the engine loads in a Web Worker with SIMD128 and the page shows it', asyn
     mkdirSync(ARTIFACTS, { recursive: true });
     await page.screenshot({ path: `${ARTIFACTS}/page-ready.png` });
 
-    assert.ok(problems.requests.some((url) => url.endsWith('/pkg/quant_playground_bg.wasm')), 'the wasm was fetched');
+    assert.ok(problems.requests.some((url) => url.endsWith('/pkg/quant_playground_relaxed_bg.wasm')), 'the relaxed-SIMD wasm was fetched');
+    assert.ok(!problems.requests.some((url) => url.endsWith('/pkg/quant_playground_bg.wasm')), 'only one build was fetched');
     assert.deepEqual(problems.foreignRequests, [], 'requests that left the local env.server');
+    assert.deepEqual([...problems.consoleErrors, ...problems.pageErrors], [], 'console errors');
+  } finally {
+    await context.close();
+  }
+});
+
+test('a browser without relaxed SIMD gets the SIMD128 build, and the model runs on it', async () => {
+  const origin = env.server.url.replace(/\/$/, '');
+  const { context, page, problems } = await openWatchedPage(env.browser, origin);
+  try {
+    // engine-build.js as a browser that does not validate relaxed SIMD sees it.
+    await page.route('**/engine-build.js', async (route) => {
+      const body = await (await route.fetch()).text();
+      assert.ok(body.includes('WebAssembly.validate(RELAXED_SIMD_MODULE)'), 'engine-build.js validates a relaxed-SIMD module');
+      await route.fulfill({ contentType: 'text/javascript', body: body.replace('WebAssembly.validate(RELAXED_SIMD_MODULE)', 'false') });
+    });
+    await page.goto(env.server.url);
+    await page.waitForSelector('body.model-loaded, body.error', { timeout: 60_000 });
+    assert.equal(await page.locator('#error-panel').isHidden(), true, await page.locator('#error-panel').textContent());
+    const info = await page.evaluate(() => performance.getEntriesByName('qp:engine-ready')[0]?.detail);
+    assert.deepEqual([info.simd128, info.relaxedSimd, info.relaxedDot], [true, false, false]);
+    assert.equal(await page.locator('[data-field="simd"]').textContent(), 'WebAssembly SIMD128');
+    assert.ok(problems.requests.some((url) => url.endsWith('/pkg/quant_playground_bg.wasm')), 'the SIMD128 wasm was fetched');
+    assert.ok(!problems.requests.some((url) => url.endsWith('/pkg/quant_playground_relaxed_bg.wasm')), 'and not the relaxed one');
     assert.deepEqual([...problems.consoleErrors, ...problems.pageErrors], [], 'console errors');
   } finally {
     await context.close();

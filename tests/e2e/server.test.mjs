@@ -39,6 +39,8 @@ test('JavaScript modules and the wasm have the right MIME types', async () => {
     ['/style.css', 'text/css; charset=utf-8'],
     ['/pkg/quant_playground.js', 'text/javascript; charset=utf-8'],
     ['/pkg/quant_playground_bg.wasm', 'application/wasm'],
+    ['/pkg/quant_playground_relaxed_bg.wasm', 'application/wasm'],
+    ['/engine-build.js', 'text/javascript; charset=utf-8'],
   ]) {
     const res = await get(path, { method: 'HEAD' });
     assert.equal(res.status, 200, path);

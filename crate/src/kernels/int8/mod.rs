@@ -6,8 +6,7 @@
 //!   `q_i8 = q_u8 - 128`, `zp_i8 = zp_u8 - 128`.
 //! - **Weights** are int8, symmetric per output channel (zero point 0), with values in
 //!   `[-(2^(b-1) - 1), 2^(b-1) - 1]` for `b` bits (`b = 2..=8`; 8-bit uses `[-127, 127]`). These
-//!   kernels accept any i8 weight; the symmetric range only matters for a future relaxed-SIMD
-//!   path whose dot product needs 7-bit operands.
+//!   kernels accept any i8 weight, also the relaxed-SIMD path (see [`relaxed`]).
 //! - **Accumulation** is exact in i32: `acc[c] = bias_q[c] + Σ_k (x_q[k] - zx) · w_q[c][k]`, with
 //!   `bias_q` in i32 at scale `sx · sw[c]`. The packers fold the zero point into the bias,
 //!   `bias_q[c] - zx · Σ_k w_q[c][k]`, so inner loops compute a plain `Σ x_q · w_q`; padding
@@ -43,12 +42,16 @@
 //! - [`elementwise`]: [`qs8_add`], [`qs8_mul`], [`qs8_rescale`].
 //! - [`pool`]: [`qs8_max_pool2d`], [`Qs8AvgPool2d`], [`qs8_global_avg_pool`].
 //! - [`lut`]: [`lut_from_fn`] and [`qs8_lut`] for activations that do not fold into a clamp.
+//! - [`relaxed`]: the relaxed-SIMD build's dot product, probed at run time; where it is exact,
+//!   the GEMM's full tiles are `qs8_gemm_minmax_4x8c4` (4 k values per step), with the same
+//!   results bit for bit.
 
 pub mod conv;
 pub mod elementwise;
 pub mod gemm;
 pub mod lut;
 pub mod pool;
+pub mod relaxed;
 pub mod requant;
 
 pub use conv::PackedQs8Conv2d;

@@ -38,8 +38,9 @@ test-ort:
 	cargo build --bin quant-playground
 	node --test --test-concurrency=1 tests/ort/*.test.mjs
 
-# The crate's tests on the SIMD128 build, then on the relaxed-SIMD build (its GEMM tiles, the
-# probe of its dot product, and the engines on real models through them).
+# The crate's tests on the SIMD128 build, then its library tests on the relaxed-SIMD build
+# (its GEMM tiles, the probe of its dot product, the kernels and engines built on them); the
+# end-to-end tests run the page, and so the real models, on the relaxed build in Chromium.
 test-wasm:
 	@scripts/test-wasm.sh
 	@WASM_SIMD=relaxed scripts/test-wasm.sh --lib

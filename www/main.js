@@ -1093,6 +1093,7 @@ function readPtqConfig() {
     keepFloat: [...$('#layer-list').querySelectorAll('input:checked')].map((el) => el.value),
     biasCorrection: els.biasCorrection.checked,
     equalize: els.equalize.checked,
+    requantization: els.requantization.value,
   };
 }
 
@@ -1161,7 +1162,7 @@ function finishPtq(built, config, frames) {
     ? `${r.quantizedWeights} weight tensors and ${r.quantizedTensors} activations quantized`
     : `${layers.length} tensors quantized`;
   const method = config.calibration.method + (config.calibration.percentile ? ` ${config.calibration.percentile}` : '');
-  field('ptq-layers').textContent = `${what}; ${config.weightBits}-bit weights ${config.perChannel ? 'per channel' : 'per tensor'}, ${method}${config.biasCorrection ? ', bias corrected' : ''}${config.equalize ? ', equalized' : ''}`;
+  field('ptq-layers').textContent = `${what}; ${config.weightBits}-bit weights ${config.perChannel ? 'per channel' : 'per tensor'}, ${method}${config.biasCorrection ? ', bias corrected' : ''}${config.equalize ? ', equalized' : ''}${config.requantization === 'fixed-point' ? ', fixed-point rounding' : ''}`;
   field('ptq-float').textContent = (r.floatNodes ?? []).length ? r.floatNodes.map((n) => `${n.name} (${n.op}: ${n.why})`).join('; ') : 'nothing';
   field('ptq-fidelity').textContent = fidelityLine(r.fidelity) || '–';
   for (const v of ['ptq', 'qat']) panes[v].resetMetrics();

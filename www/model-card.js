@@ -42,7 +42,10 @@ export function renderModelCard(summary, task, names) {
   field('model-quantizable').textContent =
     `${summary.quantizable.length} layers with weights (${weights.toLocaleString('en')} parameters: ` +
     `${formatBytes(weights * 4)} in FP32, about ${formatBytes(weights)} in int8)`;
-  field('model-float').textContent = summary.floatOps.length ? summary.floatOps.join(', ') : 'nothing';
+  const int8Float = summary.int8Float ?? [];
+  field('model-float').textContent =
+    (summary.floatOps.length ? summary.floatOps.join(', ') : 'nothing') +
+    (int8Float.length ? `; the int8 engine also runs ${int8Float.map((f) => `${f.node} (${f.reason})`).join('; ')} in float` : '');
   renderDimsForm(summary);
 }
 

@@ -215,6 +215,8 @@ export const NOT_AVAILABLE = 'NotAvailableError';
  * @property {number} parameters
  * @property {{name: string, op: string, weightShape: number[], params: number}[]} quantizable
  * @property {string[]} floatOps
+ * @property {'fp32' | 'fixed-point' | null} requantization   a quantized model's rounding
+ * @property {{node: string, op: string, reason: string}[]} int8Float   nodes the int8 engine runs in float
  * @property {string[]} ignoredDomains
  * @property {Preprocess | null} preprocess      a guess for the first input
  */
@@ -261,6 +263,8 @@ export const NOT_AVAILABLE = 'NotAvailableError';
  *   serialised with a `method` tag; `percentile` in [50, 100]
  * @property {string[]} keepFloat        node names kept in float
  * @property {boolean} biasCorrection
+ * @property {boolean} equalize
+ * @property {'fp32' | 'fixed-point'} requantization   how the int8 engine rounds (onnxruntime's or TFLite's)
  */
 
 /**

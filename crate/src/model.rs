@@ -51,9 +51,21 @@ pub struct ModelSummary {
     pub float_ops: Vec<String>,
     /// True when values carry quantization (a QDQ file, or a PTQ result).
     pub quantized: bool,
+    /// A quantized model's rounding convention (`fp32`: onnxruntime's, `fixed-point`: TFLite's).
+    pub requantization: Option<&'static str>,
+    /// Nodes of a quantized model that the int8 engine runs in float, and why.
+    pub int8_float: Vec<FloatNode>,
     pub ignored_domains: Vec<String>,
     /// A preprocessing guess for the first input, if it looks like an image.
     pub preprocess: Option<Preprocess>,
+}
+
+/// A node the int8 engine runs in float (dequantize, float kernel, quantize).
+#[derive(Clone, Debug, Serialize)]
+pub struct FloatNode {
+    pub node: String,
+    pub op: String,
+    pub reason: String,
 }
 
 pub struct Model {
@@ -127,6 +139,13 @@ impl Model {
             quantizable,
             float_ops,
             quantized: self.is_quantized(),
+            requantization: self.is_quantized().then(|| g.requantization.name()),
+            int8_float: self
+                .int8
+                .iter()
+                .flat_map(|e| e.float_nodes())
+                .map(|(node, op, reason)| FloatNode { node, op, reason })
+                .collect(),
             ignored_domains: self.meta.ignored_domains.clone(),
             preprocess: self.meta.inputs.first().and_then(|i| Preprocess::guess(&i.shape)),
         }

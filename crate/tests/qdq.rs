@@ -213,8 +213,10 @@ fn annotated_models_round_trip_exactly() {
 fn ptq_results_round_trip_exactly() {
     let configs = [
         QuantConfig::default(),
-        QuantConfig { activation_signed: false, weight_bits: 4, per_channel: false, ..Default::default() },
+        QuantConfig { activation_signed: true, weight_bits: 4, per_channel: false, ..Default::default() },
         QuantConfig { activation_symmetric: true, activation_bits: 6, ..Default::default() },
+        // TFLite's rounding: the export records it and import runs it again.
+        QuantConfig { requantization: Requantization::FixedPoint, ..Default::default() },
     ];
     for m in shipped() {
         let g = load(m.bytes, &m.options);
@@ -227,6 +229,7 @@ fn ptq_results_round_trip_exactly() {
             let q = calibrator.quantize().unwrap();
             let back = reimport(&q, 17);
             assert_same_graph(&q, &back, &what);
+            assert_eq!(back.requantization, config.requantization, "{what}: the rounding convention");
             let x: &[f32] = &m.frames[2];
             assert_same_outputs(&run(&q, &[x]), &run(&back, &[x]), &what);
             // The int8 engine runs both the same way.
@@ -504,6 +507,15 @@ fn qdq_export_writes_what_onnxruntime_reads() {
     // And back.
     let back = onnx::import(&m.encode_to_vec(), &ImportOptions::default()).unwrap().graph;
     assert_same_graph(&g, &back, "small QDQ graph");
+
+    // The rounding convention is recorded; an unknown one is an error that names it.
+    let key = quant_playground::onnx::export::REQUANTIZATION_KEY;
+    let mut m = m;
+    let meta = m.metadata_props.iter_mut().find(|p| p.key == key).expect("recorded");
+    assert_eq!(meta.value, "fp32");
+    meta.value = "banana".into();
+    let err = onnx::import(&m.encode_to_vec(), &ImportOptions::default()).err().expect("unknown convention").to_string();
+    assert!(err.contains("quant-playground.requantization is 'banana', not 'fp32' or 'fixed-point'"), "{err}");
 }
 
 // ---- foreign QDQ files ----

@@ -6,19 +6,22 @@
 // - our re-export of those QDQ files runs in onnxruntime exactly as the originals do;
 // - our PTQ results (`quantize --out`, calibrated on four shipped images) run in onnxruntime
 //   like in our engine;
+// - our int8 engine runs QDQ files (onnxruntime's and our exports) as onnxruntime's default
+//   session does, and its int8 Add equals onnxruntime's on every pair of inputs;
 // - onnx's checker accepts every file we write (tests/ort/check_onnx.py, Python `onnx`).
 //
 // Quantized outputs are compared in quantization steps (the output's scale, from
 // `inspect --json`). onnxruntime runs a QDQ file two ways: graph optimisations off (each
 // DequantizeLinear -> float op -> QuantizeLinear, the arithmetic of our `--engine fake-quant`)
-// and on (fused integer kernels, where the wasm backend has them). A float sum landing on a rounding tie flips one step, and the
-// flip spreads through later layers, so two correct runtimes agree exactly only where no tie
-// occurs; elsewhere we require our distance to onnxruntime to stay within the distance
-// between onnxruntime's own two executions (see `withinSpread`).
+// and on (fused integer kernels, where the wasm backend has them). A float sum landing on a
+// rounding tie flips one step, and the flip spreads through later layers, so the float
+// execution agrees with an integer one exactly only where no tie occurs; there we require our
+// distance to onnxruntime to stay within the distance between onnxruntime's own two
+// executions (see `withinSpread`).
 
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -59,6 +62,18 @@ function readNpy(file) {
   const bytes = buf.subarray(start + headerLen);
   const data = new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length));
   return { shape, data };
+}
+
+/** Writes a little-endian float32 .npy. */
+function writeNpy(file, data, shape) {
+  let header = `{'descr': '<f4', 'fortran_order': False, 'shape': (${shape.join(', ')}${shape.length === 1 ? ',' : ''}), }`;
+  header = header.padEnd(118 - 1) + '\n';
+  const head = Buffer.alloc(10);
+  head.write('\x93NUMPY', 0, 'latin1');
+  head.writeUInt8(1, 6);
+  head.writeUInt8(0, 7);
+  head.writeUInt16LE(header.length, 8);
+  writeFileSync(file, Buffer.concat([head, Buffer.from(header, 'latin1'), Buffer.from(data.buffer, data.byteOffset, data.byteLength)]));
 }
 
 const summaries = new Map();
@@ -253,15 +268,15 @@ test('our PTQ exports run in onnxruntime like in our engine', async () => {
   console.log(report.join('\n'));
 });
 
-// The int8 engine (what the page and `run` deploy) against onnxruntime: onnxruntime's QDQ files
-// within 1 output step and our exports within 2 (issue #7 items 2 and 3), with the same top-1.
-// onnxruntime's two executions of one file (fused integer kernels and the unfused float graph)
-// differ from each other by up to 19 steps on BlazeFace's outputs and 3 on EfficientNet's: a
-// float sum landing next to a rounding boundary flips one step and later layers carry it. So
-// the bound applies to the nearer of the two executions, and grows to onnxruntime's own spread
-// where that is larger. Where onnxruntime agrees with itself and we are still further apart,
-// the two must first part by a lone rounding flip (`firstDivergence`): every activation before
-// it equal, and there one step on a handful of elements.
+// The int8 engine (what the page and `run` deploy) against onnxruntime in its default session
+// (graph optimisations on: the QDQ groups fused into its integer kernels): onnxruntime's QDQ
+// files within 1 output step and our exports within 2 (issue #7 items 2 and 3), with the same
+// top-1. The int8 engine computes in onnxruntime's arithmetic (`Requantization::Fp32`): on
+// files with uint8 activations, which onnxruntime fuses completely, it lands on onnxruntime's
+// integers in every fused kernel. One exception is allowed, measured and bounded: with int8
+// activations onnxruntime-web leaves Adds and the Convs next to them in float (its profiler on
+// EfficientNet-Lite0), whose roundings no integer engine reproduces; there the bound grows to
+// the distance between onnxruntime's own two executions (fused and unfused) and no further.
 test("QDQ files (onnxruntime's and our PTQ exports) run on our int8 engine as in onnxruntime", async () => {
   const report = [];
   const failures = [];
@@ -269,7 +284,6 @@ test("QDQ files (onnxruntime's and our PTQ exports) run on our int8 engine as in
     for (const s of [...STORAGES, 'ptq']) {
       const file = s === 'ptq' ? path.join(OUT, `${m.name}.ptq.onnx`) : path.join(FIXTURES, `${m.name}.${s}.onnx`);
       const bound = s === 'ptq' ? 2 : 1;
-      const parted = {};
       for (const image of IMAGES) {
         const run = ours(file, m, image, 'int8');
         const plain = await onnxruntime(file, m, run.input, 'disabled');
@@ -277,23 +291,55 @@ test("QDQ files (onnxruntime's and our PTQ exports) run on our int8 engine as in
         for (const o of summary(file, m).outputs) {
           const step = outputStep(o, fused.get(o.name));
           const mine = run.outputs.get(o.name);
-          const [toPlain, toFused] = [steps(mine, plain.get(o.name), step), steps(mine, fused.get(o.name), step)];
+          const d = steps(mine, fused.get(o.name), step);
           const spread = steps(fused.get(o.name), plain.get(o.name), step);
-          const nearest = Math.min(toPlain.max, toFused.max);
-          const top1 = !m.classifier || (argmax(mine) === argmax(plain.get(o.name)) && argmax(mine) === argmax(fused.get(o.name)));
-          report.push(`${m.name}.${s} ${image} ${o.name}: int8 to ort unfused max ${toPlain.max.toFixed(1)}, fused max ${toFused.max.toFixed(1)} steps (ort's own spread ${spread.max.toFixed(1)}; bound ${bound}), top-1 ${top1 ? 'same' : 'DIFFERS'}`);
-          if (top1 && nearest > Math.max(bound, spread.max) + 1e-3) {
-            parted[image] ??= await firstDivergence(file, m, image, 'int8');
-            report[report.length - 1] += `; ${describe(parted[image])}`;
-            if (loneFlip(parted[image])) continue;
-          }
-          if (!top1 || nearest > Math.max(bound, spread.max) + 1e-3) failures.push(report.at(-1));
+          const top1 = !m.classifier || argmax(mine) === argmax(fused.get(o.name));
+          const allowed = s === 's8' ? Math.max(bound, spread.max) : bound;
+          report.push(`${m.name}.${s} ${image} ${o.name}: int8 to onnxruntime max ${d.max.toFixed(1)} steps, mean ${d.mean.toFixed(4)} (onnxruntime fused to unfused ${spread.max.toFixed(1)}; allowed ${allowed}), top-1 ${top1 ? 'same' : 'DIFFERS'}`);
+          if (!top1 || d.max > allowed + 1e-3) failures.push(report.at(-1));
         }
       }
     }
   }
   console.log(report.join('\n'));
   assert.deepEqual(failures, [], 'the int8 engine is further from onnxruntime than allowed');
+});
+
+// The int8 Add against onnxruntime's QLinearAdd on every pair of uint8 inputs (65536), bit for
+// bit: the parameters of two Adds of our exports (BlazeFace's add_3, EfficientNet-Lite0's
+// add_8) and one where the output zero point decides ties (see `Fp32Add::Uint8`). Adds of int8
+// tensors are left out: onnxruntime-web fuses them (converted to uint8) alone, but not inside
+// the shipped models, whose int8 files run their Adds unfused (its profiler); the int8 engine
+// computes those as the unfused graph does, which the model-level test above checks.
+test('the int8 Add equals onnxruntime on every pair of inputs', async () => {
+  const n = 65536;
+  const params = [
+    [0.04838706, 165, 0.04079161, 0, 0.026189476, 0, 'uint8'],
+    [0.1333424, 160, 0.25924355, 128, 0.28424954, 123, 'uint8'],
+    [0.013, 7, 0.7, 250, 0.05, 31, 'uint8'],
+  ];
+  for (const [i, [sa, za, sb, zb, sc, zc, storage]] of params.entries()) {
+    const file = path.join(OUT, `add${i}.onnx`);
+    execFileSync('python3', [path.join(ROOT, 'tests/ort/make_add.py'), file, String(n), ...[sa, za, sb, zb, sc, zc].map(String), storage]);
+    const lo = storage === 'uint8' ? 0 : -128;
+    // Every pair of integers, as the reals they dequantize to (which quantize back exactly).
+    const x = new Float32Array(n), y = new Float32Array(n);
+    for (let k = 0; k < n; k++) {
+      x[k] = Math.fround(sa) * ((k >> 8) + lo - za);
+      y[k] = Math.fround(sb) * ((k & 255) + lo - zb);
+    }
+    const dir = path.join(OUT, `add${i}`);
+    mkdirSync(dir, { recursive: true });
+    writeNpy(path.join(dir, 'x.npy'), x, [1, n]);
+    writeNpy(path.join(dir, 'y.npy'), y, [1, n]);
+    cli('run', file, '--input', `x=${path.join(dir, 'x.npy')}`, '--input', `y=${path.join(dir, 'y.npy')}`, '--engine', 'int8', '--out', dir);
+    const mine = readNpy(path.join(dir, 'out.npy')).data;
+    const session = await ort.InferenceSession.create(readFileSync(file), { executionProviders: ['wasm'] });
+    const theirs = (await session.run({ x: new ort.Tensor('float32', x, [1, n]), y: new ort.Tensor('float32', y, [1, n]) })).out.data;
+    let differ = 0;
+    for (let k = 0; k < n; k++) if (mine[k] !== theirs[k]) differ++;
+    assert.equal(differ, 0, `params ${params[i]}: ${differ} of ${n} sums differ`);
+  }
 });
 
 test('our re-export of QDQ files runs in onnxruntime as the original does', async () => {

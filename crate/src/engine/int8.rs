@@ -94,8 +94,8 @@ impl Exec {
             IntOp::Gemm { w: IntWeights { ints, n, k: wk, bias, x, requant, out }, trans_a, m, k } => {
                 Exec::Gemm { w: PackedWeightsQs8::for_rows(m, &ints.q, n, wk, Some(&bias), x.zero_point), requant, trans_a, m, k, out }
             }
-            IntOp::AvgPool { shape, count_include_pad, x, y } => {
-                Exec::AvgPool(Box::new(Qs8AvgPool2d::new(shape, count_include_pad, x.scale, x.zero_point, y.scale, y.zero_point, y.qmin, y.qmax)))
+            IntOp::AvgPool { shape, count_include_pad, x, y, convention } => {
+                Exec::AvgPool(Box::new(Qs8AvgPool2d::new(shape, count_include_pad, x.scale, x.zero_point, y.scale, y.zero_point, y.qmin, y.qmax, convention)))
             }
             op => Exec::Int(op),
         }
@@ -403,8 +403,8 @@ impl Int8Engine {
             }
             Exec::AvgPool(pool) => pool.run(q(0)?, &mut y),
             Exec::Int(IntOp::Conv { .. } | IntOp::Gemm { .. } | IntOp::AvgPool { .. }) => unreachable!("packed by Exec::pack"),
-            Exec::Int(IntOp::GlobalAvg { channels, spatial, x, y: py }) => {
-                qs8_global_avg_pool(*channels, *spatial, q(0)?, x.scale, x.zero_point, py.scale, py.zero_point, py.qmin, py.qmax, &mut y)
+            Exec::Int(IntOp::GlobalAvg { channels, spatial, x, y: py, convention }) => {
+                qs8_global_avg_pool(*channels, *spatial, q(0)?, x.scale, x.zero_point, py.scale, py.zero_point, py.qmin, py.qmax, *convention, &mut y)
             }
             Exec::Int(IntOp::GlobalMax { channels, spatial, rescale }) => {
                 let x = q(0)?;
@@ -1189,7 +1189,7 @@ mod tests {
     #[test]
     fn ptq_annotated_graphs_run_in_int8() {
         // The real pipeline: fused HardSwish split out, Follow ops sharing parameters, biases
-        // snapped, MSE weight ranges at 4 bits, uint8 storage, symmetric activations.
+        // snapped, MSE weight ranges at 4 bits, int8 and uint8 storage, symmetric activations, both requantizations.
         let mut b = Builder::new(0x97a);
         let x = b.input("x", &[1, 3, 12, 12]);
         let c1 = b.conv("c1", x, 6, [3, 3], 1, [1; 4], 1, 1, Activation::HardSwish);
@@ -1204,8 +1204,9 @@ mod tests {
         let frames: Vec<Vec<Vec<f32>>> = (0..4).map(|_| inputs(&g, &mut rng, -1.0, 1.0)).collect();
         let configs = [
             QuantConfig::default(),
-            QuantConfig { weight_bits: 4, activation_signed: false, ..QuantConfig::default() },
+            QuantConfig { weight_bits: 4, activation_signed: true, ..QuantConfig::default() },
             QuantConfig { activation_symmetric: true, per_channel: false, ..QuantConfig::default() },
+            QuantConfig { requantization: crate::ir::Requantization::FixedPoint, ..QuantConfig::default() },
         ];
         for config in configs {
             let mut cal = Calibrator::new(&g, config.clone()).unwrap();
@@ -1248,8 +1249,10 @@ mod tests {
         assert!(reasons.iter().all(|r| r.contains("multiplier")), "{reasons:?}");
         cmp.check("extreme scales");
         // Requantizers that fit but would shift large accumulators out of i32.
-        assert!(requantizer(1000.0, 1 << 25).is_err());
-        assert!(requantizer(1000.0, 1 << 20).is_ok());
+        for convention in [crate::ir::Requantization::Fp32, crate::ir::Requantization::FixedPoint] {
+            assert!(requantizer(1000.0, 1000.0, 1 << 25, convention).is_err());
+            assert!(requantizer(1000.0, 1000.0, 1 << 20, convention).is_ok());
+        }
     }
 
     #[test]

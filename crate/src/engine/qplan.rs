@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::ir::{activation_name, Activation, BinaryOp, Conv, Graph, Node, Op, PadMode, Quant, ReduceOp, ResizeMode, ValueId};
 use crate::kernels::conv::Conv2dShape;
-use crate::kernels::int8::{channel_requantizers, lut_from_fn, quantize_f32, quantize_symmetric_into, Qs8AddParams, Requantizer};
+use crate::kernels::int8::{channel_requantizers, lut_from_fn, quantize_f32, quantize_symmetric_into, Qs8AddParams, Requantization, Requantizer};
 use crate::kernels::pool::Pool2dShape;
 use crate::kernels::{layout, resize};
 use crate::quant::params::{check_bits, ChannelParams, QuantParams};
@@ -259,6 +259,7 @@ pub(crate) enum IntOp {
         count_include_pad: bool,
         x: Qp,
         y: Qp,
+        convention: Requantization,
     },
     /// GlobalAveragePool and ReduceMean over trailing axes.
     GlobalAvg {
@@ -266,6 +267,7 @@ pub(crate) enum IntOp {
         spatial: usize,
         x: Qp,
         y: Qp,
+        convention: Requantization,
     },
     /// GlobalMaxPool and ReduceMax over trailing axes.
     GlobalMax {
@@ -351,14 +353,17 @@ fn fused_clamp(act: Activation, y: Qp) -> std::result::Result<Clamp, String> {
     Ok(Clamp { zero_point: y.zero_point, qmin: qlo.min(qhi), qmax: qhi })
 }
 
-/// `Requantizer::from_real(m)`, or why the kernels cannot use it: `m` must be below
-/// `MAX_REAL`, and every accumulator up to `max_acc` in magnitude must stay inside i32 after
-/// the requantizer's left shift (the kernels wrap there, and debug builds panic).
-pub(crate) fn requantizer(m: f64, max_acc: i64) -> std::result::Result<Requantizer, String> {
-    if !(m.is_finite() && (0.0..Requantizer::MAX_REAL).contains(&m)) {
-        return Err(format!("requantization multiplier {m:e} is out of range"));
+/// The requantizer of the real multiplier `m` (`fp32`: the same, computed in f32 as the
+/// deployment runtime does) in `convention`, or why the kernels cannot use it: `m` must be
+/// below `MAX_REAL`, and every accumulator up to `max_acc` in magnitude must stay inside i32
+/// after the requantizer's left shift (the kernels wrap there, and debug builds panic).
+pub(crate) fn requantizer(m: f64, fp32: f32, max_acc: i64, convention: Requantization) -> std::result::Result<Requantizer, String> {
+    for m in [m, fp32 as f64] {
+        if !(m.is_finite() && (0.0..Requantizer::MAX_REAL).contains(&m)) {
+            return Err(format!("requantization multiplier {m:e} is out of range"));
+        }
     }
-    let rq = Requantizer::from_real(m);
+    let rq = convention.requantizer(m, fp32);
     check_range(&rq, max_acc)?;
     Ok(rq)
 }
@@ -420,6 +425,12 @@ fn bias_q(b: f32, acc_scale: f32) -> std::result::Result<i64, String> {
 
 /// The i32 biases of weights `w` with real biases `bias` at `acc_scales[c]`, checking that
 /// no accumulator of channel `c` overflows with `requant[c]`.
+///
+/// A bias so large that an accumulator could leave int32 is moved toward zero until none can.
+/// onnxruntime's quantizer writes such biases (within 2^18 of `i32::MIN`) for channels whose
+/// weights are all near zero, so that the bias alone sets the output; moving it by the excess
+/// (at most `128 · Σ|w|`, a few parts per million of it) moves those outputs by far less than
+/// a step. Refusing the channel instead would put the whole layer in float.
 fn channel_biases(w: &WeightInts, bias: Option<&[f32]>, acc_scales: &[f32], zx: i32, requant: &[Requantizer]) -> std::result::Result<Vec<i32>, String> {
     let mut out = Vec::with_capacity(acc_scales.len());
     for (c, &acc_scale) in acc_scales.iter().enumerate() {
@@ -429,7 +440,14 @@ fn channel_biases(w: &WeightInts, bias: Option<&[f32]>, acc_scales: &[f32], zx: 
         };
         let (sum, abs_sum) = (w.sums[c], w.abs_sums[c]);
         // The packers fold the zero point into the bias; inputs then are in [-128, 127].
-        check_range(&requant[c], (b - zx as i64 * sum).abs() + 128 * abs_sum)?;
+        let spread = 128 * abs_sum;
+        let room = i32::MAX as i64 - spread;
+        let folded = (b - zx as i64 * sum).clamp(-room, room);
+        let b = folded + zx as i64 * sum;
+        if room < 0 || i32::try_from(b).is_err() {
+            return Err(format!("its int32 accumulators may overflow (up to {} in magnitude)", (b - zx as i64 * sum).abs() + spread));
+        }
+        check_range(&requant[c], folded.abs() + spread)?;
         out.push(b as i32);
     }
     Ok(out)
@@ -482,6 +500,7 @@ pub(crate) fn plan_node_with(g: &Graph, qparams: &[Option<Qp>], node: &Node, wei
             input(i)?;
         }
     }
+    let convention = g.requantization;
     let table = |f: &dyn Fn(f32) -> f32| Box::new(lut_from_fn(f, x.scale, x.zero_point, y.scale, y.zero_point, y.qmin, y.qmax));
     Ok(match &node.op {
         Op::Conv(c) => {
@@ -497,7 +516,7 @@ pub(crate) fn plan_node_with(g: &Graph, qparams: &[Option<Qp>], node: &Node, wei
             if let Some(m) = multipliers.iter().find(|m| !(m.is_finite() && **m < Requantizer::MAX_REAL)) {
                 return Err(format!("requantization multiplier {m:e} is out of range"));
             }
-            let requant = channel_requantizers(x.scale, &sw, y.scale);
+            let requant = channel_requantizers(x.scale, sw, y.scale, convention);
             let acc_scales: Vec<f32> = sw.iter().map(|&s| x.scale * s).collect();
             let k = ints.q.len() / s.out_c.max(1);
             let bias = channel_biases(&ints, bias, &acc_scales, x.zero_point, &requant)?;
@@ -528,7 +547,7 @@ pub(crate) fn plan_node_with(g: &Graph, qparams: &[Option<Qp>], node: &Node, wei
             // alpha scales the accumulator (its sign went into the weights).
             let requant = sw
                 .iter()
-                .map(|&s| requantizer(x.scale as f64 * s as f64 * alpha.abs() as f64 / y.scale as f64, 0))
+                .map(|&s| requantizer(x.scale as f64 * s as f64 * alpha.abs() as f64 / y.scale as f64, x.scale * s * alpha.abs() / y.scale, 0, convention))
                 .collect::<std::result::Result<Vec<_>, _>>()?;
             let acc_scales: Vec<f32> = sw.iter().map(|&s| x.scale * s * alpha.abs()).collect();
             let bias = channel_biases(&ints, bias.as_deref(), &acc_scales, x.zero_point, &requant)?;
@@ -547,7 +566,7 @@ pub(crate) fn plan_node_with(g: &Graph, qparams: &[Option<Qp>], node: &Node, wei
             if let Some(m) = multipliers.iter().find(|m| !(m.is_finite() && **m < Requantizer::MAX_REAL)) {
                 return Err(format!("requantization multiplier {m:e} is out of range"));
             }
-            let requant = channel_requantizers(x.scale, sw, y.scale);
+            let requant = channel_requantizers(x.scale, sw, y.scale, convention);
             let bias = channel_biases(&ints, None, &vec![1.0; n], x.zero_point, &requant)?;
             let out = Clamp { zero_point: y.zero_point, qmin: y.qmin, qmax: y.qmax };
             IntOp::Gemm { w: IntWeights { ints, n, k, bias, x, requant, out }, trans_a: false, m, k }
@@ -557,7 +576,7 @@ pub(crate) fn plan_node_with(g: &Graph, qparams: &[Option<Qp>], node: &Node, wei
             let broadcast = Broadcast::new(xs, shape(node.inputs[1]), ys);
             if *op == BinaryOp::Mul {
                 // |(a - za) · (b - zb)| <= 255².
-                let requant = requantizer(x.scale as f64 * b.scale as f64 / y.scale as f64, 255 * 255)?;
+                let requant = requantizer(x.scale as f64 * b.scale as f64 / y.scale as f64, x.scale * b.scale / y.scale, 255 * 255, convention)?;
                 IntOp::Mul { requant, zero_points: [x.zero_point, b.zero_point], broadcast, out: Clamp { zero_point: y.zero_point, qmin: y.qmin, qmax: y.qmax } }
             } else {
                 let complement_b = *op == BinaryOp::Sub;
@@ -566,7 +585,14 @@ pub(crate) fn plan_node_with(g: &Graph, qparams: &[Option<Qp>], node: &Node, wei
                 if ratio.is_nan() || ratio >= Qs8AddParams::MAX_RATIO {
                     return Err(format!("requantization multiplier {ratio:e} (input over output scale) is out of range for the int8 Add (below 2^19)"));
                 }
-                let params = Qs8AddParams::new(x.scale, x.zero_point, b.scale, zb, y.scale, y.zero_point, y.qmin, y.qmax);
+                let params = match convention {
+                    Requantization::FixedPoint => Qs8AddParams::new(x.scale, x.zero_point, b.scale, zb, y.scale, y.zero_point, y.qmin, y.qmax),
+                    Requantization::Fp32 => {
+                        // onnxruntime fuses an Add (not a Sub) of uint8 tensors into QLinearAdd.
+                        let uint8 = !complement_b && [node.inputs[0], node.inputs[1], node.outputs[0]].iter().all(|&v| stored_as_uint8(g, v));
+                        Qs8AddParams::new(x.scale, x.zero_point, b.scale, zb, y.scale, y.zero_point, y.qmin, y.qmax).in_fp32(uint8)
+                    }
+                };
                 IntOp::Add { params, broadcast, complement_b }
             }
         }
@@ -606,9 +632,9 @@ pub(crate) fn plan_node_with(g: &Graph, qparams: &[Option<Qp>], node: &Node, wei
                 return Err(format!("a {}x{} window is too large for the int8 kernel", s.kernel_h, s.kernel_w));
             }
             for count in 1..=area {
-                requantizer(x.scale as f64 / (y.scale as f64 * count as f64), 255 * count as i64)?;
+                requantizer(x.scale as f64 / (y.scale as f64 * count as f64), x.scale / (y.scale * count as f32), 255 * count as i64, convention)?;
             }
-            IntOp::AvgPool { shape: s, count_include_pad: *count_include_pad, x, y }
+            IntOp::AvgPool { shape: s, count_include_pad: *count_include_pad, x, y, convention }
         }
         Op::GlobalAveragePool | Op::GlobalMaxPool | Op::Reduce { .. } => {
             let lead = match &node.op {
@@ -631,9 +657,9 @@ pub(crate) fn plan_node_with(g: &Graph, qparams: &[Option<Qp>], node: &Node, wei
                     return Err(format!("{spatial} elements may overflow the int32 sum"));
                 }
                 if spatial > 0 {
-                    requantizer(x.scale as f64 / (y.scale as f64 * spatial as f64), 255 * spatial as i64)?;
+                    requantizer(x.scale as f64 / (y.scale as f64 * spatial as f64), x.scale / (y.scale * spatial as f32), 255 * spatial as i64, convention)?;
                 }
-                IntOp::GlobalAvg { channels, spatial, x, y }
+                IntOp::GlobalAvg { channels, spatial, x, y, convention }
             } else {
                 let rescale = (x != y || x.qmin > i8::MIN).then(|| table(&|v| v));
                 IntOp::GlobalMax { channels, spatial, rescale }
@@ -668,6 +694,12 @@ pub(crate) fn plan_node_with(g: &Graph, qparams: &[Option<Qp>], node: &Node, wei
         }
         Op::ConvTranspose(_) | Op::Softmax { .. } => unreachable!("unsupported ops returned above"),
     })
+}
+
+/// Whether a value is exported (or was imported) as uint8: the storage onnxruntime's kernels
+/// see, which decides how it computes an Add (see `Qs8AddParams::fp32`).
+fn stored_as_uint8(g: &Graph, v: ValueId) -> bool {
+    matches!(&g.values[v].quant, Some(Quant::Tensor(p)) if !p.signed)
 }
 
 fn transpose2d(a: &[i8], rows: usize, cols: usize) -> Vec<i8> {

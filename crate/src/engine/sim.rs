@@ -233,8 +233,8 @@ pub(crate) fn plan_reusing(graph: &Graph, cache: &mut PlanCache) -> Option<Vec<O
                 let packed = cache.packed(n, &w, || Packed::Gemm(exact_ranges(&w).into_iter().map(|r| PackedB::pack_transposed(&masked(&w, r), w.k, w.n, w.k)).collect()));
                 SimOp::Gemm { packed, trans_a, m, k, epilogue: Epilogue::new(w, act) }
             }
-            IntOp::AvgPool { shape, count_include_pad, x, y } => {
-                SimOp::AvgPool(Box::new(Qs8AvgPool2d::new(shape, count_include_pad, x.scale, x.zero_point, y.scale, y.zero_point, y.qmin, y.qmax)))
+            IntOp::AvgPool { shape, count_include_pad, x, y, convention } => {
+                SimOp::AvgPool(Box::new(Qs8AvgPool2d::new(shape, count_include_pad, x.scale, x.zero_point, y.scale, y.zero_point, y.qmin, y.qmax, convention)))
             }
             op @ (IntOp::Add { .. } | IntOp::Mul { .. } | IntOp::Lut(_) | IntOp::PRelu { .. } | IntOp::GlobalAvg { .. }) => SimOp::Int(op),
             IntOp::MaxPool { .. } | IntOp::GlobalMax { .. } | IntOp::Concat { .. } | IntOp::Move { .. } | IntOp::ResizeNearest { .. } => {
@@ -323,7 +323,7 @@ struct Epilogue {
     bias: Vec<i32>,
     requant: Vec<Requantizer>,
     /// Per channel, where it is exact: the requantization as `(scale, half)` of the f64 formula
-    /// (see [`Epilogue::new`]).
+    /// (see [`Epilogue::new`]); never in the f32 convention, whose own formula vectorises.
     exact_f64: Vec<Option<(f64, f64)>>,
     out: Clamp,
     /// The fused activation, for the values before rounding (the clamp above is its integer form).
@@ -351,6 +351,9 @@ impl Epilogue {
             .zip(&w.bias)
             .zip(&w.requant)
             .map(|((&abs_sum, &bias), rq)| {
+                if rq.fp32_scale().is_some() {
+                    return None;
+                }
                 let bound = (bias as i64).abs() + spread * abs_sum;
                 let t = 31 - rq.shift();
                 ((bound as i128) * (rq.multiplier() as i128) < 1i128 << 52).then(|| (rq.multiplier() as f64 * 2f64.powi(-t), 2f64.powi(-t - 1)))
@@ -399,6 +402,24 @@ impl Epilogue {
                         Sums::InPlace => chunk.iter_mut().for_each(|v| *v = output(*v as f64 + b)),
                         Sums::I32(s) => chunk.iter_mut().zip(s).for_each(|(v, &s)| *v = output(s.wrapping_add(bias) as f64)),
                         Sums::I64(s) => chunk.iter_mut().zip(s).for_each(|(v, &s)| *v = output((s + bias as i64) as f64)),
+                    }
+                }
+                None if rq.fp32_scale().is_some() => {
+                    // `requantize_clamped` of the f32 convention: the same f32 product, clamped
+                    // to the (integer) bounds before rounding, which commutes with the rounding;
+                    // adding and subtracting 1.5 · 2^23 then rounds half to even in range.
+                    const ROUND: f32 = 12_582_912.0;
+                    let s = rq.fp32_scale().expect("matched");
+                    let (lo, hi) = ((qmin as i32 - zero_point) as f32, (qmax as i32 - zero_point) as f32);
+                    let output = |acc: f32| {
+                        let v = (acc * s).max(lo).min(hi);
+                        y.scale * ((v + ROUND) - ROUND)
+                    };
+                    // An f64 or i64 sum within i32 converts to the same f32 as the i32 does.
+                    match sums {
+                        Sums::InPlace => chunk.iter_mut().for_each(|v| *v = output((bias as f64 + *v as f64) as f32)),
+                        Sums::I32(s) => chunk.iter_mut().zip(s).for_each(|(v, &s)| *v = output(s.wrapping_add(bias) as f32)),
+                        Sums::I64(s) => chunk.iter_mut().zip(s).for_each(|(v, &s)| *v = output((bias as i64 + s) as i32 as f32)),
                     }
                 }
                 None => {
@@ -629,8 +650,8 @@ impl SimNode {
                     }
                 });
             }
-            IntOp::GlobalAvg { channels, spatial, x, y: p } => {
-                qs8_global_avg_pool(*channels, *spatial, &q(0), x.scale, x.zero_point, p.scale, p.zero_point, p.qmin, p.qmax, &mut y)
+            IntOp::GlobalAvg { channels, spatial, x, y: p, convention } => {
+                qs8_global_avg_pool(*channels, *spatial, &q(0), x.scale, x.zero_point, p.scale, p.zero_point, p.qmin, p.qmax, *convention, &mut y)
             }
             _ => unreachable!("planned as a plain FP32 node or packed"),
         }
@@ -650,7 +671,7 @@ mod tests {
     #[test]
     fn the_epilogue_requantizes_as_the_kernels_do() {
         let mut rng = Rng::seeded(12);
-        let (mut exact, mut integer) = (0, 0);
+        let (mut exact, mut integer, mut fp32) = (0, 0, 0);
         for trial in 0..400 {
             let k = rng.int(1, 600) as usize;
             let zx = rng.int(-128, 127) as i32;
@@ -661,7 +682,8 @@ mod tests {
                 1 => rng.uniform(1e-4, 1.0),
                 _ => rng.uniform(1.0, 300.0),
             };
-            let rq = Requantizer::from_real(m);
+            // Every fourth trial in the f32 convention.
+            let rq = if trial % 4 == 3 { Requantizer::fp32(m as f32) } else { Requantizer::from_real(m) };
             let bias = rng.int(-(1 << 20), 1 << 20) as i32;
             let out = Clamp { zero_point: rng.int(-20, 20) as i32, qmin: -128 + rng.int(0, 100) as i8, qmax: 127 };
             let y = Qp { scale: 0.05, zero_point: out.zero_point, qmin: -128, qmax: 127 };
@@ -672,6 +694,7 @@ mod tests {
             let e = Epilogue::new(IntWeights { ints: Arc::new(WeightInts::new(q, k, vec![1.0])), n: 1, k, bias: vec![bias], x, requant: vec![rq], out }, Activation::Identity);
             match e.exact_f64[0] {
                 Some(_) => exact += 1,
+                None if rq.fp32_scale().is_some() => fp32 += 1,
                 None => integer += 1,
             }
             let sums: Vec<i64> = (0..256).map(|i| if i < 16 { [0, 1, -1, bound, -bound][i % 5] } else { rng.int(-bound, bound) }).collect();
@@ -688,7 +711,7 @@ mod tests {
                 assert_eq!(got, want, "trial {trial} in f32: {rq:?}, bias {bias}");
             }
         }
-        assert!(exact > 100 && integer > 20, "{exact} exact, {integer} integer");
+        assert!(exact > 100 && integer > 20 && fp32 == 100, "{exact} exact, {integer} integer, {fp32} f32");
     }
 
     /// What a full-mode QAT re-plan costs on EfficientNet-Lite0 (every weight changed), with the

@@ -16,6 +16,7 @@ use std::sync::Arc;
 pub use op::*;
 pub use shape::infer_shapes;
 
+pub use crate::kernels::int8::Requantization;
 pub use crate::quant::Quant;
 use crate::{Error, Result};
 
@@ -60,6 +61,9 @@ pub struct Graph {
     pub nodes: Vec<Node>,
     pub inputs: Vec<ValueId>,
     pub outputs: Vec<ValueId>,
+    /// How the int8 forms of this graph's quantized nodes round (the int8 engine, the
+    /// simulation, QAT): set by PTQ from its config, read from an imported model's metadata.
+    pub requantization: Requantization,
 }
 
 impl Graph {

@@ -45,6 +45,10 @@
 //! constant's tensor name to its `{"bits", "symmetric"}`, which QDQ cannot express for
 //! constants (an int8 initializer holding `[-7, 7]` is a 4-bit weight only by intent).
 //! Import uses it when present; other tools ignore it.
+//! `metadata_props["quant-playground.requantization"]` names how the int8 engine rounded the
+//! model (`fp32`, onnxruntime's, or `fixed-point`, TFLite's; see
+//! [`crate::kernels::int8::Requantization`]), so that importing the file runs the same
+//! integers. A QDQ file without it is run in `fp32`, as onnxruntime runs it.
 //!
 //! Tested by `crate/tests/qdq.rs` (round trips, every op, names, the QDQ structure) and by
 //! `tests/ort/` (onnx's checker and onnxruntime on the exported files).
@@ -75,6 +79,9 @@ pub const PRODUCER_NAME: &str = "quant-playground";
 
 /// The metadata key holding the widths of quantized constants (see the module docs).
 pub const RANGES_KEY: &str = "quant-playground.ranges";
+
+/// The metadata key naming the model's [`Requantization`] (see the module docs).
+pub const REQUANTIZATION_KEY: &str = "quant-playground.requantization";
 
 /// What QDQ cannot say about a quantized constant: its width and (for `Quant::Tensor`
 /// constants) whether its range is symmetric.
@@ -133,6 +140,12 @@ pub fn export_model(graph: &Graph, options: &ExportOptions) -> Result<ModelProto
         ..Default::default()
     };
     let mut metadata_props = Vec::new();
+    if graph.values.iter().any(|v| v.quant.is_some()) {
+        metadata_props.push(StringStringEntryProto {
+            key: REQUANTIZATION_KEY.into(),
+            value: graph.requantization.name().into(),
+        });
+    }
     if !ranges.is_empty() {
         metadata_props.push(StringStringEntryProto {
             key: RANGES_KEY.into(),

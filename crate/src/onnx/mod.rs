@@ -275,6 +275,7 @@ pub fn import(bytes: &[u8], options: &ImportOptions) -> Result<Imported> {
         }
     }
     let mut ir = lowering.graph;
+    ir.requantization = requantization(&model)?;
     lowering.qdq.finish(&mut ir)?;
     passes::optimize(&mut ir)?;
     ir.validate()?;
@@ -286,4 +287,15 @@ pub fn import(bytes: &[u8], options: &ImportOptions) -> Result<Imported> {
         ignored_domains,
     };
     Ok(Imported { graph: ir, meta })
+}
+
+/// The requantization our exports record (`export::REQUANTIZATION_KEY`); onnxruntime's f32
+/// convention for every other model.
+fn requantization(model: &ModelProto) -> Result<crate::ir::Requantization> {
+    match model.metadata_props.iter().find(|p| p.key == export::REQUANTIZATION_KEY) {
+        None => Ok(crate::ir::Requantization::default()),
+        Some(p) => crate::ir::Requantization::parse(&p.value).ok_or_else(|| {
+            Error::Invalid(format!("metadata {} is '{}', not 'fp32' or 'fixed-point'", p.key, p.value))
+        }),
+    }
 }

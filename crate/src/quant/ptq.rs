@@ -22,7 +22,7 @@ use super::params::{check_bits, from_range, quantize_weights, ChannelParams, Qua
 use super::plan::{fold_clamps_into_producers, keep_outputs_float, plan, split_fused_activations, weight_axis, QuantPlan, ValuePlan};
 use super::Quant;
 use crate::engine::Fp32Engine;
-use crate::ir::{Graph, Node, Op, ValueId};
+use crate::ir::{Graph, Node, Op, Requantization, ValueId};
 use crate::{Error, Result};
 
 /// Everything that decides how a model is quantized. Serialized in reports and accepted from
@@ -39,7 +39,12 @@ pub struct QuantConfig {
     pub weight_range: Option<WeightRange>,
     /// Width of activations, `2..=8`.
     pub activation_bits: u32,
-    /// Activations stored as int8 (true) or uint8 (the same reals; see `params`).
+    /// Activations exported as int8 (true) or uint8 (false, the default; the same reals, see
+    /// `params`: the int8 engine stores both as int8). uint8 by default because onnxruntime
+    /// fuses a QDQ graph into its integer kernels fully only with uint8 activations: with int8
+    /// it leaves Adds, and the Convs next to them, in float (its profiler on EfficientNet-Lite0
+    /// and BlazeFace, onnxruntime-web 1.30), which is slower and parts from our int8 engine
+    /// by a rounding here and there.
     pub activation_signed: bool,
     /// Symmetric activation ranges (zero point 0 in int8) instead of asymmetric.
     pub activation_symmetric: bool,
@@ -57,6 +62,9 @@ pub struct QuantConfig {
     /// Cross-layer equalization of consecutive convolutions before calibration (see
     /// [`super::equalize`]).
     pub equalize: bool,
+    /// How the int8 model rounds: `fp32` (onnxruntime's, the default) or `fixed-point`
+    /// (TFLite's); see [`Requantization`]. Exports record it.
+    pub requantization: Requantization,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -73,7 +81,7 @@ impl Default for QuantConfig {
             per_channel: true,
             weight_range: None,
             activation_bits: 8,
-            activation_signed: true,
+            activation_signed: false,
             activation_symmetric: false,
             calibration: CalibrationMethod::default(),
             keep_float: Vec::new(),
@@ -81,6 +89,7 @@ impl Default for QuantConfig {
             bias_correction: true,
             float_outputs: false,
             equalize: false,
+            requantization: Requantization::default(),
         }
     }
 }
@@ -261,6 +270,7 @@ impl Calibrator {
             return Err(Error::Invalid("calibrate on at least one frame before quantizing".into()));
         }
         let mut g = self.graph().clone();
+        g.requantization = self.config.requantization;
         for v in 0..g.values.len() {
             if let Some(p) = self.activation_params_in(plan, v) {
                 g.values[v].quant = Some(Quant::Tensor(p));

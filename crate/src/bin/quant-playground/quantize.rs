@@ -12,6 +12,7 @@ use quant_playground::onnx::export::{export, ExportOptions};
 use quant_playground::preprocess::{preprocess, Preprocess};
 use quant_playground::quant::metrics::Fidelity;
 use quant_playground::quant::observer::CalibrationMethod;
+use quant_playground::ir::Requantization;
 use quant_playground::quant::ptq::QuantConfig;
 use quant_playground::quant::sensitivity::Sensitivity;
 use quant_playground::rng::Rng;
@@ -39,6 +40,14 @@ pub enum QatModeArg {
     Scales,
     /// All weights too.
     Full,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum RequantizationArg {
+    /// `round_half_even(f32(acc) · f32 scale)`, as onnxruntime.
+    Fp32,
+    /// A Q31 multiplier and a shift, as TFLite.
+    FixedPoint,
 }
 
 #[derive(Args)]
@@ -71,9 +80,10 @@ pub struct QuantizeArgs {
     /// The percentile of `--calibration percentile`.
     #[arg(long, default_value_t = 99.99)]
     pub percentile: f32,
-    /// Store activations as uint8 instead of int8 (the same reals).
+    /// Export activations as int8 instead of uint8 (the same reals; onnxruntime fuses fewer
+    /// int8 QDQ groups into its integer kernels).
     #[arg(long)]
-    pub uint8: bool,
+    pub int8_activations: bool,
     /// Symmetric activation ranges.
     #[arg(long)]
     pub symmetric_activations: bool,
@@ -90,6 +100,10 @@ pub struct QuantizeArgs {
     /// before calibration.
     #[arg(long)]
     pub equalize: bool,
+    /// How the int8 model rounds: as onnxruntime (`fp32`, the default: the exported file then
+    /// gives the same integers in onnxruntime) or as TFLite's integer-only kernels.
+    #[arg(long, value_enum, default_value = "fp32")]
+    pub requantization: RequantizationArg,
     /// Rank the quantized layers by sensitivity (the output noise each adds when quantized
     /// alone, against FP32 on the kept calibration frames) and put the ranking in the report.
     #[arg(long)]
@@ -387,13 +401,17 @@ pub fn quantize(a: &QuantizeArgs) -> Result<()> {
     let config = QuantConfig {
         weight_bits: a.weight_bits,
         per_channel: !a.per_tensor,
-        activation_signed: !a.uint8,
+        activation_signed: a.int8_activations,
         activation_symmetric: a.symmetric_activations,
         calibration,
         keep_float: a.keep_float.clone(),
         bias_correction: !a.no_bias_correction,
         equalize: a.equalize,
         float_outputs: a.float_outputs,
+        requantization: match a.requantization {
+            RequantizationArg::Fp32 => Requantization::Fp32,
+            RequantizationArg::FixedPoint => Requantization::FixedPoint,
+        },
         ..QuantConfig::default()
     };
     let feature_weight = a.qat_features.unwrap_or(if a.qat_feature_layers.is_empty() { 0.0 } else { 1.0 });

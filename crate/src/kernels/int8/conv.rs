@@ -405,7 +405,7 @@ impl PackedQs8Conv2d {
 mod dw_simd {
     use super::super::super::conv::Conv2dShape;
     use super::super::requant::simd::{
-        f64_lanes, prepared_lanes, requantize, requantize_f64, requantize_f64_no_ties,
+        f64_lanes, fp32_lanes, prepared_lanes, requantize, requantize_f64, requantize_f64_no_ties, requantize_fp32,
         requantize_fast, Lanes,
     };
     pub(super) use super::super::requant::simd::OutputLanes;
@@ -680,10 +680,13 @@ mod dw_simd {
         assert!(out.len() == out_h * out_w);
         // A depthwise accumulator is at most K² products: the f64 formula always applies in
         // practice (checked per channel all the same).
-        let (no_ties, exact_f64, fast) = (rq.no_ties, rq.exact_f64, rq.fast);
+        let (fp32, no_ties, exact_f64, fast) = (rq.fp32, rq.no_ties, rq.exact_f64, rq.fast);
         let lanes = Lanes::new(&rq.rq);
         pair_plane_blocks::<K, S>(plane, pitch, weight, bias, out_h, out_w, |at, acc0, acc1| {
-            let (v0, v1) = if no_ties {
+            let (v0, v1) = if fp32 {
+                let scale = fp32_lanes(rq);
+                (requantize_fp32(acc0, scale), requantize_fp32(acc1, scale))
+            } else if no_ties {
                 let (scale, _) = f64_lanes(rq);
                 (requantize_f64_no_ties(acc0, scale), requantize_f64_no_ties(acc1, scale))
             } else if exact_f64 {

@@ -5,7 +5,13 @@
 //! - Operands are int8 tensors with their own scale and zero point; the output has its own.
 //!   Add and Mul take operands of the output's length, or one side of length 1 (a scalar
 //!   broadcast); the engine runs other broadcasts in float.
-//! - `qs8_add` rounds the rescaled sum once: with the fixed-point multipliers
+//! - `qs8_add` in the f32 convention (the default) computes what onnxruntime does, in f32:
+//!   `v = (sa · (a - za) + sb · (b - zb)) / sy`, then `round_half_even(v) + zy` (ONNX's
+//!   dequantize, add, quantize: int8 tensors, which onnxruntime leaves unfused in the shipped
+//!   models) or `round_half_even(v + zy_u8)` with the uint8 zero point added before rounding
+//!   (uint8 tensors: onnxruntime-web's QLinearAdd, equal on every pair of inputs in
+//!   `tests/ort/`). See `Fp32Add`.
+//! - `qs8_add` in fixed point rounds the rescaled sum once: with the fixed-point multipliers
 //!   `Ma = round(sa / sy · 2^t)`, `Mb = round(sb / sy · 2^t)` on a common shift `t` (the largest
 //!   in `[12, 42]` that keeps both below `2^31`), each output is
 //!   `clamp(zy + floor(((a - za) · Ma + (b - zb) · Mb + 2^(t - 1)) / 2^t), qmin, qmax)`: the
@@ -17,19 +23,20 @@
 //!   where one does, and about twice the vector operations.
 //! - `qs8_mul` is `clamp(zy + rq((a - za) · (b - zb)), qmin, qmax)` with `rq = sa · sb / sy`.
 //! - `qs8_rescale` is `clamp(zy + rq(x - zx), qmin, qmax)` with `rq = sx / sy`.
-//! - Every output is defined by these integer formulas; the simd128 versions (16 elements at a
-//!   time, the scalar code for the tail) compute them bit for bit.
+//! - Every output is defined by these formulas; the simd128 versions (16 elements at a time,
+//!   the scalar code for the tail) compute them bit for bit.
 //!
 //! # Tests
 //! Exact integer references with the same requantizers, on lengths around 16, both broadcast
 //! sides, zero points at the ends of int8 and clamps; plus the within-one-step check of `qs8_add`
 //! against the real formula.
 
-use super::requant::{requantize, OutputParams, Requantizer};
+use super::requant::{quantize_f32, requantize, OutputParams, Requantizer};
 
 /// The quantization of an Add: input zero points, the two multipliers on a common shift, and
-/// the output's zero point and clamp (see the module contract).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// the output's zero point and clamp (see the module contract); in the f32 convention the three
+/// scales instead.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Qs8AddParams {
     a_zero_point: i32,
     b_zero_point: i32,
@@ -37,6 +44,26 @@ pub struct Qs8AddParams {
     b_multiplier: i32,
     shift: u32,
     out: OutputParams,
+    /// `[sa, sb, sy]`, for the f32 convention.
+    scales: [f32; 3],
+    /// The f32 convention (see [`Qs8AddParams::in_fp32`]); `None` in fixed point.
+    fp32: Option<Fp32Add>,
+}
+
+/// The two Adds of the f32 convention: what onnxruntime computes for an Add of int8 tensors,
+/// and for one of uint8 tensors (its fused QLinearAdd). Both round
+/// `v = (f32(sa · (a - za)) + f32(sb · (b - zb))) / sy`, every step in f32; they differ in where
+/// the output zero point goes, which decides ties.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fp32Add {
+    /// `round_half_even(v) + zy`: ONNX's DequantizeLinear, Add, QuantizeLinear, as onnxruntime
+    /// runs an Add it does not fuse.
+    Dequantized { sa: f32, sb: f32, sy: f32 },
+    /// `round_half_even(v + uzy) - 128` with `uzy = zy + 128` the uint8 zero point, added in f32
+    /// before rounding: onnxruntime-web's QLinearAdd on uint8 tensors. Measured against
+    /// onnxruntime-web 1.30 on every pair of uint8 inputs for three parameter sets, two of them
+    /// from our exports, where the other orders miss 1 to 36 pairs (`tests/ort/qdq.test.mjs`).
+    Uint8 { sa: f32, sb: f32, sy: f32, uzy: f32 },
 }
 
 impl Qs8AddParams {
@@ -88,12 +115,43 @@ impl Qs8AddParams {
             b_multiplier: multiplier(mb),
             shift,
             out: OutputParams::new(output_zero_point, qmin, qmax),
+            scales: [a_scale, b_scale, output_scale],
+            fp32: None,
         }
+    }
+
+    /// These parameters in the f32 convention ([`Requantization::Fp32`](super::Requantization)):
+    /// the Add onnxruntime computes, with `uint8` (all three tensors stored as uint8, which
+    /// onnxruntime fuses into QLinearAdd) [`Fp32Add::Uint8`], otherwise (it leaves int8 Adds
+    /// unfused) ONNX's dequantize, add, quantize in f32, [`Fp32Add::Dequantized`]; then clamped
+    /// to `[qmin, qmax]`.
+    pub fn in_fp32(self, uint8: bool) -> Qs8AddParams {
+        let [sa, sb, sy] = self.scales;
+        let form = if uint8 {
+            Fp32Add::Uint8 { sa, sb, sy, uzy: (self.out.zero_point + 128) as f32 }
+        } else {
+            Fp32Add::Dequantized { sa, sb, sy }
+        };
+        Qs8AddParams { fp32: Some(form), ..self }
     }
 
     /// One output element: the scalar definition every path of [`qs8_add`] computes.
     #[inline]
     pub fn add(&self, a: i8, b: i8) -> i8 {
+        let OutputParams { zero_point, qmin, qmax } = self.out;
+        match self.fp32 {
+            Some(Fp32Add::Dequantized { sa, sb, sy }) => {
+                let real = sa * (a as i32 - self.a_zero_point) as f32 + sb * (b as i32 - self.b_zero_point) as f32;
+                return quantize_f32(real, sy, zero_point, qmin as i32, qmax as i32) as i8;
+            }
+            Some(Fp32Add::Uint8 { sa, sb, sy, uzy }) => {
+                let real = sa * (a as i32 - self.a_zero_point) as f32 + sb * (b as i32 - self.b_zero_point) as f32;
+                // `as` saturates; the uint8 saturation is within the int8 clamp after `- 128`.
+                let u = (real / sy + uzy).round_ties_even() as i32;
+                return (u.saturating_sub(128)).clamp(qmin as i32, qmax as i32) as i8;
+            }
+            None => {}
+        }
         let acc = (a as i64 - self.a_zero_point as i64) * self.a_multiplier as i64
             + (b as i64 - self.b_zero_point as i64) * self.b_multiplier as i64
             + (1i64 << (self.shift - 1));
@@ -246,10 +304,11 @@ mod simd {
     use core::arch::wasm32::*;
 
     use super::super::requant::simd::{
-        narrow_clamp, prepared_lanes, requantize, requantize_fast, Lanes, OutputLanes,
+        fp32_lanes, narrow_clamp, prepared_lanes, requantize, requantize_fast, requantize_fp32, Lanes,
+        OutputLanes,
     };
     use super::super::requant::PreparedRequant;
-    use super::{Operand, OutputParams, Qs8AddParams, Requantizer};
+    use super::{Fp32Add, Operand, OutputParams, Qs8AddParams, Requantizer};
 
     /// 16 values of an operand from element `i`.
     #[inline(always)]
@@ -293,6 +352,9 @@ mod simd {
     /// `floor((S + 2^(t-1)) / 2^t) = floor((H + 2^(t-12) + floor(L / 2^11)) / 2^(t-11))`.
     /// The zero points and the nudge are folded into constants added to `H` and `L`.
     pub fn add(a: Operand, b: Operand, p: &Qs8AddParams, out: &mut [i8]) -> usize {
+        if let Some(form) = p.fp32 {
+            return add_fp32(a, b, p, form, out);
+        }
         let split = |m: i32| (m >> 11, m & 0x7ff);
         let ((mah, mal), (mbh, mbl)) = (split(p.a_multiplier), split(p.b_multiplier));
         let (za, zb) = (p.a_zero_point, p.b_zero_point);
@@ -311,6 +373,37 @@ mod simd {
                 *s = i32x4_shr(i32x4_add(h, i32x4_shr(l, 11)), right);
             }
             let v = narrow_clamp(sum[0], sum[1], sum[2], sum[3], &o);
+            // SAFETY: i + 16 <= out.len().
+            unsafe { v128_store(out.as_mut_ptr().add(i) as *mut v128, v) };
+        }
+        blocks * 16
+    }
+
+    /// `Qs8AddParams::add` of the f32 convention on 16 elements at a time: the same f32
+    /// operations lane by lane (each correctly rounded in both), `f32x4.nearest` for
+    /// round-half-even, and the saturating conversion and narrows for the clamp.
+    fn add_fp32(a: Operand, b: Operand, p: &Qs8AddParams, form: Fp32Add, out: &mut [i8]) -> usize {
+        let blocks = out.len() / 16;
+        let (za, zb) = (i32x4_splat(p.a_zero_point), i32x4_splat(p.b_zero_point));
+        let ((sa, sb, sy), uzy, o) = match form {
+            Fp32Add::Dequantized { sa, sb, sy } => ((sa, sb, sy), None, OutputLanes::new(&p.out)),
+            // The zero point is added before rounding; the output lanes then take 128 off.
+            Fp32Add::Uint8 { sa, sb, sy, uzy } => ((sa, sb, sy), Some(f32x4_splat(uzy)), OutputLanes::new(&OutputParams { zero_point: -128, ..p.out })),
+        };
+        let (sa, sb, sy) = (f32x4_splat(sa), f32x4_splat(sb), f32x4_splat(sy));
+        for i in (0..blocks * 16).step_by(16) {
+            let (va, vb) = (widen_i8(load16(a, i)), widen_i8(load16(b, i)));
+            let q = |x: v128, y: v128| {
+                let x = f32x4_mul(sa, f32x4_convert_i32x4(i32x4_sub(x, za)));
+                let y = f32x4_mul(sb, f32x4_convert_i32x4(i32x4_sub(y, zb)));
+                let v = f32x4_div(f32x4_add(x, y), sy);
+                let v = match uzy {
+                    Some(z) => f32x4_add(v, z),
+                    None => v,
+                };
+                i32x4_trunc_sat_f32x4(f32x4_nearest(v))
+            };
+            let v = narrow_clamp(q(va[0], vb[0]), q(va[1], vb[1]), q(va[2], vb[2]), q(va[3], vb[3]), &o);
             // SAFETY: i + 16 <= out.len().
             unsafe { v128_store(out.as_mut_ptr().add(i) as *mut v128, v) };
         }
@@ -340,7 +433,10 @@ mod simd {
                 i32x4_extmul_low_i16x8(a1, b1),
                 i32x4_extmul_high_i16x8(a1, b1),
             ];
-            let [p0, p1, p2, p3] = if prepared.fast {
+            let [p0, p1, p2, p3] = if prepared.fp32 {
+                let scale = fp32_lanes(&prepared);
+                products.map(|x| requantize_fp32(x, scale))
+            } else if prepared.fast {
                 let (m, nudge) = prepared_lanes(&prepared);
                 products.map(|x| requantize_fast(x, m, nudge, prepared.right))
             } else {
@@ -395,10 +491,15 @@ mod tests {
                 1 => (127, -128, -128),
                 _ => (zero_point(&mut rng), zero_point(&mut rng), zero_point(&mut rng)),
             };
-            let p = Qs8AddParams::new(sa, za, sb, zb, sy, zy, -128, 127);
-            qs8_add(&a, &b, &p, &mut out);
-            for (i, &got) in out.iter().enumerate() {
-                assert_eq!(got, p.add(a[i], b[i]), "seed {seed:#x} {p:?}: {} + {}", a[i], b[i]);
+            for p in [
+                Qs8AddParams::new(sa, za, sb, zb, sy, zy, -128, 127),
+                Qs8AddParams::new(sa, za, sb, zb, sy, zy, -128, 127).in_fp32(false),
+                Qs8AddParams::new(sa, za, sb, zb, sy, zy, -128, 127).in_fp32(true),
+            ] {
+                qs8_add(&a, &b, &p, &mut out);
+                for (i, &got) in out.iter().enumerate() {
+                    assert_eq!(got, p.add(a[i], b[i]), "seed {seed:#x} {p:?}: {} + {}", a[i], b[i]);
+                }
             }
         }
     }
@@ -502,7 +603,8 @@ mod tests {
                     products.iter().copied().min().unwrap_or(0),
                     products.iter().copied().max().unwrap_or(0),
                 );
-                let rq = range_requantizers(&[range], zy)[0];
+                // Both conventions: the second requantizer is in f32.
+                let rq = range_requantizers(&[range, range, range], zy)[len % 3];
                 let (qmin, qmax) = (-128, if broadcast == 0 { 127 } else { 64 });
                 let mut out = vec![0i8; len];
                 qs8_mul(&a, za, &b, zb, &rq, zy, qmin, qmax, &mut out);
@@ -517,12 +619,96 @@ mod tests {
             for m in [0.3, 1.0, 1.7, 60.0] {
                 let (zx, zy) = (zero_point(&mut rng), zero_point(&mut rng));
                 let x = rng.i8s(len, -128, 127);
-                let rq = Requantizer::from_real(m);
+                let rq = if len % 2 == 0 { Requantizer::from_real(m) } else { Requantizer::fp32(m as f32) };
                 let mut out = vec![0i8; len];
                 qs8_rescale(&x, zx, &rq, zy, -100, 127, &mut out);
                 for (i, (&got, &v)) in out.iter().zip(&x).enumerate() {
                     let want = reference_output(v as i64 - zx as i64, &rq, zy, -100, 127);
                     assert_eq!(got, want, "seed {seed:#x} rescale len={len} m={m} [{i}]");
+                }
+            }
+        }
+    }
+
+    /// The f32 convention's Add is onnxruntime's: dequantize each side in f32, add, divide by
+    /// the output scale, round half to even. Ties (0.5 + 1.0 over 1.0 = 1.5 -> 2, 0.5 over 1
+    /// -> 0) and an f32 sum that is not the real one (0.1 + 0.2 in f32).
+    #[test]
+    fn fp32_add_rounds_in_f32_half_to_even() {
+        let p = Qs8AddParams::new(0.5, 0, 1.0, 0, 1.0, 0, -128, 127).in_fp32(false);
+        assert_eq!([p.add(1, 0), p.add(1, 1), p.add(-1, 0), p.add(3, 0), p.add(-3, 0)], [0, 2, 0, 2, -2]);
+        let fixed = Qs8AddParams::new(0.5, 0, 1.0, 0, 1.0, 0, -128, 127);
+        assert_eq!(fixed.add(1, 0), 1, "fixed point rounds ties up");
+        // With these f32 scales the real (0.01 + 0.07) / 0.16 is 0.5000000116: 1 when rounded
+        // once, as fixed point does. In f32 the sum and the quotient round to exactly 0.5: a
+        // tie, 0, as in onnxruntime.
+        let p = Qs8AddParams::new(0.01, 0, 0.07, 0, 0.16, 0, -128, 127).in_fp32(false);
+        assert_eq!(p.add(1, 1), 0);
+        assert_eq!(Qs8AddParams::new(0.01, 0, 0.07, 0, 0.16, 0, -128, 127).add(1, 1), 1);
+        let seed = 0xadd32;
+        let mut rng = Rng(seed);
+        for i in 0..20000 {
+            let (sa, sb, sy) = (0.01 + rng.unit() as f32, 0.01 + rng.unit() as f32, 0.01 + rng.unit() as f32);
+            let (za, zb, zy) = (zero_point(&mut rng), zero_point(&mut rng), zero_point(&mut rng));
+            let (a, b) = (rng.int(-128, 127) as i8, rng.int(-128, 127) as i8);
+            let p = Qs8AddParams::new(sa, za, sb, zb, sy, zy, -128, 127).in_fp32(false);
+            // The same operations, written as onnxruntime's reference QLinearAdd loop.
+            let value_a = sa * (a as i32 - za) as f32;
+            let value_b = sb * (b as i32 - zb) as f32;
+            let want = (((value_a + value_b) / sy).round_ties_even() as i32 + zy).clamp(-128, 127) as i8;
+            assert_eq!(p.add(a, b), want, "seed {seed:#x} case {i}");
+        }
+    }
+
+    /// The uint8 form is onnxruntime-web's QLinearAdd: the output zero point goes in before the
+    /// rounding, which decides ties (the all-pairs comparison with onnxruntime is in
+    /// `tests/ort/qdq.test.mjs`). With the third parameter set of that test, uint8 inputs 32
+    /// and 251 give exactly 20.5 before the zero point 31: 52 in onnxruntime (51.5 rounds to
+    /// even), 51 with the zero point added after rounding. And EfficientNet-Lite0's `add_8` in
+    /// our export (inputs 148 and 172): 157.49999 before rounding, which becomes 157.5 in f32
+    /// with the zero point: 158 in onnxruntime, 157 otherwise.
+    #[test]
+    fn uint8_add_is_onnxruntime_qlinearadd() {
+        let u = |p: Qs8AddParams, a: i32, b: i32| p.add((a - 128) as i8, (b - 128) as i8) as i32 + 128;
+        let (za, zb, zy) = (7 - 128, 250 - 128, 31 - 128);
+        assert_eq!(u(Qs8AddParams::new(0.013, za, 0.7, zb, 0.05, zy, -128, 127).in_fp32(true), 32, 251), 52);
+        assert_eq!(u(Qs8AddParams::new(0.013, za, 0.7, zb, 0.05, zy, -128, 127).in_fp32(false), 32, 251), 51);
+        let (za, zb, zy) = (160 - 128, 128 - 128, 123 - 128);
+        let (sa, sb, sy) = (0.1333424, 0.25924355, 0.28424954);
+        assert_eq!(u(Qs8AddParams::new(sa, za, sb, zb, sy, zy, -128, 127).in_fp32(true), 148, 172), 158);
+        assert_eq!(u(Qs8AddParams::new(sa, za, sb, zb, sy, zy, -128, 127).in_fp32(false), 148, 172), 157);
+        // uint8 saturation, then the clamp.
+        let p = Qs8AddParams::new(1.0, 0, 1.0, 0, 1.0, 0, -100, 100).in_fp32(true);
+        assert_eq!([p.add(127, 127), p.add(-128, -128), p.add(50, 60)], [100, -100, 100]);
+    }
+
+    /// A broadcast operand, on either side, in every form: the SIMD blocks and the tail against
+    /// the scalar definition.
+    #[test]
+    fn add_broadcasts_either_side() {
+        let seed = 0xb0ad;
+        let mut rng = Rng(seed);
+        for len in LENGTHS {
+            for case in 0..12 {
+                let (sa, sb, sy) = (0.01 + rng.unit() as f32, 0.01 + rng.unit() as f32, 0.01 + rng.unit() as f32);
+                let (za, zb, zy) = (zero_point(&mut rng), zero_point(&mut rng), zero_point(&mut rng));
+                let p = match case % 3 {
+                    0 => Qs8AddParams::new(sa, za, sb, zb, sy, zy, -128, 127),
+                    1 => Qs8AddParams::new(sa, za, sb, zb, sy, zy, -128, 127).in_fp32(false),
+                    _ => Qs8AddParams::new(sa, za, sb, zb, sy, zy, -128, 127).in_fp32(true),
+                };
+                let slice = rng.i8s(len, -128, 127);
+                let scalar = rng.int(-128, 127) as i8;
+                let scalar_second = case % 2 == 0;
+                let mut out = vec![0i8; len];
+                if scalar_second {
+                    qs8_add(&slice, &[scalar], &p, &mut out);
+                } else {
+                    qs8_add(&[scalar], &slice, &p, &mut out);
+                }
+                for (i, &got) in out.iter().enumerate() {
+                    let want = if scalar_second { p.add(slice[i], scalar) } else { p.add(scalar, slice[i]) };
+                    assert_eq!(got, want, "seed {seed:#x} len {len} case {case} [{i}]");
                 }
             }
         }

@@ -1042,10 +1042,11 @@ unsafe fn requantize_tiles_simd128(
     mut tile: impl FnMut(usize) -> [[core::arch::wasm32::v128; 2]; MR],
 ) {
     use super::requant::simd::{
-        f64_lanes, narrow_clamp, prepared_lanes, requantize, requantize_f64_no_ties,
-        requantize_fast, Lanes, OutputLanes,
+        f64_lanes, fp32_lanes, narrow_clamp, prepared_lanes, requantize, requantize_f64_no_ties,
+        requantize_fast, requantize_fp32, Lanes, OutputLanes,
     };
     use core::arch::wasm32::*;
+    let all_fp32 = rq.iter().all(|p| p.fp32);
     let all_no_ties = rq.iter().all(|p| p.no_ties);
     let all_fast = rq.iter().all(|p| p.fast);
     let o = OutputLanes::new(params);
@@ -1054,7 +1055,10 @@ unsafe fn requantize_tiles_simd128(
         let [acc0, acc1, acc2, acc3] = tile(j);
         // No arrays indexed at run time: they would live in the shadow stack in memory.
         let row = |acc: [v128; 2], p: &PreparedRequant| -> (v128, v128) {
-            if all_no_ties {
+            if all_fp32 || p.fp32 {
+                let scale = fp32_lanes(p);
+                (requantize_fp32(acc[0], scale), requantize_fp32(acc[1], scale))
+            } else if all_no_ties {
                 let (scale, _) = f64_lanes(p);
                 (requantize_f64_no_ties(acc[0], scale), requantize_f64_no_ties(acc[1], scale))
             } else if all_fast || p.fast {

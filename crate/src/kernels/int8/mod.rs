@@ -11,31 +11,38 @@
 //!   `bias_q` in i32 at scale `sx · sw[c]`. The packers fold the zero point into the bias,
 //!   `bias_q[c] - zx · Σ_k w_q[c][k]`, so inner loops compute a plain `Σ x_q · w_q`; padding
 //!   reads the input zero point (a real 0), never the integer 0.
-//! - **Requantization** is TFLite's: the real multiplier `M = sx · sw[c] / sy` becomes a Q31
-//!   multiplier and a shift ([`Requantizer::from_real`], TFLite's `QuantizeMultiplier`), and
-//!   `out = clamp(zy + Requantizer::apply(acc), qmin, qmax)` with `apply` TFLite's
-//!   single-rounding `MultiplyByQuantizedMultiplier`: `(acc · multiplier + 2^(t-1)) >> t`,
-//!   `t = 31 - shift` (see `requant.rs` for why not the double-rounding build).
-//!   `qmin`/`qmax` carry a fused ReLU/ReLU6/Clip: the caller quantizes the activation's real
-//!   bounds with the output scale and zero point and intersects them with `[-128, 127]`.
+//! - **Requantization** follows the model's [`Requantization`] convention, one of two:
+//!   - `Fp32` (the default): `out = clamp(zy + round_half_even(f32(acc) · s), qmin, qmax)` with
+//!     the f32 multiplier `s = (sx · sw[c]) / sy` computed in f32: what onnxruntime's integer
+//!     kernels (MLAS's QLinearConv, QGemm) compute, so a QDQ file gives onnxruntime's integers;
+//!   - `FixedPoint`: TFLite's. The real multiplier `M = sx · sw[c] / sy` becomes a Q31
+//!     multiplier and a shift ([`Requantizer::from_real`], TFLite's `QuantizeMultiplier`), and
+//!     `out = clamp(zy + Requantizer::apply(acc), qmin, qmax)` with `apply` TFLite's
+//!     single-rounding `MultiplyByQuantizedMultiplier`: `(acc · multiplier + 2^(t-1)) >> t`,
+//!     `t = 31 - shift` (see `requant.rs` for why not the double-rounding build).
+//!
+//!   Both are exact integer arithmetic up to the accumulator, and one [`Requantizer`] type holds
+//!   either. `qmin`/`qmax` carry a fused ReLU/ReLU6/Clip: the caller quantizes the activation's
+//!   real bounds with the output scale and zero point and intersects them with `[-128, 127]`.
 //! - **Simulation**: the simulation (`engine::sim`) computes these same integers in float: exact
 //!   accumulators from the FP32 kernels on integer operands, then [`requantize_clamped`] with
 //!   the same requantizers, so it equals the int8 engine bit for bit. Fake quantization in
 //!   training instead rounds each f32 result once with [`quantize_f32`] (round half to even of
 //!   `x / scale`, plus the zero point, clamped). For an integer accumulator `acc` at scale
 //!   `sx · sw`, `zy + apply(acc)` and `quantize_f32(acc · sx · sw, sy, zy, ..)` differ by at most
-//!   one step: both round the same real value once, one with a multiplier rounded to 31 bits
-//!   (ties up), the other in f32 (ties to even). `requant.rs` tests
-//!   this bound on random data.
+//!   one step: both round nearly the same real value once. `requant.rs` tests this bound on
+//!   random data, in both conventions.
 //!
 //! # Kernels and paths
 //! Each kernel has a portable scalar version and, on wasm32 with `simd128`, a SIMD128 version
-//! chosen at compile time. All arithmetic is integer and the SIMD code computes the same
-//! formulas, so SIMD results equal scalar results **bit for bit**; the tests compare both with
-//! an exact i64 reference followed by the same `Requantizer`, natively and on wasm32.
+//! chosen at compile time. The SIMD code computes the same formulas (integer arithmetic, and the
+//! same correctly rounded f32 operations in the f32 convention), so SIMD results equal scalar
+//! results **bit for bit**; the tests compare both with an exact i64 reference followed by the
+//! same `Requantizer`, in both conventions, natively and on wasm32.
 //! Names follow XNNPACK: `qs8_gemm_minmax_4x8c2` computes a tile of 4 output channels x 8
 //! pixels of a signed-int8 GEMM with a clamp, consuming k two values at a time (`c2`).
-//! - [`requant`]: [`Requantizer`], [`requantize_clamped`], [`quantize_f32`], [`channel_requantizers`].
+//! - [`requant`]: [`Requantization`], [`Requantizer`], [`requantize_clamped`], [`quantize_f32`],
+//!   [`channel_requantizers`].
 //! - [`gemm`]: [`PackedWeightsQs8`] and [`qs8_gemm`] (fully connected layers); the tile engine
 //!   behind the convolutions.
 //! - [`conv`]: [`PackedQs8Conv2d`] on NCHW int8 images (depthwise, pointwise, im2col).
@@ -59,7 +66,7 @@ pub use elementwise::{qs8_add, qs8_mul, qs8_rescale, Qs8AddParams};
 pub use gemm::{qs8_gemm, PackedWeightsQs8};
 pub use lut::{lut_from_fn, qs8_lut};
 pub use pool::{qs8_global_avg_pool, qs8_max_pool2d, Qs8AvgPool2d};
-pub use requant::{channel_requantizers, quantize_f32, quantize_symmetric_into, requantize_clamped, Requantizer};
+pub use requant::{channel_requantizers, quantize_f32, quantize_symmetric_into, requantize_clamped, Requantization, Requantizer};
 
 /// Shared by the test modules of the int8 kernels.
 #[cfg(test)]
@@ -70,11 +77,14 @@ mod test_util {
 
     /// Requantizers mapping each accumulator range `[lo, hi]` onto int8 around the output zero
     /// point `zy`, tight on the side with less room: tests derived this way exercise the whole
-    /// int8 range and the saturation on the other side.
+    /// int8 range and the saturation on the other side. Both conventions: channels `4..8`,
+    /// `12..16`, ... (whole 4-channel tiles) and every seventh channel from 2 (tiles that mix
+    /// them) are in f32, the others in fixed point.
     pub fn range_requantizers(ranges: &[(i64, i64)], zy: i32) -> Vec<Requantizer> {
         ranges
             .iter()
-            .map(|&(lo, hi)| {
+            .enumerate()
+            .map(|(c, &(lo, hi))| {
                 let mut m = f64::INFINITY;
                 if hi > 0 && zy < 127 {
                     m = m.min((127 - zy) as f64 / hi as f64);
@@ -82,7 +92,12 @@ mod test_util {
                 if lo < 0 && zy > -128 {
                     m = m.min((-128 - zy) as f64 / lo as f64);
                 }
-                Requantizer::from_real(if m.is_finite() { m } else { 1.0 })
+                let m = if m.is_finite() { m } else { 1.0 };
+                if (c / 4) % 2 == 1 || c % 7 == 2 {
+                    Requantizer::fp32(m as f32)
+                } else {
+                    Requantizer::from_real(m)
+                }
             })
             .collect()
     }

@@ -24,7 +24,7 @@
 use std::ops::Range;
 
 use super::super::pool::Pool2dShape;
-use super::requant::{requantize, OutputParams, Requantizer};
+use super::requant::{requantize, OutputParams, Requantization, Requantizer};
 
 fn check_buffers(s: &Pool2dShape, input: &[i8], output: &[i8]) {
     assert_eq!(
@@ -171,6 +171,7 @@ impl Qs8AvgPool2d {
         output_zero_point: i32,
         qmin: i8,
         qmax: i8,
+        convention: Requantization,
     ) -> Qs8AvgPool2d {
         let s = &shape;
         assert!(
@@ -236,9 +237,7 @@ impl Qs8AvgPool2d {
             .iter()
             .map(|&count| match count {
                 0 => Requantizer::default(),
-                _ => Requantizer::from_real(
-                    input_scale as f64 / (output_scale as f64 * count as f64),
-                ),
+                _ => mean_requantizer(input_scale, output_scale, count, convention),
             })
             .collect();
         Qs8AvgPool2d {
@@ -306,6 +305,12 @@ impl Qs8AvgPool2d {
     }
 }
 
+/// The requantizer of a mean of `count` inputs: `sx / (sy · count)`, in f32 in that order for
+/// the f32 convention, as onnxruntime's QLinearGlobalAveragePool computes its scale.
+fn mean_requantizer(sx: f32, sy: f32, count: usize, convention: Requantization) -> Requantizer {
+    convention.requantizer(sx as f64 / (sy as f64 * count as f64), sx / (sy * count as f32))
+}
+
 /// The mean of each of `channels` planes of `spatial` elements, from `(sx, zx)` to `(sy, zy)`:
 /// `clamp(zy + rq(Σ (x - zx)), qmin, qmax)` with `rq = sx / (sy · spatial)`.
 #[allow(clippy::too_many_arguments)]
@@ -319,6 +324,7 @@ pub fn qs8_global_avg_pool(
     output_zero_point: i32,
     qmin: i8,
     qmax: i8,
+    convention: Requantization,
     output: &mut [i8],
 ) {
     assert_eq!(
@@ -343,7 +349,7 @@ pub fn qs8_global_avg_pool(
     if spatial == 0 {
         return output.fill(requantize(0, &Requantizer::default(), &params));
     }
-    let rq = Requantizer::from_real(input_scale as f64 / (output_scale as f64 * spatial as f64));
+    let rq = mean_requantizer(input_scale, output_scale, spatial, convention);
     for (o, plane) in output.iter_mut().zip(input.chunks_exact(spatial)) {
         let sum: i32 = plane.iter().map(|&x| x as i32).sum();
         *o = requantize(sum - spatial as i32 * input_zero_point, &rq, &params);
@@ -462,12 +468,13 @@ mod tests {
                 assert_eq!(got, want, "seed {seed:#x} max {name} [{i}]");
             }
             for include_pad in [false, true] {
-                for (zx, zy, sx, sy) in [
-                    (-128, 127, 0.02, 0.02),
-                    (127, -128, 0.05, 0.02),
-                    (5, -3, 0.1, 0.07),
+                for (zx, zy, sx, sy, convention) in [
+                    (-128, 127, 0.02, 0.02, Requantization::Fp32),
+                    (127, -128, 0.05, 0.02, Requantization::FixedPoint),
+                    (5, -3, 0.1, 0.07, Requantization::Fp32),
+                    (5, -3, 0.1, 0.07, Requantization::FixedPoint),
                 ] {
-                    let pool = Qs8AvgPool2d::new(s, include_pad, sx, zx, sy, zy, -128, 120);
+                    let pool = Qs8AvgPool2d::new(s, include_pad, sx, zx, sy, zy, -128, 120, convention);
                     pool.run(&x, &mut out);
                     for (i, &got) in out.iter().enumerate() {
                         let (c, p) = (i / (s.out_h * s.out_w), i % (s.out_h * s.out_w));
@@ -477,11 +484,11 @@ mod tests {
                         let sum: i64 = taps.iter().map(|&t| t as i64 - zx as i64).sum();
                         let rq = match count {
                             0 => Requantizer::default(),
-                            _ => Requantizer::from_real(sx as f64 / (sy as f64 * count as f64)),
+                            _ => mean_requantizer(sx, sy, count, convention),
                         };
                         let want = reference_output(sum, &rq, zy, -128, 120);
                         let what = format!(
-                            "seed {seed:#x} avg {name} include_pad={include_pad} zx={zx} zy={zy}"
+                            "seed {seed:#x} avg {name} include_pad={include_pad} zx={zx} zy={zy} {convention:?}"
                         );
                         assert_eq!(got, want, "{what} [{i}] sum {sum} count {count}");
                         // And within one step of the real mean.
@@ -510,8 +517,9 @@ mod tests {
                 let channels = 5;
                 let x = rng.i8s(channels * spatial, -128, 127);
                 let mut out = vec![0i8; channels];
-                qs8_global_avg_pool(channels, spatial, &x, sx, zx, sy, zy, -128, 127, &mut out);
-                let rq = Requantizer::from_real(sx as f64 / (sy as f64 * spatial as f64));
+                let convention = [Requantization::Fp32, Requantization::FixedPoint][spatial % 2];
+                qs8_global_avg_pool(channels, spatial, &x, sx, zx, sy, zy, -128, 127, convention, &mut out);
+                let rq = mean_requantizer(sx, sy, spatial, convention);
                 for (c, &got) in out.iter().enumerate() {
                     let sum: i64 = x[c * spatial..][..spatial]
                         .iter()

@@ -1,6 +1,18 @@
 //! Requantization: an i32 accumulator to an int8 output, and the float quantizer it stands for.
 //!
 //! # Contract
+//! A [`Requantizer`] rounds in one of two conventions ([`Requantization`]):
+//! - the f32 convention ([`Requantizer::fp32`], the default): `apply(acc) =
+//!   round_half_even(f32(acc) · s)` with an f32 multiplier `s`, computed by the caller in f32 as
+//!   onnxruntime computes it (`(sx · sw) / sy` for a convolution: [`channel_requantizers`]). That
+//!   is MLAS's requantization (`MlasRequantizeOutput`: convert, multiply, round to nearest
+//!   even), so a QDQ file's fused convolutions give onnxruntime's integers bit for bit
+//!   (`tests/ort/`). Why it is the default: our models leave as ONNX QDQ files, and onnxruntime
+//!   (and TensorRT and OpenVINO, which read QDQ the same way) define what they compute; a
+//!   rounding that differs only on near-ties still flips a step now and then, and BlazeFace
+//!   carries one flipped element to 9-15 output steps. In SIMD128 it is four instructions per
+//!   four lanes (`simd::requantize_fp32`), fewer than any fixed-point form below.
+//! - fixed point, TFLite's (for integer-only runtimes):
 //! - [`Requantizer::from_real`] is TFLite's `QuantizeMultiplier`: the real multiplier
 //!   `m = q · 2^shift` with `q` in `[0.5, 1)` is stored as `multiplier = round(q · 2^31)` (half
 //!   away from zero; a carry to `2^31` halves it and bumps `shift`), and multipliers below
@@ -20,7 +32,9 @@
 //!   requantization.
 //!
 //! # SIMD128
-//! `simd::requantize` applies one requantizer to four i32 lanes with `i64x2.extmul` and an
+//! `simd::requantize_fp32` is the f32 convention: `f32x4.convert_i32x4_s`, `f32x4.mul`,
+//! `f32x4.nearest`, `i32x4.trunc_sat_f32x4_s`, each as correctly rounded as the scalar code.
+//! In fixed point, `simd::requantize` applies one requantizer to four i32 lanes with `i64x2.extmul` and an
 //! arithmetic i64 shift, and `simd::narrow_clamp` adds the zero point and clamps with
 //! saturating narrows; `simd128_requantize_matches_scalar` checks them bit for bit on wasm32.
 //! The GEMM, depthwise and Add kernels use [`PreparedRequant`] when the accumulator bound allows:
@@ -32,17 +46,64 @@
 //!
 //! # Tests
 //! Published TFLite examples, `round(acc · m)` within 1 over random multipliers and
-//! accumulators (and exactly on values that are not near a tie), and the one-step agreement
+//! accumulators (and exactly on values that are not near a tie), the f32 convention against an
+//! independent f64 reference (ties, accumulators past 2^24), and the one-step agreement of both
 //! with `quantize_f32`.
 
-/// A real multiplier as a Q31 fixed-point multiplier and a power-of-two shift.
+/// How the int8 kernels round an accumulator times a real multiplier: the one choice an int8
+/// model makes beyond its scales and zero points. Both are integer arithmetic up to the
+/// accumulator; they part only on values within about `2^-24` of a rounding tie, and such a
+/// one-step difference can travel through the layers that follow. A model is run in the
+/// convention of the engine it will be deployed on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Requantization {
+    /// `round_half_even(f32(acc) · s)` with the multiplier `s` an f32 computed in f32 (for a
+    /// convolution `(sx · sw) / sy`): what onnxruntime's int8 kernels (MLAS) compute for an
+    /// ONNX QDQ model, and XNNPACK's `fp32` kernels. The default: our exports are ONNX QDQ, and
+    /// in this convention the int8 engine gives onnxruntime's integers.
+    #[default]
+    Fp32,
+    /// TFLite's / gemmlowp's fixed point: a Q31 multiplier and a shift, rounded once (see
+    /// [`Requantizer::apply`]), for integer-only runtimes.
+    FixedPoint,
+}
+
+impl Requantization {
+    /// The requantizer of a real multiplier in this convention: `exact` (computed in f64) in
+    /// fixed point, or `fp32`, the same multiplier computed in f32 as the deployment runtime
+    /// computes it.
+    pub fn requantizer(self, exact: f64, fp32: f32) -> Requantizer {
+        match self {
+            Requantization::FixedPoint => Requantizer::from_real(exact),
+            Requantization::Fp32 => Requantizer::fp32(fp32),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Requantization::Fp32 => "fp32",
+            Requantization::FixedPoint => "fixed-point",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Requantization> {
+        [Requantization::Fp32, Requantization::FixedPoint].into_iter().find(|r| r.name() == s)
+    }
+}
+
+/// A real multiplier as a Q31 fixed-point multiplier and a power-of-two shift, and, in the f32
+/// convention ([`Requantization::Fp32`]), the f32 multiplier that then does the rounding (the
+/// fixed-point form still bounds the results for the planner's range checks).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Requantizer {
     /// In `[2^30, 2^31 - 1]`, or 0 for a zero multiplier; never `i32::MIN`, which lets the SIMD
     /// high multiply skip gemmlowp's saturation case.
     multiplier: i32,
     /// In `[-31, 30]`: positive shifts left before the multiply, negative ones round right after.
     shift: i32,
+    /// `Some(s)`: `apply(acc) = round_half_even(f32(acc) · s)`.
+    fp32: Option<f32>,
 }
 
 impl Requantizer {
@@ -80,7 +141,20 @@ impl Requantizer {
         Requantizer {
             multiplier: q_fixed as i32,
             shift,
+            fp32: None,
         }
+    }
+
+    /// The f32 convention's requantizer of `scale` (see [`Requantization::Fp32`]).
+    ///
+    /// Panics on NaN, negative or too large `scale`, as `from_real`.
+    pub fn fp32(scale: f32) -> Requantizer {
+        Requantizer { fp32: Some(scale), ..Requantizer::from_real(scale as f64) }
+    }
+
+    /// The f32 multiplier of the f32 convention, `None` in fixed point.
+    pub fn fp32_scale(&self) -> Option<f32> {
+        self.fp32
     }
 
     pub fn multiplier(&self) -> i32 {
@@ -99,8 +173,14 @@ impl Requantizer {
     /// `acc · m`, rounded as TFLite does (see the module contract). Requires the result to fit
     /// an i32 (`|acc · m| < 2^31`), which TFLite also assumes; beyond it the result wraps to its
     /// low 32 bits, as in the SIMD path (debug builds panic instead).
+    ///
+    /// In the f32 convention: `round_half_even(f32(acc) · s)`, saturated to i32.
     #[inline]
     pub fn apply(&self, acc: i32) -> i32 {
+        if let Some(s) = self.fp32 {
+            // `as` saturates; the product is finite (|acc| <= 2^31, s < 2^29).
+            return (acc as f32 * s).round_ties_even() as i32;
+        }
         let total = 31 - self.shift;
         let y = (acc as i64 * self.multiplier as i64 + (1i64 << (total - 1))) >> total;
         debug_assert!(i32::try_from(y).is_ok(), "requantized accumulator {acc} · {self:?} overflows i32");
@@ -177,15 +257,23 @@ pub fn quantize_symmetric_into(src: &[f32], scale: f32, qmax: i32, dst: &mut Vec
 }
 
 /// The per-output-channel requantizers of a convolution or GEMM:
-/// `M[c] = input_scale · weight_scales[c] / output_scale`, computed in f64 as TFLite does.
+/// `M[c] = input_scale · weight_scales[c] / output_scale`, computed in f64 as TFLite does for
+/// fixed point, and in f32 in that order (`(sx · sw) / sy`) as onnxruntime's QLinearConv does
+/// for the f32 convention.
 pub fn channel_requantizers(
     input_scale: f32,
     weight_scales: &[f32],
     output_scale: f32,
+    convention: Requantization,
 ) -> Vec<Requantizer> {
     weight_scales
         .iter()
-        .map(|&sw| Requantizer::from_real(input_scale as f64 * sw as f64 / output_scale as f64))
+        .map(|&sw| {
+            convention.requantizer(
+                input_scale as f64 * sw as f64 / output_scale as f64,
+                input_scale * sw / output_scale,
+            )
+        })
         .collect()
 }
 
@@ -248,6 +336,10 @@ pub(super) struct PreparedRequant {
     pub exact_f64: bool,
     /// Also no accumulator within the bound is a tie: the f64 formula needs no half.
     pub no_ties: bool,
+    /// The f32 convention: `fp32_scale` does the rounding, none of the forms above apply.
+    pub fp32: bool,
+    /// The f32 multiplier in four lanes (the f32 convention).
+    pub fp32_scale: [f32; 4],
     pub rq: Requantizer,
 }
 
@@ -258,6 +350,9 @@ pub(super) const ROUND_MAGIC: f64 = 6_755_399_441_055_744.0;
 
 impl PreparedRequant {
     pub fn new(rq: &Requantizer, max_abs_acc: u32) -> PreparedRequant {
+        if let Some(s) = rq.fp32 {
+            return PreparedRequant { fp32: true, fp32_scale: [s; 4], rq: *rq, ..PreparedRequant::default() };
+        }
         let right = (-rq.shift).max(0) as u32;
         let nudge = 1i64 << (30 + right.min(31));
         let fast = rq.shift <= 0
@@ -276,6 +371,8 @@ impl PreparedRequant {
             fast,
             exact_f64,
             no_ties,
+            fp32: false,
+            fp32_scale: [0.0; 4],
             rq: *rq,
         }
     }
@@ -343,6 +440,21 @@ pub(super) mod simd {
         let lo = i64x2_shr(i64x2_add(i64x2_extmul_low_i32x4(acc, multiplier), l.nudge), l.total);
         let hi = i64x2_shr(i64x2_add(i64x2_extmul_high_i32x4(acc, multiplier), l.nudge), l.total);
         i32x4_shuffle::<0, 2, 4, 6>(lo, hi)
+    }
+
+    /// `Requantizer::apply` of the f32 convention on four lanes, bit for bit: the same
+    /// conversion, product and round-half-even as the scalar code, each correctly rounded in
+    /// both; `trunc_sat` saturates as the scalar `as` does. `scale` from [`fp32_lanes`].
+    #[inline(always)]
+    pub fn requantize_fp32(acc: v128, scale: v128) -> v128 {
+        i32x4_trunc_sat_f32x4(f32x4_nearest(f32x4_mul(f32x4_convert_i32x4(acc), scale)))
+    }
+
+    /// The f32 multiplier lanes of a prepared requantizer of the f32 convention.
+    #[inline(always)]
+    pub fn fp32_lanes(p: &PreparedRequant) -> v128 {
+        // SAFETY: a 16-byte read of a 16-byte field of `p`.
+        unsafe { v128_load(p.fp32_scale.as_ptr() as *const v128) }
     }
 
     /// `Requantizer::apply` on four lanes by the split shift of [`PreparedRequant`] (only for
@@ -513,6 +625,7 @@ mod tests {
         let r = Requantizer {
             multiplier: i32::MAX,
             shift: -3,
+            fp32: None,
         };
         let want = (i32::MAX as f64 * i32::MAX as f64 / 2f64.powi(34)).round() as i32;
         assert_eq!(r.apply(i32::MAX), want);
@@ -527,9 +640,9 @@ mod tests {
         assert_eq!([2, -2, 6, -6, 5, -5, 7, -7].map(|x| quarter.apply(x)), [1, 0, 2, -1, 1, -1, 2, -2]);
         // A value just below a half stays below: the double-rounding build rounds
         // acc · multiplier / 2^31 first and would carry it onto the tie.
-        let r = Requantizer { multiplier: (1 << 30) + 1, shift: -1 }; // just above 1/4
+        let r = Requantizer { multiplier: (1 << 30) + 1, shift: -1, fp32: None }; // just above 1/4
         assert_eq!(r.apply(-2), -1); // -0.5000000005 -> -1
-        let r = Requantizer { multiplier: (1 << 30) + 1, shift: -2 }; // just above 1/8
+        let r = Requantizer { multiplier: (1 << 30) + 1, shift: -2, fp32: None }; // just above 1/8
         assert_eq!(r.apply(3), 0); // 0.3750000003 -> 0
     }
 
@@ -582,15 +695,51 @@ mod tests {
             let sy = (acc.unsigned_abs().max(1) as f64 * sx as f64 * sw as f64
                 / (1.0 + 300.0 * rng.unit())) as f32;
             let zy = rng.int(-128, 127) as i32;
-            let rq = channel_requantizers(sx, &[sw], sy)[0];
-            let out = OutputParams::new(zy, -128, 127);
-            let deployed = requantize(acc, &rq, &out) as i32;
-            let simulated = quantize_f32(real, sy, zy, -128, 127);
-            assert!(
-                (deployed - simulated).abs() <= 1,
-                "seed {seed:#x} case {i}: acc={acc} sx={sx} sw={sw} sy={sy} zy={zy}: \
-                 int8 {deployed}, simulated {simulated}"
-            );
+            for convention in [Requantization::Fp32, Requantization::FixedPoint] {
+                let rq = channel_requantizers(sx, &[sw], sy, convention)[0];
+                let out = OutputParams::new(zy, -128, 127);
+                let deployed = requantize(acc, &rq, &out) as i32;
+                let simulated = quantize_f32(real, sy, zy, -128, 127);
+                assert!(
+                    (deployed - simulated).abs() <= 1,
+                    "seed {seed:#x} case {i} {convention:?}: acc={acc} sx={sx} sw={sw} sy={sy} zy={zy}: \
+                     int8 {deployed}, simulated {simulated}"
+                );
+            }
+        }
+    }
+
+    /// The f32 convention against an independent reference of what onnxruntime computes:
+    /// `f32(acc)`, the exact product in f64 (at most 48 significant bits) rounded once to f32
+    /// (which is the f32 multiplication), then rounded half to even; with ties, where the two
+    /// conventions part, and accumulators past 2^24, which f32 rounds.
+    #[test]
+    fn fp32_requantizer_rounds_the_f32_product_half_to_even() {
+        let half = Requantizer::fp32(0.5);
+        assert_eq!([1, -1, 3, -3, 5, -5, 4].map(|x| half.apply(x)), [0, 0, 2, -2, 2, -2, 2]);
+        assert_eq!(Requantizer::from_real(0.5).apply(1), 1, "fixed point rounds ties up");
+        // 3 · 0.1f32 is 0.3000000119 in f32: no tie, 0; and the scale is an f32, not 0.1.
+        assert_eq!(Requantizer::fp32(0.1).apply(3), 0);
+        // A product that rounds onto a tie in f32: (2^24 + 1) · 1.5 = 25165825.5 exactly
+        // (f32(acc) = 2^24 first), f32 product 25165824, even.
+        assert_eq!(Requantizer::fp32(1.5).apply((1 << 24) + 1), 25165824);
+        let seed = 0xf32;
+        let mut rng = Rng(seed);
+        for i in 0..50000 {
+            let s = 2f64.powf(-30.0 + 36.0 * rng.unit()) as f32;
+            let acc = match i % 3 {
+                0 => rng.int(-(1 << 24), 1 << 24) as i32,
+                1 => rng.int(i32::MIN as i64, i32::MAX as i64) as i32,
+                // Odd multiples of a power of two times a power-of-two scale: ties.
+                _ => (2 * rng.int(-1000, 1000) as i32 + 1) << rng.int(0, 8),
+            };
+            let s = if i % 3 == 2 { 2f32.powi(-(rng.int(1, 9) as i32)) } else { s };
+            let product = (acc as f32 as f64 * s as f64) as f32;
+            let want = (product as f64).round_ties_even().clamp(i32::MIN as f64, i32::MAX as f64) as i32;
+            let rq = Requantizer::fp32(s);
+            assert_eq!(rq.apply(acc), want, "seed {seed:#x} case {i}: acc={acc} s={s}");
+            let prepared = PreparedRequant::new(&rq, acc.unsigned_abs());
+            assert!(prepared.fp32 && !prepared.fast && !prepared.exact_f64 && !prepared.no_ties);
         }
     }
 
@@ -651,6 +800,7 @@ mod tests {
                 _ => Requantizer {
                     multiplier: rng.int(1 << 30, i32::MAX as i64) as i32,
                     shift: rng.int(-31, 0) as i32,
+                    fp32: None,
                 },
             };
             let bound = match i % 4 {
@@ -692,6 +842,7 @@ mod tests {
             let rq = Requantizer {
                 multiplier: 1 << 30,
                 shift,
+                fp32: None,
             };
             let p = PreparedRequant::new(&rq, 1 << 30);
             assert!(p.fast);
@@ -713,7 +864,7 @@ mod tests {
         for i in 0..400_000 {
             let rq = match i % 3 {
                 0 => Requantizer::from_real(2f64.powf(-33.0 + 33.0 * rng.unit())),
-                _ => Requantizer { multiplier: rng.int(1 << 30, i32::MAX as i64) as i32, shift: rng.int(-31, 0) as i32 },
+                _ => Requantizer { multiplier: rng.int(1 << 30, i32::MAX as i64) as i32, shift: rng.int(-31, 0) as i32, fp32: None },
             };
             // Bounds at the edge of the condition, and typical ones (depthwise, small k).
             let edge = ((1i64 << 52) / rq.multiplier().max(1) as i64).min(i32::MAX as i64);
@@ -742,7 +893,7 @@ mod tests {
         // Ties (acc · m exactly k / 2) and their neighbours, for every shift.
         for shift in -31..=0 {
             for multiplier in [1 << 30, (1 << 30) + 1, i32::MAX] {
-                let rq = Requantizer { multiplier, shift };
+                let rq = Requantizer { multiplier, shift, fp32: None };
                 let p = PreparedRequant::new(&rq, 1 << 20);
                 assert!(p.exact_f64);
                 // 2^30 · 2^-(31 + r) = 2^-(r + 1): odd multiples of 2^r are ties, within the
@@ -769,7 +920,7 @@ mod tests {
         let seed = 0xf640;
         let mut rng = Rng(seed);
         for i in 0..20000 {
-            let rq = Requantizer { multiplier: rng.int(1 << 30, i32::MAX as i64) as i32, shift: rng.int(-31, 0) as i32 };
+            let rq = Requantizer { multiplier: rng.int(1 << 30, i32::MAX as i64) as i32, shift: rng.int(-31, 0) as i32, fp32: None };
             let bound = if i % 2 == 0 { ((1i64 << 52) / rq.multiplier() as i64 - 1) as u32 } else { rng.int(1, 1 << 20) as u32 };
             let p = PreparedRequant::new(&rq, bound);
             assert!(p.exact_f64);
@@ -808,6 +959,7 @@ mod tests {
             let rq = Requantizer {
                 multiplier: rng.int(1 << 30, i32::MAX as i64) as i32,
                 shift: rng.int(-31, 0) as i32,
+                fp32: None,
             };
             let bound = if i % 2 == 0 {
                 1 << 30
@@ -863,6 +1015,7 @@ mod tests {
                 _ => Requantizer {
                     multiplier: rng.int(0, i32::MAX as i64) as i32,
                     shift: rng.int(-31, 0) as i32,
+                    fp32: None,
                 },
             };
             let left = rq.shift().max(0);
@@ -880,10 +1033,20 @@ mod tests {
                 rng.int(-128, 0) as i8,
                 rng.int(0, 127) as i8,
             );
+            // Every fourth case in the f32 convention, of the same multiplier.
+            let rq = if i % 4 == 3 { Requantizer::fp32(rq.real() as f32) } else { rq };
             let lanes = simd::Lanes::new(&rq);
+            let prepared = PreparedRequant::new(&rq, i32::MAX as u32);
             let v: Vec<v128> = accs
                 .chunks_exact(4)
-                .map(|c| simd::requantize(i32x4(c[0], c[1], c[2], c[3]), &lanes))
+                .map(|c| {
+                    let acc = i32x4(c[0], c[1], c[2], c[3]);
+                    if prepared.fp32 {
+                        simd::requantize_fp32(acc, simd::fp32_lanes(&prepared))
+                    } else {
+                        simd::requantize(acc, &lanes)
+                    }
+                })
                 .collect();
             let mut applied = [0i32; 16];
             let mut narrowed = [0i8; 16];

@@ -4,7 +4,7 @@
 //!
 //! wasm32 only, like `api.rs`; nothing here is used by the engine. Inputs, weights, biases and
 //! requantizers are deterministic pseudo-random values (the kernels' speed does not depend on
-//! them); every call builds (packs) its convolution once, runs it once to warm up, then times
+//! them; the requantizers are of the default convention, what models run); every call builds (packs) its convolution once, runs it once to warm up, then times
 //! `iterations` calls with `performance.now()` and returns milliseconds per call.
 //!
 //! Shapes use TensorFlow's "SAME" padding (the padding of EfficientNet-Lite's ONNX export):
@@ -13,7 +13,7 @@
 use wasm_bindgen::prelude::*;
 
 use crate::kernels::conv::{Conv2dShape, PackedConv2d};
-use crate::kernels::int8::{PackedQs8Conv2d, Requantizer};
+use crate::kernels::int8::{PackedQs8Conv2d, Requantization, Requantizer};
 use crate::kernels::Activation;
 use crate::rng::Rng;
 
@@ -122,7 +122,10 @@ pub fn bench_conv(
                 .collect();
             // Convolution multipliers sx·sw/sy are far below 1: 2^-14 .. 2^-8.
             let rq: Vec<Requantizer> = (0..out_c)
-                .map(|_| Requantizer::from_real(2f64.powf(rng.uniform(-14.0, -8.0))))
+                .map(|_| {
+                    let m = 2f64.powf(rng.uniform(-14.0, -8.0));
+                    Requantization::default().requantizer(m, m as f32)
+                })
                 .collect();
             let conv = PackedQs8Conv2d::new(s, &w, Some(&b), -100, rq, -128, -128, 99);
             let x = rng.i8s(in_c * in_h * in_w, -128, 127);

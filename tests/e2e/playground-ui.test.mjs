@@ -62,8 +62,10 @@ test('without a webcam: images, calibration, PTQ, QAT, insight, downloads, and a
     await page.locator('#samples-button').click();
     await page.waitForFunction(() => document.querySelector('[data-field="frame-count"]').textContent === '21 frames', null, { timeout: 60_000 });
 
-    // PTQ: 4-bit, per tensor, percentile, one layer kept in float, bias correction.
+    // PTQ: 4-bit, per tensor, percentile, one layer kept in float, bias correction, TFLite's
+    // rounding (the other tests run onnxruntime's, the default).
     await page.locator('#ptq-form input[name="weightBits"][value="4"]').check();
+    await page.selectOption('#ptq-form select[name="requantization"]', 'fixed-point');
     await page.locator('#ptq-form input[name="granularity"][value="tensor"]').check();
     await page.selectOption('#ptq-form select[name="method"]', 'percentile');
     await page.fill('#ptq-form input[name="percentile"]', '99.9');
@@ -84,7 +86,7 @@ test('without a webcam: images, calibration, PTQ, QAT, insight, downloads, and a
     await page.keyboard.press('Enter');
     await page.waitForSelector('#ptq-panel[data-state="done"]', { timeout: 60_000 });
     assert.match(await field(page, 'ptq-notice'), /^Quantized from 21 frames in \d+ s\.$/);
-    assert.match(await field(page, 'ptq-layers'), /4-bit weights per tensor, percentile 99\.9, bias corrected/);
+    assert.match(await field(page, 'ptq-layers'), /4-bit weights per tensor, percentile 99\.9, bias corrected, fixed-point rounding/);
     assert.equal(await field(page, 'ptq-float'), `${firstLayer} (Conv: kept in float)`);
     assert.match(await field(page, 'ptq-fidelity'), /^On 21 calibration frames: logits: cosine 0\.9980/);
     await page.waitForSelector('.pane[data-variant="ptq"][data-state="ok"]');

@@ -429,8 +429,9 @@ fn bias_q(b: f32, acc_scale: f32) -> std::result::Result<i64, String> {
 /// A bias so large that an accumulator could leave int32 is moved toward zero until none can.
 /// onnxruntime's quantizer writes such biases (within 2^18 of `i32::MIN`) for channels whose
 /// weights are all near zero, so that the bias alone sets the output; moving it by the excess
-/// (at most `128 · Σ|w|`, a few parts per million of it) moves those outputs by far less than
-/// a step. Refusing the channel instead would put the whole layer in float.
+/// over the accumulator bound (in those files 13,000 to 231,000, at most a ten-thousandth of
+/// it) moves those outputs by far less than a step. Refusing the channel instead would put the
+/// whole layer in float.
 fn channel_biases(w: &WeightInts, bias: Option<&[f32]>, acc_scales: &[f32], zx: i32, requant: &[Requantizer]) -> std::result::Result<Vec<i32>, String> {
     let mut out = Vec::with_capacity(acc_scales.len());
     for (c, &acc_scale) in acc_scales.iter().enumerate() {

@@ -216,6 +216,8 @@ export const NOT_AVAILABLE = 'NotAvailableError';
  * @property {{name: string, op: string, weightShape: number[], params: number}[]} quantizable
  * @property {string[]} floatOps
  * @property {'fp32' | 'fixed-point' | null} requantization   a quantized model's rounding
+ * @property {'integer' | 'onnxruntime' | null} fusion   a quantized model's fusion: every node in
+ *   integers (ours), or the nodes onnxruntime fuses (a foreign QDQ file; the rest in float)
  * @property {{node: string, op: string, reason: string}[]} int8Float   nodes the int8 engine runs in float
  * @property {string[]} ignoredDomains
  * @property {Preprocess | null} preprocess      a guess for the first input

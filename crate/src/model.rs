@@ -53,6 +53,9 @@ pub struct ModelSummary {
     pub quantized: bool,
     /// A quantized model's rounding convention (`fp32`: onnxruntime's, `fixed-point`: TFLite's).
     pub requantization: Option<&'static str>,
+    /// A quantized model's fusion (`integer`: every node with an integer form runs with integer
+    /// kernels; `onnxruntime`: those onnxruntime fuses, for a foreign QDQ file).
+    pub fusion: Option<&'static str>,
     /// Nodes of a quantized model that the int8 engine runs in float, and why.
     pub int8_float: Vec<FloatNode>,
     pub ignored_domains: Vec<String>,
@@ -140,6 +143,7 @@ impl Model {
             float_ops,
             quantized: self.is_quantized(),
             requantization: self.is_quantized().then(|| g.requantization.name()),
+            fusion: self.is_quantized().then(|| g.fusion.name()),
             int8_float: self
                 .int8
                 .iter()

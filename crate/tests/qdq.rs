@@ -516,6 +516,18 @@ fn qdq_export_writes_what_onnxruntime_reads() {
     meta.value = "banana".into();
     let err = onnx::import(&m.encode_to_vec(), &ImportOptions::default()).err().expect("unknown convention").to_string();
     assert!(err.contains("quant-playground.requantization is 'banana', not 'fp32' or 'fixed-point'"), "{err}");
+
+    // So is the fusion: our graphs run every node in integers; without the keys (a foreign
+    // file), as onnxruntime fuses it; an unknown value is an error that names it.
+    m.metadata_props.iter_mut().find(|p| p.key == key).expect("recorded").value = "fp32".into();
+    let key = quant_playground::onnx::export::FUSION_KEY;
+    let meta = m.metadata_props.iter_mut().find(|p| p.key == key).expect("recorded");
+    assert_eq!(meta.value, "integer");
+    meta.value = "all".into();
+    let err = onnx::import(&m.encode_to_vec(), &ImportOptions::default()).err().expect("unknown fusion").to_string();
+    assert!(err.contains("quant-playground.fusion is 'all', not 'integer' or 'onnxruntime'"), "{err}");
+    m.metadata_props.retain(|p| !p.key.starts_with("quant-playground.") || p.key == RANGES_KEY);
+    assert_eq!(onnx::import(&m.encode_to_vec(), &ImportOptions::default()).unwrap().graph.fusion, Fusion::Onnxruntime);
 }
 
 // ---- foreign QDQ files ----
@@ -558,9 +570,32 @@ fn onnxruntime_qdq_files_import_as_quantized_models() {
                 }
                 assert_ne!(a[0].data, b[0]);
             }
-            // Our export of it reads back the same.
+            // It runs as onnxruntime fuses it: with uint8 activations every node unit is fused;
+            // with int8 ones, the Convs, Adds and Muls around int8 values read by two nodes run
+            // in float (EfficientNet-Lite0's 14 Convs and 9 Adds are what onnxruntime's profiler
+            // lists; tests/ort checks the outputs against onnxruntime on every model).
+            assert_eq!(g.fusion, Fusion::Onnxruntime, "{file}");
+            let mut unfused = std::collections::BTreeMap::new();
+            for f in model.summary().int8_float.iter().filter(|f| f.reason.starts_with("onnxruntime runs it in float")) {
+                *unfused.entry(f.op.split(' ').next().unwrap().to_string()).or_insert(0) += 1;
+            }
+            let expected: &[(&str, usize)] = match (m.name, storage) {
+                (_, "u8") => &[],
+                ("efficientnet_lite0", _) => &[("Add", 9), ("Conv", 14)],
+                ("blazeface_front_128", _) => &[("Add", 16), ("Conv", 21)],
+                _ => &[("Add", 25), ("Conv", 23), ("Mul", 27)],
+            };
+            assert_eq!(unfused, expected.iter().map(|&(op, n)| (op.to_string(), n)).collect(), "{file}");
+            // The int8 engine computes the simulation's values there too (both add in MLAS's
+            // order), bit for bit.
+            let int8 = quant_playground::engine::Int8Engine::new(g.clone()).unwrap();
+            for x in &m.frames[..1] {
+                assert_same_outputs(&int8.run(&[x]).unwrap(), &model.engine.run(&[x]).unwrap(), &format!("{file}: int8 engine and simulation"));
+            }
+            // Our export of it reads back the same, and runs as onnxruntime fuses the original.
             let back = reimport(g, 17);
             assert_same_graph(g, &back, &file);
+            assert_eq!(back.fusion, Fusion::Onnxruntime, "{file}");
         }
     }
 }

@@ -272,12 +272,12 @@ test('our PTQ exports run in onnxruntime like in our engine', async () => {
 // The int8 engine (what the page and `run` deploy) against onnxruntime in its default session
 // (graph optimisations on: the QDQ groups fused into its integer kernels): onnxruntime's QDQ
 // files within 1 output step and our exports within 2 (issue #7 items 2 and 3), with the same
-// top-1, on all 19 bundled images (3 for the int8 files). The int8 engine computes in onnxruntime's arithmetic (`Requantization::Fp32`): on
-// files with uint8 activations, which onnxruntime fuses completely, it lands on onnxruntime's
-// integers in every fused kernel. One exception is allowed, measured and bounded: with int8
-// activations onnxruntime-web leaves Adds and the Convs next to them in float (its profiler on
-// EfficientNet-Lite0), whose roundings no integer engine reproduces; there the bound grows to
-// the distance between onnxruntime's own two executions (fused and unfused) and no further.
+// top-1, on all 19 bundled images. The int8 engine computes in onnxruntime's arithmetic
+// (`Requantization::Fp32`) and, on a foreign file, fuses what onnxruntime fuses
+// (`Fusion::Onnxruntime`): where onnxruntime leaves a node unit in float (int8 activations read
+// by two nodes, see `engine::ort_fusion`) it computes that unit in float too, a Conv in MLAS's
+// summation order (`kernels::conv_mlas`). The one step allowed on foreign files is PP-OCR's
+// Softmax, which both engines run in float, each with its own exp.
 test("QDQ files (onnxruntime's and our PTQ exports) run on our int8 engine as in onnxruntime", async () => {
   const report = [];
   const failures = [];
@@ -285,8 +285,7 @@ test("QDQ files (onnxruntime's and our PTQ exports) run on our int8 engine as in
     for (const s of [...STORAGES, 'ptq']) {
       const file = s === 'ptq' ? path.join(OUT, `${m.name}.ptq.onnx`) : path.join(FIXTURES, `${m.name}.${s}.onnx`);
       const bound = s === 'ptq' ? 2 : 1;
-      // Every bundled image where onnxruntime fuses the whole file (uint8: ours and its own).
-      for (const image of s === 's8' ? IMAGES : ALL_IMAGES) {
+      for (const image of ALL_IMAGES) {
         const run = ours(file, m, image, 'int8');
         const plain = await onnxruntime(file, m, run.input, 'disabled');
         const fused = await onnxruntime(file, m, run.input, 'all');
@@ -296,9 +295,8 @@ test("QDQ files (onnxruntime's and our PTQ exports) run on our int8 engine as in
           const d = steps(mine, fused.get(o.name), step);
           const spread = steps(fused.get(o.name), plain.get(o.name), step);
           const top1 = !m.classifier || argmax(mine) === argmax(fused.get(o.name));
-          const allowed = s === 's8' ? Math.max(bound, spread.max) : bound;
-          report.push(`${m.name}.${s} ${image} ${o.name}: int8 to onnxruntime max ${d.max.toFixed(1)} steps, mean ${d.mean.toFixed(4)} (onnxruntime fused to unfused ${spread.max.toFixed(1)}; allowed ${allowed}), top-1 ${top1 ? 'same' : 'DIFFERS'}`);
-          if (!top1 || d.max > allowed + 1e-3) failures.push(report.at(-1));
+          report.push(`${m.name}.${s} ${image} ${o.name}: int8 to onnxruntime max ${d.max.toFixed(1)} steps, mean ${d.mean.toFixed(4)} (onnxruntime fused to unfused ${spread.max.toFixed(1)}; allowed ${bound}), top-1 ${top1 ? 'same' : 'DIFFERS'}`);
+          if (!top1 || d.max > bound + 1e-3) failures.push(report.at(-1));
         }
       }
     }

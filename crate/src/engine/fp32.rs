@@ -22,12 +22,14 @@
 
 use crate::ir::{Graph, Node, Op, ValueId};
 use crate::kernels::conv::{ConvTranspose2dShape, PackedConv2d, PackedConvTranspose2d};
+use crate::kernels::conv_mlas::MlasOrderConv2d;
 use crate::kernels::elementwise::{binary, prelu, unary};
 use crate::kernels::gemm::{gemm, GemmBias, PackedA, PackedB};
 use crate::kernels::pool::{avg_pool2d, global_avg_pool, global_max_pool, max_pool2d, reduce};
 use crate::kernels::softmax::{log_softmax, softmax};
 use crate::kernels::int8::quantize_f32;
 use crate::kernels::{layout, resize, Activation};
+use super::ort_fusion;
 use super::sim::{self, SimNode};
 use super::{conv_shape, pool_shape};
 use crate::{Error, Result};
@@ -35,6 +37,8 @@ use crate::{Error, Result};
 /// What a step precomputed at plan time.
 enum Prepared {
     Conv(PackedConv2d),
+    /// A Conv onnxruntime runs in float on a foreign QDQ graph, in its summation order.
+    ConvMlasOrder(MlasOrderConv2d),
     ConvTranspose(PackedConvTranspose2d),
     /// Gemm or 2-D MatMul with a constant right operand: B packed, alpha
     /// folded in, C folded into a per-column bias when it is one.
@@ -103,10 +107,21 @@ fn prepare(graph: &Graph, node: &Node) -> Prepared {
     }
 }
 
+/// [`prepare`] for a node onnxruntime runs in float (`engine::ort_fusion`): a Conv adds in its
+/// order (`kernels::conv_mlas`), so that the quantized output is onnxruntime's.
+fn prepare_as_onnxruntime(graph: &Graph, node: &Node) -> Prepared {
+    let konst = |i: usize| node.inputs.get(i).and_then(|&v| graph.const_data(v));
+    match (&node.op, konst(1)) {
+        (Op::Conv(c), Some(w)) => Prepared::ConvMlasOrder(MlasOrderConv2d::new(conv_shape(graph, node, &c.window, c.group), w, konst(2), c.activation)),
+        _ => prepare(graph, node),
+    }
+}
+
 impl Fp32Engine {
     /// The plan of `graph`; on an annotated graph, its simulation (see the module docs).
     pub fn new(graph: Graph) -> Fp32Engine {
         let mut integer = sim::plan(&graph).unwrap_or_default();
+        let unfused = ort_fusion::unfused(&graph);
         let steps = graph
             .nodes
             .iter()
@@ -114,6 +129,7 @@ impl Fp32Engine {
             .map(|(i, node)| {
                 let prepared = match integer.get_mut(i).and_then(Option::take) {
                     Some(s) => Prepared::Quantized(Box::new(s)),
+                    None if unfused[i].is_some() => prepare_as_onnxruntime(&graph, node),
                     None => prepare(&graph, node),
                 };
                 Step { node: i, prepared }
@@ -235,9 +251,25 @@ impl PreparedNode {
         PreparedNode(prepare(graph, node))
     }
 
+    /// A node onnxruntime runs in float, computed as it does (see [`prepare_as_onnxruntime`]).
+    pub fn as_onnxruntime(graph: &Graph, node: &Node) -> PreparedNode {
+        PreparedNode(prepare_as_onnxruntime(graph, node))
+    }
+
     /// [`eval_node`] with the packing done; `scratch` is reused across calls.
     pub fn run(&self, graph: &Graph, node: &Node, args: &[&[f32]], scratch: &mut Vec<f32>) -> Result<Vec<Vec<f32>>> {
         execute(graph, node, &self.0, args, scratch)
+    }
+}
+
+/// `run(x, y)` on each image of a batch: `x` of shape `x_shape`, `y` as many images.
+fn per_image(x: &[f32], x_shape: &[usize], y: &mut [f32], mut run: impl FnMut(&[f32], &mut [f32])) {
+    let images = x_shape[0];
+    if images == 0 || x.is_empty() || y.is_empty() {
+        return;
+    }
+    for (x, y) in x.chunks_exact(x.len() / images).zip(y.chunks_exact_mut(y.len() / images)) {
+        run(x, y);
     }
 }
 
@@ -250,20 +282,9 @@ fn execute(g: &Graph, node: &Node, prepared: &Prepared, args: &[&[f32]], scratch
     let out_len = |i: usize| g.values[node.outputs[i]].len();
     let mut y = vec![0f32; out_len(0)];
     match (&node.op, prepared) {
-        (Op::Conv(_), Prepared::Conv(conv)) => {
-            let (xs, ys) = (shape(0), out_shape(0));
-            let (per_x, per_y) = (xs[1..].iter().product::<usize>(), ys[1..].iter().product::<usize>());
-            for n in 0..xs[0] {
-                conv.run(&args[0][n * per_x..(n + 1) * per_x], &mut y[n * per_y..(n + 1) * per_y], scratch);
-            }
-        }
-        (Op::ConvTranspose(_), Prepared::ConvTranspose(conv)) => {
-            let (xs, ys) = (shape(0), out_shape(0));
-            let (per_x, per_y) = (xs[1..].iter().product::<usize>(), ys[1..].iter().product::<usize>());
-            for n in 0..xs[0] {
-                conv.run(&args[0][n * per_x..(n + 1) * per_x], &mut y[n * per_y..(n + 1) * per_y], scratch);
-            }
-        }
+        (Op::Conv(_), Prepared::Conv(conv)) => per_image(args[0], shape(0), &mut y, |x, y| conv.run(x, y, scratch)),
+        (Op::Conv(_), Prepared::ConvMlasOrder(conv)) => per_image(args[0], shape(0), &mut y, |x, y| conv.run(x, y, scratch)),
+        (Op::ConvTranspose(_), Prepared::ConvTranspose(conv)) => per_image(args[0], shape(0), &mut y, |x, y| conv.run(x, y, scratch)),
         (Op::Conv(_) | Op::ConvTranspose(_), _) => {
             return Err(Error::node(&node.name, node.op.name(), "weights computed at run time are not supported; they must be constants"))
         }

@@ -25,9 +25,12 @@
 //!
 //! Everything else runs in float ([`Int8Engine::float_nodes`] says which and why): quantized
 //! inputs are dequantized, the FP32 kernel runs ([`PreparedNode`], weights packed once), and
-//! annotated outputs are quantized. Requantizations the kernels cannot hold (a multiplier of
-//! `2^29` or more, accumulators that could overflow i32 after the requantizer's left shift)
-//! also fall back to float instead of panicking in a kernel.
+//! annotated outputs are quantized. So do, on a foreign QDQ graph (`Fusion::Onnxruntime`),
+//! the Conv, Add and Mul units onnxruntime leaves unfused (`engine::ort_fusion`), a Conv then
+//! adding in onnxruntime's order (`kernels::conv_mlas`), so that they give its integers.
+//! Requantizations the kernels cannot hold (a multiplier of `2^29` or more, accumulators that
+//! could overflow i32 after the requantizer's left shift) also fall back to float instead of
+//! panicking in a kernel.
 //!
 //! # Agreement with the simulation
 //! The FP32 engine on the same annotated graph is the simulation, and computes the same
@@ -52,6 +55,7 @@
 
 use std::borrow::Cow;
 
+use super::ort_fusion;
 use super::qplan::{plan_node, quant_params, Clamp, IntOp, IntWeights, Qp};
 use crate::engine::fp32::PreparedNode;
 use crate::ir::{Graph, Node, Op, ValueId};
@@ -172,14 +176,18 @@ impl Int8Engine {
         graph.validate()?;
         let n = graph.values.len();
         let (qparams, const_q) = quant_params(&graph)?;
+        let unfused = ort_fusion::unfused(&graph);
         let steps = graph
             .nodes
             .iter()
             .enumerate()
             .map(|(i, node)| {
-                let exec = match plan_node(&graph, &qparams, node) {
-                    Ok(op) => Exec::pack(op),
-                    Err(why) => Exec::Float { prepared: PreparedNode::new(&graph, node), why },
+                let exec = match &unfused[i] {
+                    Some(why) => Exec::Float { prepared: PreparedNode::as_onnxruntime(&graph, node), why: why.clone() },
+                    None => match plan_node(&graph, &qparams, node) {
+                        Ok(op) => Exec::pack(op),
+                        Err(why) => Exec::Float { prepared: PreparedNode::new(&graph, node), why },
+                    },
                 };
                 Step { node: i, exec }
             })

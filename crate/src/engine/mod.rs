@@ -4,6 +4,7 @@
 
 pub mod fp32;
 pub mod int8;
+mod ort_fusion;
 mod qplan;
 pub(crate) mod sim;
 

@@ -32,7 +32,8 @@
 //!   the float path's fake quantization of the moved (dequantized, monotonically ordered)
 //!   values, so the plain FP32 node followed by fake quantization gives the same integers.
 //! - Nodes the int8 engine runs in float run the same FP32 kernel on the same dequantized
-//!   values in both.
+//!   values in both (for the units onnxruntime leaves unfused in a foreign QDQ graph, the same
+//!   MLAS-order Conv, `engine::ort_fusion`).
 //!
 //! Outputs are dequantized with the simulation's expression `s · (q - z)`, which is what the
 //! int8 engine's observer and outputs give too: the two agree bit for bit.
@@ -63,6 +64,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use super::ort_fusion;
 use super::qplan::{plan_node_with, quant_params, weight_ints, Clamp, IntOp, IntWeights, Qp, WeightInts};
 use crate::ir::{Activation, Graph, Node, Op};
 use crate::kernels::conv::PackedConv2d;
@@ -203,8 +205,14 @@ pub(crate) fn plan_reusing(graph: &Graph, cache: &mut PlanCache) -> Option<Vec<O
         return None;
     }
     let (qparams, _) = quant_params(graph).ok()?;
+    let unfused = ort_fusion::unfused(graph);
     let mut nodes = Vec::with_capacity(graph.nodes.len());
     for (n, node) in graph.nodes.iter().enumerate() {
+        // Nodes onnxruntime runs in float run as it runs them, in both engines.
+        if unfused[n].is_some() {
+            nodes.push(None);
+            continue;
+        }
         let Ok(op) = plan_node_with(graph, &qparams, node, &mut |node| cache.weights(graph, n, node)) else {
             nodes.push(None);
             continue;

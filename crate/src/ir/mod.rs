@@ -64,6 +64,36 @@ pub struct Graph {
     /// How the int8 forms of this graph's quantized nodes round (the int8 engine, the
     /// simulation, QAT): set by PTQ from its config, read from an imported model's metadata.
     pub requantization: Requantization,
+    /// Which quantized nodes run with integer kernels: all of them, or those onnxruntime fuses
+    /// (a foreign QDQ file); read from an imported model's metadata.
+    pub fusion: Fusion,
+}
+
+/// Which of a quantized graph's nodes the int8 engine (and the simulation) runs with integer
+/// kernels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Fusion {
+    /// Every node that has an integer form: graphs from PTQ and QAT, and our exports.
+    #[default]
+    Integer,
+    /// The node units onnxruntime's CPU execution provider leaves unfused on x86 and
+    /// WebAssembly run in float as it runs them, a Conv in its summation order
+    /// (`engine::ort_fusion`, `kernels::conv_mlas`): foreign QDQ files, so that the int8 engine
+    /// computes onnxruntime's integers.
+    Onnxruntime,
+}
+
+impl Fusion {
+    pub fn name(self) -> &'static str {
+        match self {
+            Fusion::Integer => "integer",
+            Fusion::Onnxruntime => "onnxruntime",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Fusion> {
+        [Fusion::Integer, Fusion::Onnxruntime].into_iter().find(|f| f.name() == s)
+    }
 }
 
 impl Graph {

@@ -16,6 +16,7 @@ pub mod gemm;
 pub mod gemm_nt;
 pub mod int8;
 pub mod conv;
+pub mod conv_mlas;
 pub mod dwconv_grad;
 pub mod pool;
 pub mod resize;

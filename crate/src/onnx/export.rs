@@ -49,6 +49,10 @@
 //! model (`fp32`, onnxruntime's, or `fixed-point`, TFLite's; see
 //! [`crate::kernels::int8::Requantization`]), so that importing the file runs the same
 //! integers. A QDQ file without it is run in `fp32`, as onnxruntime runs it.
+//! `metadata_props["quant-playground.fusion"]` says which nodes the int8 engine ran with
+//! integer kernels (`integer`: all; `onnxruntime`: those onnxruntime fuses, for a re-exported
+//! foreign file; see [`crate::ir::Fusion`]). A QDQ file without either key runs as onnxruntime
+//! fuses it.
 //!
 //! Tested by `crate/tests/qdq.rs` (round trips, every op, names, the QDQ structure) and by
 //! `tests/ort/` (onnx's checker and onnxruntime on the exported files).
@@ -82,6 +86,9 @@ pub const RANGES_KEY: &str = "quant-playground.ranges";
 
 /// The metadata key naming the model's [`Requantization`] (see the module docs).
 pub const REQUANTIZATION_KEY: &str = "quant-playground.requantization";
+
+/// The metadata key naming the model's [`Fusion`](crate::ir::Fusion) (see the module docs).
+pub const FUSION_KEY: &str = "quant-playground.fusion";
 
 /// What QDQ cannot say about a quantized constant: its width and (for `Quant::Tensor`
 /// constants) whether its range is symmetric.
@@ -145,6 +152,7 @@ pub fn export_model(graph: &Graph, options: &ExportOptions) -> Result<ModelProto
             key: REQUANTIZATION_KEY.into(),
             value: graph.requantization.name().into(),
         });
+        metadata_props.push(StringStringEntryProto { key: FUSION_KEY.into(), value: graph.fusion.name().into() });
     }
     if !ranges.is_empty() {
         metadata_props.push(StringStringEntryProto {

@@ -276,6 +276,7 @@ pub fn import(bytes: &[u8], options: &ImportOptions) -> Result<Imported> {
     }
     let mut ir = lowering.graph;
     ir.requantization = requantization(&model)?;
+    ir.fusion = fusion(&model)?;
     lowering.qdq.finish(&mut ir)?;
     passes::optimize(&mut ir)?;
     ir.validate()?;
@@ -287,6 +288,19 @@ pub fn import(bytes: &[u8], options: &ImportOptions) -> Result<Imported> {
         ignored_domains,
     };
     Ok(Imported { graph: ir, meta })
+}
+
+/// Which nodes the int8 engine fuses: what our exports record (`export::FUSION_KEY`), every one
+/// for our exports that predate the key (they record their requantization), and those
+/// onnxruntime fuses for any other file, so that a foreign QDQ file runs as onnxruntime runs it.
+fn fusion(model: &ModelProto) -> Result<crate::ir::Fusion> {
+    let entry = |key: &str| model.metadata_props.iter().find(|p| p.key == key);
+    match entry(export::FUSION_KEY) {
+        Some(p) => crate::ir::Fusion::parse(&p.value)
+            .ok_or_else(|| Error::Invalid(format!("metadata {} is '{}', not 'integer' or 'onnxruntime'", p.key, p.value))),
+        None if entry(export::REQUANTIZATION_KEY).is_some() => Ok(crate::ir::Fusion::Integer),
+        None => Ok(crate::ir::Fusion::Onnxruntime),
+    }
 }
 
 /// The requantization our exports record (`export::REQUANTIZATION_KEY`); onnxruntime's f32

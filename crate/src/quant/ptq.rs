@@ -22,7 +22,7 @@ use super::params::{check_bits, from_range, quantize_weights, ChannelParams, Qua
 use super::plan::{fold_clamps_into_producers, keep_outputs_float, plan, split_fused_activations, weight_axis, QuantPlan, ValuePlan};
 use super::Quant;
 use crate::engine::Fp32Engine;
-use crate::ir::{Graph, Node, Op, Requantization, ValueId};
+use crate::ir::{Fusion, Graph, Node, Op, Requantization, ValueId};
 use crate::{Error, Result};
 
 /// Everything that decides how a model is quantized. Serialized in reports and accepted from
@@ -271,6 +271,7 @@ impl Calibrator {
         }
         let mut g = self.graph().clone();
         g.requantization = self.config.requantization;
+        g.fusion = Fusion::Integer;
         for v in 0..g.values.len() {
             if let Some(p) = self.activation_params_in(plan, v) {
                 g.values[v].quant = Some(Quant::Tensor(p));

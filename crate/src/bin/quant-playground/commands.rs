@@ -68,7 +68,7 @@ fn print_summary(s: &ModelSummary) {
     println!("quantizable {} layers with weights ({} parameters)", s.quantizable.len(), q);
     println!("in float   {}", if s.float_ops.is_empty() { "-".to_string() } else { s.float_ops.join(", ") });
     if s.quantized {
-        println!("quantized  yes (a QDQ file or a PTQ result), rounding {}", s.requantization.unwrap_or("-"));
+        println!("quantized  yes (a QDQ file or a PTQ result), rounding {}, fusion {}", s.requantization.unwrap_or("-"), s.fusion.unwrap_or("-"));
         for f in &s.int8_float {
             println!("int8 float {} ({}): {}", f.node, f.op, f.reason);
         }

@@ -305,18 +305,18 @@ test("QDQ files (onnxruntime's and our PTQ exports) run on our int8 engine as in
   assert.deepEqual(failures, [], 'the int8 engine is further from onnxruntime than allowed');
 });
 
-// The int8 Add against onnxruntime's QLinearAdd on every pair of uint8 inputs (65536), bit for
-// bit: the parameters of two Adds of our exports (BlazeFace's add_3, EfficientNet-Lite0's
-// add_8) and one where the output zero point decides ties (see `Fp32Add::Uint8`). Adds of int8
-// tensors are left out: onnxruntime-web fuses them (converted to uint8) alone, but not inside
-// the shipped models, whose int8 files run their Adds unfused (its profiler); the int8 engine
-// computes those as the unfused graph does, which the model-level test above checks.
+// The int8 Add against onnxruntime's QLinearAdd on every pair of input integers (65536), bit
+// for bit: the parameters of two Adds of our exports (BlazeFace's add_3, EfficientNet-Lite0's
+// add_8), one where the output zero point decides ties (see `Fp32Add::Uint8`), and the same
+// with int8 tensors, which onnxruntime converts to uint8 and fuses, as the int8 engine knows
+// (`ort_fusion::storage`; int8 Adds it leaves unfused are checked by the model-level test).
 test('the int8 Add equals onnxruntime on every pair of inputs', async () => {
   const n = 65536;
   const params = [
     [0.04838706, 165, 0.04079161, 0, 0.026189476, 0, 'uint8'],
     [0.1333424, 160, 0.25924355, 128, 0.28424954, 123, 'uint8'],
     [0.013, 7, 0.7, 250, 0.05, 31, 'uint8'],
+    [0.013, -121, 0.7, 122, 0.05, -97, 'int8'],
   ];
   for (const [i, [sa, za, sb, zb, sc, zc, storage]] of params.entries()) {
     const file = path.join(OUT, `add${i}.onnx`);

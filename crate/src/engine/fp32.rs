@@ -251,7 +251,8 @@ impl PreparedNode {
         PreparedNode(prepare(graph, node))
     }
 
-    /// A node onnxruntime runs in float, computed as it does (see [`prepare_as_onnxruntime`]).
+    /// A node onnxruntime runs in float, computed as it does: a Conv in MLAS's summation order
+    /// (`kernels::conv_mlas`).
     pub fn as_onnxruntime(graph: &Graph, node: &Node) -> PreparedNode {
         PreparedNode(prepare_as_onnxruntime(graph, node))
     }

@@ -530,7 +530,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::engine::qplan::{requantizer, weight_q, Broadcast};
+    use crate::engine::qplan::{requantizer, weight_q, weight_requantizers, Broadcast};
     use crate::engine::Fp32Engine;
     use crate::ir::{infer_shapes, Activation, BinaryOp, Conv, CoordTransform, NearestMode, PadMode, Quant, ReduceOp, ResizeMode, UnaryOp, Window2d};
     use crate::quant::params::QuantParams;
@@ -1260,6 +1260,13 @@ mod tests {
         for convention in [crate::ir::Requantization::Fp32, crate::ir::Requantization::FixedPoint] {
             assert!(requantizer(1000.0, 1000.0, 1 << 25, convention).is_err());
             assert!(requantizer(1000.0, 1000.0, 1 << 20, convention).is_ok());
+        }
+        // A weight multiplier just below the limit in f64 whose f32 value rounds up to it:
+        // (1 + 2^-23) · (2^29 - 64) is 2^29 - 2^-17 exactly, and 2^29 in f32.
+        let q = |scale: f32| Qp { scale, zero_point: 0, qmin: -128, qmax: 127 };
+        for convention in [crate::ir::Requantization::Fp32, crate::ir::Requantization::FixedPoint] {
+            let why = weight_requantizers(q(1.0 + f32::EPSILON), &[(1u32 << 29) as f32 - 64.0], 1.0, q(1.0), convention).unwrap_err();
+            assert!(why.contains("multiplier 5.36870912e8 is out of range"), "{why}");
         }
     }
 

@@ -22,15 +22,34 @@
 //! MLAS's order (`kernels::conv_mlas`). Other unfused units (Gemm, MatMul, pools, table
 //! activations) keep their integer form: we do not reproduce onnxruntime's float order there,
 //! and exact integers are at least as close to it as another float order.
+//!
+//! The conversion also decides how a fused Add rounds (QLinearAdd adds the uint8 output zero
+//! point before rounding): the planner asks [`storage`] for the type onnxruntime sees.
 
 use crate::ir::{BinaryOp, Fusion, Graph, Op, ValueId};
 use crate::quant::Quant;
 
 /// The 8-bit type onnxruntime's kernels see for a quantized value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Storage {
+pub(crate) enum Storage {
     Uint8,
     Int8,
+}
+
+/// How many nodes read `v`.
+pub(crate) fn readers(g: &Graph, v: ValueId) -> usize {
+    g.nodes.iter().filter(|n| n.inputs.contains(&v)).count()
+}
+
+/// The type onnxruntime's kernels see for value `v` of a foreign graph, read by `readers` nodes:
+/// uint8 as stored, or int8 converted to uint8 when its QuantizeLinear → DequantizeLinear pair
+/// has one reader (a graph output counts as one: it reads the DequantizeLinear); constants stay
+/// as stored. `None` for a value not quantized per tensor.
+pub(crate) fn storage(g: &Graph, v: ValueId, readers: usize) -> Option<Storage> {
+    let value = &g.values[v];
+    let Some(Quant::Tensor(p)) = &value.quant else { return None };
+    let converted = !value.is_const() && readers + usize::from(g.outputs.contains(&v)) == 1;
+    Some(if !p.signed || converted { Storage::Uint8 } else { Storage::Int8 })
 }
 
 /// For each node of `g`, why onnxruntime runs it in float, for the nodes whose float result
@@ -42,14 +61,7 @@ pub(crate) fn unfused(g: &Graph) -> Vec<Option<String>> {
         return why;
     }
     let consumers = g.consumers();
-    let storage = |v: ValueId| -> Option<Storage> {
-        let value = &g.values[v];
-        let Some(Quant::Tensor(p)) = &value.quant else { return None };
-        // A graph output is one more reader of its DequantizeLinear: alone, the pair converts.
-        let readers = consumers[v].len() + usize::from(g.outputs.contains(&v));
-        let converted = !value.is_const() && readers == 1;
-        Some(if !p.signed || converted { Storage::Uint8 } else { Storage::Int8 })
-    };
+    let storage = |v: ValueId| storage(g, v, consumers[v].len());
     // Why a value keeps int8.
     let int8 = |v: ValueId| {
         let value = &g.values[v];
@@ -144,6 +156,13 @@ mod tests {
         assert!(names[0].1.contains("'stem' stays int8 (read by 2 nodes)"), "{}", names[0].1);
         assert!(names[1].1.contains("QLinearConv takes uint8 activations only"), "{}", names[1].1);
         assert!(names[2].1.contains("QLinearAdd"), "{}", names[2].1);
+        // The types onnxruntime's kernels see (which also choose the int8 Add's rounding).
+        let seen = |name: &str| {
+            let v = g.find_value(name).unwrap();
+            storage(&g, v, readers(&g, v))
+        };
+        assert_eq!(seen("stem"), Some(Storage::Int8));
+        assert_eq!([seen("input"), seen("expand"), seen("project"), seen("sum"), seen("head")], [Some(Storage::Uint8); 5]);
     }
 
     #[test]

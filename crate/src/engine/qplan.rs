@@ -10,13 +10,13 @@
 
 use std::sync::Arc;
 
-use crate::ir::{activation_name, Activation, BinaryOp, Conv, Graph, Node, Op, PadMode, Quant, ReduceOp, ResizeMode, ValueId};
+use crate::ir::{activation_name, Activation, BinaryOp, Conv, Fusion, Graph, Node, Op, PadMode, Quant, ReduceOp, ResizeMode, ValueId};
 use crate::kernels::conv::Conv2dShape;
-use crate::kernels::int8::{channel_requantizers, lut_from_fn, quantize_f32, quantize_symmetric_into, Qs8AddParams, Requantization, Requantizer};
+use crate::kernels::int8::{lut_from_fn, quantize_f32, quantize_symmetric_into, Qs8AddParams, Requantization, Requantizer};
 use crate::kernels::pool::Pool2dShape;
 use crate::kernels::{layout, resize};
 use crate::quant::params::{check_bits, ChannelParams, QuantParams};
-use super::{conv_shape, pool_shape};
+use super::{conv_shape, ort_fusion, pool_shape};
 use crate::{Error, Result};
 
 /// The int8 form of a value's [`QuantParams`]: int8 storage, the width's integer range.
@@ -368,6 +368,13 @@ pub(crate) fn requantizer(m: f64, fp32: f32, max_acc: i64, convention: Requantiz
     Ok(rq)
 }
 
+/// The per-output-channel requantizers of a Conv, Gemm or MatMul, `sx · sw[c] · alpha / sy`
+/// (in f32 in that order, as onnxruntime computes them), or why one is out of range: the f32
+/// value is checked too, since it can round up to the limit from just below.
+pub(crate) fn weight_requantizers(x: Qp, sw: &[f32], alpha: f32, y: Qp, convention: Requantization) -> std::result::Result<Vec<Requantizer>, String> {
+    sw.iter().map(|&s| requantizer(x.scale as f64 * s as f64 * alpha as f64 / y.scale as f64, x.scale * s * alpha / y.scale, 0, convention)).collect()
+}
+
 fn check_range(rq: &Requantizer, max_acc: i64) -> std::result::Result<(), String> {
     if max_acc > i32::MAX as i64 {
         return Err(format!("its int32 accumulators may overflow (up to {max_acc} in magnitude)"));
@@ -513,11 +520,7 @@ pub(crate) fn plan_node_with(g: &Graph, qparams: &[Option<Qp>], node: &Node, wei
                 Some(&b) => Some(g.const_data(b).ok_or_else(|| format!("the bias '{}' is computed at run time", g.values[b].name))?),
                 None => None,
             };
-            let multipliers: Vec<f64> = sw.iter().map(|&s| x.scale as f64 * s as f64 / y.scale as f64).collect();
-            if let Some(m) = multipliers.iter().find(|m| !(m.is_finite() && **m < Requantizer::MAX_REAL)) {
-                return Err(format!("requantization multiplier {m:e} is out of range"));
-            }
-            let requant = channel_requantizers(x.scale, sw, y.scale, convention);
+            let requant = weight_requantizers(x, sw, 1.0, y, convention)?;
             let acc_scales: Vec<f32> = sw.iter().map(|&s| x.scale * s).collect();
             let k = ints.q.len() / s.out_c.max(1);
             let bias = channel_biases(&ints, bias, &acc_scales, x.zero_point, &requant)?;
@@ -546,10 +549,7 @@ pub(crate) fn plan_node_with(g: &Graph, qparams: &[Option<Qp>], node: &Node, wei
                 }
             };
             // alpha scales the accumulator (its sign went into the weights).
-            let requant = sw
-                .iter()
-                .map(|&s| requantizer(x.scale as f64 * s as f64 * alpha.abs() as f64 / y.scale as f64, x.scale * s * alpha.abs() / y.scale, 0, convention))
-                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let requant = weight_requantizers(x, sw, alpha.abs(), y, convention)?;
             let acc_scales: Vec<f32> = sw.iter().map(|&s| x.scale * s * alpha.abs()).collect();
             let bias = channel_biases(&ints, bias.as_deref(), &acc_scales, x.zero_point, &requant)?;
             IntOp::Gemm { w: IntWeights { ints, n, k, bias, x, requant, out }, trans_a: *trans_a, m, k }
@@ -563,11 +563,7 @@ pub(crate) fn plan_node_with(g: &Graph, qparams: &[Option<Qp>], node: &Node, wei
             let m: usize = xs[..xs.len() - 1].iter().product();
             let ints = weights(node)?;
             let sw = &ints.scales;
-            let multipliers: Vec<f64> = sw.iter().map(|&s| x.scale as f64 * s as f64 / y.scale as f64).collect();
-            if let Some(m) = multipliers.iter().find(|m| !(m.is_finite() && **m < Requantizer::MAX_REAL)) {
-                return Err(format!("requantization multiplier {m:e} is out of range"));
-            }
-            let requant = channel_requantizers(x.scale, sw, y.scale, convention);
+            let requant = weight_requantizers(x, sw, 1.0, y, convention)?;
             let bias = channel_biases(&ints, None, &vec![1.0; n], x.zero_point, &requant)?;
             let out = Clamp { zero_point: y.zero_point, qmin: y.qmin, qmax: y.qmax };
             IntOp::Gemm { w: IntWeights { ints, n, k, bias, x, requant, out }, trans_a: false, m, k }
@@ -590,7 +586,7 @@ pub(crate) fn plan_node_with(g: &Graph, qparams: &[Option<Qp>], node: &Node, wei
                     Requantization::FixedPoint => Qs8AddParams::new(x.scale, x.zero_point, b.scale, zb, y.scale, y.zero_point, y.qmin, y.qmax),
                     Requantization::Fp32 => {
                         // onnxruntime fuses an Add (not a Sub) of uint8 tensors into QLinearAdd.
-                        let uint8 = !complement_b && [node.inputs[0], node.inputs[1], node.outputs[0]].iter().all(|&v| stored_as_uint8(g, v));
+                        let uint8 = !complement_b && [node.inputs[0], node.inputs[1], node.outputs[0]].iter().all(|&v| uint8_in_onnxruntime(g, v));
                         Qs8AddParams::new(x.scale, x.zero_point, b.scale, zb, y.scale, y.zero_point, y.qmin, y.qmax).in_fp32(uint8)
                     }
                 };
@@ -697,10 +693,14 @@ pub(crate) fn plan_node_with(g: &Graph, qparams: &[Option<Qp>], node: &Node, wei
     })
 }
 
-/// Whether a value is exported (or was imported) as uint8: the storage onnxruntime's kernels
-/// see, which decides how it computes an Add (see `Qs8AddParams::fp32`).
-fn stored_as_uint8(g: &Graph, v: ValueId) -> bool {
-    matches!(&g.values[v].quant, Some(Quant::Tensor(p)) if !p.signed)
+/// Whether onnxruntime's kernels see a value as uint8, which decides how it computes an Add (see
+/// `Qs8AddParams::fp32`): as stored (our graphs and exports), or, in a foreign graph, after
+/// onnxruntime's own int8 → uint8 conversion (`ort_fusion::storage`).
+fn uint8_in_onnxruntime(g: &Graph, v: ValueId) -> bool {
+    match g.fusion {
+        Fusion::Integer => matches!(&g.values[v].quant, Some(Quant::Tensor(p)) if !p.signed),
+        Fusion::Onnxruntime => ort_fusion::storage(g, v, ort_fusion::readers(g, v)) == Some(ort_fusion::Storage::Uint8),
+    }
 }
 
 fn transpose2d(a: &[i8], rows: usize, cols: usize) -> Vec<i8> {

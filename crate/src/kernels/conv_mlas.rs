@@ -15,7 +15,7 @@
 //! Per group and image, MLAS computes `C = A · B`, A the `M × K` filters and B the `K × N` input
 //! or its im2col (`K = C/group · kh · kw` in (channel, row, column) order, padding reading 0,
 //! `N = out_h · out_w`), then adds the bias and applies the activation (`MlasActivation`).
-//! - K is cut into blocks of [`stride_k`]`(N, K)` (`MlasSgemmOperation`, `MlasConvOperation`).
+//! - K is cut into blocks of `stride_k(N, K)` (`MlasSgemmOperation`, `MlasConvOperation`).
 //! - With two or more filters (`MlasSgemmKernel`), each block sums its products in k order
 //!   starting from 0; the first block's sum is the output, each further block's sum is added
 //!   to it (`block + C`).
@@ -134,7 +134,7 @@ impl MlasOrderConv2d {
         let block = stride_k(n, k);
         let columns = if self.direct { 0 } else { k * n };
         scratch.clear();
-        scratch.resize(columns + n, 0.0);
+        scratch.resize(columns + 4 * TILE_N, 0.0);
         let (cols, sums) = scratch.split_at_mut(columns);
         for g in 0..s.group {
             let b: &[f32] = if self.direct {
@@ -190,19 +190,35 @@ fn im2col(x: &[f32], s: &Conv2dShape, g: usize, cols: &mut [f32]) {
     }
 }
 
+/// Columns per tile of [`gemm_blocked`]: four rows of block sums (8 KiB) stay in L1.
+const TILE_N: usize = 512;
+
 /// `MlasSgemmKernel` over K blocks: each block's sum from 0 in k order; the first is the
-/// output, later ones are added to it. `acc` holds one row of block sums.
+/// output, later ones are added to it. Four filters share each input row, a tile of columns at
+/// a time, which changes no output's order. `acc` holds `4 · TILE_N` block sums.
 fn gemm_blocked(a: &[f32], b: &[f32], c: &mut [f32], k: usize, n: usize, block: usize, acc: &mut [f32]) {
-    for (row, weights) in c.chunks_exact_mut(n).zip(a.chunks_exact(k)) {
-        for k0 in (0..k).step_by(block) {
-            acc.fill(0.0);
-            for (kk, &w) in weights.iter().enumerate().take((k0 + block).min(k)).skip(k0) {
-                acc.iter_mut().zip(&b[kk * n..][..n]).for_each(|(s, &x)| *s += x * w);
-            }
-            if k0 == 0 {
-                row.copy_from_slice(acc);
-            } else {
-                row.iter_mut().zip(acc.iter()).for_each(|(c, &s)| *c += s);
+    let filters = c.len() / n;
+    for n0 in (0..n).step_by(TILE_N) {
+        let width = (n - n0).min(TILE_N);
+        for f0 in (0..filters).step_by(4) {
+            let rows = (filters - f0).min(4);
+            for k0 in (0..k).step_by(block) {
+                acc.fill(0.0);
+                for kk in k0..(k0 + block).min(k) {
+                    let x = &b[kk * n + n0..][..width];
+                    for (r, sums) in acc.chunks_exact_mut(TILE_N).take(rows).enumerate() {
+                        let w = a[(f0 + r) * k + kk];
+                        sums[..width].iter_mut().zip(x).for_each(|(s, &x)| *s += x * w);
+                    }
+                }
+                for (r, sums) in acc.chunks_exact(TILE_N).take(rows).enumerate() {
+                    let out = &mut c[(f0 + r) * n + n0..][..width];
+                    if k0 == 0 {
+                        out.copy_from_slice(&sums[..width]);
+                    } else {
+                        out.iter_mut().zip(&sums[..width]).for_each(|(c, &s)| *c += s);
+                    }
+                }
             }
         }
     }
@@ -380,6 +396,8 @@ mod tests {
         check(shape(300, [19, 17], 5, [1, 1], 1, 0, 1), Reduction::Gemm, 128, 1);
         check(shape(300, [3, 5], 6, [1, 1], 1, 0, 1), Reduction::Gemm, 1024, 2);
         check(shape(24, [9, 9], 7, [1, 1], 1, 0, 1), Reduction::Gemm, 32, 3);
+        // More columns than a tile (N = 667), six filters: a tile and a half, a group and a half.
+        check(shape(20, [23, 29], 6, [1, 1], 1, 0, 1), Reduction::Gemm, 32, 16);
     }
 
     #[test]

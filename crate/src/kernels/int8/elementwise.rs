@@ -60,9 +60,10 @@ enum Fp32Add {
     /// runs an Add it does not fuse.
     Dequantized { sa: f32, sb: f32, sy: f32 },
     /// `round_half_even(v + uzy) - 128` with `uzy = zy + 128` the uint8 zero point, added in f32
-    /// before rounding: onnxruntime-web's QLinearAdd on uint8 tensors. Measured against
-    /// onnxruntime-web 1.30 on every pair of uint8 inputs for three parameter sets, two of them
-    /// from our exports, where the other orders miss 1 to 36 pairs (`tests/ort/qdq.test.mjs`).
+    /// before rounding: onnxruntime-web's QLinearAdd on uint8 tensors (and on int8 ones it
+    /// converts to uint8). Measured against onnxruntime-web 1.30 on every pair of inputs for four
+    /// parameter sets, two of them from our exports, where the other orders miss 1 to 36 pairs
+    /// (`tests/ort/qdq.test.mjs`).
     Uint8 { sa: f32, sb: f32, sy: f32, uzy: f32 },
 }
 

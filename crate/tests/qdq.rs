@@ -528,6 +528,9 @@ fn qdq_export_writes_what_onnxruntime_reads() {
     assert!(err.contains("quant-playground.fusion is 'all', not 'integer' or 'onnxruntime'"), "{err}");
     m.metadata_props.retain(|p| !p.key.starts_with("quant-playground.") || p.key == RANGES_KEY);
     assert_eq!(onnx::import(&m.encode_to_vec(), &ImportOptions::default()).unwrap().graph.fusion, Fusion::Onnxruntime);
+    // The caller can choose (`--fusion`), whatever the file says.
+    let integer = ImportOptions { fusion: Some(Fusion::Integer), ..ImportOptions::default() };
+    assert_eq!(onnx::import(&m.encode_to_vec(), &integer).unwrap().graph.fusion, Fusion::Integer);
 }
 
 // ---- foreign QDQ files ----

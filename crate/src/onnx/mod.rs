@@ -39,11 +39,14 @@ pub struct ImportOptions {
     /// Shapes chosen by the caller for inputs with dynamic or any dims.
     pub input_shapes: HashMap<String, Vec<usize>>,
     pub max_bytes: usize,
+    /// The graph's [`Fusion`](crate::ir::Fusion) whatever the file says (by default: what our
+    /// export recorded, else onnxruntime's).
+    pub fusion: Option<crate::ir::Fusion>,
 }
 
 impl Default for ImportOptions {
     fn default() -> Self {
-        ImportOptions { input_shapes: HashMap::new(), max_bytes: DEFAULT_MAX_MODEL_BYTES }
+        ImportOptions { input_shapes: HashMap::new(), max_bytes: DEFAULT_MAX_MODEL_BYTES, fusion: None }
     }
 }
 
@@ -276,7 +279,10 @@ pub fn import(bytes: &[u8], options: &ImportOptions) -> Result<Imported> {
     }
     let mut ir = lowering.graph;
     ir.requantization = requantization(&model)?;
-    ir.fusion = fusion(&model)?;
+    ir.fusion = match options.fusion {
+        Some(f) => f,
+        None => fusion(&model)?,
+    };
     lowering.qdq.finish(&mut ir)?;
     passes::optimize(&mut ir)?;
     ir.validate()?;

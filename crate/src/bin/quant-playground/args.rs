@@ -15,7 +15,7 @@ pub enum Command {
     Inspect {
         model: PathBuf,
         #[command(flatten)]
-        shapes: ShapeArgs,
+        import: ImportArgs,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -24,7 +24,7 @@ pub enum Command {
     Run {
         model: PathBuf,
         #[command(flatten)]
-        shapes: ShapeArgs,
+        import: ImportArgs,
         /// An input tensor: NAME=FILE.npy (repeatable).
         #[arg(long = "input", value_name = "NAME=FILE.npy")]
         inputs: Vec<String>,
@@ -58,7 +58,7 @@ pub enum Command {
 pub struct BenchArgs {
     pub model: PathBuf,
     #[command(flatten)]
-    pub shapes: ShapeArgs,
+    pub import: ImportArgs,
     /// Timed runs.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub runs: u32,
@@ -77,7 +77,7 @@ pub struct BenchArgs {
 pub struct ExportArgs {
     pub model: PathBuf,
     #[command(flatten)]
-    pub shapes: ShapeArgs,
+    pub import: ImportArgs,
     /// The ONNX file to write.
     #[arg(long)]
     pub out: PathBuf,
@@ -86,11 +86,24 @@ pub struct ExportArgs {
     pub opset: i64,
 }
 
+/// How a model file is read.
 #[derive(Args)]
-pub struct ShapeArgs {
+pub struct ImportArgs {
     /// Fix an input's shape: NAME=1,3,224,224 (repeatable). Dynamic dims default to batch 1, spatial 224.
     #[arg(long = "input-shape", value_name = "NAME=DIMS")]
     pub input_shapes: Vec<String>,
+    /// Which quantized nodes of a QDQ file the int8 engine runs with integer kernels:
+    /// onnxruntime (those onnxruntime fuses, the rest in float as it runs them; the default for a
+    /// file we did not write) or integer (every node with an integer form, as our own exports
+    /// and integer-only runtimes).
+    #[arg(long, value_enum)]
+    pub fusion: Option<FusionArg>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum FusionArg {
+    Integer,
+    Onnxruntime,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]

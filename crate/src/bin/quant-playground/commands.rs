@@ -2,18 +2,19 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
 
+use quant_playground::ir::Fusion;
 use quant_playground::model::{onnx_op_histogram, Model, ModelSummary};
 use quant_playground::onnx::{ImportOptions, SUPPORTED_OPS};
 use quant_playground::preprocess::{preprocess, Fit, Layout, Preprocess};
 use quant_playground::{npy, Error, Result};
 
-use crate::args::{BenchArgs, Cli, Command, EngineArg, ExportArgs, FitArg, LayoutArg, PreArgs, ShapeArgs};
+use crate::args::{BenchArgs, Cli, Command, EngineArg, ExportArgs, FitArg, FusionArg, ImportArgs, LayoutArg, PreArgs};
 
 pub fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Inspect { model, shapes, json } => inspect(&model, &shapes, json),
-        Command::Run { model, shapes, inputs, image, pre, out, save_inputs, engine } => {
-            run(&model, &shapes, &inputs, image.as_deref(), &pre, &out, save_inputs, engine)
+        Command::Inspect { model, import, json } => inspect(&model, &import, json),
+        Command::Run { model, import, inputs, image, pre, out, save_inputs, engine } => {
+            run(&model, &import, &inputs, image.as_deref(), &pre, &out, save_inputs, engine)
         }
         Command::Export(args) => export(&args),
         Command::Bench(args) => bench(&args),
@@ -33,13 +34,17 @@ fn split_assignment<'a>(text: &'a str, what: &str) -> Result<(&'a str, &'a str)>
     text.rsplit_once('=').ok_or_else(|| Error::Invalid(format!("{what} '{text}' must be NAME=VALUE")))
 }
 
-pub fn import_options(shapes: &ShapeArgs) -> Result<ImportOptions> {
+pub fn import_options(import: &ImportArgs) -> Result<ImportOptions> {
     let mut input_shapes = HashMap::new();
-    for s in &shapes.input_shapes {
+    for s in &import.input_shapes {
         let (name, dims) = split_assignment(s, "--input-shape")?;
         input_shapes.insert(name.to_string(), parse_list(dims, "--input-shape")?);
     }
-    Ok(ImportOptions { input_shapes, ..ImportOptions::default() })
+    let fusion = import.fusion.map(|f| match f {
+        FusionArg::Integer => Fusion::Integer,
+        FusionArg::Onnxruntime => Fusion::Onnxruntime,
+    });
+    Ok(ImportOptions { input_shapes, fusion, ..ImportOptions::default() })
 }
 
 fn human_bytes(n: usize) -> String {
@@ -81,9 +86,9 @@ fn print_summary(s: &ModelSummary) {
     }
 }
 
-fn inspect(path: &Path, shapes: &ShapeArgs, json: bool) -> Result<()> {
+fn inspect(path: &Path, import: &ImportArgs, json: bool) -> Result<()> {
     let bytes = read(path)?;
-    let options = import_options(shapes)?;
+    let options = import_options(import)?;
     match Model::load(&bytes, &options) {
         Ok(model) => {
             let summary = model.summary();
@@ -164,9 +169,9 @@ fn file_name_for(output: &str) -> String {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn run(path: &Path, shapes: &ShapeArgs, inputs: &[String], image: Option<&Path>, pre: &PreArgs, out: &Path, save_inputs: bool, engine: Option<EngineArg>) -> Result<()> {
+fn run(path: &Path, import: &ImportArgs, inputs: &[String], image: Option<&Path>, pre: &PreArgs, out: &Path, save_inputs: bool, engine: Option<EngineArg>) -> Result<()> {
     let bytes = read(path)?;
-    let options = import_options(shapes)?;
+    let options = import_options(import)?;
     let model = Model::load(&bytes, &options)?;
     let mut named: Vec<(String, Vec<f32>)> = Vec::new();
     for spec in inputs {
@@ -276,7 +281,7 @@ fn bench_kind(g: &quant_playground::ir::Graph, n: usize) -> (String, u64) {
 fn bench(args: &BenchArgs) -> Result<()> {
     use std::time::Instant;
     let bytes = read(&args.model)?;
-    let options = import_options(&args.shapes)?;
+    let options = import_options(&args.import)?;
     let t0 = Instant::now();
     let model = Model::load(&bytes, &options)?;
     let load_ms = ms(t0.elapsed());
@@ -442,7 +447,7 @@ fn run_on(model: &Model, named: &[(String, Vec<f32>)], engine: EngineArg) -> Res
 
 fn export(args: &ExportArgs) -> Result<()> {
     let bytes = read(&args.model)?;
-    let model = Model::load(&bytes, &import_options(&args.shapes)?)?;
+    let model = Model::load(&bytes, &import_options(&args.import)?)?;
     let options = quant_playground::onnx::ExportOptions { opset: args.opset, ..Default::default() };
     let onnx = quant_playground::onnx::export(model.engine.graph(), &options)?;
     fs::write(&args.out, &onnx).map_err(|source| Error::Io { path: args.out.display().to_string(), source })?;

@@ -22,7 +22,7 @@ use quant_playground::train::qat::{FrozenStem, QatConfig, QatMode, StepStats};
 use quant_playground::{npy, Error, Result};
 use serde::Serialize;
 
-use crate::args::{PreArgs, ShapeArgs};
+use crate::args::{PreArgs, ImportArgs};
 use crate::commands::{import_options, load_rgba, preprocessing, read};
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -54,7 +54,7 @@ pub enum RequantizationArg {
 pub struct QuantizeArgs {
     pub model: PathBuf,
     #[command(flatten)]
-    pub shapes: ShapeArgs,
+    pub import: ImportArgs,
     /// Calibration data: a folder of images (PNG/JPEG, preprocessed as the flags say) or of
     /// .npy tensors (one input per file, already preprocessed).
     #[arg(long, value_name = "DIR")]
@@ -389,7 +389,7 @@ struct Evaluation {
 }
 
 pub fn quantize(a: &QuantizeArgs) -> Result<()> {
-    let model = Model::load(&read(&a.model)?, &import_options(&a.shapes)?)?;
+    let model = Model::load(&read(&a.model)?, &import_options(&a.import)?)?;
     let p = preprocessing(&model, &a.pre)?;
     let calibration = match a.calibration {
         CalibrationArg::Minmax => CalibrationMethod::MinMax,

@@ -35,8 +35,8 @@
 //! Products are `x · w` and sums are plain IEEE f32 (WebAssembly has no fused multiply-add, and
 //! MLAS's wasm kernels use none; Rust never fuses `a += x * w` either), and an IEEE sum does not
 //! depend on the order of its two operands, so the vectorised loops here, which keep each
-//! column's order of additions, give the same bits. Tested against a per-element reference of this description, and against
-//! onnxruntime itself by `tests/ort/qdq.test.mjs`.
+//! column's order of additions, give the same bits. Tested against a per-element reference of
+//! this description, and against onnxruntime itself by `tests/ort/qdq.test.mjs`.
 
 use super::conv::Conv2dShape;
 use super::Activation;
@@ -49,6 +49,7 @@ const STRIDE_K: usize = 128;
 /// half of it still covers a small K, wider (and N narrower, down to 16) while a narrower N
 /// still covers a small N.
 fn stride_k(n: usize, k: usize) -> usize {
+    let (n, k) = (n.max(1), k.max(1));
     let mut stride_k = STRIDE_K;
     if n >= k {
         // MLAS widens its N stride as much, which changes no sum.
@@ -97,16 +98,15 @@ impl MlasOrderConv2d {
         if let Some(b) = bias {
             assert_eq!(b.len(), s.out_c, "MlasOrderConv2d: one bias per filter");
         }
-        // MlasConvPrepare's tests, with the end pads implied by the output size.
-        let end_pad = |out: usize, stride: usize, dilation: usize, kernel: usize, input: usize, begin: usize| {
-            ((out - 1) * stride + dilation * (kernel - 1) + 1) as isize - (input + begin) as isize
-        };
+        // MlasConvPrepare's tests. With stride 1 and no begin pads, the output size says there
+        // is no end pad when the last window ends on the last input row (column).
+        let no_end_pad = |out: usize, dilation: usize, kernel: usize, input: usize| out + dilation * (kernel - 1) == input;
         let unit = s.stride_h == 1
             && s.stride_w == 1
             && s.pad_top == 0
             && s.pad_left == 0
-            && end_pad(s.out_h, 1, s.dilation_h, s.kernel_h, s.in_h, 0) == 0
-            && end_pad(s.out_w, 1, s.dilation_w, s.kernel_w, s.in_w, 0) == 0;
+            && no_end_pad(s.out_h, s.dilation_h, s.kernel_h, s.in_h)
+            && no_end_pad(s.out_w, s.dilation_w, s.kernel_w, s.in_w);
         let unit_dilation = s.dilation_h == 1 && s.dilation_w == 1;
         let direct = unit && k == channels;
         let spans_width = unit && unit_dilation && channels == 1 && s.kernel_w == s.in_w;
@@ -131,6 +131,9 @@ impl MlasOrderConv2d {
         let (k, n, filters) = (channels * s.kernel_h * s.kernel_w, s.out_h * s.out_w, s.out_c / s.group);
         assert_eq!(input.len(), s.in_c * s.in_h * s.in_w, "MlasOrderConv2d: input size");
         assert_eq!(output.len(), s.out_c * n, "MlasOrderConv2d: output size");
+        if n == 0 {
+            return;
+        }
         let block = stride_k(n, k);
         let columns = if self.direct { 0 } else { k * n };
         scratch.clear();
@@ -146,6 +149,8 @@ impl MlasOrderConv2d {
             let a = &self.weights[g * filters * k..][..filters * k];
             let c = &mut output[g * filters * n..][..filters * n];
             match self.reduction {
+                // No input channels: a sum of nothing.
+                _ if k == 0 => c.fill(0.0),
                 Reduction::Gemm => gemm_blocked(a, b, c, k, n, block, sums),
                 Reduction::GemvWhole => gemv(a, b, c, n, k),
                 Reduction::GemvBlocked => gemv(a, b, c, n, block),
@@ -435,6 +440,18 @@ mod tests {
         check(shape(1, [9, 6], 1, [3, 6], 1, 0, 1), Reduction::Gemm, 1024, 14);
         // As tall as the input and one wide: the whole-K GEMV.
         check(shape(1, [7, 9], 1, [7, 1], 1, 0, 1), Reduction::GemvWhole, 8, 15);
+    }
+
+    #[test]
+    fn empty_outputs_and_inputs_do_not_panic() {
+        // No output positions: nothing to write.
+        let s = Conv2dShape { out_h: 0, ..shape(2, [2, 2], 3, [3, 3], 1, 1, 1) };
+        MlasOrderConv2d::new(s, &[0.5; 54], None, Activation::Identity).run(&[1.0; 8], &mut [], &mut Vec::new());
+        // No input channels: the bias alone.
+        let s = shape(0, [2, 2], 3, [1, 1], 1, 0, 1);
+        let mut y = [9.0; 12];
+        MlasOrderConv2d::new(s, &[], Some(&[1.0, -2.0, 3.0]), Activation::Relu).run(&[], &mut y, &mut Vec::new());
+        assert_eq!(y, [1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 3.0, 3.0, 3.0, 3.0]);
     }
 
     #[test]

@@ -122,10 +122,12 @@ impl Qs8AddParams {
     }
 
     /// These parameters in the f32 convention ([`Requantization::Fp32`](super::Requantization)):
-    /// the Add onnxruntime computes, with `uint8` (all three tensors stored as uint8, which
-    /// onnxruntime fuses into QLinearAdd) [`Fp32Add::Uint8`], otherwise (it leaves int8 Adds
-    /// unfused) ONNX's dequantize, add, quantize in f32, [`Fp32Add::Dequantized`]; then clamped
-    /// to `[qmin, qmax]`.
+    /// the Add onnxruntime computes, with `uint8` (all three tensors uint8 as onnxruntime sees
+    /// them, stored so or converted by it, and fused into QLinearAdd) [`Fp32Add::Uint8`],
+    /// otherwise (an Add it leaves unfused) ONNX's dequantize, add, quantize in f32,
+    /// [`Fp32Add::Dequantized`]; then clamped to `[qmin, qmax]`. (An Add of three int8 tensors
+    /// that all stay int8, which onnxruntime would fuse as an int8 QLinearAdd, takes the latter
+    /// too; no model we have has one, so its rounding is not measured.)
     pub fn in_fp32(self, uint8: bool) -> Qs8AddParams {
         let [sa, sb, sy] = self.scales;
         let form = if uint8 {
